@@ -1,0 +1,176 @@
+"""The one small interface every inference backend implements.
+
+A runner owns its input buffers (plain arrays for ONNX Runtime, pinned host memory for
+TensorRT), so preprocessing writes straight into them and nothing is copied twice. It has
+``num_slots`` independent buffer sets so the caller can fill slot k+1 while slot k runs.
+
+Life cycle (as Polygraphy's runners)::
+
+    with runner:                                   # activate() ... deactivate()
+        bufs = runner.input_buffers(n, slot=0)     # {name: writable [n,C,H,W] array}
+        bufs[contract.golden_input][...] = golden  # or preprocess into it
+        runner.submit(n, slot=0)                   # start inference on rows [:n]
+        raw = runner.fetch(slot=0)                 # wait; raw output [n, ...]
+"""
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..contract import ModelContract
+from ..errors import ChangeNetError, InputError
+
+
+@dataclass
+class Timing:
+    """Times of the last completed batch, in milliseconds.
+
+    ``enqueue_ms`` is host time spent in ``submit``; ``h2d_ms``/``compute_ms``/``d2h_ms`` come
+    from CUDA events on a GPU and from host clocks on CPU (where there is no transfer: 0).
+    """
+
+    enqueue_ms: float = 0.0
+    h2d_ms: float = 0.0
+    compute_ms: float = 0.0
+    d2h_ms: float = 0.0
+
+    @property
+    def latency_ms(self) -> float:
+        return self.h2d_ms + self.compute_ms + self.d2h_ms
+
+
+class Runner(abc.ABC):
+    """Base class: activate / infer / deactivate, usable as a context manager."""
+
+    #: short name used in reports ("onnxruntime", "tensorrt")
+    name = "runner"
+    #: number of independent input/output buffer sets
+    num_slots = 2
+
+    def __init__(self, contract: ModelContract) -> None:
+        self.contract = contract
+        self.is_active = False
+        self.last_timing = Timing()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            try:
+                self._deactivate()
+            finally:
+                self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def _activate(self) -> None:
+        """Load the model and allocate every buffer (nothing is allocated per batch)."""
+
+    @abc.abstractmethod
+    def _deactivate(self) -> None:
+        """Free everything ``_activate`` allocated."""
+
+    # -- batch limits -----------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def batch_range(self) -> Tuple[int, int]:
+        """``(min, max)`` batch this runner accepts in ``input_buffers``/``submit``."""
+
+    @property
+    def preferred_batch(self) -> int:
+        """The batch ``predict`` cuts inputs into (a static model's own batch, else the max)."""
+        return self.batch_range[1]
+
+    def check_batch(self, batch: int) -> None:
+        low, high = self.batch_range
+        if not isinstance(batch, (int, np.integer)) or not low <= batch <= high:
+            raise InputError(
+                "batch size outside what the {} runner accepts".format(self.name),
+                expected="{} <= batch <= {}".format(low, high),
+                found=batch,
+            )
+
+    def check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.num_slots:
+            raise InputError("no such buffer slot", expected="0..{}".format(self.num_slots - 1), found=slot)
+
+    def _require_active(self) -> None:
+        if not self.is_active:
+            raise ChangeNetError("the {} runner is not active: use it as `with runner:` or call activate()".format(self.name))
+
+    # -- inference --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def input_buffers(self, batch: int, slot: int = 0) -> Dict[str, np.ndarray]:
+        """Writable views ``{input name: [batch, C, H, W]}`` of the runner's own buffers."""
+
+    @abc.abstractmethod
+    def submit(self, batch: int, slot: int = 0) -> None:
+        """Start inference on rows ``[:batch]`` of ``slot``'s input buffers."""
+
+    @abc.abstractmethod
+    def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
+        """Wait for ``slot``'s batch and return its raw output ``[batch, ...]``.
+
+        With ``copy=False`` the array is a view of the runner's buffer, valid until the slot
+        is submitted again.
+        """
+
+    def run(self, batch: int, slot: int = 0, copy: bool = True) -> np.ndarray:
+        """``submit`` then ``fetch``: one synchronous batch."""
+        self.submit(batch, slot)
+        return self.fetch(slot, copy=copy)
+
+    def infer(self, feed: Dict[str, np.ndarray], copy: bool = True) -> Dict[str, np.ndarray]:
+        """ONNX Runtime-style call: ``{input name: array}`` -> ``{output name: raw output}``.
+
+        Arrays are copied (``np.copyto``) into the runner's buffers; the batch is their first
+        dimension.
+        """
+        self._require_active()
+        names = set(self.contract.input_names())
+        missing = sorted(names - set(feed))
+        unknown = sorted(set(feed) - names)
+        if missing or unknown:
+            raise InputError(
+                "feed does not match the model's inputs",
+                expected=sorted(names),
+                found=sorted(feed),
+            )
+        batch = None  # type: Optional[int]
+        for name, array in feed.items():
+            array = np.asarray(array)
+            want = self.contract.input_shape
+            if array.ndim != 4 or tuple(array.shape[1:]) != tuple(want):
+                raise InputError(
+                    "input '{}' has the wrong shape".format(name),
+                    expected="[N,{},{},{}]".format(*want),
+                    found=list(array.shape),
+                )
+            if batch is None:
+                batch = array.shape[0]
+            elif array.shape[0] != batch:
+                raise InputError("inputs have different batch sizes", found={k: v.shape[0] for k, v in feed.items()})
+        assert batch is not None
+        self.check_batch(batch)
+        buffers = self.input_buffers(batch)
+        for name, array in feed.items():
+            np.copyto(buffers[name], array, casting="same_kind")
+        return {self.contract.output: self.run(batch, copy=copy)}
+
+
+def now_ms() -> float:
+    """Monotonic host clock in milliseconds."""
+    return time.perf_counter() * 1000.0

@@ -1,0 +1,157 @@
+"""ONNX Runtime backend: the CPU default, and the reference the TensorRT runner is checked against."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..contract import ModelContract, read_contract
+from ..errors import InputError, missing_dependency
+from .base import Runner, Timing, now_ms
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+DEFAULT_MAX_BATCH = 16
+
+
+def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
+    """Map short names (cpu, cuda, tensorrt) to ONNX Runtime providers and check they exist.
+
+    CPU is always appended last as the fallback ONNX Runtime expects.
+    """
+    import onnxruntime as ort
+
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or ["cpu"])]
+    available = ort.get_available_providers()
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise InputError(
+            "ONNX Runtime execution provider not available in this install: {}".format(", ".join(missing)),
+            expected="one of {}".format(", ".join(available)),
+            found=", ".join(wanted),
+        )
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")
+    return wanted
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs a ChangeNet ONNX model with ONNX Runtime.
+
+    Input buffers are preallocated C-contiguous arrays ``[max_batch, C, H, W]`` per slot; a
+    batch feeds the first-rows view of them, which ONNX Runtime reads in place (no copy). A
+    static-batch model always runs at its own batch: rows past ``batch`` are padding whose
+    outputs are dropped.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str,
+        contract: Optional[ModelContract] = None,
+        max_batch: Optional[int] = None,
+        providers: Optional[Sequence[str]] = None,
+        threads: Optional[int] = None,
+    ) -> None:
+        self.model_path = os.fspath(model_path)
+        super().__init__(contract if contract is not None else read_contract(self.model_path))
+        static = self.contract.static_batch
+        if static is not None:
+            if max_batch is not None and max_batch != static:
+                raise InputError(
+                    "this model has a static batch; run it at that batch or prepare a dynamic-batch copy",
+                    expected="max_batch {}".format(static),
+                    found=max_batch,
+                )
+            self._max_batch = static
+        else:
+            self._max_batch = int(max_batch or DEFAULT_MAX_BATCH)
+            if self._max_batch < 1:
+                raise InputError("max_batch must be positive", found=max_batch)
+        self.providers = providers
+        self.threads = threads
+        self._session = None
+        self._inputs = []  # type: List[Dict[str, np.ndarray]]
+        self._pending = []  # type: List[Optional[Future]]
+        self._enqueue_ms = []  # type: List[float]
+        self._worker = None  # type: Optional[ThreadPoolExecutor]
+
+    @property
+    def batch_range(self) -> Tuple[int, int]:
+        return (1, self._max_batch)
+
+    def _activate(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise missing_dependency("onnxruntime", "the ONNX Runtime backend") from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings are noise for users
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            self.model_path, sess_options=options, providers=resolve_providers(self.providers)
+        )
+        shape = (self._max_batch,) + tuple(self.contract.input_shape)
+        dtype = np.dtype(self.contract.input_dtype)
+        self._inputs = [
+            {name: np.zeros(shape, dtype=dtype) for name in self.contract.input_names()}
+            for _ in range(self.num_slots)
+        ]
+        self._pending = [None] * self.num_slots
+        self._enqueue_ms = [0.0] * self.num_slots
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changenet-ort")
+
+    def _deactivate(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+        self._worker = None
+        self._session = None
+        self._inputs = []
+        self._pending = []
+
+    def input_buffers(self, batch: int, slot: int = 0) -> Dict[str, np.ndarray]:
+        self._require_active()
+        self.check_batch(batch)
+        self.check_slot(slot)
+        return {name: buf[:batch] for name, buf in self._inputs[slot].items()}
+
+    def _run(self, batch: int, slot: int) -> "Tuple[np.ndarray, Timing]":
+        run_batch = self.contract.static_batch or batch
+        feed = {name: buf[:run_batch] for name, buf in self._inputs[slot].items()}
+        start = now_ms()
+        raw = self._session.run([self.contract.output], feed)[0]  # type: ignore[union-attr]
+        elapsed = now_ms() - start
+        return raw[:batch], Timing(enqueue_ms=0.0, compute_ms=elapsed)
+
+    def submit(self, batch: int, slot: int = 0) -> None:
+        """Queue the batch on the runner's worker thread (ONNX Runtime releases the GIL while
+        it runs, so the caller can prepare the next batch meanwhile)."""
+        self._require_active()
+        self.check_batch(batch)
+        self.check_slot(slot)
+        if self._pending[slot] is not None:
+            raise InputError("slot {} was submitted twice without a fetch in between".format(slot))
+        start = now_ms()
+        self._pending[slot] = self._worker.submit(self._run, batch, slot)  # type: ignore[union-attr]
+        self._enqueue_ms[slot] = now_ms() - start
+
+    def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
+        self._require_active()
+        self.check_slot(slot)
+        pending = self._pending[slot]
+        if pending is None:
+            raise InputError("nothing was submitted on slot {}".format(slot))
+        self._pending[slot] = None
+        result, timing = pending.result()
+        timing.enqueue_ms = self._enqueue_ms[slot]
+        self.last_timing = timing
+        # ORT returns a fresh array per run; the first-rows slice of it is only a view when a
+        # static-batch model padded the batch.
+        return result.copy() if copy and result.base is not None else result

@@ -1,0 +1,72 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+Every error a user can cause derives from :class:`ChangeNetError`. The CLI prints
+``error: <message>`` on one line and exits non-zero for these; anything else is a bug and
+keeps its traceback.
+"""
+
+from typing import Any, Optional
+
+
+class ChangeNetError(Exception):
+    """Base class of user-facing errors.
+
+    ``expected`` and ``found`` (when given) are appended to the message so that every error
+    says what was wanted and what was actually there.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, expected: Optional[Any] = None, found: Optional[Any] = None):
+        self.message = message
+        self.expected = expected
+        self.found = found
+        text = message
+        if expected is not None:
+            text += "; expected {}".format(expected)
+        if found is not None:
+            text += "; found {}".format(found)
+        super().__init__(text)
+
+
+class ModelContractError(ChangeNetError):
+    """The ONNX model (or engine) does not look like a ChangeNet-Classification model."""
+
+
+class InputError(ChangeNetError):
+    """Arrays, images or arguments handed to the API or CLI are unusable."""
+
+
+class DatasetError(ChangeNetError):
+    """A data set (CSV, image folder) is malformed or a file in it cannot be read."""
+
+
+class EngineError(ChangeNetError):
+    """A TensorRT engine file is missing, corrupt, or built for another TensorRT or GPU."""
+
+
+class BuildError(ChangeNetError):
+    """Preparing an ONNX file or building an engine failed."""
+
+
+class DependencyError(ChangeNetError):
+    """An optional dependency (TensorRT, pycuda, ...) is missing; the message says how to install it."""
+
+    exit_code = 3
+
+
+TENSORRT_INSTALL_HINT = (
+    "on a Jetson, TensorRT ships with JetPack (sudo apt install nvidia-jetpack; keep the venv created "
+    "with --system-site-packages) and pycuda builds with `pip install pycuda` once CUDA is on PATH "
+    "(export PATH=/usr/local/cuda/bin:$PATH); on x86 with an NVIDIA GPU run "
+    "`pip install 'changenet-trt[tensorrt]'` (installs the tensorrt and pycuda wheels)"
+)
+
+
+def missing_dependency(module: str, feature: str) -> DependencyError:
+    """The error raised when ``feature`` needs ``module`` and it cannot be imported."""
+    return DependencyError(
+        "{} needs the Python module '{}', which is not installed ({})".format(
+            feature, module, TENSORRT_INSTALL_HINT
+        )
+    )
