@@ -217,12 +217,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, model=args.model, pairs=args.pairs)
 
 
+# (data & eval commands: synth, eval)
+
+# (engine build commands: prepare, build)
+
+# (benchmark command: bench)
+
+# (accuracy & device commands: validate, fp16-check, doctor)
+
 # -- the command table -------------------------------------------------------------------------
 COMMANDS = [
     ("inspect", _add_inspect, _cmd_inspect),
     ("infer", _add_infer, _cmd_infer),
     ("reference-model", _add_reference_model, _cmd_reference_model),
     ("demo", _add_demo, _cmd_demo),
+    # [data & eval commands]
+    # [engine build commands]
+    # [benchmark command]
+    # [accuracy & device commands]
 ]  # type: List[tuple]
 
 

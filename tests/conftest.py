@@ -1,0 +1,31 @@
+"""Shared fixtures. The TensorRT and pycuda test doubles live in tests/fakes (never imported by the package)."""
+
+import os
+import sys
+
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+# Fixtures of the fakes are imported here, one line each.
+# [fake fixtures]
+
+
+@pytest.fixture(scope="session")
+def reference_models(tmp_path_factory):
+    """Paths of the reference model variants, written once per test session."""
+    from changenet_trt.reference import write_reference_model
+
+    root = tmp_path_factory.mktemp("models")
+    variants = {
+        "learnable_dynamic": dict(kind="learnable"),
+        "learnable_static16": dict(kind="learnable", batch=16),
+        "euclidean_dynamic": dict(kind="euclidean"),
+        "euclidean_static16": dict(kind="euclidean", batch=16),
+        "euclidean_rank2": dict(kind="euclidean", euclidean_rank=2),
+        "learnable_opset12": dict(kind="learnable", opset=12),
+        "learnable_static16_opset12": dict(kind="learnable", batch=16, opset=12),
+    }
+    return {name: write_reference_model(str(root / (name + ".onnx")), **kw) for name, kw in variants.items()}
