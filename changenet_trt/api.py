@@ -13,12 +13,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from .backends.base import Runner
-from .contract import read_contract, score
+from .contract import ModelContract, read_contract, score
 from .errors import InputError
 from .preprocess import Normalization, get_normalization, prepare_batch
 
@@ -115,7 +115,7 @@ class Classifier:
         self, runner: Runner, cutoff: Optional[float] = None, normalization: Union[str, Normalization, None] = None
     ) -> None:
         self.runner = runner
-        self.contract = runner.contract  # type: ModelContract
+        self.contract: ModelContract = runner.contract
         self.cutoff = float(self.contract.cutoff if cutoff is None else cutoff)
         if not np.isfinite(self.cutoff):
             raise InputError("cutoff must be a finite number", found=cutoff)
@@ -239,7 +239,7 @@ class Classifier:
             return copy_rows, int(array.shape[0])
 
         if isinstance(images, np.ndarray):  # uint8: [N,H,W,3] images or one [H,W,3]
-            items = list(images) if images.ndim == 4 else [images]  # type: Sequence[Any]
+            items: Sequence[Any] = list(images) if images.ndim == 4 else [images]
         elif isinstance(images, (str, os.PathLike)):
             items = [images]
         else:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from . import __version__
 from .errors import ChangeNetError, InputError
@@ -226,7 +226,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # (accuracy & device commands: validate, fp16-check, doctor)
 
 # -- the command table -------------------------------------------------------------------------
-COMMANDS = [
+COMMANDS: List[tuple] = [
     ("inspect", _add_inspect, _cmd_inspect),
     ("infer", _add_infer, _cmd_infer),
     ("reference-model", _add_reference_model, _cmd_reference_model),
@@ -235,7 +235,7 @@ COMMANDS = [
     # [engine build commands]
     # [benchmark command]
     # [accuracy & device commands]
-]  # type: List[tuple]
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="changenet-trt " + __version__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    handlers = {}  # type: dict
+    handlers: dict = {}
     for name, add, run in COMMANDS:
         add(sub)
         handlers[name] = run
@@ -266,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = args._handlers[args.command]  # type: Callable[[argparse.Namespace], int]
+    handler: Callable[[argparse.Namespace], int] = args._handlers[args.command]
     try:
         return int(handler(args) or 0)
     except ChangeNetError as exc:

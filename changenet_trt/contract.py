@@ -13,7 +13,7 @@ always mapped by name, never by position; every name can be overridden.
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def _dtype_from_onnx(elem_type: int) -> str:
 
 def _tensor_info(value_info: Any) -> TensorInfo:
     tensor_type = value_info.type.tensor_type
-    dims = []  # type: List[Optional[int]]
+    dims: List[Optional[int]] = []
     for dim in tensor_type.shape.dim:
         dims.append(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None)
     return TensorInfo(value_info.name, tuple(dims), _dtype_from_onnx(tensor_type.elem_type))

@@ -16,7 +16,7 @@ Life cycle (as Polygraphy's runners)::
 import abc
 import time
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -149,7 +149,7 @@ class Runner(abc.ABC):
                 expected=sorted(names),
                 found=sorted(feed),
             )
-        batch = None  # type: Optional[int]
+        batch: Optional[int] = None
         for name, array in feed.items():
             array = np.asarray(array)
             want = self.contract.input_shape

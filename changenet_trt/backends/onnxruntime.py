@@ -1,7 +1,7 @@
 """ONNX Runtime backend: the CPU default, and the reference the TensorRT runner is checked against."""
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -76,10 +76,10 @@ class OnnxRuntimeRunner(Runner):
         self.providers = providers
         self.threads = threads
         self._session = None
-        self._inputs = []  # type: List[Dict[str, np.ndarray]]
-        self._pending = []  # type: List[Optional[Future]]
-        self._enqueue_ms = []  # type: List[float]
-        self._worker = None  # type: Optional[ThreadPoolExecutor]
+        self._inputs: List[Dict[str, np.ndarray]] = []
+        self._pending: List[Optional[Future]] = []
+        self._enqueue_ms: List[float] = []
+        self._worker: Optional[ThreadPoolExecutor] = None
 
     @property
     def batch_range(self) -> Tuple[int, int]:
