@@ -60,6 +60,7 @@ def build_reference_model(
     sample_input: str = DEFAULT_SAMPLE_INPUT,
     golden_input: str = DEFAULT_GOLDEN_INPUT,
     output: str = DEFAULT_OUTPUT,
+    fp16_overflow: bool = False,
 ):
     """Return an ``onnx.ModelProto`` of a reference ChangeNet model.
 
@@ -67,6 +68,8 @@ def build_reference_model(
     ``euclidean_rank=2``). ``batch``: ``None`` for a dynamic batch (``"batch"``), or a static
     N; a static model carries N in its Reshape shape constant, as TAO's static exports do.
     ``opset``: 12 or 17 (the ones TAO exports use).
+    ``fp16_overflow``: plant a float16 overflow in the head (see :func:`_plant_fp16_overflow`);
+    the float32 output is bit-identical, the default graph is unchanged.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -138,6 +141,10 @@ def build_reference_model(
         out_shape = [batch_dim, 2]
         cutoff = LEARNABLE_CUTOFF
 
+    if fp16_overflow:
+        nodes, scale_inits = _plant_fp16_overflow(nodes)
+        inits += scale_inits
+
     image_shape = [batch_dim] + list(INPUT_SHAPE)
     graph = helper.make_graph(
         nodes,
@@ -155,6 +162,48 @@ def build_reference_model(
     helper.set_model_props(model, {META_CUTOFF: repr(cutoff), META_PREPROCESS: "tao"})
     onnx.checker.check_model(model)
     return model
+
+
+#: Power-of-two scale of the planted overflow: |diff| > 0.25 (every real pair has some) squares
+#: to more than 65504, while float32 results stay bit-identical (power-of-two scaling is exact).
+OVERFLOW_SCALE = 1024.0
+#: Names of the nodes planted by ``fp16_overflow=True``.
+OVERFLOW_NODES = ("overflow/scale_up", "overflow/square", "overflow/reduce_mean", "overflow/scale_down")
+
+
+def _plant_fp16_overflow(nodes):
+    """Replace ``sq = diff*diff; mean_sq = ReduceMean(sq)`` by the same computation done on
+    ``diff * 1024`` and scaled back by ``1024**-2``.
+
+    ``head.sq_scaled`` (produced by the node ``overflow/square``) then exceeds the float16
+    range on real pairs, as LayerNorm variances do in FP16 transformer engines; its consumer
+    ``overflow/reduce_mean`` must read it in float32 too. Returns ``(nodes, initializers)``.
+    """
+    from onnx import helper, numpy_helper
+
+    out = []
+    for node in nodes:
+        if node.op_type == "Mul" and list(node.output) == ["head.sq"]:
+            out += [
+                helper.make_node("Mul", ["head.diff", "overflow.scale"], ["head.diff_scaled"], name=OVERFLOW_NODES[0]),
+                helper.make_node("Mul", ["head.diff_scaled", "head.diff_scaled"], ["head.sq_scaled"], name=OVERFLOW_NODES[1]),
+            ]
+        elif node.op_type == "ReduceMean" and list(node.input) == ["head.sq"]:
+            reduce = helper.make_node("ReduceMean", ["head.sq_scaled"], ["head.mean_sq_scaled"], name=OVERFLOW_NODES[2])
+            reduce.attribute.extend(node.attribute)
+            out += [
+                reduce,
+                helper.make_node(
+                    "Mul", ["head.mean_sq_scaled", "overflow.unscale"], list(node.output), name=OVERFLOW_NODES[3]
+                ),
+            ]
+        else:
+            out.append(node)
+    inits = [
+        numpy_helper.from_array(np.array(OVERFLOW_SCALE, dtype=np.float32), "overflow.scale"),
+        numpy_helper.from_array(np.array(OVERFLOW_SCALE ** -2, dtype=np.float32), "overflow.unscale"),
+    ]
+    return out, inits
 
 
 def write_reference_model(path: Union[str, "os.PathLike[str]"], **kwargs) -> str:
