@@ -221,7 +221,99 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # (engine build commands: prepare, build)
 
-# (benchmark command: bench)
+# -- bench -------------------------------------------------------------------------------------
+def percentile_list(text: str) -> tuple:
+    """``"90,95,99"`` -> ``(90.0, 95.0, 99.0)``, each in [0, 100]."""
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated percentiles such as 90,95,99, found {!r}".format(text)) from None
+    if not values or any(not 0.0 <= p <= 100.0 for p in values):
+        raise argparse.ArgumentTypeError("percentiles must lie in [0, 100], found {!r}".format(text))
+    return values
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number >= 0, found {!r}".format(text)) from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError("expected a number >= 0, found {}".format(value))
+    return value
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="trtexec-style throughput/latency benchmark (engine on TensorRT, .onnx on onnxruntime)",
+        description="Benchmark a model the way trtexec does: warm up, then run queries (one query = one "
+        "batch of golden/sample pairs) until both --iterations and --duration are met; print Throughput, "
+        "Latency, Enqueue Time, H2D Latency, GPU Compute Time, D2H Latency, Total Host Walltime, Total GPU "
+        "Compute Time, trtexec's warnings, and FPS = qps x batch (pairs/s). Uses the same runner as predict.",
+    )
+    parser.add_argument("model", help="TensorRT engine (.engine/.plan) or ONNX file")
+    group = parser.add_argument_group("trtexec flags")
+    group.add_argument("--batch", type=positive_int, metavar="N",
+                       help="pairs per query (default: the model's static batch, else 16)")
+    group.add_argument("--warmUp", dest="warmup", type=non_negative_float, default=200.0, metavar="MS",
+                       help="warm-up time in ms before timing starts (default: 200)")
+    group.add_argument("--duration", type=non_negative_float, default=3.0, metavar="S",
+                       help="minimum timed run in seconds (default: 3)")
+    group.add_argument("--iterations", type=positive_int, default=10, metavar="N",
+                       help="minimum number of timed queries (default: 10)")
+    group.add_argument("--avgRuns", dest="avg_runs", type=positive_int, default=10, metavar="N",
+                       help="report trace averages over N consecutive queries (default: 10)")
+    group.add_argument("--percentile", type=percentile_list, default=(90.0, 95.0, 99.0), metavar="P1,P2",
+                       help="latency percentiles to report (default: 90,95,99)")
+    group.add_argument("--useCudaGraph", dest="cuda_graph", action="store_true",
+                       help="TensorRT: capture the enqueue in a CUDA graph and launch that")
+    group.add_argument("--noDataTransfers", dest="no_data_transfers", action="store_true",
+                       help="TensorRT: skip the H2D/D2H copies (GPU compute only)")
+    group.add_argument("--useSpinWait", dest="spin_wait", action="store_true",
+                       help="TensorRT: spin on events instead of blocking (more stable timings)")
+    group.add_argument("--streams", type=positive_int, default=1, metavar="N",
+                       help="N independent runners in N threads; the report aggregates them (default: 1)")
+    group.add_argument("--exportTimes", dest="export_times", metavar="FILE",
+                       help="write every timed query's times as JSON (trtexec's format)")
+    group.add_argument("--json", dest="json_out", metavar="FILE",
+                       help="write the summary (batch, qps, fps, latency_ms {min,max,mean,median,p90,p95,p99}, ...) as JSON")
+    group.add_argument("--histogram", metavar="PNG", help="write a latency histogram of the timed queries")
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+                         help="auto: .onnx -> onnxruntime, .engine/.plan -> tensorrt (default: auto)")
+    runtime.add_argument("--providers", metavar="LIST",
+                         help="onnxruntime execution providers, comma separated: cpu, cuda, tensorrt (default: cpu)")
+    runtime.add_argument("--threads", type=positive_int, metavar="N", help="onnxruntime intra-op threads")
+    add_model_arguments(parser)
+
+
+def _bench_options(args: argparse.Namespace):
+    from .bench import BenchOptions
+
+    return BenchOptions(
+        batch=args.batch, warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
+        avg_runs=args.avg_runs, percentiles=tuple(args.percentile), cuda_graph=args.cuda_graph,
+        no_data_transfers=args.no_data_transfers, spin_wait=args.spin_wait, streams=args.streams,
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    result = bench.run_benchmark(
+        args.model, _bench_options(args), backend=args.backend,
+        contract_overrides=contract_overrides(args), backend_options=runtime_options(args),
+    )
+    print(bench.format_report(result), end="")
+    if args.json_out:
+        print("wrote {}".format(bench.write_json(result, args.json_out)))
+    if args.export_times:
+        print("wrote {}".format(bench.export_times(result, args.export_times)))
+    if args.histogram:
+        print("wrote {}".format(bench.latency_histogram_png(result, args.histogram)))
+    return 0
+
 
 # (accuracy & device commands: validate, fp16-check, doctor)
 
@@ -233,7 +325,7 @@ COMMANDS: List[tuple] = [
     ("demo", _add_demo, _cmd_demo),
     # [data & eval commands]
     # [engine build commands]
-    # [benchmark command]
+    ("bench", _add_bench, _cmd_bench),
     # [accuracy & device commands]
 ]
 
