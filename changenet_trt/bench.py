@@ -55,7 +55,9 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     count = len(sorted_values)
     if count == 0:
         return float("inf")
-    exclude = int((1.0 - p / 100.0) * count)
+    # trtexec computes this in float32; float64 rounds differently (e.g. p99 of 100 values)
+    one, hundred = np.float32(1.0), np.float32(100.0)
+    exclude = int((one - np.float32(p) / hundred) * np.float32(count))
     return float(sorted_values[max(count - 1 - exclude, 0)])
 
 

@@ -1,0 +1,339 @@
+"""bench: trtexec's statistics, stopping rule, report, JSON and exported times.
+
+Expected numbers are worked out by hand from trtexec's rules (sampleReporting.cpp,
+sampleInference.cpp); the timing loop runs against a fake clock, so nothing sleeps.
+"""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from changenet_trt import bench
+from changenet_trt.backends.base import Runner, Timing
+from changenet_trt.bench import BenchOptions, BenchResult, Trace
+from changenet_trt.cli import main
+from changenet_trt.contract import ModelContract
+from changenet_trt.errors import InputError
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def test_percentile_is_trtexec_nearest_rank_in_float32():
+    ten = list(range(1, 11))
+    # exclude = int((1 - p/100) * N) in float32: p90 of 10 -> int(1.0000002) = 1 -> sorted[8]
+    assert bench.percentile(ten, 90) == 9
+    assert bench.percentile(ten, 95) == 10  # int(0.5) = 0 -> sorted[9]
+    assert bench.percentile(ten, 50) == 5  # int(5) = 5 -> sorted[4]
+    assert bench.percentile(ten, 0) == 1  # int(10) = 10 -> max(-1, 0) = 0
+    assert bench.percentile(ten, 100) == 10
+    hundred = list(range(1, 101))
+    # float32: (1 - 0.99f) * 100 = 0.99999905 -> 0 excluded -> the maximum (float64 would say 99)
+    assert bench.percentile(hundred, 99) == 100
+    assert bench.percentile(hundred, 90) == 90  # (1 - 0.9f) * 100 = 10.000002 -> sorted[89]
+    seven = [10, 20, 30, 40, 50, 60, 70]
+    assert bench.percentile(seven, 90) == 70  # int(0.7) = 0
+    assert bench.percentile(seven, 50) == 40  # int(3.5) = 3 -> sorted[3]
+    assert bench.percentile([], 90) == math.inf
+    with pytest.raises(InputError):
+        bench.percentile(ten, 101)
+
+
+def test_median_averages_the_two_middle_values_for_even_counts():
+    assert bench.median([1, 2, 3, 4]) == 2.5
+    assert bench.median([1, 2, 3, 4, 100]) == 3
+    assert bench.median([7]) == 7
+    assert bench.median([]) == math.inf
+
+
+def test_summarize_matches_hand_computed_values():
+    stats = bench.summarize([4.0, 1.0, 3.0, 2.0], percentiles=(50, 90))
+    assert (stats.min, stats.max, stats.mean, stats.median) == (1.0, 4.0, 2.5, 2.5)
+    assert stats.percentiles == {50.0: 2.0, 90.0: 4.0}  # p50: int(2)=2 -> sorted[1]; p90: int(0.4)=0
+    # population std of 1..4 is sqrt(1.25); cv = std / mean * 100
+    assert stats.cv_percent == pytest.approx(math.sqrt(1.25) / 2.5 * 100)
+    assert bench.summarize([0.0, 0.0]).cv_percent == 0.0
+    with pytest.raises(InputError):
+        bench.summarize([])
+
+
+# -- the timing loop on a fake clock -------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class SerialDeviceRunner(Runner):
+    """A runner whose "device" runs one query at a time for ``compute_ms`` of fake time;
+    ``fetch`` waits (advances the clock) until the query is done."""
+
+    name = "fake"
+
+    def __init__(self, clock, compute_ms, h2d_ms=0.0, d2h_ms=0.0):
+        super().__init__(ModelContract("input_1", "input_2", "output", "learnable", None, (3, 4, 2), "float32", (None, 2)))
+        self.clock = clock
+        self.work_ms = h2d_ms + compute_ms + d2h_ms
+        self.parts = (h2d_ms, compute_ms, d2h_ms)
+        self.device_free_at = 0.0
+        self.ends = {}
+        self.submitted = []
+
+    @property
+    def batch_range(self):
+        return (1, 64)
+
+    def _activate(self):
+        self.buffers = [{n: np.zeros((64, 3, 4, 2), np.float32) for n in ("input_1", "input_2")} for _ in range(2)]
+
+    def _deactivate(self):
+        pass
+
+    def input_buffers(self, batch, slot=0):
+        return {n: b[:batch] for n, b in self.buffers[slot].items()}
+
+    def submit(self, batch, slot=0):
+        assert slot not in self.ends, "slot submitted twice"
+        start = max(self.clock.now, self.device_free_at)
+        self.device_free_at = start + self.work_ms
+        self.ends[slot] = self.device_free_at
+        self.submitted.append(batch)
+
+    def fetch(self, slot=0, copy=True):
+        self.clock.now = max(self.clock.now, self.ends.pop(slot))
+        h2d, compute, d2h = self.parts
+        self.last_timing = Timing(enqueue_ms=0.0, h2d_ms=h2d, compute_ms=compute, d2h_ms=d2h)
+        return np.zeros((self.submitted[-1], 2), np.float32)
+
+
+def run_loop(compute_ms, iterations, duration_s, warmup_ms, **parts):
+    clock = FakeClock()
+    runner = SerialDeviceRunner(clock, compute_ms, **parts)
+    with runner:
+        traces = bench.inference_loop(runner, 4, iterations, duration_s, warmup_ms, clock=clock)
+    return bench.split_warmup(traces, warmup_ms)
+
+
+def test_loop_is_bound_by_iterations_when_queries_are_slow():
+    # 1000 ms queries, no duration: pass 1 only fills the pipeline, passes 2..5 fetch q0..q3,
+    # the drain fetches q4; q0 started computing at 0 < 200 ms, so it is warm-up.
+    warmup, timed = run_loop(1000.0, iterations=5, duration_s=0.0, warmup_ms=200.0)
+    assert [t.compute_start for t in warmup] == [0.0]
+    assert [t.compute_start for t in timed] == [1000.0, 2000.0, 3000.0, 4000.0]
+    _, timed = run_loop(1000.0, iterations=5, duration_s=0.0, warmup_ms=0.0)
+    assert len(timed) == 5
+
+
+def test_warmup_passes_do_not_count_towards_iterations():
+    # 100 ms queries, 200 ms warm-up, 3 iterations: fetching q1 (compute start 100) is a warm-up
+    # pass, so the loop runs a 4th pass; q0 and q1 are warm-up, q2 and q3 timed.
+    warmup, timed = run_loop(100.0, iterations=3, duration_s=0.0, warmup_ms=200.0)
+    assert [t.compute_start for t in warmup] == [0.0, 100.0]
+    assert [t.compute_start for t in timed] == [200.0, 300.0]
+
+
+def test_loop_is_bound_by_duration_when_queries_are_fast():
+    # 10 ms queries, 200 ms warm-up + 1 s: runs until a fetched query started computing at
+    # 1200 ms (q120), then drains q121. Warm-up: q0..q19; timed: q20..q121 = 102 queries
+    # over 1220 - 200 = 1020 ms -> exactly 100 qps.
+    warmup, timed = run_loop(10.0, iterations=10, duration_s=1.0, warmup_ms=200.0)
+    assert len(warmup) == 20 and len(timed) == 102
+    result = BenchResult("m.onnx", "fake", 4, BenchOptions(batch=4, duration_s=1.0), warmup, timed, "fake")
+    assert result.walltime_ms == pytest.approx(1020.0)
+    assert result.qps == pytest.approx(100.0)
+    assert result.fps == pytest.approx(result.qps * 4)
+
+
+def test_trace_places_transfers_around_compute_and_latency_sums_them():
+    warmup, timed = run_loop(10.0, iterations=3, duration_s=0.0, warmup_ms=0.0, h2d_ms=2.0, d2h_ms=3.0)
+    first = timed[0]
+    assert (first.h2d_start, first.h2d_end, first.compute_start, first.compute_end) == (0.0, 2.0, 2.0, 12.0)
+    assert (first.d2h_start, first.d2h_end) == (12.0, 15.0)
+    assert first.latency_ms == pytest.approx(15.0)
+    record = first.export()
+    assert set(record) == {"startEnqMs", "endEnqMs", "startH2dMs", "endH2dMs", "startComputeMs", "endComputeMs",
+                           "startD2hMs", "endD2hMs", "h2dMs", "computeMs", "d2hMs", "latencyMs"}
+    assert record["latencyMs"] == record["h2dMs"] + record["computeMs"] + record["d2hMs"]
+
+
+def test_split_warmup_sorts_streams_by_h2d_start():
+    def trace(stream, start):
+        return Trace(stream, start, start, start, start, start, start + 5, start + 5, start + 5)
+
+    warm, timed = bench.split_warmup([trace(0, 0), trace(0, 300), trace(1, 100), trace(1, 250)], 200.0)
+    assert [(t.stream, t.h2d_start) for t in warm] == [(0, 0), (1, 100)]
+    assert [(t.stream, t.h2d_start) for t in timed] == [(1, 250), (0, 300)]
+
+
+# -- warnings ------------------------------------------------------------------------------------
+
+
+def make_result(parts, backend="tensorrt", streams=1):
+    """A result whose timed queries have the given (enqueue, h2d, compute, d2h) ms."""
+    timed, t = [], 0.0
+    for enq, h2d, compute, d2h in parts:
+        timed.append(Trace(0, t, t + enq, t, t + h2d, t + h2d, t + h2d + compute, t + h2d + compute,
+                           t + h2d + compute + d2h))
+        t += h2d + compute + d2h
+    return BenchResult("m.engine", backend, 8, BenchOptions(batch=8, streams=streams), [], timed, "fake")
+
+
+def warning_heads(result, length=40):
+    return [w[:length] for w in result.performance_warnings()]
+
+
+def test_no_warning_for_a_steady_compute_bound_run():
+    assert make_result([(0.1, 0.5, 10.0, 0.2)] * 5).performance_warnings() == []
+
+
+def test_enqueue_bound_warning_above_80_percent_of_compute():
+    assert not make_result([(8.0, 0.0, 10.0, 0.0)] * 4).performance_warnings()  # 8 is not > 0.8 x 10
+    heads = warning_heads(make_result([(8.5, 0.0, 10.0, 0.0)] * 4))
+    assert heads == ["* Throughput may be bound by Enqueue Time rather than GPU Compute"[:40]]
+
+
+def test_transfer_bound_warnings_when_a_copy_takes_as_long_as_compute():
+    heads = warning_heads(make_result([(0.0, 10.0, 10.0, 1.0)] * 4))
+    assert heads == ["* Throughput may be bound by host-to-device"[:40]]
+    heads = warning_heads(make_result([(0.0, 1.0, 10.0, 12.0)] * 4))
+    assert heads == ["* Throughput may be bound by device-to-host"[:40]]
+
+
+def test_unstable_warning_reports_the_coefficient_of_variation():
+    # compute 10 and 10.3: mean 10.15, population std 0.15 -> cv 1.478% > 1%
+    result = make_result([(0.0, 0.0, 10.0, 0.0), (0.0, 0.0, 10.3, 0.0)])
+    (warning,) = result.performance_warnings()
+    assert warning.startswith("* GPU compute time is unstable, with coefficient of variance = 1.4778")
+    # 10 and 10.2: cv 0.990% stays quiet
+    assert make_result([(0.0, 0.0, 10.0, 0.0), (0.0, 0.0, 10.2, 0.0)]).performance_warnings() == []
+
+
+def test_multiple_streams_warning():
+    heads = warning_heads(make_result([(0.0, 0.0, 10.0, 0.0)] * 3, streams=2))
+    assert heads == ["* Multiple inference streams are used. Latencies"[:40]]
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def test_report_has_trtexec_sections_in_order_and_trace_averages():
+    result = make_result([(0.1, 1.0, float(c), 1.0) for c in range(10, 35)])
+    result.options.avg_runs = 10
+    text = bench.format_report(result)
+    order = ["Warmup completed", "Timing trace has 25 queries", "=== Trace details ===",
+             "=== Performance summary ===", "Throughput: ", "FPS: ", "Latency: ", "Enqueue Time: ",
+             "H2D Latency: ", "GPU Compute Time: ", "D2H Latency: ", "Total Host Walltime: ",
+             "Total GPU Compute Time: "]
+    positions = [text.index(key) for key in order]
+    assert positions == sorted(positions)
+    averages = [line for line in text.splitlines() if line.startswith("Average on 10 runs")]
+    assert len(averages) == 2  # 25 queries -> two full groups of 10, the rest is not averaged
+    # first group: compute 10..19 -> mean 14.5; latency adds 2 ms of transfers
+    assert averages[0] == "Average on 10 runs - GPU latency: 14.5 ms - Host latency: 16.5 ms (enqueue 0.1 ms)"
+    assert "percentile(90%)" in text and "percentile(99%)" in text
+    assert "FPS: {} pairs/s (qps x batch 8)".format(bench._g(result.qps * 8)) in text
+
+
+def test_json_summary_schema():
+    result = make_result([(0.1, 1.0, float(c), 1.0) for c in range(10, 20)])
+    result.options.percentiles = (50.0,)
+    doc = json.loads(json.dumps(result.to_dict()))
+    for key in ("batch", "qps", "fps", "latency_ms", "queries", "walltime_s", "compute_ms", "enqueue_ms",
+                "h2d_ms", "d2h_ms", "total_compute_s", "warnings", "options", "machine", "backend", "model"):
+        assert key in doc, key
+    assert doc["fps"] == pytest.approx(doc["qps"] * doc["batch"])
+    assert {"min", "max", "mean", "median", "p90", "p95", "p99", "p50"} <= set(doc["latency_ms"])
+    # latency = 1 + compute + 1: 12..21 -> median 16.5, p90 int(1.0000002) = 1 -> sorted[8] = 20
+    assert doc["latency_ms"]["median"] == pytest.approx(16.5)
+    assert doc["latency_ms"]["p90"] == pytest.approx(20.0)
+    assert doc["queries"] == 10
+
+
+# -- real runs on the reference model (onnxruntime) ---------------------------------------------
+
+
+def short_options(**kw):
+    base = dict(batch=4, warmup_ms=5.0, duration_s=0.05, iterations=3)
+    base.update(kw)
+    return BenchOptions(**base)
+
+
+def test_run_benchmark_on_onnxruntime(reference_models):
+    result = bench.run_benchmark(reference_models["learnable_dynamic"], short_options())
+    assert result.backend == "onnxruntime" and result.batch == 4 and result.clock == "host"
+    assert len(result.timed) >= 3
+    for trace in result.timed:
+        assert trace.h2d_ms == 0.0 and trace.d2h_ms == 0.0 and trace.compute_ms > 0.0
+        assert trace.compute_start >= 5.0
+    assert result.fps == pytest.approx(result.qps * 4)
+    assert result.machine["cpu_count"] >= 1 and result.machine["onnxruntime"]
+
+
+def test_tensorrt_only_flags_warn_on_onnxruntime(reference_models):
+    options = short_options(cuda_graph=True, spin_wait=True, no_data_transfers=True)
+    result = bench.run_benchmark(reference_models["learnable_dynamic"], options)
+    assert result.warnings == [
+        "--useCudaGraph applies to TensorRT engines only; ignored for onnxruntime",
+        "--useSpinWait applies to TensorRT engines only; ignored for onnxruntime",
+        "--noDataTransfers applies to TensorRT engines only; ignored for onnxruntime",
+    ]
+
+
+def test_static_batch_model_runs_at_its_batch(reference_models):
+    path = reference_models["learnable_static16"]
+    result = bench.run_benchmark(path, short_options(batch=None))
+    assert result.batch == 16
+    with pytest.raises(InputError, match="static batch"):
+        bench.run_benchmark(path, short_options(batch=8))
+
+
+def test_streams_run_in_parallel_and_are_aggregated(reference_models):
+    result = bench.run_benchmark(reference_models["euclidean_dynamic"], short_options(streams=2))
+    assert {t.stream for t in result.timed} == {0, 1}
+    starts = [t.h2d_start for t in result.timed]
+    assert starts == sorted(starts)
+    assert any(w.startswith("* Multiple inference streams") for w in result.performance_warnings())
+
+
+def test_cli_bench_prints_report_and_json_agrees(reference_models, tmp_path, capsys):
+    out_json, times, png = tmp_path / "r.json", tmp_path / "times.json", tmp_path / "lat.png"
+    code = main(["bench", reference_models["learnable_dynamic"], "--batch", "2", "--warmUp", "5", "--duration",
+                 "0.05", "--iterations", "4", "--avgRuns", "2", "--percentile", "50,99", "--json", str(out_json),
+                 "--exportTimes", str(times), "--histogram", str(png)])
+    assert code == 0
+    text = capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    assert doc["batch"] == 2 and doc["options"]["percentiles"] == [50.0, 99.0]
+    qps = float(re.search(r"Throughput: (\S+) qps", text).group(1))
+    fps = float(re.search(r"FPS: (\S+) pairs/s", text).group(1))
+    assert qps == pytest.approx(doc["qps"], rel=1e-5) and fps == pytest.approx(doc["fps"], rel=1e-5)
+    median = float(re.search(r"^Latency: .*median = (\S+) ms", text, re.M).group(1))
+    assert median == pytest.approx(doc["latency_ms"]["median"], rel=1e-5)
+    assert "Timing trace has {} queries".format(doc["queries"]) in text
+    records = json.loads(times.read_text())
+    assert len(records) == doc["queries"]
+    assert [r["latencyMs"] for r in records] == pytest.approx([r["computeMs"] for r in records])
+    import cv2
+
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 100
+    png2 = tmp_path / "again.png"
+    assert bench.latency_histogram(str(times), str(png2)) == str(png2) and png2.exists()
+
+
+def test_cli_bench_user_errors_are_one_line(tmp_path, capsys, reference_models):
+    assert main(["bench", str(tmp_path / "missing.onnx")]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["bench", reference_models["learnable_dynamic"], "--percentile", "120"])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(InputError, match="exportTimes"):
+        bench.read_exported_times(str(bad))
