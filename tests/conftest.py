@@ -11,6 +11,7 @@ if TESTS_DIR not in sys.path:
 
 # Fixtures of the fakes are imported here, one line each.
 # [fake fixtures]
+from fakes.cuda_fixture import fake_cuda  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
