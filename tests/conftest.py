@@ -12,6 +12,7 @@ if TESTS_DIR not in sys.path:
 # Fixtures of the fakes are imported here, one line each.
 # [fake fixtures]
 from fakes.cuda_fixture import fake_cuda  # noqa: E402,F401
+from fakes.trt_fixture import fake_trt, fake_trt_factory, no_tensorrt  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,163 @@
+"""A strict fake of the ``tensorrt`` Python module (name-based API of TensorRT 8.5 - 10.x).
+
+Tests never import this as ``tensorrt`` directly: :func:`make_module` builds a fresh module
+object that plays one version (``"8.5"``, ``"8.6"`` or ``"10.x"``), and the fixture in
+``tests/fakes/trt_fixture.py`` installs it as ``sys.modules["tensorrt"]``.
+
+What it binds is a subset of the real module (checked against the committed name list of
+the 10.x wheel by tests/test_tensorrt_names.py): nothing removed in TensorRT 10 exists in
+any mode (no bindings API, ``execute_async_v2``, ``build_engine``, ``max_workspace_size``),
+and 8.6+ members are absent when it plays 8.5. ``module._fake`` (an :class:`Api`) holds what
+tests read: ``builds`` (one record per build), ``counters``, ``log`` and ``settings``.
+"""
+
+import types
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..device import DEVICE
+from . import _builder, _plan, _runtime
+from ._api import MODES, Api, FakeTensorRTError, make_enum
+
+__all__ = ["MODES", "make_module", "make_fake_engine", "FakeTensorRTError"]
+
+# (member, since, until): values are positions, stable across versions
+_ENUMS: Dict[str, List[tuple]] = {
+    "DataType": [("FLOAT", None, None), ("HALF", None, None), ("INT8", None, None), ("INT32", None, None),
+                 ("BOOL", None, None), ("UINT8", None, None), ("FP8", "8.6", None), ("BF16", "10.0", None),
+                 ("INT64", "10.0", None), ("INT4", "10.0", None)],
+    "TensorIOMode": [("NONE", None, None), ("INPUT", None, None), ("OUTPUT", None, None)],
+    "TensorLocation": [("DEVICE", None, None), ("HOST", None, None)],
+    "MemoryPoolType": [("WORKSPACE", None, None), ("DLA_MANAGED_SRAM", None, None), ("DLA_LOCAL_DRAM", None, None),
+                       ("DLA_GLOBAL_DRAM", None, None), ("TACTIC_DRAM", "8.6", None),
+                       ("TACTIC_SHARED_MEMORY", "10.0", None)],
+    "BuilderFlag": [("FP16", None, None), ("INT8", None, None), ("DEBUG", None, None), ("GPU_FALLBACK", None, None),
+                    ("STRICT_TYPES", None, "8.6"), ("REFIT", None, None), ("DISABLE_TIMING_CACHE", None, None),
+                    ("TF32", None, None), ("SPARSE_WEIGHTS", None, None), ("SAFETY_SCOPE", None, None),
+                    ("OBEY_PRECISION_CONSTRAINTS", None, None), ("PREFER_PRECISION_CONSTRAINTS", None, None),
+                    ("DIRECT_IO", None, None), ("REJECT_EMPTY_ALGORITHMS", None, None),
+                    ("ENABLE_TACTIC_HEURISTIC", None, "8.6"), ("VERSION_COMPATIBLE", "8.6", None),
+                    ("EXCLUDE_LEAN_RUNTIME", "8.6", None), ("FP8", "8.6", None), ("BF16", "10.0", None),
+                    ("ERROR_ON_TIMING_CACHE_MISS", "10.0", None), ("DISABLE_COMPILATION_CACHE", "10.0", None),
+                    ("STRIP_PLAN", "10.0", None), ("WEIGHT_STREAMING", "10.0", None)],
+    "DeviceType": [("GPU", None, None), ("DLA", None, None)],
+    "ProfilingVerbosity": [("LAYER_NAMES_ONLY", None, None), ("NONE", None, None), ("DETAILED", None, None)],
+    "NetworkDefinitionCreationFlag": [("EXPLICIT_BATCH", None, None), ("EXPLICIT_PRECISION", None, "10.0"),
+                                      ("STRONGLY_TYPED", "10.0", None)],
+    "CalibrationAlgoType": [("LEGACY_CALIBRATION", None, None), ("ENTROPY_CALIBRATION", None, None),
+                            ("ENTROPY_CALIBRATION_2", None, None), ("MINMAX_CALIBRATION", None, None)],
+    "HardwareCompatibilityLevel": [("NONE", "8.6", None), ("AMPERE_PLUS", "8.6", None)],
+    "ErrorCode": [("SUCCESS", None, None), ("INTERNAL_ERROR", None, None), ("MEM_ALLOC_FAILED", None, None),
+                  ("MODEL_DESERIALIZE_FAILED", None, None), ("INVALID_VALUE", None, None),
+                  ("INVALID_GRAPH", None, None), ("INVALID_NODE", None, None), ("UNSUPPORTED_GRAPH", None, None),
+                  ("UNSUPPORTED_NODE", None, None)],
+    "LayerType": [(name, since, None) for name, since in (
+        ("CONVOLUTION", None), ("ACTIVATION", None), ("POOLING", None), ("SCALE", None), ("SOFTMAX", None),
+        ("DECONVOLUTION", None), ("CONCATENATION", None), ("ELEMENTWISE", None), ("PLUGIN", None),
+        ("UNARY", None), ("PADDING", None), ("SHUFFLE", None), ("REDUCE", None), ("TOPK", None), ("GATHER", None),
+        ("MATRIX_MULTIPLY", None), ("CONSTANT", None), ("IDENTITY", None), ("SLICE", None), ("SHAPE", None),
+        ("RESIZE", None), ("SELECT", None), ("NORMALIZATION", "8.6"))],
+}
+_SEVERITIES = [("INTERNAL_ERROR", None, None), ("ERROR", None, None), ("WARNING", None, None),
+               ("INFO", None, None), ("VERBOSE", None, None)]
+
+# class -> (since, until) for whole classes
+_CLASSES = [
+    (_runtime.ILogger, None, None), (_runtime.Logger, None, None), (_runtime.Runtime, None, None),
+    (_runtime.ICudaEngine, None, None), (_runtime.IExecutionContext, None, None),
+    (_builder.ITensor, None, None), (_builder.ILayer, None, None), (_builder.INetworkDefinition, None, None),
+    (_builder.ParserError, None, None), (_builder.OnnxParser, None, None),
+    (_builder.IOptimizationProfile, None, None), (_builder.ITimingCache, None, None),
+    (_builder.IInt8Calibrator, None, None), (_builder.IInt8EntropyCalibrator2, None, None),
+    (_builder.IInt8EntropyCalibrator, None, None), (_builder.IInt8MinMaxCalibrator, None, None),
+    (_builder.IProgressMonitor, "10.0", None), (_builder.IBuilderConfig, None, None), (_builder.Builder, None, None),
+]
+
+
+def make_module(mode: str = "10.x", version: Optional[str] = None) -> types.ModuleType:
+    """A fresh fake ``tensorrt`` module playing ``mode`` (``"8.5"``, ``"8.6"``, ``"10.x"``).
+
+    ``version`` overrides the reported ``__version__`` (e.g. ``"10.0.1"``); its major/minor
+    decide which members exist.
+    """
+    if mode not in MODES:
+        raise ValueError("mode must be one of {}, not {!r}".format(sorted(MODES), mode))
+    api = Api(version or MODES[mode])
+    module = types.ModuleType("tensorrt", "Fake TensorRT {} (tests only)".format(api.version_string))
+    api.module = module
+    module.__version__ = api.version_string
+    module._fake = api
+    for name, members in _ENUMS.items():
+        if any(api.has(s, u) for _, s, u in members):
+            setattr(module, name, make_enum(api, name, members))
+    # Classes: per-module subclasses, so an object of another fake module is refused.
+    for base, since, until in _CLASSES:
+        if api.has(since, until):
+            setattr(module, base.__name__, api.specialise(base))
+    module.IHostMemory = type("IHostMemory", (_runtime.IHostMemory,), {"_api": api, "__module__": "tensorrt"})
+    api.classes["IHostMemory"] = module.IHostMemory
+    module.Dims = _runtime.Dims
+    module.ILogger.Severity = make_enum(api, "Severity", _SEVERITIES)
+    for member in module.ILogger.Severity:
+        setattr(module.Logger, member.name, member)
+    module.Logger.Severity = module.ILogger.Severity
+    dt = module.DataType
+    module.float32, module.float16, module.int8, module.int32, module.bool, module.uint8 = (
+        dt.FLOAT, dt.HALF, dt.INT8, dt.INT32, dt.BOOL, dt.UINT8)
+    if api.at_least("10.0"):
+        module.bfloat16, module.int64 = dt.BF16, dt.INT64
+
+    def nptype(trt_type: Any) -> Any:
+        import numpy as np
+
+        table = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_,
+                 "UINT8": np.uint8, "INT64": np.int64}
+        if trt_type.name not in table:
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return table[trt_type.name]
+
+    def volume(iterable: Sequence[int]) -> int:
+        return _plan.volume(iterable)
+
+    module.nptype = nptype
+    module.volume = volume
+    return module
+
+
+def make_fake_engine(
+    onnx_path: str,
+    min_batch: int = 1,
+    opt_batch: int = 16,
+    max_batch: int = 32,
+    fp16_io: bool = False,
+    version: str = MODES["10.x"],
+    fp16: bool = True,
+    compute_capability: Optional[Sequence[int]] = None,
+) -> bytes:
+    """Serialized fake engine bytes for an ONNX file, without going through the builder.
+
+    One profile ``min/opt/max_batch`` on the batch dimension of every input; ``fp16_io``
+    makes every I/O tensor float16 (as an engine built with FP16 I/O formats); ``fp16``
+    marks the engine built with the FP16 flag (outputs rounded through float16);
+    ``version``/``compute_capability`` default to what the fake device and 10.x mode play.
+    """
+    with open(onnx_path, "rb") as handle:
+        onnx_bytes = handle.read()
+    inputs, outputs = _plan.onnx_io(onnx_bytes)
+    profile = {}
+    for t in inputs:
+        shapes = []
+        for batch in (min_batch, opt_batch, max_batch):
+            shapes.append([batch if i == 0 and d == -1 else d for i, d in enumerate(t["shape"])])
+        profile[t["name"]] = shapes
+    io_dtypes = {t["name"]: "float16" for t in inputs + outputs} if fp16_io else None
+    header = _plan.header_for(
+        onnx_bytes,
+        version,
+        compute_capability or DEVICE.compute_capability,
+        DEVICE.name,
+        [profile],
+        io_dtypes=io_dtypes,
+        flags=["FP16"] if fp16 else [],
+        num_layers=0,
+    )
+    return _plan.encode(header, onnx_bytes)
