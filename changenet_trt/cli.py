@@ -187,14 +187,26 @@ def _add_reference_model(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=positive_int, metavar="N",
                         help="static batch N, as TAO's default export (16); default: dynamic")
     parser.add_argument("--opset", type=int, choices=(12, 17), default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--realistic", action="store_true",
+                        help="write the compute-realistic FAN-hybrid-small-like model instead (random weights, "
+                        "about 60 GFLOPs per pair learnable / 37 euclidean, a 260-310 MB file): for benchmarks")
+    parser.add_argument("--seed", type=int, default=0, help="weights seed of --realistic (default: 0)")
 
 
 def _cmd_reference_model(args: argparse.Namespace) -> int:
+    batch_text = "static {}".format(args.batch) if args.batch else "dynamic"
+    if args.realistic:
+        from .realistic import build_realistic_model, model_gflops, save_model
+
+        model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
+        path = save_model(model, args.out)
+        print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
+              "per pair)".format(path, args.kind, batch_text, args.opset, model_gflops(model)))
+        return 0
     from .reference import write_reference_model
 
     path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset)
-    print("wrote {} ({} output, {} batch, opset {})".format(
-        path, args.kind, "static {}".format(args.batch) if args.batch else "dynamic", args.opset))
+    print("wrote {} ({} output, {} batch, opset {})".format(path, args.kind, batch_text, args.opset))
     return 0
 
 
