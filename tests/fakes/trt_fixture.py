@@ -7,8 +7,9 @@
         fake_trt._fake.builds ...
 
 ``fake_trt_factory(mode, version=None)`` installs (and returns) a module of any mode when a
-test needs to switch. The fake device is reset before and after, and ``sys.modules`` is
-restored afterwards (a real TensorRT, if one is installed, comes back).
+test needs to switch. ``sys.modules`` is
+restored afterwards (a real TensorRT, if one is installed, comes back). The fake device is
+reset when the fixture starts (``fake_cuda`` does the same; requesting both is fine).
 """
 
 import sys
@@ -36,7 +37,6 @@ def fake_trt_factory():
         sys.modules.pop("tensorrt", None)
     else:
         sys.modules["tensorrt"] = saved
-    DEVICE.reset()
 
 
 @pytest.fixture

@@ -239,9 +239,6 @@ class ParserError(Strict):
         self._node_name = node_name
         self._op = op
 
-    def code(self) -> Any:
-        return self._code
-
     def desc(self) -> str:
         return self._desc
 
