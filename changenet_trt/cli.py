@@ -214,22 +214,134 @@ def _cmd_reference_model(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
-        help="run the CPU pipeline end to end on a reference model and made-up pairs",
-        description="Write a reference model, make golden/sample pairs, score them with the "
-        "Python API on ONNX Runtime and print scores, decisions and pairs/s.",
+        help="run the whole CPU pipeline: reference model, synthetic PCB data, eval, plots",
+        description="Write a reference model (or use --model), synthesise a PCB data set in TAO's "
+        "layout, evaluate the model on it with ONNX Runtime and print the false-positive rate, the "
+        "defect capture, pairs/s and where the plots are.",
     )
     parser.add_argument("--out", default="demo-output", help="working folder (default: demo-output)")
-    parser.add_argument("--model", help="score with this ONNX model instead of the reference model")
-    parser.add_argument("--pairs", type=positive_int, default=8, help="number of pairs (default: 8)")
+    parser.add_argument("--model", help="evaluate this ONNX model instead of the reference model")
+    parser.add_argument("--kind", choices=("learnable", "euclidean"), default="learnable",
+                        help="which reference model to write (default: learnable)")
+    parser.add_argument("--pairs", type=positive_int, default=400, help="synthetic pairs (default: 400)")
+    parser.add_argument("--defect-rate", type=rate, default=0.3, metavar="R",
+                        help="share of defect pairs (default: 0.3)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, model=args.model, pairs=args.pairs)
+    return run_demo(args.out, model=args.model, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
+                    kind=args.kind)
 
 
-# (data & eval commands: synth, eval)
+# -- synth / eval ------------------------------------------------------------------------------
+def rate(text: str) -> float:
+    """A rate in [0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number between 0 and 1, found {!r}".format(text)) from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("expected a number between 0 and 1, found {}".format(value))
+    return value
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "synth",
+        help="write a synthetic PCB data set (golden/sample pairs under 4 lights) in TAO's layout",
+        description="Synthesise golden/sample images of PCB components (resistors, capacitors, diodes, "
+        "ICs) under TAO's four lights, with PASS nuisance and labelled defects (MISSING, SHIFTED, "
+        "ROTATED, TOMBSTONE, POLARITY, BRIDGE, FOREIGN), plus the CSV. Deterministic by seed.",
+    )
+    parser.add_argument("out", help="output folder (gets dataset.csv, images/, synth.json)")
+    parser.add_argument("--pairs", type=positive_int, default=400, help="number of pairs (default: 400)")
+    parser.add_argument("--defect-rate", type=rate, default=0.3, metavar="R", help="share of defect pairs (default: 0.3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--ext", default=".jpg", help="image file extension: .jpg (TAO's default), .png or .bmp")
+    parser.add_argument("--lights", default=",".join(_tao_lights()), metavar="LIST",
+                        help="comma-separated light names, or 'none' for one image per object "
+                        "(default: TAO's LowAngleLight,SolderLight,UniformLight,WhiteLight)")
+    parser.add_argument("--size", type=positive_int, default=128, help="light image size in pixels (default: 128)")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="render threads (default: one per core)")
+
+
+def _tao_lights() -> tuple:
+    from .dataset import TAO_LIGHTS
+
+    return TAO_LIGHTS
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from .dataset import parse_lights
+    from .progress import Progress
+    from .synth import synthesize
+
+    start = time.perf_counter()
+    with Progress(args.pairs, label="synth", unit="pairs") as bar:
+        result = synthesize(args.out, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
+                            lights=parse_lights(args.lights), ext=args.ext, size=args.size, workers=args.workers,
+                            on_pair=bar.update)
+    counts = result.counts
+    print("wrote {} pairs to {} in {:.1f} s: {}".format(
+        args.pairs, args.out, time.perf_counter() - start, ", ".join("{} {}".format(k, v) for k, v in counts.items())))
+    print("  csv:    {}".format(result.csv_path))
+    print("  images: {}".format(os.path.join(args.out, "images")))
+    print("evaluate a model on it with: changenet-trt eval MODEL --csv {}".format(result.csv_path))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="score a TAO-layout data set: FPR, defect capture, cutoff sweep, plots",
+        description="Score every golden/sample pair of a TAO ChangeNet-Classification CSV (columns "
+        "input_path, golden_path, label, object_name; label PASS = good, anything else = a defect of "
+        "that type) and write scores.csv, summary.json, sweep.csv and PNG plots. Light files are "
+        "<images>/<input_path|golden_path>/<object_name>_<Light><ext>. A row with a missing or "
+        "unreadable file is reported with its CSV line and path and skipped (or, with --strict, stops "
+        "the run).",
+    )
+    parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+    parser.add_argument("--csv", required=True, help="TAO data set CSV")
+    parser.add_argument("--images", metavar="DIR", help="images root the CSV's paths are relative to (default: the CSV's folder)")
+    parser.add_argument("--out", default="eval-output", metavar="DIR", help="output folder (default: eval-output)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first missing or unreadable file")
+    parser.add_argument("--target-fpr", type=rate, metavar="F", help="also report the lowest cutoff with FPR <= F")
+    parser.add_argument("--target-capture", type=rate, metavar="T",
+                        help="also report the highest cutoff with defect capture >= T")
+    group = parser.add_argument_group("data layout (TAO's defaults)")
+    group.add_argument("--lights", default=",".join(_tao_lights()), metavar="LIST",
+                       help="light names in input order, or 'none' for one image per object "
+                       "(default: LowAngleLight,SolderLight,UniformLight,WhiteLight)")
+    group.add_argument("--ext", default=".jpg", help="image file extension (default: .jpg)")
+    group.add_argument("--concat", choices=("linear", "grid"), default="linear",
+                       help="lights stacked along H (linear) or in a grid (default: linear)")
+    group.add_argument("--grid", metavar="RxC", help="grid rows x columns for --concat grid (default: 2x(n/2))")
+    group.add_argument("--workers", type=positive_int, metavar="N", help="decode threads (default: one per core)")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser)
+    add_model_arguments(parser)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .dataset import LightLayout, parse_grid, parse_lights
+    from .evaluate import evaluate, format_summary
+
+    layout = LightLayout(lights=parse_lights(args.lights), ext=args.ext, concat=args.concat,
+                         grid=parse_grid(args.grid) if args.grid else None)
+    with load_classifier(args) as clf:
+        result = evaluate(args.model, args.csv, images_dir=args.images, out_dir=args.out, layout=layout,
+                          strict=args.strict, target_fpr=args.target_fpr, target_capture=args.target_capture,
+                          plots=not args.no_plots, workers=args.workers, progress=not args.quiet, classifier=clf)
+    print(format_summary(result))
+    return 0
+
 
 # (engine build commands: prepare, build)
 
@@ -335,7 +447,8 @@ COMMANDS: List[tuple] = [
     ("infer", _add_infer, _cmd_infer),
     ("reference-model", _add_reference_model, _cmd_reference_model),
     ("demo", _add_demo, _cmd_demo),
-    # [data & eval commands]
+    ("synth", _add_synth, _cmd_synth),
+    ("eval", _add_eval, _cmd_eval),
     # [engine build commands]
     ("bench", _add_bench, _cmd_bench),
     # [accuracy & device commands]

@@ -1,80 +1,101 @@
-"""``changenet-trt demo``: the whole CPU pipeline on a reference model and a few made-up pairs."""
+"""``changenet-trt demo``: the whole pipeline on CPU, from nothing to FPR, capture and plots.
+
+1. write the reference model (or use the model the user names),
+2. synthesise a PCB data set in TAO's layout (:mod:`changenet_trt.synth`),
+3. evaluate the model on it (:mod:`changenet_trt.evaluate`): scores.csv, summary.json, plots.
+"""
 
 import os
+import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 from .reference import write_reference_model
 
-
-def _board(rng: np.random.Generator) -> np.ndarray:
-    """A 512x128 RGB strip: four component pads on green solder mask (one per light band)."""
-    import cv2
-
-    image = np.empty((512, 128, 3), dtype=np.uint8)
-    image[:] = (30, 90, 40)
-    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
-    for top in range(40, 512, 128):
-        cv2.rectangle(image, (34, top), (94, top + 48), (200, 200, 190), -1)
-        cv2.rectangle(image, (48, top + 10), (80, top + 38), (20, 20, 20), -1)
-    return image
+#: defects make_pairs draws from: the unmistakable ones, so its pairs are a sanity check
+CLEAR_DEFECTS = ("MISSING", "SHIFTED", "TOMBSTONE")
 
 
 def make_pairs(count: int, seed: int = 0) -> Tuple[List[np.ndarray], List[np.ndarray], np.ndarray]:
-    """``count`` golden/sample uint8 RGB pairs; every second sample has a missing component.
+    """``count`` golden/sample pairs as uint8 RGB ``[512, 128, 3]`` arrays (4 lights stacked along H).
 
-    Returns ``(golden, sample, is_defect)``; PASS samples differ from their golden by lighting,
-    noise and a sub-pixel shift only.
+    Every second sample (odd index) has a clear defect (missing, shifted or tombstoned part);
+    PASS samples differ from their golden by capture nuisance only. Returns ``(golden, sample,
+    is_defect)`` with ``is_defect`` bool ``[count]``. Deterministic by ``seed``.
     """
-    import cv2
+    from .synth import COMPONENTS, VALID_DEFECTS, Plan, render_pair
 
-    rng = np.random.default_rng(seed)
-    golden, sample, defect = [], [], []
+    golden, sample, truth = [], [], []
+    chips = [c for c in COMPONENTS if all(d in VALID_DEFECTS[c] for d in CLEAR_DEFECTS)]
     for i in range(count):
-        g = _board(rng)
-        s = g.astype(np.float32) * rng.uniform(0.92, 1.08) + rng.normal(0, 4, g.shape)
-        shift = np.float32([[1, 0, rng.uniform(-1, 1)], [0, 1, rng.uniform(-1, 1)]])
-        s = cv2.warpAffine(s, shift, (128, 512), borderMode=cv2.BORDER_REFLECT)
-        is_defect = i % 2 == 1
-        if is_defect:
-            top = 40 + 128 * int(rng.integers(0, 4))
-            cv2.rectangle(s, (34, top), (94, top + 48), (30, 90, 40), -1)
-        golden.append(g)
-        sample.append(np.clip(s, 0, 255).astype(np.uint8))
-        defect.append(is_defect)
-    return golden, sample, np.array(defect)
+        component = COMPONENTS[i % len(COMPONENTS)]
+        label = "PASS"
+        if i % 2 == 1:
+            # two-terminal parts: their clear defects change the image a lot but not wildly
+            # (embedding RMS distance about 0.1-0.2 with the reference model)
+            component = chips[(i // 2) % len(chips)]
+            label = CLEAR_DEFECTS[(i // 2 + i // 6) % len(CLEAR_DEFECTS)]
+        g, s = render_pair(Plan(i, 0, "P{:03d}".format(i), component, label), seed)
+        golden.append(np.ascontiguousarray(np.vstack(g)))
+        sample.append(np.ascontiguousarray(np.vstack(s)))
+        truth.append(label != "PASS")
+    return golden, sample, np.array(truth, dtype=bool)
 
 
-def run_demo(out_dir: str = "demo-output", model: Optional[str] = None, pairs: int = 8) -> int:
-    """Write a reference model (unless ``model`` is given), score ``pairs`` pairs, print them."""
-    import cv2
+def run_demo(
+    out_dir: str = "demo-output",
+    model: Optional[str] = None,
+    pairs: int = 400,
+    defect_rate: float = 0.3,
+    seed: int = 0,
+    kind: str = "learnable",
+    progress: bool = True,
+    **load_options: Any
+) -> int:
+    """Run the pipeline; print FPR, defect capture, pairs/s and where the plots are. Returns 0."""
+    from .evaluate import evaluate, format_summary
+    from .progress import Progress
+    from .synth import synthesize
 
-    from .api import load
-
+    started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     if model is None:
-        model = write_reference_model(os.path.join(out_dir, "reference_learnable.onnx"), kind="learnable")
-        print("wrote reference model {}".format(model))
-    golden, sample, truth = make_pairs(pairs)
-    paths = []
-    for i, (g, s) in enumerate(zip(golden, sample)):
-        gp = os.path.join(out_dir, "pair{:02d}_golden.png".format(i))
-        sp = os.path.join(out_dir, "pair{:02d}_sample.png".format(i))
-        cv2.imwrite(gp, cv2.cvtColor(g, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(sp, cv2.cvtColor(s, cv2.COLOR_RGB2BGR))
-        paths.append((gp, sp))
-    print("wrote {} golden/sample image pairs to {}/".format(pairs, out_dir))
-    start = time.perf_counter()
-    with load(model) as clf:
-        print("loaded {}".format(clf))
-        result = clf.predict([p[0] for p in paths], [p[1] for p in paths])
-    seconds = time.perf_counter() - start
-    print("\n{:<6} {:>10}  {:<8} {}".format("pair", "score", "decision", "truth"))
-    for i, (s, d, t) in enumerate(zip(result.scores, result.defects, truth)):
-        print("{:<6} {:>10.4f}  {:<8} {}".format(i, s, "DEFECT" if d else "pass", "defect" if t else "pass"))
-    correct = int((result.defects == truth).sum())
-    print("\n{}/{} decisions correct at cutoff {}; {:.1f} pairs/s (predict incl. decode), {:.2f} s with load".format(
-        correct, pairs, result.cutoff, result.pairs_per_s, seconds))
+        model = write_reference_model(os.path.join(out_dir, "reference_{}.onnx".format(kind)), kind=kind)
+        print("[1/3] model: wrote the reference {} model {}".format(kind, model))
+    else:
+        print("[1/3] model: {}".format(model))
+    sys.stdout.flush()
+
+    data_dir = os.path.join(out_dir, "data")
+    t0 = time.perf_counter()
+    bar = Progress(pairs, label="synth", unit="pairs", quiet=not progress)
+    with bar:
+        data = synthesize(data_dir, pairs=pairs, defect_rate=defect_rate, seed=seed, on_pair=bar.update)
+    counts = data.counts
+    defects = sum(v for k, v in counts.items() if k != "PASS")
+    print("[2/3] data: {} synthetic pairs ({} PASS, {} defect: {}) in {:.1f} s -> {}".format(
+        pairs, counts.get("PASS", 0), defects,
+        ", ".join("{} {}".format(k, v) for k, v in counts.items() if k != "PASS") or "none",
+        time.perf_counter() - t0, data.csv_path))
+    sys.stdout.flush()
+
+    eval_dir = os.path.join(out_dir, "eval")
+    result = evaluate(model, data.csv_path, out_dir=eval_dir, progress=progress, target_fpr=0.01,
+                      target_capture=0.99, **load_options)
+    print("[3/3] eval: {}".format(eval_dir))
+    print()
+    print(format_summary(result))
+    s = result.summary
+    print()
+    print("demo result: FPR {} and defect capture {} at cutoff {:g}; {} pairs/s end to end; {:.1f} s in all".format(
+        "n/a" if s["fpr"] is None else "{:.2f}%".format(100 * s["fpr"]),
+        "n/a" if s["defect_capture"] is None else "{:.2f}%".format(100 * s["defect_capture"]),
+        s["cutoff"], s["pairs_per_s"], time.perf_counter() - started))
+    for key, label in (("roc_png", "ROC curve"), ("roc_low_fpr_png", "ROC at low FPR"), ("scores_png", "score histograms"),
+                       ("scores_by_type_png", "scores by defect type"), ("sweep_png", "cutoff sweep")):
+        if key in result.files:
+            print("  {:<22} {}".format(label, result.files[key]))
+    print("  {:<22} {}".format("scores / summary", "{}, {}".format(result.files["scores_csv"], result.files["summary_json"])))
     return 0

@@ -317,6 +317,14 @@ def roc_png(
     if max_fpr >= 1.0:
         axes.polyline(np.array([0.0, 1.0]), np.array([0.0, 1.0]), (190, 190, 190), 1)
     label = "ROC" if auc is None else "ROC (AUC {:.4f})".format(auc)
+    if max_fpr < 1.0 and fpr.size:
+        # cut the curve at the window's edge instead of squashing the rest onto it
+        keep = fpr <= max_fpr
+        edge_tpr = float(tpr[keep][-1]) if keep.any() else 0.0
+        later = np.flatnonzero(fpr > max_fpr)
+        if later.size:
+            fpr = np.append(fpr[keep], [max_fpr])
+            tpr = np.append(tpr[keep], [edge_tpr])
     axes.polyline(fpr, tpr, color(0), 2, label=label)
     for i, (name, (x, y)) in enumerate((points or {}).items()):
         axes.marker(float(x), float(y), color(i + 3),

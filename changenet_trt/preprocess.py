@@ -3,17 +3,31 @@
 TAO (training and TAO Deploy) feeds RGB images scaled to [0, 1] and normalised with the
 ImageNet mean/std; NVIDIA's DeepStream sample for the deployable model uses 0.5/0.5 instead,
 so normalisation is a preset with an override.
+
+A model input ``[3, H, W]`` may be made of several *tiles*: one image per LED light, each
+resized to its tile and placed along H (``linear``, TAO's default: 4 x 128x128 -> 512x128) or
+in a grid. Every tile is decoded, converted and normalised straight into its window of the
+destination (a view of the runner's own input buffer, float32 or float16), one channel plane
+at a time: nothing bigger than one decoded light is ever allocated.
+
+Numerically the result equals TAO Deploy's loader (RGB, float32 resize with bilinear
+interpolation, ``(x / 255 - mean) / std``) to float32 rounding.
 """
 
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InputError
 
 Image = Union[str, "os.PathLike[str]", np.ndarray]
+#: where a tile goes in the model input: (top, left, height, width) in pixels
+Box = Tuple[int, int, int, int]
+CONCAT_TYPES = ("linear", "grid")
 
 
 @dataclass(frozen=True)
@@ -49,18 +63,73 @@ def get_normalization(preset: Union[str, Normalization, None]) -> Normalization:
     raise InputError("unknown normalisation preset", expected=" or ".join(sorted(PRESETS)), found=repr(preset))
 
 
-def read_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
-    """Decode an image file to RGB uint8 ``[H, W, 3]`` (grayscale, RGBA and 16-bit handled)."""
+def parse_normalization(text: str) -> Normalization:
+    """A preset name, or a custom ``"m_r,m_g,m_b/s_r,s_g,s_b"`` (means / stds of x / 255)."""
+    text = text.strip()
+    if text in PRESETS:
+        return PRESETS[text]
+    parts = text.split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        mean = tuple(float(v) for v in parts[0].split(","))
+        std = tuple(float(v) for v in parts[1].split(","))
+    except ValueError:
+        mean, std = (), ()
+    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+        raise InputError(
+            "cannot read the normalisation",
+            expected="tao, deepstream, or three means / three positive stds like 0.5,0.5,0.5/0.25,0.25,0.25",
+            found=repr(text),
+        )
+    return Normalization(mean, std)  # type: ignore[arg-type]
+
+
+# -- decoding ----------------------------------------------------------------------------------
+def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
+    """Decode an image file as OpenCV stores it: uint8/uint16 ``[H,W]``, ``[H,W,3]`` BGR or ``[H,W,4]`` BGRA.
+
+    Raises InputError naming the file when it is missing, empty or not an image.
+    """
     import cv2
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError("image file not found: {}".format(path))
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise InputError("cannot decode image {}".format(path), expected="a PNG/JPEG/BMP/TIFF file")
-    return to_rgb8(image, bgr=True, source=path)
+        if not os.path.isfile(path):
+            raise InputError("image file not found: {}".format(path))
+        # imread refuses some paths (non-ASCII on Windows); imdecode reads any bytes.
+        data = np.fromfile(path, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if image is None:
+            raise InputError(
+                "cannot decode image {}".format(path),
+                expected="a PNG/JPEG/BMP/TIFF file",
+                found="{} bytes that OpenCV cannot read".format(data.size),
+            )
+    return image
+
+
+def read_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
+    """Decode an image file to RGB uint8 ``[H, W, 3]`` (grayscale, RGBA and 16-bit handled)."""
+    path = os.fspath(path)
+    return to_rgb8(decode_image(path), bgr=True, source=path)
+
+
+def to_8bit(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """uint8 as is; uint16 scaled to 8 bits by its top byte (what ``x >> 8`` keeps)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    raise InputError("{} has an unsupported pixel type".format(source), expected="uint8 or uint16", found=str(image.dtype))
+
+
+def _check_layout(image: np.ndarray, source: str) -> None:
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+        if image.shape[0] > 0 and image.shape[1] > 0:
+            return
+    raise InputError("{} is not an image".format(source), expected="[H,W], [H,W,3] or [H,W,4]", found=list(image.shape))
 
 
 def to_rgb8(image: np.ndarray, bgr: bool = False, source: str = "image") -> np.ndarray:
@@ -71,33 +140,126 @@ def to_rgb8(image: np.ndarray, bgr: bool = False, source: str = "image") -> np.n
     """
     import cv2
 
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise InputError("{} has an unsupported pixel type".format(source), expected="uint8 or uint16", found=str(image.dtype))
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise InputError("{} is not an image".format(source), expected="[H,W], [H,W,3] or [H,W,4]", found=list(image.shape))
-    if image.shape[2] == 1:
+    image = to_8bit(image, source)
+    _check_layout(image, source)
+    if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
 
 
-def normalize_into(dst: np.ndarray, rgb: np.ndarray, normalization: Normalization) -> None:
-    """Write ``rgb`` (uint8 ``[H, W, 3]``, already the model's size) into ``dst`` ``[3, H, W]``.
+# -- tiles -------------------------------------------------------------------------------------
+def tile_boxes(
+    count: int, height: int, width: int, concat: str = "linear", grid: Optional[Tuple[int, int]] = None
+) -> List[Box]:
+    """Windows ``(top, left, h, w)`` of ``count`` tiles in a ``height x width`` model input.
 
-    ``dst`` may be float32 or float16 (a slice of a runner's buffer); the arithmetic is done
-    in float32 per channel plane, so no full-size float64 temporaries appear.
+    ``linear`` stacks the tiles along H (TAO: 4 lights x 128 = 512 rows); ``grid`` places them
+    row-major in a ``(rows, cols)`` grid (TAO's 2x2 -> 256x256). The input must divide evenly.
     """
-    scale, offset = normalization.scale_offset()
+    if count < 1:
+        raise InputError("at least one image per input is needed", found=count)
+    if concat not in CONCAT_TYPES:
+        raise InputError("unknown concatenation", expected=" or ".join(CONCAT_TYPES), found=repr(concat))
+    if concat == "linear":
+        rows, cols = count, 1
+    else:
+        rows, cols = grid if grid is not None else (2, count // 2 if count % 2 == 0 else count)
+        if rows * cols != count:
+            raise InputError(
+                "the grid does not hold the number of lights",
+                expected="rows x cols = {}".format(count),
+                found="{}x{}".format(rows, cols),
+            )
+    if height % rows or width % cols:
+        raise InputError(
+            "the model input cannot be split into equal tiles",
+            expected="{} rows and {} columns of tiles dividing [{}, {}]".format(rows, cols, height, width),
+            found="{} / {} and {} / {}".format(height, rows, width, cols),
+        )
+    tile_h, tile_w = height // rows, width // cols
+    return [((i // cols) * tile_h, (i % cols) * tile_w, tile_h, tile_w) for i in range(count)]
+
+
+class _Scratch(threading.local):
+    """Per-thread float32 planes, so float16 destinations round once and nothing is reallocated."""
+
+    def plane(self, h: int, w: int) -> np.ndarray:
+        buf = getattr(self, "buf", None)
+        if buf is None or buf.size < h * w:
+            buf = self.buf = np.empty(h * w, dtype=np.float32)
+        return buf[: h * w].reshape(h, w)
+
+
+_SCRATCH = _Scratch()
+
+
+def write_normalized(
+    dst: np.ndarray,
+    image: np.ndarray,
+    normalization: Union[str, Normalization, None] = None,
+    bgr: bool = True,
+    source: str = "image",
+) -> None:
+    """Normalise one decoded image into ``dst`` ``[3, h, w]`` (float32 or float16, any strides).
+
+    ``image``: uint8/uint16 ``[H,W]``, ``[H,W,1]``, ``[H,W,3]`` or ``[H,W,4]``; ``bgr`` says
+    the colour channels are in OpenCV's order (what :func:`decode_image` returns). An image of
+    another size is resized to ``h x w`` in float32 with bilinear interpolation (as TAO
+    Deploy does). Each output plane is ``x * scale + offset`` computed in float32.
+    """
+    import cv2
+
+    norm = get_normalization(normalization)
+    if dst.ndim != 3 or dst.shape[0] != 3:
+        raise InputError("destination must be [3,H,W]", found=list(dst.shape))
+    if dst.dtype not in (np.float32, np.float16):
+        raise InputError("destination must be float32 or float16", found=str(dst.dtype))
+    image = to_8bit(np.asarray(image), source)
+    _check_layout(image, source)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    height, width = dst.shape[1], dst.shape[2]
+    if image.shape[:2] != (height, width):
+        # TAO Deploy resizes the float32 image; resizing uint8 would round to integers first.
+        channels = image if image.ndim == 2 or image.shape[2] == 3 else image[:, :, :3]
+        image = cv2.resize(channels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    scale, offset = norm.scale_offset()
+    direct = dst.dtype == np.float32
     for channel in range(3):
-        plane = rgb[:, :, channel].astype(np.float32)
-        plane *= scale[channel, 0, 0]
-        plane += offset[channel, 0, 0]
-        dst[channel] = plane
+        if image.ndim == 2:
+            plane = image
+        else:
+            plane = image[:, :, 2 - channel if bgr else channel]
+        out = dst[channel] if direct else _SCRATCH.plane(height, width)
+        np.multiply(plane, scale[channel, 0, 0], out=out, dtype=np.float32, casting="unsafe")
+        np.add(out, offset[channel, 0, 0], out=out)
+        if not direct:
+            np.copyto(dst[channel], out, casting="same_kind")
+
+
+def prepare_tiles(
+    images: Sequence[Image],
+    dst: np.ndarray,
+    boxes: Sequence[Box],
+    normalization: Union[str, Normalization, None] = None,
+) -> None:
+    """Decode, resize and normalise ``images[i]`` into window ``boxes[i]`` of ``dst`` ``[3,H,W]``.
+
+    Each image is a file path (decoded with OpenCV, BGR) or an RGB array (uint8/uint16,
+    ``[H,W]``/``[H,W,3]``/``[H,W,4]``). Raises InputError naming the first unusable image.
+    """
+    if len(images) != len(boxes):
+        raise InputError("one image per tile is needed", expected=len(boxes), found=len(images))
+    norm = get_normalization(normalization)
+    for image, (top, left, h, w) in zip(images, boxes):
+        window = dst[:, top:top + h, left:left + w]
+        if isinstance(image, np.ndarray):
+            write_normalized(window, image, norm, bgr=False)
+        else:
+            path = os.fspath(image)
+            write_normalized(window, decode_image(path), norm, bgr=True, source=path)
 
 
 def prepare_image(
@@ -107,22 +269,56 @@ def prepare_image(
 
     ``image`` is a file path or a uint8 RGB array ``[H, W, 3]`` (or grayscale ``[H, W]``).
     """
-    import cv2
+    prepare_tiles([image], dst, [(0, 0, dst.shape[1], dst.shape[2])], normalization)
 
-    norm = get_normalization(normalization)
-    if isinstance(image, np.ndarray):
-        rgb = to_rgb8(image, bgr=False)
-    else:
-        rgb = read_image(image)
-    height, width = dst.shape[1], dst.shape[2]
-    if rgb.shape[:2] != (height, width):
-        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-    normalize_into(dst, rgb, norm)
+
+# -- thread pool -------------------------------------------------------------------------------
+_POOL = None  # type: Optional[ThreadPoolExecutor]
+_POOL_LOCK = threading.Lock()
+
+
+def default_workers() -> int:
+    """Decode threads: one per CPU core (OpenCV's decoders release the GIL)."""
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def shared_pool() -> ThreadPoolExecutor:
+    """The process-wide decode pool (created on first use, :func:`default_workers` threads)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="changenet-decode")
+        return _POOL
 
 
 def prepare_batch(
-    images: Sequence[Image], dst: np.ndarray, normalization: Union[str, Normalization, None] = None
+    images: Sequence[Image],
+    dst: np.ndarray,
+    normalization: Union[str, Normalization, None] = None,
+    pool: Optional[ThreadPoolExecutor] = None,
 ) -> None:
-    """Prepare ``len(images)`` images into ``dst[:len(images)]`` (``dst``: ``[N, 3, H, W]``)."""
-    for i, image in enumerate(images):
-        prepare_image(image, dst[i], normalization)
+    """Prepare ``len(images)`` images into ``dst[:len(images)]`` (``dst``: ``[N, 3, H, W]``).
+
+    Several images are decoded in parallel on ``pool`` (default: :func:`shared_pool`).
+    """
+    norm = get_normalization(normalization)
+    if len(images) > dst.shape[0]:
+        raise InputError("more images than destination rows", expected="<= {}".format(dst.shape[0]), found=len(images))
+    if len(images) <= 1:
+        for i, image in enumerate(images):
+            prepare_image(image, dst[i], norm)
+        return
+    executor = pool if pool is not None else shared_pool()
+    futures = [executor.submit(prepare_image, image, dst[i], norm) for i, image in enumerate(images)]
+    wait_all(futures)
+
+
+def wait_all(futures: Sequence["Future"]) -> None:
+    """Wait for every future (none may still write into a buffer), then raise the first error."""
+    first = None  # type: Optional[BaseException]
+    for future in futures:
+        error = future.exception()
+        if error is not None and first is None:
+            first = error
+    if first is not None:
+        raise first

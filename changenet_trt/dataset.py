@@ -1,0 +1,364 @@
+"""TAO's ChangeNet-Classification data layout: a CSV of golden/sample pairs plus light images.
+
+The CSV has (at least) the columns ``input_path, golden_path, label, object_name``; any other
+column is ignored. Every value is read as text, so an ``object_name`` like ``0012`` keeps its
+leading zeros. ``label == "PASS"`` is a good part, any other label (``MISSING``, ...) a defect
+of that type. Light images are found as::
+
+    <images>/<input_path>/<object_name>_<Light><ext>     (sample, one file per light)
+    <images>/<golden_path>/<object_name>_<Light><ext>    (golden)
+    <images>/<input_path>/<object_name><ext>              (single-image mode: no lights)
+
+TAO's defaults: lights LowAngleLight, SolderLight, UniformLight, WhiteLight (in that order),
+extension ``.jpg``, each light resized to 128x128 and stacked along H (``linear``) into the
+model's 512x128 input; ``grid`` places the lights in a rows x cols grid instead.
+
+A row whose files are missing or unreadable is a :class:`RowProblem` (CSV line, object, path,
+reason): it is skipped, or, with ``strict``, the run stops with a DatasetError.
+"""
+
+import csv
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import ChangeNetError, DatasetError
+from .preprocess import (
+    CONCAT_TYPES,
+    Box,
+    Normalization,
+    decode_image,
+    default_workers,
+    get_normalization,
+    tile_boxes,
+    wait_all,
+    write_normalized,
+)
+
+TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
+TAO_EXT = ".jpg"
+REQUIRED_COLUMNS = ("input_path", "golden_path", "label", "object_name")
+PASS_LABEL = "PASS"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class LightLayout:
+    """How one model input is assembled from light images.
+
+    ``lights``: light names in input order (empty: one image per input, named
+    ``<object_name><ext>``); ``ext``: file extension with its dot; ``concat``: ``linear``
+    (stack along H) or ``grid``; ``grid``: ``(rows, cols)`` for ``grid`` (default 2 x n/2).
+    """
+
+    lights: Tuple[str, ...] = TAO_LIGHTS
+    ext: str = TAO_EXT
+    concat: str = "linear"
+    grid: Optional[Tuple[int, int]] = None
+
+    def __post_init__(self) -> None:
+        if self.concat not in CONCAT_TYPES:
+            raise DatasetError("unknown concatenation", expected=" or ".join(CONCAT_TYPES), found=repr(self.concat))
+        if len(set(self.lights)) != len(self.lights):
+            raise DatasetError("a light is named twice", found=", ".join(self.lights))
+        if self.ext and not self.ext.startswith("."):
+            object.__setattr__(self, "ext", "." + self.ext)
+
+    @property
+    def count(self) -> int:
+        """Images per model input (1 in single-image mode)."""
+        return max(1, len(self.lights))
+
+    def file_names(self, object_name: str) -> List[str]:
+        """File names of one object's images, in input order."""
+        if not self.lights:
+            return [object_name + self.ext]
+        return ["{}_{}{}".format(object_name, light, self.ext) for light in self.lights]
+
+    def boxes(self, height: int, width: int) -> List[Box]:
+        """Tile windows ``(top, left, h, w)`` in a ``height x width`` model input."""
+        return tile_boxes(self.count, height, width, self.concat, self.grid)
+
+    def describe(self) -> str:
+        if not self.lights:
+            return "single image per input (<object_name>{})".format(self.ext)
+        how = "stacked along H" if self.concat == "linear" else "in a {} grid".format(
+            "x".join(str(v) for v in (self.grid or (2, self.count // 2))))
+        return "{} lights {} ({}), <object_name>_<Light>{}".format(self.count, how, ", ".join(self.lights), self.ext)
+
+
+def parse_lights(text: str) -> Tuple[str, ...]:
+    """``"A,B,C"`` -> ``("A", "B", "C")``; ``"none"`` or ``""`` -> ``()`` (single-image mode)."""
+    text = text.strip()
+    if text.lower() in ("", "none", "single"):
+        return ()
+    lights = tuple(part.strip() for part in text.split(","))
+    if any(not light for light in lights):
+        raise DatasetError("empty light name in the light list", found=repr(text))
+    return lights
+
+
+def parse_grid(text: str) -> Tuple[int, int]:
+    """``"2x2"`` -> ``(2, 2)``."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        rows, cols = (int(p) for p in parts)
+    except ValueError:
+        raise DatasetError("cannot read the grid", expected="ROWSxCOLS such as 2x2", found=repr(text)) from None
+    if rows < 1 or cols < 1:
+        raise DatasetError("grid rows and columns must be positive", found=repr(text))
+    return rows, cols
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One CSV row: a sample and its golden, with their light files in input order.
+
+    ``index`` is the 0-based data row; ``line`` the row's line number in the CSV file (the
+    header is line 1), which is what reports show.
+    """
+
+    index: int
+    line: int
+    object_name: str
+    input_path: str
+    golden_path: str
+    label: str
+    sample_files: Tuple[str, ...]
+    golden_files: Tuple[str, ...]
+
+    @property
+    def is_defect(self) -> bool:
+        return self.label != PASS_LABEL
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A row that cannot be used: its CSV line, object name, the offending path and why."""
+
+    line: int
+    object_name: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = "line {}".format(self.line)
+        if self.object_name:
+            where += " (object {})".format(self.object_name)
+        return "{}: {}{}".format(where, self.reason, ": {}".format(self.path) if self.path else "")
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"line": self.line, "object_name": self.object_name, "path": self.path, "reason": self.reason}
+
+
+@dataclass
+class Dataset:
+    """Usable pairs of a CSV plus the rows that were set aside (``problems``)."""
+
+    csv_path: str
+    images_dir: str
+    layout: LightLayout
+    pairs: List[Pair]
+    problems: List[RowProblem] = field(default_factory=list)
+    rows: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def labels(self) -> List[str]:
+        return [p.label for p in self.pairs]
+
+    @property
+    def is_defect(self) -> np.ndarray:
+        """bool ``[N]``: True where the label is not PASS."""
+        return np.array([p.is_defect for p in self.pairs], dtype=bool)
+
+
+def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]]], List[str]]:
+    """Header column indexes of the required columns, the data rows with their line numbers, the header."""
+    if not os.path.isfile(csv_path):
+        raise DatasetError("CSV file not found: {}".format(csv_path))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = None  # type: Optional[List[str]]
+            rows = []  # type: List[Tuple[int, List[str]]]
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                if header is None:
+                    header = values
+                    continue
+                rows.append((reader.line_num, values))
+    except UnicodeDecodeError as exc:
+        raise DatasetError("cannot read {} as text".format(csv_path), expected="a UTF-8 CSV file", found=str(exc)) from None
+    except csv.Error as exc:
+        raise DatasetError("malformed CSV {}".format(csv_path), found=str(exc)) from None
+    if header is None:
+        raise DatasetError(
+            "CSV file {} is empty".format(csv_path),
+            expected="a header line with the columns {}".format(", ".join(REQUIRED_COLUMNS)),
+            found="no lines",
+        )
+    names = [h.strip().lower() for h in header]
+    columns = {}  # type: Dict[str, int]
+    for column in REQUIRED_COLUMNS:
+        if column in names:
+            columns[column] = names.index(column)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DatasetError(
+            "CSV {} lacks the column(s) {}".format(csv_path, ", ".join(missing)),
+            expected="a header with {} (TAO's layout; other columns are ignored)".format(", ".join(REQUIRED_COLUMNS)),
+            found="header {}".format(", ".join(repr(h) for h in header)),
+        )
+    return columns, rows, header
+
+
+def load_dataset(
+    csv_path: PathLike,
+    images_dir: Optional[PathLike] = None,
+    layout: Optional[LightLayout] = None,
+    check_files: bool = True,
+    strict: bool = False,
+    on_problem: Optional[Callable[[RowProblem], None]] = None,
+) -> Dataset:
+    """Read a TAO CSV and resolve every row's light files.
+
+    ``images_dir`` defaults to the CSV's folder. ``check_files`` tests that every file exists
+    (a cheap ``stat`` per file), so rows with missing lights are known before any decoding.
+    Rows with a missing file, too few fields or an empty name/label become ``problems``
+    (reported through ``on_problem`` as they are found); with ``strict`` the first one raises
+    DatasetError instead. Raises DatasetError for an unreadable/empty CSV, a wrong header, or
+    when no row is usable.
+    """
+    csv_path = os.fspath(csv_path)
+    layout = layout or LightLayout()
+    images_dir = os.fspath(images_dir) if images_dir is not None else (os.path.dirname(os.path.abspath(csv_path)))
+    if not os.path.isdir(images_dir):
+        raise DatasetError("image folder not found: {}".format(images_dir))
+    columns, rows, _ = _read_rows(csv_path)
+    if not rows:
+        raise DatasetError("CSV {} has a header but no data rows".format(csv_path), expected="at least one pair")
+    width = max(columns.values()) + 1
+    pairs = []  # type: List[Pair]
+    problems = []  # type: List[RowProblem]
+
+    def problem(item: RowProblem) -> None:
+        if strict:
+            raise DatasetError("{} (--strict stops at the first unusable row)".format(item))
+        problems.append(item)
+        if on_problem is not None:
+            on_problem(item)
+
+    for index, (line, values) in enumerate(rows):
+        if len(values) < width:
+            problem(RowProblem(line, "", "", "row has {} fields, the header names {} columns up to '{}'".format(
+                len(values), width, REQUIRED_COLUMNS[int(np.argmax([columns[c] for c in REQUIRED_COLUMNS]))])))
+            continue
+        object_name = values[columns["object_name"]].strip()
+        input_path = values[columns["input_path"]].strip()
+        golden_path = values[columns["golden_path"]].strip()
+        label = values[columns["label"]].strip()
+        empty = [c for c, v in (("object_name", object_name), ("input_path", input_path),
+                                ("golden_path", golden_path), ("label", label)) if not v]
+        if empty:
+            problem(RowProblem(line, object_name, "", "empty {}".format(", ".join(empty))))
+            continue
+        names = layout.file_names(object_name)
+        sample_files = tuple(os.path.join(images_dir, input_path, n) for n in names)
+        golden_files = tuple(os.path.join(images_dir, golden_path, n) for n in names)
+        if check_files:
+            missing = [p for p in sample_files + golden_files if not os.path.isfile(p)]
+            if missing:
+                more = " (and {} more)".format(len(missing) - 1) if len(missing) > 1 else ""
+                problem(RowProblem(line, object_name, missing[0], "missing file{}".format(more)))
+                continue
+        pairs.append(Pair(index, line, object_name, input_path, golden_path, label, sample_files, golden_files))
+    if not pairs:
+        raise DatasetError(
+            "no usable pair in {} ({} rows, all set aside)".format(csv_path, len(rows)),
+            expected="rows whose light files exist under {} as {}".format(images_dir, layout.describe()),
+            found=str(problems[0]) if problems else "nothing",
+        )
+    return Dataset(csv_path, images_dir, layout, pairs, problems, rows=len(rows))
+
+
+class PairLoader:
+    """Fills a runner's input buffers with pairs of a :class:`Dataset` (the ``fill`` of ``run_pipeline``).
+
+    ``fill(golden_dst, sample_dst, lo, hi)`` decodes pairs ``[lo, hi)`` of ``pairs`` on a
+    thread pool (one task per pair: all its golden and sample lights) straight into the
+    ``[hi-lo, 3, H, W]`` views. A pair whose files cannot be decoded is recorded in
+    ``failed`` (index -> RowProblem, reported through ``on_problem``) and its rows are
+    zero-filled so the batch still runs; drop its score afterwards. With ``strict`` the first
+    such pair raises DatasetError.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        layout: LightLayout,
+        input_shape: Tuple[int, int, int],
+        normalization: Union[str, Normalization, None] = None,
+        workers: Optional[int] = None,
+        strict: bool = False,
+        on_problem: Optional[Callable[[RowProblem], None]] = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.layout = layout
+        self.boxes = layout.boxes(int(input_shape[1]), int(input_shape[2]))
+        self.normalization = get_normalization(normalization)
+        self.strict = strict
+        self.on_problem = on_problem
+        self.failed = {}  # type: Dict[int, RowProblem]
+        self._lock = threading.Lock()
+        self.workers = int(workers or default_workers())
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="changenet-load")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "PairLoader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _one(self, index: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
+        pair = self.pairs[index]
+        path = ""
+        try:
+            for files, dst in ((pair.golden_files, golden_dst), (pair.sample_files, sample_dst)):
+                for path, (top, left, h, w) in zip(files, self.boxes):
+                    image = decode_image(path)
+                    write_normalized(dst[:, top:top + h, left:left + w], image, self.normalization, source=path)
+        except ChangeNetError as exc:
+            golden_dst[...] = 0
+            sample_dst[...] = 0
+            item = RowProblem(pair.line, pair.object_name, path, _reason(exc, path))
+            if self.strict:
+                raise DatasetError("{} (--strict stops at the first unusable row)".format(item)) from None
+            with self._lock:
+                self.failed[index] = item
+            if self.on_problem is not None:
+                self.on_problem(item)
+
+    def fill(self, golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
+        """Write pairs ``[lo, hi)`` into ``golden_dst``/``sample_dst`` ``[hi-lo, 3, H, W]``."""
+        futures = [self._pool.submit(self._one, i, golden_dst[i - lo], sample_dst[i - lo]) for i in range(lo, hi)]
+        wait_all(futures)
+
+
+def _reason(exc: ChangeNetError, path: str) -> str:
+    """The error's text without the path (a RowProblem shows the path once, at the end)."""
+    text = exc.message.replace(": " + path, "").replace(path + " ", "image ").replace(" " + path, "")
+    if exc.found is not None:
+        text += " ({})".format(exc.found)
+    return text

@@ -1,0 +1,333 @@
+"""``changenet-trt eval``: score a TAO-layout data set and report FPR, defect capture and a sweep.
+
+Data flow: CSV -> :func:`~changenet_trt.dataset.load_dataset` (rows with missing files are
+set aside before anything runs) -> :class:`~changenet_trt.dataset.PairLoader` decodes each
+batch on a thread pool straight into the runner's input buffers while the previous batch is
+inferred (``Classifier.run_pipeline``) -> ``contract.score`` -> ``Classifier.decide`` ->
+:mod:`~changenet_trt.metrics` -> files in the output folder:
+
+* ``scores.csv``: ``line, object_name, input_path, golden_path, label, score, defect`` (one row
+  per scored pair; ``line`` is the CSV line, ``defect`` the decision 0/1)
+* ``summary.json``: counts, rates, per-label rates, cutoff sweep, target cutoffs, skipped rows
+* ``sweep.csv``: counts and rates at every distinct cutoff
+* ``roc.png``, ``scores.png`` (score histograms by label class), ``scores_by_type.png``, ``sweep.png``
+"""
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Dict, List, Optional, Union
+
+import numpy as np
+
+from .contract import score as contract_score
+from .dataset import Dataset, LightLayout, PairLoader, RowProblem, load_dataset
+from .errors import DatasetError
+from .metrics import auc, confusion, cutoff_for_capture, cutoff_for_fpr, per_label, sweep
+from .progress import Progress
+
+PathLike = Union[str, "os.PathLike[str]"]
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass
+class EvalResult:
+    """Scores of the usable pairs, the summary written to ``summary.json`` and the files written."""
+
+    summary: Dict[str, Any]
+    scores: np.ndarray
+    decisions: np.ndarray
+    dataset: Dataset
+    scored: List[int]  # indexes into dataset.pairs, aligned with scores
+    problems: List[RowProblem]
+    files: Dict[str, str] = field(default_factory=dict)
+
+
+def _round(value: Optional[float], digits: int = 6) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
+
+
+def evaluate(
+    model: PathLike,
+    csv_path: PathLike,
+    images_dir: Optional[PathLike] = None,
+    out_dir: Optional[PathLike] = "eval-output",
+    cutoff: Optional[float] = None,
+    layout: Optional[LightLayout] = None,
+    strict: bool = False,
+    target_fpr: Optional[float] = None,
+    target_capture: Optional[float] = None,
+    plots: bool = True,
+    workers: Optional[int] = None,
+    progress: bool = True,
+    log: Optional[IO[str]] = None,
+    classifier: Any = None,
+    **load_options: Any
+) -> EvalResult:
+    """Evaluate ``model`` on a TAO-layout data set; write results to ``out_dir`` (None: nothing written).
+
+    ``cutoff``: decisions are ``score > cutoff`` (default: the model's recommended cutoff).
+    ``layout``: lights, extension and concatenation (TAO's defaults); each light's size is the
+    model's input split by the layout (512x128 with 4 linear lights -> 128x128). ``strict``:
+    stop at the first unusable row instead of skipping it. ``target_fpr``/``target_capture``:
+    also report the cutoff meeting these rates. ``log``: where warnings and the progress bar go
+    (default stderr). ``classifier``: an already loaded Classifier (else ``load(model,
+    cutoff=cutoff, **load_options)`` is opened and closed here). Raises DatasetError for an
+    unusable data set; rows are reported with their CSV line and path.
+    """
+    from .api import load
+
+    log = log if log is not None else sys.stderr
+    layout = layout or LightLayout()
+    bar = None  # type: Optional[Progress]
+
+    def report(item: RowProblem) -> None:
+        text = "warning: {}; row skipped".format(item)
+        if bar is not None:
+            bar.write(text)
+        else:
+            log.write(text + "\n")
+
+    dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report)
+    own = classifier is None
+    clf = load(os.fspath(model), cutoff=cutoff, **load_options) if own else classifier
+    try:
+        if cutoff is not None and not own:
+            clf.cutoff = float(cutoff)
+        contract = clf.contract
+        loader = PairLoader(dataset.pairs, layout, contract.input_shape, clf.normalization, workers=workers,
+                            strict=strict, on_problem=report)
+        bar = Progress(len(dataset), label="eval", unit="pairs", stream=log, quiet=not progress)
+        start = time.perf_counter()
+        try:
+            raw = clf.run_pipeline(len(dataset), loader.fill, on_batch=bar.update)
+        finally:
+            loader.close()
+            bar.close()
+        seconds = time.perf_counter() - start
+        all_scores = contract_score(raw, contract.output_kind)
+        failed = loader.failed
+        scored = [i for i in range(len(dataset)) if i not in failed]
+        if not scored:
+            raise DatasetError("no pair of {} could be decoded".format(dataset.csv_path),
+                               found=str(next(iter(failed.values()))))
+        scores = all_scores[scored]
+        decisions = clf.decide(scores)
+        summary = _summarize(
+            dataset, scored, scores, decisions, clf, seconds, target_fpr, target_capture,
+            problems=dataset.problems + [failed[i] for i in sorted(failed)], model=os.fspath(model),
+            workers=loader.workers,
+        )
+    finally:
+        if own:
+            clf.close()
+    problems = dataset.problems + [failed[i] for i in sorted(failed)]
+    result = EvalResult(summary, scores, decisions, dataset, scored, problems)
+    if out_dir is not None:
+        write_outputs(result, os.fspath(out_dir), plots=plots)
+    return result
+
+
+def _summarize(
+    dataset: Dataset,
+    scored: List[int],
+    scores: np.ndarray,
+    decisions: np.ndarray,
+    clf: Any,
+    seconds: float,
+    target_fpr: Optional[float],
+    target_capture: Optional[float],
+    problems: List[RowProblem],
+    model: str,
+    workers: int,
+) -> Dict[str, Any]:
+    truth = dataset.is_defect[scored]
+    labels = [dataset.pairs[i].label for i in scored]
+    counts = confusion(scores, truth, clf.cutoff)
+    full = sweep(scores, truth)
+    labels_table = per_label(labels, decisions)
+    per_type = {k: v["capture"] for k, v in labels_table.items() if "capture" in v}
+    fpr_point = cutoff_for_fpr(full, target_fpr) if target_fpr is not None else None
+    capture_point = cutoff_for_capture(full, target_capture) if target_capture is not None else None
+    summary = {
+        "model": model,
+        "csv": dataset.csv_path,
+        "images": dataset.images_dir,
+        "layout": dataset.layout.describe(),
+        "backend": clf.runner.name,
+        "output_kind": clf.contract.output_kind,
+        "batch_size": clf.batch_size,
+        "workers": workers,
+        "rows": dataset.rows,
+        "pairs": int(scores.size),
+        "skipped": len(problems),
+        "pass_pairs": int((~truth).sum()),
+        "defect_pairs": int(truth.sum()),
+        "cutoff": float(clf.cutoff),
+        "tp": counts.tp,
+        "fp": counts.fp,
+        "tn": counts.tn,
+        "fn": counts.fn,
+        "fpr": _round(counts.fpr),
+        "defect_capture": _round(counts.defect_capture),
+        "tao_false_alarm": _round(counts.tao_false_alarm),
+        "accuracy": _round(counts.accuracy),
+        "auc": _round(auc(scores, truth)),
+        "pipeline_pairs": len(dataset),
+        "seconds": round(seconds, 4),
+        "pairs_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else None,
+        "per_defect_type_capture": {k: _round(v) for k, v in per_type.items()},
+        "per_label": {k: {kk: (_round(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                      for k, v in labels_table.items()},
+        "target_fpr": fpr_point.to_dict() if fpr_point is not None else None,
+        "target_capture": capture_point.to_dict() if capture_point is not None else None,
+        "sweep": [_sweep_row(c) for c in full.subsample(101)],
+        "skipped_rows": [p.to_dict() for p in problems],
+    }
+    if target_fpr is not None and fpr_point is None:
+        summary["target_fpr"] = {"target": "fpr", "target_value": target_fpr, "cutoff": None,
+                                 "note": "no PASS pairs: FPR is undefined"}
+    if target_capture is not None and capture_point is None:
+        summary["target_capture"] = {"target": "defect_capture", "target_value": target_capture, "cutoff": None,
+                                     "note": "no defect pairs: capture is undefined"}
+    summary["_sweep_full"] = full  # removed before writing; kept for sweep.csv and plots
+    return summary
+
+
+def _sweep_row(c: Any) -> Dict[str, Any]:
+    return {"cutoff": float(c.cutoff), "fpr": _round(c.fpr), "defect_capture": _round(c.defect_capture),
+            "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn}
+
+
+def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[str, str]:
+    """Write scores.csv, sweep.csv, summary.json and (``plots``) the PNGs into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    summary = result.summary
+    full = summary.pop("_sweep_full", None)
+    files = {}  # type: Dict[str, str]
+    pairs = [result.dataset.pairs[i] for i in result.scored]
+
+    path = os.path.join(out_dir, "scores.csv")
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["line", "object_name", "input_path", "golden_path", "label", "score", "defect"])
+        for pair, s, d in zip(pairs, result.scores, result.decisions):
+            writer.writerow([pair.line, pair.object_name, pair.input_path, pair.golden_path, pair.label,
+                             "{:.8g}".format(float(s)), int(d)])
+    files["scores_csv"] = path
+
+    if full is not None:
+        path = os.path.join(out_dir, "sweep.csv")
+        fpr, capture = full.fpr, full.capture
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["cutoff", "fpr", "defect_capture", "tp", "fp", "tn", "fn"])
+            for k in range(len(full)):
+                writer.writerow(["{:.9g}".format(full.cutoffs[k]), "{:.6f}".format(fpr[k]), "{:.6f}".format(capture[k]),
+                                 int(full.tp[k]), int(full.fp[k]), int(full.tn[k]), int(full.fn[k])])
+        files["sweep_csv"] = path
+
+    if plots:
+        files.update(_plots(result, out_dir, full))
+    files["summary_json"] = os.path.join(out_dir, "summary.json")
+    summary["files"] = dict(files)
+    with open(files["summary_json"], "w") as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+    result.files = files
+    return files
+
+
+def _plots(result: EvalResult, out_dir: str, full: Any) -> Dict[str, str]:
+    from . import plots
+
+    summary = result.summary
+    files = {}
+    truth = np.array([result.dataset.pairs[i].is_defect for i in result.scored], dtype=bool)
+    scores = result.scores
+    cutoff = summary["cutoff"]
+    title_model = os.path.basename(summary["model"])
+    series = {}
+    if (~truth).any():
+        series["PASS"] = scores[~truth]
+    if truth.any():
+        series["defect"] = scores[truth]
+    files["scores_png"] = plots.histogram_png(
+        series, os.path.join(out_dir, "scores.png"), "Scores by label - {}".format(title_model), "score",
+        bins=50, markers={"cutoff": cutoff})
+    labels = np.array([result.dataset.pairs[i].label for i in result.scored], dtype=object)
+    by_type = {name: scores[labels == name] for name in summary["per_label"]}
+    if len(by_type) > 2:
+        files["scores_by_type_png"] = plots.histogram_png(
+            by_type, os.path.join(out_dir, "scores_by_type.png"), "Scores by label - {}".format(title_model),
+            "score", bins=50, markers={"cutoff": cutoff})
+    if full is not None and full.n_pass and full.n_defect:
+        points = {"cutoff {:.4g}".format(cutoff): (summary["fpr"], summary["defect_capture"])}
+        for key in ("target_fpr", "target_capture"):
+            point = summary.get(key)
+            if point and point.get("cutoff") is not None:
+                points["{} {:g} -> cutoff {:.4g}".format(key.replace("_", " "), point["target_value"], point["cutoff"])] = (
+                    point["fpr"], point["defect_capture"])
+        files["roc_png"] = plots.roc_png(full.fpr[::-1], full.capture[::-1], os.path.join(out_dir, "roc.png"),
+                                         "ROC - {}".format(title_model), auc=summary["auc"], points=points)
+        # inspection works at a low FPR: also show that end of the curve
+        zoom = min(1.0, max(0.02, 4.0 * max(p[0] for p in points.values())))
+        if zoom < 0.5:
+            files["roc_low_fpr_png"] = plots.roc_png(
+                full.fpr[::-1], full.capture[::-1], os.path.join(out_dir, "roc_low_fpr.png"),
+                "ROC at FPR <= {:.3g} - {}".format(zoom, title_model), auc=summary["auc"], points=points, max_fpr=zoom)
+        finite = full.cutoffs
+        files["sweep_png"] = plots.lines_png(
+            finite, {"FPR": full.fpr, "defect capture": full.capture}, os.path.join(out_dir, "sweep.png"),
+            "FPR and defect capture vs cutoff - {}".format(title_model), "cutoff (defect when score > cutoff)", "rate",
+            ylim=(0.0, 1.02), markers={"cutoff": cutoff})
+    return files
+
+
+def _pct(value: Optional[float]) -> str:
+    return "n/a" if value is None else "{:.2f}%".format(100.0 * value)
+
+
+def format_summary(result: EvalResult) -> str:
+    """A readable multi-line summary for stdout."""
+    s = result.summary
+    lines = [
+        "model      {} ({}, {} output, batch {})".format(s["model"], s["backend"], s["output_kind"], s["batch_size"]),
+        "data       {} ({} rows: {} scored, {} skipped; {} PASS, {} defect)".format(
+            s["csv"], s["rows"], s["pairs"], s["skipped"], s["pass_pairs"], s["defect_pairs"]),
+        "cutoff     {:g} (defect when score > cutoff)".format(s["cutoff"]),
+        "counts     TP {}  FP {}  TN {}  FN {}".format(s["tp"], s["fp"], s["tn"], s["fn"]),
+        "FPR        {}  (FP / PASS pairs)".format(_pct(s["fpr"])),
+        "capture    {}  (TP / defect pairs)".format(_pct(s["defect_capture"])),
+        "TAO false alarm {}  (FP / all pairs, as TAO's evaluate logs it)".format(_pct(s["tao_false_alarm"])),
+        "AUC        {}".format("n/a" if s["auc"] is None else "{:.4f}".format(s["auc"])),
+        "speed      {} pairs/s ({:.2f} s for {} pairs, decode + inference, {} decode threads)".format(
+            s["pairs_per_s"], s["seconds"], s["pipeline_pairs"], s["workers"]),
+    ]
+    per_type = s["per_defect_type_capture"]
+    if per_type:
+        lines.append("by type    " + ", ".join(
+            "{} {} ({}/{})".format(k, _pct(v), s["per_label"][k]["called_defect"], s["per_label"][k]["pairs"])
+            for k, v in per_type.items()))
+    for key in ("target_fpr", "target_capture"):
+        point = s.get(key)
+        if point:
+            if point.get("cutoff") is None:
+                lines.append("{:<10} {}".format(key.replace("_", " "), point["note"]))
+            else:
+                lines.append("{} {:g}: cutoff {:.6g} gives FPR {} and capture {}".format(
+                    key.replace("_", " "), point["target_value"], point["cutoff"], _pct(point["fpr"]),
+                    _pct(point["defect_capture"])))
+    if result.problems:
+        lines.append("skipped    {} row(s):".format(len(result.problems)))
+        for problem in result.problems[:MAX_LISTED_PROBLEMS]:
+            lines.append("  " + str(problem))
+        if len(result.problems) > MAX_LISTED_PROBLEMS:
+            lines.append("  ... {} more in summary.json".format(len(result.problems) - MAX_LISTED_PROBLEMS))
+    if result.files:
+        out_dir = os.path.dirname(result.files["summary_json"])
+        lines.append("wrote      {}/: {}".format(out_dir, ", ".join(os.path.basename(p) for p in result.files.values())))
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""Scores + labels -> the numbers an inspection engineer judges a model by.
+
+A defect is the positive class and a pair is called a defect when ``score > cutoff``
+(strictly greater). With TP/FP/TN/FN counted over N scored pairs:
+
+* ``fpr`` (false-positive / false-alarm rate on good parts) = FP / (FP + TN), over PASS pairs
+* ``defect_capture`` (true-positive rate, recall) = TP / (TP + FN), over defect pairs
+* ``tao_false_alarm`` = FP / N: what TAO's evaluate logs as "False Alarm" (over all pairs)
+* ``accuracy`` = (TP + TN) / N
+
+A rate whose denominator is zero is ``None`` (no PASS pairs: no FPR). The *sweep* evaluates
+every distinct decision: cutoffs below the lowest score, between each pair of neighbouring
+distinct scores (midway) and at the highest score; FPR and capture never rise as the cutoff
+rises.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+
+def _rate(num: int, den: int) -> Optional[float]:
+    return float(num) / float(den) if den else None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Confusion counts at one cutoff (defect = positive)."""
+
+    cutoff: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def pairs(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    @property
+    def fpr(self) -> Optional[float]:
+        """FP / (FP + TN): the share of PASS pairs called defects."""
+        return _rate(self.fp, self.fp + self.tn)
+
+    @property
+    def defect_capture(self) -> Optional[float]:
+        """TP / (TP + FN): the share of defect pairs called defects."""
+        return _rate(self.tp, self.tp + self.fn)
+
+    @property
+    def tao_false_alarm(self) -> Optional[float]:
+        """FP / all pairs (TAO's "False Alarm")."""
+        return _rate(self.fp, self.pairs)
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return _rate(self.tp + self.tn, self.pairs)
+
+    def to_dict(self) -> Dict[str, object]:
+        data = asdict(self)  # type: Dict[str, object]
+        data.update(
+            fpr=self.fpr, defect_capture=self.defect_capture, tao_false_alarm=self.tao_false_alarm, accuracy=self.accuracy
+        )
+        return data
+
+
+def _check(scores: np.ndarray, truth: np.ndarray) -> "tuple":
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    truth = np.asarray(truth).ravel()
+    if truth.dtype != bool:
+        if not np.isin(truth, (0, 1)).all():
+            raise InputError("truth must be booleans (True = defect) or 0/1", found=np.unique(truth)[:5].tolist())
+        truth = truth.astype(bool)
+    if scores.shape != truth.shape:
+        raise InputError("scores and truth differ in length", found="{} scores, {} labels".format(scores.size, truth.size))
+    if not np.isfinite(scores).all():
+        raise InputError("scores hold NaN or Inf", found="{} non-finite".format(int((~np.isfinite(scores)).sum())))
+    return scores, truth
+
+
+def confusion(scores: np.ndarray, truth: np.ndarray, cutoff: float) -> Counts:
+    """Counts at ``cutoff``: ``scores`` float ``[N]``, ``truth`` bool ``[N]`` (True = defect)."""
+    scores, truth = _check(scores, truth)
+    called = scores > float(cutoff)
+    return Counts(
+        cutoff=float(cutoff),
+        tp=int(np.count_nonzero(called & truth)),
+        fp=int(np.count_nonzero(called & ~truth)),
+        tn=int(np.count_nonzero(~called & ~truth)),
+        fn=int(np.count_nonzero(~called & truth)),
+    )
+
+
+@dataclass
+class Sweep:
+    """Counts at every distinct decision, cutoffs ascending (arrays of one length ``M + 1``)."""
+
+    cutoffs: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    tn: np.ndarray
+    fn: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.cutoffs.size)
+
+    @property
+    def n_pass(self) -> int:
+        return int(self.fp[0] + self.tn[0])
+
+    @property
+    def n_defect(self) -> int:
+        return int(self.tp[0] + self.fn[0])
+
+    @property
+    def fpr(self) -> np.ndarray:
+        """float64 ``[M+1]``; NaN when there are no PASS pairs."""
+        return self.fp / self.n_pass if self.n_pass else np.full(len(self), np.nan)
+
+    @property
+    def capture(self) -> np.ndarray:
+        """float64 ``[M+1]``; NaN when there are no defect pairs."""
+        return self.tp / self.n_defect if self.n_defect else np.full(len(self), np.nan)
+
+    def counts(self, k: int) -> Counts:
+        return Counts(float(self.cutoffs[k]), int(self.tp[k]), int(self.fp[k]), int(self.tn[k]), int(self.fn[k]))
+
+    def subsample(self, points: int = 101) -> List[Counts]:
+        """At most ``points`` rows spread evenly over the sweep (first and last included)."""
+        picks = np.unique(np.round(np.linspace(0, len(self) - 1, max(2, points))).astype(int))
+        return [self.counts(int(k)) for k in picks]
+
+
+def candidate_cutoffs(scores: np.ndarray) -> np.ndarray:
+    """float64 ascending: just below the lowest score, midway between neighbouring distinct
+    scores, and the highest score (at which nothing is called a defect)."""
+    unique = np.unique(np.asarray(scores, dtype=np.float64))
+    if unique.size == 0:
+        raise InputError("no scores to sweep")
+    below = unique[0] - max(abs(unique[0]), 1.0) * 1e-6
+    mids = (unique[:-1] + unique[1:]) / 2.0
+    return np.concatenate([[below], mids, [unique[-1]]])
+
+
+def sweep(scores: np.ndarray, truth: np.ndarray) -> Sweep:
+    """Counts at every :func:`candidate_cutoffs` value of ``scores`` (``truth``: True = defect)."""
+    scores, truth = _check(scores, truth)
+    cutoffs = candidate_cutoffs(scores)
+    pass_sorted = np.sort(scores[~truth])
+    defect_sorted = np.sort(scores[truth])
+    # pairs with score > c = total - pairs with score <= c
+    fp = pass_sorted.size - np.searchsorted(pass_sorted, cutoffs, side="right")
+    tp = defect_sorted.size - np.searchsorted(defect_sorted, cutoffs, side="right")
+    return Sweep(cutoffs, tp.astype(np.int64), fp.astype(np.int64), (pass_sorted.size - fp).astype(np.int64),
+                 (defect_sorted.size - tp).astype(np.int64))
+
+
+def roc(scores: np.ndarray, truth: np.ndarray) -> "tuple":
+    """``(fpr, capture)`` float64 arrays from (1, 1) (lowest cutoff) to (0, 0), for a ROC curve."""
+    result = sweep(scores, truth)
+    return result.fpr, result.capture
+
+
+def auc(scores: np.ndarray, truth: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve (probability a defect outscores a PASS pair, ties count half);
+    ``None`` without both classes."""
+    scores, truth = _check(scores, truth)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranked = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # average ranks over ties (1-based)
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    ends = np.r_[starts[1:], ranked.size]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    u = ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The cutoff chosen for a target, and what it gives."""
+
+    target: str
+    value: float
+    counts: Counts
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "target": self.target,
+            "target_value": self.value,
+            "cutoff": self.counts.cutoff,
+            "fpr": self.counts.fpr,
+            "defect_capture": self.counts.defect_capture,
+            "tp": self.counts.tp,
+            "fp": self.counts.fp,
+            "tn": self.counts.tn,
+            "fn": self.counts.fn,
+        }
+
+
+def _check_target(name: str, value: float) -> None:
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise InputError("{} must be a rate between 0 and 1".format(name), found=value)
+
+
+def cutoff_for_fpr(result: Sweep, target: float) -> Optional[OperatingPoint]:
+    """The lowest cutoff whose FPR <= ``target`` (so the highest capture allowed); ``None``
+    without PASS pairs."""
+    _check_target("target FPR", target)
+    if result.n_pass == 0:
+        return None
+    # fpr is non-increasing along the sweep; the last cutoff always gives 0.
+    ok = np.flatnonzero(result.fpr <= target + 1e-12)
+    return OperatingPoint("fpr", float(target), result.counts(int(ok[0])))
+
+
+def cutoff_for_capture(result: Sweep, target: float) -> Optional[OperatingPoint]:
+    """The highest cutoff whose capture >= ``target`` (so the lowest FPR allowed); ``None``
+    without defect pairs."""
+    _check_target("target capture", target)
+    if result.n_defect == 0:
+        return None
+    ok = np.flatnonzero(result.capture >= target - 1e-12)
+    return OperatingPoint("defect_capture", float(target), result.counts(int(ok[-1])))
+
+
+def per_label(labels: Sequence[str], decisions: np.ndarray, pass_label: str = "PASS") -> Dict[str, Dict[str, object]]:
+    """Per label: pairs, pairs called defect, and the rate (capture for a defect type, FPR for PASS).
+
+    Labels are sorted with PASS first, then by name.
+    """
+    decisions = np.asarray(decisions, dtype=bool)
+    labels = list(labels)
+    if len(labels) != decisions.size:
+        raise InputError("labels and decisions differ in length", found="{} and {}".format(len(labels), decisions.size))
+    out = {}  # type: Dict[str, Dict[str, object]]
+    names = sorted(set(labels), key=lambda s: (s != pass_label, s))
+    label_arr = np.array(labels, dtype=object)
+    for name in names:
+        mask = label_arr == name
+        n = int(mask.sum())
+        called = int(decisions[mask].sum())
+        out[name] = {
+            "pairs": n,
+            "called_defect": called,
+            ("fpr" if name == pass_label else "capture"): _rate(called, n),
+        }
+    return out
