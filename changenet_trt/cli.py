@@ -343,7 +343,147 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# (engine build commands: prepare, build)
+# -- prepare -----------------------------------------------------------------------------------
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "prepare",
+        help="make a static-batch ONNX (TAO's default 16) dynamic, proven equal with onnxruntime",
+        description="Check the ChangeNet contract; when the batch is static, rewrite the inputs, the output "
+        "and the Reshape constants that carry it to a dynamic 'batch', then prove it: the same pairs "
+        "through the original at its own batch and through the result at batches 1, 7 and 32 must "
+        "give the same output rows (|new-old| <= 1e-5 + 1e-4*|old|). Refuses, with the reason, when "
+        "that cannot be proven (e.g. a graph that mixes rows across the batch).",
+    )
+    parser.add_argument("model", help="ONNX file")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT.onnx", help="prepared ONNX file to write")
+    parser.add_argument("--proof-batches", default="1,7,32", metavar="LIST",
+                        help="batches to prove at, comma separated (default: 1,7,32)")
+    add_model_arguments(parser)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_model
+
+    try:
+        batches = [int(b) for b in args.proof_batches.split(",") if b.strip()]
+    except ValueError:
+        raise InputError("--proof-batches must be integers", found=repr(args.proof_batches)) from None
+    report = prepare_model(args.model, args.out, batches=batches, sample_input=args.sample_input,
+                           golden_input=args.golden_input, output_name=args.output_name,
+                           output_kind=args.output_kind)
+    print("\n".join(report.summary_lines()))
+    return 0
+
+
+# -- build -------------------------------------------------------------------------------------
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "build",
+        help="build a TensorRT engine (FP16 by default, dynamic batch 1:16:32) with its JSON metadata",
+        description="Prepare the ONNX (static batch -> dynamic, proven with onnxruntime), then build a "
+        "TensorRT engine with one optimisation profile shared by both inputs. The engine lands under "
+        "engines/ with a name that encodes model, precision, batch profile, GPU and TensorRT version, "
+        "next to a .json sidecar the runner checks before loading. Works with TensorRT 8.5 to 10.x. "
+        "--dry-run and --print-trtexec need no TensorRT.",
+    )
+    parser.add_argument("model", help="ONNX file exported by TAO (static or dynamic batch)")
+    parser.add_argument("-o", "--out", metavar="ENGINE", help="engine path (default: engines/<generated name>.engine)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                           help="FP16 with FP32 fallback (default)")
+    precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="FP32 (TF32 allowed)")
+    precision.add_argument("--int8", dest="precision", action="store_const", const="int8",
+                           help="INT8 with FP16 fallback, entropy calibration on real pairs")
+    parser.set_defaults(precision="fp16")
+    parser.add_argument("--batch", default="1:16:32", metavar="MIN:OPT:MAX",
+                        help="batch profile in pairs, 1 <= MIN <= OPT <= MAX (default: 1:16:32)")
+    parser.add_argument("--workspace", type=positive_int, metavar="MIB", help="workspace memory pool limit in MiB")
+    parser.add_argument("--opt-level", type=int, choices=range(0, 6), metavar="0-5",
+                        help="builder optimisation level (TensorRT 8.6+; default 3; higher builds longer)")
+    parser.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N with GPU fallback (Jetson)")
+    parser.add_argument("--fp32-layers", nargs="+", default=[], metavar="PATTERN",
+                        help="keep layers whose names match these fnmatch patterns in FP32 (or @FILE, one per "
+                        "line, as written by fp16-check), with precision constraints")
+    parser.add_argument("--precision-constraints", choices=("obey", "prefer"), default="obey",
+                        help="for --fp32-layers: obey (fail if impossible) or prefer (default: obey)")
+    parser.add_argument("--timing-cache", metavar="FILE",
+                        help="timing cache to load and save (default: engines/timing_<gpu>_<trt>.cache)")
+    parser.add_argument("--no-timing-cache", action="store_true", help="do not load or save a timing cache")
+    parser.add_argument("--normalization", choices=("tao", "deepstream"),
+                        help="preprocessing preset recorded in the metadata and used for calibration "
+                        "(default: the model's, else tao)")
+    group = parser.add_argument_group("INT8 calibration")
+    group.add_argument("--calib-csv", metavar="CSV", help="TAO data set CSV whose pairs calibrate INT8")
+    group.add_argument("--calib-images", metavar="DIR", help="images root of --calib-csv (default: its folder)")
+    group.add_argument("--calib-batches", type=positive_int, default=32, metavar="N",
+                       help="at most N batches of OPT pairs (default: 32)")
+    group.add_argument("--calib-cache", metavar="FILE",
+                       help="calibration cache (default: calibration/<model>-<sha>.cache; reused when it matches)")
+    group.add_argument("--recalibrate", action="store_true", help="ignore an existing calibration cache")
+    group.add_argument("--lights", default="LowAngleLight,SolderLight,UniformLight,WhiteLight", metavar="LIST",
+                       help="calibration data: light names in input order, or 'none'")
+    group.add_argument("--ext", default=".jpg", help="calibration data: image extension (default: .jpg)")
+    group.add_argument("--concat", choices=("linear", "grid"), default="linear",
+                       help="calibration data: lights stacked along H or in a grid (default: linear)")
+    group.add_argument("--grid", metavar="RxC", help="calibration data: grid for --concat grid")
+    out = parser.add_argument_group("without building")
+    out.add_argument("--dry-run", action="store_true", help="print the plan and exit (no TensorRT needed)")
+    out.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    out.add_argument("--trt-version", metavar="X.Y.Z",
+                     help="TensorRT version for --print-trtexec/--dry-run (default: the installed one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    add_model_arguments(parser)
+
+
+def _build_options(args: argparse.Namespace):
+    from .build import BatchProfile, BuildOptions, read_layer_patterns
+
+    layout = None
+    if args.calib_csv:
+        from .dataset import LightLayout, parse_grid, parse_lights
+
+        layout = LightLayout(lights=parse_lights(args.lights), ext=args.ext, concat=args.concat,
+                             grid=parse_grid(args.grid) if args.grid else None)
+    return BuildOptions(
+        model=args.model, output=args.out, precision=args.precision, profile=BatchProfile.parse(args.batch),
+        workspace_mib=args.workspace, timing_cache=args.timing_cache, use_timing_cache=not args.no_timing_cache,
+        opt_level=args.opt_level, dla_core=args.dla_core, fp32_layers=read_layer_patterns(args.fp32_layers),
+        precision_constraints=args.precision_constraints, calib_csv=args.calib_csv, calib_images=args.calib_images,
+        calib_batches=args.calib_batches, calib_cache=args.calib_cache, recalibrate=args.recalibrate,
+        calib_layout=layout, normalization=args.normalization, sample_input=args.sample_input,
+        golden_input=args.golden_input, output_name=args.output_name, output_kind=args.output_kind,
+        progress=not args.quiet,
+    )
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .build import build_engine, make_plan
+
+    options = _build_options(args)
+    if args.dry_run or args.print_trtexec:
+        plan = make_plan(options, trt_version=args.trt_version)
+        if args.dry_run:
+            print("\n".join(plan.describe()))
+        if args.print_trtexec:
+            if args.dry_run:
+                print()
+            if plan.rewrite_batch is not None and not os.path.isfile(plan.prepared_onnx):
+                print("# the model has a static batch {}; make the dynamic ONNX first:".format(plan.rewrite_batch))
+                print("changenet-trt prepare {} -o {}".format(shlex.quote(args.model), shlex.quote(plan.prepared_onnx)))
+            print(" ".join(shlex.quote(part) for part in plan.trtexec_command(args.trt_version)))
+        return 0
+    result = build_engine(options)
+    meta = result.metadata
+    print("built {} in {:.1f} s ({}, batch {}:{}:{}, TensorRT {}, {})".format(
+        result.engine_path, result.seconds, meta.precision, meta.profile["min"], meta.profile["opt"],
+        meta.profile["max"], meta.trt_version, meta.gpu_name))
+    print("metadata: {}".format(result.sidecar_path))
+    if result.plan.rewrite_batch is not None:
+        print("prepared ONNX (static batch {} made dynamic): {}".format(result.plan.rewrite_batch,
+                                                                        result.plan.prepared_onnx))
+    return 0
 
 # -- bench -------------------------------------------------------------------------------------
 def percentile_list(text: str) -> tuple:
@@ -449,6 +589,8 @@ COMMANDS: List[tuple] = [
     ("demo", _add_demo, _cmd_demo),
     ("synth", _add_synth, _cmd_synth),
     ("eval", _add_eval, _cmd_eval),
+    ("prepare", _add_prepare, _cmd_prepare),
+    ("build", _add_build, _cmd_build),
     # [engine build commands]
     ("bench", _add_bench, _cmd_bench),
     # [accuracy & device commands]
