@@ -1,0 +1,234 @@
+"""eval end to end: broken rows, scores equal to a plain TAO-style pipeline, outputs, CLI, demo."""
+
+import csv
+import io
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from changenet_trt import plots
+from changenet_trt.cli import main
+from changenet_trt.dataset import TAO_LIGHTS
+from changenet_trt.errors import DatasetError, InputError
+from changenet_trt.evaluate import evaluate, format_summary
+from changenet_trt.progress import Progress
+from changenet_trt.synth import synthesize
+
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+SUMMARY_KEYS = {"pairs", "skipped", "tp", "fp", "tn", "fn", "fpr", "defect_capture", "tao_false_alarm", "cutoff",
+                "pairs_per_s", "per_defect_type_capture", "sweep", "target_fpr", "target_capture", "skipped_rows"}
+
+
+def tao_style_scores(model, csv_path, images_dir, kind):
+    """An independent TAO Deploy-style pipeline: read the CSV row by row, open each light, float32
+    resize, CHW, normalise, concatenate along H, run ONNX Runtime, score the raw output.
+    Rows with a missing or undecodable file are skipped. Returns {csv line: score}."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    scores = {}
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            line = reader.line_num
+            inputs = []
+            for folder in (row["input_path"], row["golden_path"]):
+                lights = []
+                for light in TAO_LIGHTS:
+                    path = os.path.join(images_dir, folder, "{}_{}.jpg".format(row["object_name"], light))
+                    image = cv2.imread(path) if os.path.exists(path) else None
+                    if image is None:
+                        break
+                    image = cv2.resize(np.asarray(image[:, :, ::-1], np.float32), (128, 128))
+                    image = (image.transpose(2, 0, 1) / 255.0 - MEAN[:, None, None]) / STD[:, None, None]
+                    lights.append(image)
+                if len(lights) < 4:
+                    break
+                inputs.append(np.concatenate(lights, axis=1)[None].astype(np.float32))
+            if len(inputs) < 2:
+                continue
+            raw = session.run(None, {"input_1": inputs[0], "input_2": inputs[1]})[0]
+            if kind == "learnable":
+                e = np.exp(raw[0] - raw[0].max())
+                scores[line] = float(e[1] / e.sum())
+            else:
+                scores[line] = float(np.ravel(raw)[0])
+    return scores
+
+
+@pytest.fixture(scope="module")
+def broken_set(tmp_path_factory):
+    """40 synthetic pairs; row 5 lacks a light file, row 11 has a corrupt one, row 17 a resized one."""
+    root = str(tmp_path_factory.mktemp("broken"))
+    result = synthesize(root, pairs=40, defect_rate=0.4, seed=21)
+    rows = result.rows
+    missing = os.path.join(root, "images", "inspect", "board_000", "{}_SolderLight.jpg".format(rows[3].object_name))
+    os.remove(missing)  # data row 4 -> CSV line 5
+    corrupt = os.path.join(root, "images", "golden", "board_000", "{}_WhiteLight.jpg".format(rows[9].object_name))
+    with open(corrupt, "wb") as handle:
+        handle.write(b"\xff\xd8 truncated jpeg")  # CSV line 11
+    resized = os.path.join(root, "images", "inspect", "board_000", "{}_UniformLight.jpg".format(rows[15].object_name))
+    image = cv2.imread(resized)
+    cv2.imwrite(resized, cv2.resize(image, (150, 140)))  # CSV line 17: a wrongly sized light still works
+    return {"root": root, "csv": result.csv_path, "missing": missing, "corrupt": corrupt, "rows": rows}
+
+
+@pytest.mark.parametrize("kind", ["learnable", "euclidean"])
+def test_eval_skips_broken_rows_and_matches_a_tao_style_pipeline(tmp_path, broken_set, reference_models, kind):
+    model = reference_models["{}_dynamic".format(kind)]
+    log = io.StringIO()
+    result = evaluate(model, broken_set["csv"], out_dir=str(tmp_path / "out"), log=log, batch_size=8,
+                      target_fpr=0.05, target_capture=0.9)
+    summary = result.summary
+    assert summary["rows"] == 40 and summary["pairs"] == 38 and summary["skipped"] == 2
+    lines = [p["line"] for p in summary["skipped_rows"]]
+    assert lines == [5, 11]
+    assert summary["skipped_rows"][0]["path"] == broken_set["missing"]
+    assert summary["skipped_rows"][1]["path"] == broken_set["corrupt"]
+    assert "cannot decode" in summary["skipped_rows"][1]["reason"]
+    text = log.getvalue()
+    assert "line 5" in text and broken_set["missing"] in text and "line 11" in text and broken_set["corrupt"] in text
+
+    want = tao_style_scores(model, broken_set["csv"], broken_set["root"], kind)
+    assert sorted(want) == sorted(p.line for p in (result.dataset.pairs[i] for i in result.scored))
+    with open(tmp_path / "out" / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 38
+    for row in rows:
+        assert float(row["score"]) == pytest.approx(want[int(row["line"])], abs=1e-5, rel=1e-5)
+        plan = broken_set["rows"][int(row["line"]) - 2]
+        assert row["object_name"] == plan.object_name and row["label"] == plan.label
+        assert row["defect"] == str(int(float(row["score"]) > summary["cutoff"]))
+
+    with open(tmp_path / "out" / "summary.json") as handle:
+        written = json.load(handle)
+    assert SUMMARY_KEYS <= set(written)
+    tp, fp, tn, fn = (written[k] for k in ("tp", "fp", "tn", "fn"))
+    assert tp + fp + tn + fn == 38
+    assert written["fpr"] == pytest.approx(fp / (fp + tn))
+    assert written["defect_capture"] == pytest.approx(tp / (tp + fn))
+    assert written["tao_false_alarm"] == pytest.approx(fp / 38)
+    assert written["target_fpr"]["fpr"] <= 0.05 and written["target_capture"]["defect_capture"] >= 0.9
+    assert set(written["per_defect_type_capture"]) == {r.label for r in broken_set["rows"]} - {"PASS"}
+    assert written["pairs_per_s"] > 0
+    for key in ("roc_png", "scores_png", "sweep_png"):
+        image = cv2.imread(written["files"][key])
+        assert image is not None and image.shape == (plots.HEIGHT, plots.WIDTH, 3)
+    assert "skipped    2 row(s):" in format_summary(result)
+
+
+def test_static_batch_model_gives_the_same_scores(broken_set, reference_models):
+    dynamic = evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, progress=False)
+    static = evaluate(reference_models["learnable_static16"], broken_set["csv"], out_dir=None, progress=False)
+    assert np.allclose(dynamic.scores, static.scores, atol=1e-6)
+    assert static.summary["batch_size"] == 16
+
+
+def test_strict_stops_with_the_line_and_path(broken_set, reference_models):
+    with pytest.raises(DatasetError, match="line 5 .*SolderLight.jpg"):
+        evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, strict=True, progress=False)
+    shutil.copy(broken_set["csv"], broken_set["csv"] + ".bak")
+    try:
+        with open(broken_set["csv"]) as handle:
+            lines = handle.readlines()
+        with open(broken_set["csv"], "w") as handle:  # keep only the header and the corrupt row
+            handle.writelines([lines[0], lines[10]])
+        with pytest.raises(DatasetError, match="line 2 .*WhiteLight.jpg"):
+            evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, strict=True,
+                     progress=False)
+        with pytest.raises(DatasetError, match="could be decoded"):
+            evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, progress=False,
+                     log=io.StringIO())
+    finally:
+        shutil.move(broken_set["csv"] + ".bak", broken_set["csv"])
+
+
+def test_layout_must_fit_the_model(broken_set, reference_models):
+    from changenet_trt.dataset import LightLayout
+
+    with pytest.raises(InputError, match="equal tiles"):
+        evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, progress=False,
+                 layout=LightLayout(lights=TAO_LIGHTS[:3]), log=io.StringIO())
+
+
+def test_cli_eval_and_synth(tmp_path, broken_set, reference_models, capsys):
+    out = tmp_path / "cli"
+    code = main(["eval", reference_models["euclidean_dynamic"], "--csv", broken_set["csv"], "--out", str(out),
+                 "--cutoff", "0.05", "--target-fpr", "0.01", "--no-plots", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "FPR" in captured.out and "capture" in captured.out and "line 5" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cutoff"] == 0.05 and not (out / "roc.png").exists()
+
+    assert main(["synth", str(tmp_path / "syn"), "--pairs", "3", "--seed", "1", "--ext", ".png"]) == 0
+    assert (tmp_path / "syn" / "dataset.csv").exists()
+    assert "wrote 3 pairs" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, broken_set, reference_models, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert main(["eval", reference_models["learnable_dynamic"], "--csv", str(empty), "--images", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CSV file") and err.count("\n") == 1 and "Traceback" not in err
+    code = main(["eval", reference_models["learnable_dynamic"], "--csv", broken_set["csv"], "--strict", "--quiet",
+                 "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "line 5" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main(["eval", reference_models["learnable_dynamic"], "--csv", broken_set["csv"], "--target-fpr", "2"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "x"), "--defect-rate", "-1"])
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
+    from changenet_trt.demo import run_demo
+
+    assert run_demo(str(tmp_path / "demo"), pairs=40, progress=False) == 0
+    out = capsys.readouterr().out
+    assert "demo result: FPR" in out and "pairs/s" in out and "roc.png" in out
+    summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
+    assert summary["pairs"] == 40 and summary["defect_pairs"] == 12
+
+
+def test_progress_bar_is_quiet_off_a_terminal():
+    stream = io.StringIO()
+    with Progress(10, label="eval", unit="pairs", stream=stream) as bar:
+        bar.update(5)
+        bar.write("warning: something")
+        bar.update(10)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "warning: something"
+    assert lines[1].startswith("eval: 10 pairs in") and len(lines) == 2
+    live = io.StringIO()
+    bar = Progress(4, stream=live, enabled=True, min_interval=0)
+    bar.advance(2)
+    bar.close()
+    assert "\r" in live.getvalue() and "2/4" in live.getvalue()
+    silent = io.StringIO()
+    with Progress(3, stream=silent, quiet=True) as bar:
+        bar.update(3)
+        bar.write("x")
+    assert silent.getvalue() == ""
+
+
+def test_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    path = plots.histogram_png({"a": rng.normal(0, 1, 100), "b": np.array([np.nan, 1.0, 2.0])}, tmp_path / "h.png",
+                               "title", "x", bins=20, markers={"cutoff": 0.5})
+    assert cv2.imread(path).shape == (plots.HEIGHT, plots.WIDTH, 3)
+    plots.histogram_png({"latency": rng.lognormal(0, 1, 50)}, tmp_path / "log.png", "t", "ms", log_x=True)
+    plots.histogram_png({"same": np.ones(5)}, tmp_path / "flat.png", "t", "x")
+    plots.roc_png(np.array([0, 0.1, 1.0]), np.array([0, 0.8, 1.0]), tmp_path / "r.png", max_fpr=0.05)
+    with pytest.raises(InputError):
+        plots.histogram_png({}, tmp_path / "e.png", "t", "x")
+    with pytest.raises(InputError):
+        plots.roc_png(np.zeros(3), np.zeros(2), tmp_path / "bad.png")
+    assert plots.nice_ticks(0, 1, 6) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
