@@ -182,7 +182,7 @@ def _session(model: Any) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are reported as BuildError, not on stderr
     options.intra_op_num_threads = 2
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -210,8 +210,12 @@ def _run_chunks(sess: Any, contract: ModelContract, golden: np.ndarray, sample: 
         idx = np.arange(lo, lo + chunk)
         idx[idx >= hi] = hi - 1  # pad with the last real row; padded rows are dropped below
         feed = {contract.golden_input: golden[idx], contract.sample_input: sample[idx]}
-        out = sess.run([contract.output], feed)[0]
-        outs.append(np.asarray(out)[: hi - lo])
+        out = np.asarray(sess.run([contract.output], feed)[0])
+        if out.ndim == 0 or out.shape[0] != chunk:
+            raise BuildError(
+                "the model returns {} output rows for a batch of {}: its output batch is not its input "
+                "batch".format(out.shape[0] if out.ndim else 0, chunk))
+        outs.append(out[: hi - lo])
     return np.concatenate(outs, axis=0)
 
 
@@ -242,6 +246,8 @@ def prove(
     for batch in batches:
         try:
             out = _run_chunks(sess, contract, golden[:batch], sample[:batch], batch)
+        except BuildError as exc:
+            raise BuildError("the rewritten model is wrong at batch {}: {}".format(batch, exc)) from None
         except Exception as exc:
             raise BuildError(
                 "the rewritten model does not run at batch {}: a node still assumes the old batch".format(batch),

@@ -124,7 +124,10 @@ class Api:
                     else:
                         why = "removed in TensorRT {}".format(until)
                     attrs[name] = Absent(name, why)
-        cls = type(base.__name__, (base,), attrs)
+        # keep the hierarchy inside one module: a specialised Logger is a specialised ILogger
+        parents = tuple(self.classes[p.__name__] for p in base.__bases__
+                        if p.__name__ in self.classes and issubclass(self.classes[p.__name__], p))
+        cls = type(base.__name__, (base,) + parents, attrs)
         self.classes[base.__name__] = cls
         return cls
 
