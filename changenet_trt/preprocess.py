@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -195,6 +196,13 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
+@lru_cache(maxsize=16)
+def _plane_constants(norm: Normalization) -> Tuple[Tuple[np.float32, ...], Tuple[np.float32, ...]]:
+    """Per-channel float32 ``(scale, offset)`` scalars of ``norm`` (computed once per normalisation)."""
+    scale, offset = norm.scale_offset()
+    return tuple(scale[:, 0, 0]), tuple(offset[:, 0, 0])
+
+
 def write_normalized(
     dst: np.ndarray,
     image: np.ndarray,
@@ -225,7 +233,7 @@ def write_normalized(
         # TAO Deploy resizes the float32 image; resizing uint8 would round to integers first.
         channels = image if image.ndim == 2 or image.shape[2] == 3 else image[:, :, :3]
         image = cv2.resize(channels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    scale, offset = norm.scale_offset()
+    scale, offset = _plane_constants(norm)
     direct = dst.dtype == np.float32
     for channel in range(3):
         if image.ndim == 2:
@@ -233,8 +241,8 @@ def write_normalized(
         else:
             plane = image[:, :, 2 - channel if bgr else channel]
         out = dst[channel] if direct else _SCRATCH.plane(height, width)
-        np.multiply(plane, scale[channel, 0, 0], out=out, dtype=np.float32, casting="unsafe")
-        np.add(out, offset[channel, 0, 0], out=out)
+        np.multiply(plane, scale[channel], out=out, dtype=np.float32, casting="unsafe")
+        np.add(out, offset[channel], out=out)
         if not direct:
             np.copyto(dst[channel], out, casting="same_kind")
 
