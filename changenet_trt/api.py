@@ -97,10 +97,20 @@ def make_runner(
         if unknown:
             raise InputError("unknown option for the onnxruntime backend", expected=sorted(allowed), found=unknown)
         return OnnxRuntimeRunner(path, contract=contract, max_batch=batch_size, **options)
-    raise InputError(
-        "the TensorRT backend is not available in this version of changenet-trt",
-        expected="an .onnx model (ONNX Runtime backend)",
-        found=path,
+    from .backends.tensorrt import TensorRTRunner
+
+    allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError("unknown option for the tensorrt backend", expected=sorted(allowed), found=unknown)
+    return TensorRTRunner(
+        path,
+        max_batch=batch_size,
+        sample_input=sample_input,
+        golden_input=golden_input,
+        output=output,
+        output_kind=output_kind,
+        **options
     )
 
 
@@ -295,7 +305,8 @@ def load(
     static-batch model always runs at its own batch). ``normalization``: ``tao`` (default),
     ``deepstream`` or a :class:`~changenet_trt.preprocess.Normalization`. Tensor names and the
     output kind override what is read from the model. ``options`` go to the backend
-    (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``).
+    (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``; tensorrt:
+    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``).
     """
     runner = make_runner(
         os.fspath(path),

@@ -1,0 +1,485 @@
+"""TensorRT backend: a serialized engine run with pinned host memory, two streams and CUDA events.
+
+Per buffer slot (two, so batch k+1 is copied in while batch k computes) the runner owns, for
+every I/O tensor, a page-locked host array and a device buffer sized once at the largest batch
+it accepts. A batch goes::
+
+    caller writes rows [:n] of the pinned inputs (input_buffers; the arrays are never rebound)
+    submit: H2D rows [:n] -> (wait for the previous batch's compute: one execution context)
+            -> set_input_shape (only when n changes) -> execute_async_v3 (or a CUDA graph)
+            -> D2H rows [:n]                              all async on the slot's stream
+    fetch:  one wait on the slot's last event -> raw output [n, ...] (a copy unless copy=False)
+
+CUDA events around each stage give ``last_timing`` (``h2d_ms``, ``compute_ms``, ``d2h_ms``; GPU
+time) and ``enqueue_ms`` is the host time of ``submit``. TensorRT and pycuda are imported
+lazily (through :mod:`changenet_trt.trt` and :mod:`changenet_trt.cuda`).
+"""
+
+import logging
+import os
+import threading
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .. import cuda as cudalib
+from .. import trt as trtlib
+from ..contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
+from ..errors import EngineError, InputError
+from .base import Runner, Timing, now_ms
+
+LOG = logging.getLogger(__name__)
+FEATURE = "the TensorRT backend (.engine files)"
+_ONNX_SUFFIXES = (".onnx",)
+
+
+class _Slot:
+    """One buffer set: pinned host + device memory per tensor, a stream and its events."""
+
+    def __init__(self) -> None:
+        self.host: Dict[str, cudalib.PinnedBuffer] = {}
+        self.device: Dict[str, cudalib.DeviceBuffer] = {}
+        self.addresses: Dict[str, int] = {}
+        self.stream: Optional[cudalib.CudaStream] = None
+        # start -> (H2D) -> h2d_done -> [wait] compute_start -> (compute) -> compute_done -> (D2H) -> end
+        self.events: Dict[str, cudalib.CudaEvent] = {}
+        self.pending: Optional[int] = None
+        self.enqueue_ms = 0.0
+
+
+def _read_engine_bytes(path: str) -> bytes:
+    if not os.path.isfile(path):
+        raise EngineError("engine file not found: {}".format(path))
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data:
+        raise EngineError("engine file is empty: {}".format(path), expected="a serialized TensorRT engine", found="0 bytes")
+    if os.path.splitext(path)[1].lower() in _ONNX_SUFFIXES:
+        raise EngineError(
+            "{} is an ONNX model, not a TensorRT engine".format(path),
+            expected="an engine built from it (changenet-trt build), or the onnxruntime backend",
+            found="an .onnx file",
+        )
+    return data
+
+
+class TensorRTRunner(Runner):
+    """Runs a ChangeNet TensorRT engine (``.engine``/``.plan``) on the GPU.
+
+    ``max_batch``: the largest batch (default: the engine profile's max; must lie in the
+    profile). ``cuda_graph``: capture ``execute_async_v3`` as a CUDA graph per slot and batch
+    size and replay it (falls back, with a warning, when capture fails). ``spin_wait``: wait
+    for the GPU by spinning instead of blocking (lower latency, one busy core).
+    ``zero_copy``: host buffers mapped into the GPU's address space and read in place, no
+    copies (for integrated GPUs such as Jetson). ``data_transfers=False``: skip H2D/D2H
+    (trtexec's ``--noDataTransfers``; ``fetch`` then returns stale output rows).
+    ``sample_input``/``golden_input``/``output``/``output_kind`` override the contract.
+    ``device``: CUDA device index.
+    """
+
+    name = "tensorrt"
+    num_slots = 2
+
+    def __init__(
+        self,
+        engine_path: str,
+        max_batch: Optional[int] = None,
+        cuda_graph: bool = False,
+        spin_wait: bool = False,
+        zero_copy: bool = False,
+        data_transfers: bool = True,
+        sample_input: Optional[str] = None,
+        golden_input: Optional[str] = None,
+        output: Optional[str] = None,
+        output_kind: Optional[str] = None,
+        device: int = 0,
+    ) -> None:
+        self.model_path = os.fspath(engine_path)
+        self.cuda_graph = bool(cuda_graph)
+        self.spin_wait = bool(spin_wait)
+        self.zero_copy = bool(zero_copy)
+        self.data_transfers = bool(data_transfers)
+        self._lock = threading.RLock()
+        self._trt = trtlib.import_tensorrt(FEATURE)
+        self._ctx = cudalib.primary_context(device)
+        if self.zero_copy and not self._ctx.can_map_host_memory:
+            raise InputError(
+                "zero_copy needs a GPU that can map host memory",
+                expected="an integrated GPU (Jetson) or one with CAN_MAP_HOST_MEMORY",
+                found=self._ctx.name,
+            )
+        if self.zero_copy and not self._ctx.integrated:
+            LOG.warning("zero_copy on a discrete GPU (%s): every access crosses PCIe; expect it to be slower", self._ctx.name)
+        self._plan = _read_engine_bytes(self.model_path)
+        self._sidecar = self._check_sidecar()
+        self._logger = trtlib.make_logger(self._trt)
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._load_engine()
+        contract = self._read_contract(sample_input, golden_input, output, output_kind)
+        super().__init__(contract)
+        self._inputs: List[str] = list(contract.input_names())
+        self._outputs: List[str] = [t["name"] for t in self._io if t["mode"] == "output"]
+        self._dtypes = {t["name"]: np.dtype(t["dtype"]) for t in self._io}
+        self._low, self._opt, self._high = self._batch_limits()
+        self._max_batch = self._choose_max_batch(max_batch)
+        self._slots: List[_Slot] = []
+        self._context_batch: Optional[int] = None
+        self._bound_slot: Optional[int] = None
+        self._last_compute: Optional[cudalib.CudaEvent] = None
+        self._graphs: Dict[Tuple[int, int], cudalib.CudaGraph] = {}
+
+    # -- loading ----------------------------------------------------------------------------
+    def _check_sidecar(self) -> Optional[Any]:
+        """Refuse an engine whose sidecar names another TensorRT, another GPU or other bytes.
+
+        Returns the sidecar's metadata, or ``None`` when the engine has none (an engine from
+        trtexec): TensorRT's own version and device checks still refuse a foreign engine.
+        """
+        import hashlib
+
+        from .. import sidecar
+
+        if not os.path.isfile(sidecar.sidecar_path(self.model_path)):
+            LOG.warning("%s has no metadata file (%s); relying on TensorRT's own checks", self.model_path,
+                        sidecar.sidecar_path(self.model_path))
+            return None
+        meta = sidecar.read_sidecar(self.model_path)
+        verdict = sidecar.check_compatible(
+            meta,
+            trt_version=str(self._trt.__version__),
+            gpu_name=self._ctx.name,
+            compute_capability=self._ctx.compute_capability,
+            engine_sha256=hashlib.sha256(self._plan).hexdigest(),
+        )
+        for warning in verdict.warnings:
+            LOG.warning("%s: %s", self.model_path, warning)
+        verdict.raise_for_problems(self.model_path)
+        return meta
+
+    def _model_metadata(self) -> Dict[str, str]:
+        """The ONNX-style metadata (recommended cutoff, preprocessing) the sidecar carries."""
+        meta = self._sidecar
+        if meta is None:
+            return {}
+        out = {META_PREPROCESS: str(meta.preprocess)} if meta.preprocess else {}
+        cutoff = (meta.flags or {}).get("recommended_cutoff")
+        if cutoff is not None:
+            out[META_CUTOFF] = repr(float(cutoff))
+        return out
+
+    def _load_engine(self) -> None:
+        trt = self._trt
+        with self._ctx.activate():
+            runtime = trt.Runtime(self._logger)
+            if trtlib.has_feature(runtime, "engine_host_code_allowed"):
+                # version-compatible engines can carry host code: never run code from a file
+                runtime.engine_host_code_allowed = False
+            engine = runtime.deserialize_cuda_engine(self._plan)
+            if engine is None:
+                errors = self._logger.last_errors()
+                raise EngineError(
+                    "cannot load {} as a TensorRT engine".format(self.model_path),
+                    expected="an engine serialized by TensorRT {} for this GPU ({}), complete and unaltered".format(
+                        trtlib.version(trt), self._ctx.name
+                    ),
+                    found="; ".join(errors) if errors else "TensorRT could not deserialize it ({} bytes)".format(len(self._plan)),
+                )
+        self._runtime, self._engine = runtime, engine
+
+    def _read_contract(
+        self, sample_input: Optional[str], golden_input: Optional[str], output: Optional[str], output_kind: Optional[str]
+    ) -> ModelContract:
+        self._io = trtlib.io_tensors(self._engine)
+
+        def info(tensor: Dict[str, Any]) -> TensorInfo:
+            shape = tuple(None if int(d) < 0 else int(d) for d in tensor["shape"])
+            return TensorInfo(tensor["name"], shape, tensor["dtype"])
+
+        inputs = [info(t) for t in self._io if t["mode"] == "input"]
+        outputs = [info(t) for t in self._io if t["mode"] == "output"]
+        meta = self._sidecar
+        # the names and kind chosen at build time are the defaults; the caller's win
+        return make_contract(
+            inputs,
+            outputs,
+            sample_input=sample_input or (meta.sample_input if meta else None),
+            golden_input=golden_input or (meta.golden_input if meta else None),
+            output=output or (meta.output if meta else None),
+            output_kind=output_kind or (meta.output_kind if meta else None),
+            metadata=self._model_metadata(),
+        )
+
+    def _batch_limits(self) -> Tuple[int, int, int]:
+        """``(min, opt, max)`` batch of optimisation profile 0 (static engines: all the same)."""
+        static = self.contract.static_batch
+        if static is not None:
+            return static, static, static
+        low, opt, high = 1, None, None
+        for name in self._inputs:
+            shapes = trtlib.profile_shapes(self._engine, name, 0)
+            low = max(low, shapes[0][0])
+            high = shapes[2][0] if high is None else min(high, shapes[2][0])
+            opt = shapes[1][0] if opt is None else opt
+        assert opt is not None and high is not None
+        if low > high:
+            raise EngineError("the engine's inputs have no batch size in common", found="min {} > max {}".format(low, high))
+        return low, min(max(opt, low), high), high
+
+    def _choose_max_batch(self, max_batch: Optional[int]) -> int:
+        static = self.contract.static_batch
+        if max_batch is None:
+            return self._high
+        if static is not None and max_batch != static:
+            raise InputError(
+                "this engine has a static batch; run it at that batch or build a dynamic-batch engine",
+                expected="max_batch {}".format(static),
+                found=max_batch,
+            )
+        if not isinstance(max_batch, (int, np.integer)) or not self._low <= max_batch <= self._high:
+            raise InputError(
+                "max_batch is outside the engine's optimisation profile",
+                expected="{} <= max_batch <= {}".format(self._low, self._high),
+                found=max_batch,
+            )
+        return int(max_batch)
+
+    # -- batch limits -----------------------------------------------------------------------
+    @property
+    def batch_range(self) -> Tuple[int, int]:
+        # a static engine runs any smaller batch padded to its own (only n rows are copied)
+        low = 1 if self.contract.static_batch is not None else self._low
+        return (low, self._max_batch)
+
+    @property
+    def preferred_batch(self) -> int:
+        if self.contract.static_batch is not None or self._max_batch < self._high:
+            return self._max_batch
+        return self._opt
+
+    @property
+    def profile(self) -> Tuple[int, int, int]:
+        """``(min, opt, max)`` batch of the engine's optimisation profile."""
+        return (self._low, self._opt, self._high)
+
+    def check_batch(self, batch: int) -> None:
+        low, high = self.batch_range
+        if not isinstance(batch, (int, np.integer)) or not low <= batch <= high:
+            raise InputError(
+                "batch size outside what this engine accepts (optimisation profile {}..{}, opt {}{})".format(
+                    self._low, self._high, self._opt,
+                    "; buffers sized for {}".format(self._max_batch) if self._max_batch < self._high else "",
+                ),
+                expected="{} <= batch <= {}".format(low, high),
+                found=batch,
+            )
+
+    # -- life cycle -------------------------------------------------------------------------
+    def _activate(self) -> None:
+        ctx = self._ctx
+        try:
+            with ctx.activate():
+                if self._engine is None:
+                    self._load_engine()
+                context = self._engine.create_execution_context()
+                if context is None:
+                    raise EngineError(
+                        "TensorRT could not create an execution context for {}".format(self.model_path),
+                        found="; ".join(self._logger.last_errors()) or "out of device memory?",
+                    )
+                self._context = context
+                shapes = self._set_batch(self._max_batch)
+                blocking = not self.spin_wait
+                for _ in range(self.num_slots):
+                    slot = _Slot()
+                    self._slots.append(slot)
+                    for name in self._inputs + self._outputs:
+                        wanted = name in self._inputs or name == self.contract.output
+                        if wanted:
+                            slot.host[name] = ctx.pinned(shapes[name], self._dtypes[name], mapped=self.zero_copy)
+                        if wanted and self.zero_copy:
+                            slot.addresses[name] = int(slot.host[name].device_address)  # type: ignore[arg-type]
+                        else:
+                            nbytes = int(np.prod(shapes[name], dtype=np.int64)) * self._dtypes[name].itemsize
+                            slot.device[name] = ctx.device_buffer(max(nbytes, 1))
+                            slot.addresses[name] = slot.device[name].address
+                    slot.stream = ctx.stream()
+                    for event in ("start", "h2d_done", "compute_start", "compute_done", "end"):
+                        slot.events[event] = ctx.event(timing=True, blocking=blocking)
+        except BaseException:
+            self._release()
+            raise
+
+    def _set_batch(self, batch: int) -> Dict[str, Tuple[int, ...]]:
+        """``set_input_shape`` for every input at ``batch``; return every I/O tensor's shape."""
+        for name in self._inputs:
+            shape = (batch,) + tuple(self.contract.input_shape)
+            trtlib.check(
+                self._context.set_input_shape(name, shape),
+                "set_input_shape('{}', {})".format(name, list(shape)),
+                error=InputError,
+                logger=self._logger,
+            )
+        self._context_batch = batch
+        shapes = {}
+        for name in self._inputs + self._outputs:
+            shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise EngineError(
+                    "TensorRT cannot size tensor '{}' at batch {}".format(name, batch),
+                    expected="static dimensions once the inputs are set",
+                    found=trtlib.describe_shape(shape),
+                )
+            shapes[name] = shape
+        return shapes
+
+    def _deactivate(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Wait for in-flight work, then free graphs, buffers, streams, events and TensorRT objects."""
+        with self._lock, self._ctx.activate():
+            first_error: Optional[BaseException] = None
+            for slot in self._slots:
+                if slot.stream is not None:
+                    try:  # nothing may still write into memory that is about to be freed
+                        slot.stream.synchronize()
+                    except BaseException as exc:
+                        first_error = first_error or exc
+            for graph in self._graphs.values():
+                graph.free()
+            self._graphs = {}
+            for slot in self._slots:
+                for event in slot.events.values():
+                    event.close()
+                for buffer in list(slot.host.values()) + list(slot.device.values()):  # type: ignore[operator]
+                    buffer.free()
+                if slot.stream is not None:
+                    slot.stream.close()
+            self._slots = []
+            self._last_compute = None
+            self._context_batch = None
+            self._bound_slot = None
+            # TensorRT frees its device memory as these go: context, then engine, then runtime
+            self._context = None
+            self._engine = None
+            self._runtime = None
+        if first_error is not None:
+            raise first_error
+
+    # -- inference --------------------------------------------------------------------------
+    def input_buffers(self, batch: int, slot: int = 0) -> Dict[str, np.ndarray]:
+        """Views ``[batch, C, H, W]`` of ``slot``'s pinned input arrays (the engine's dtype)."""
+        self._require_active()
+        self.check_batch(batch)
+        self.check_slot(slot)
+        host = self._slots[slot].host
+        return {name: host[name].array[:batch] for name in self._inputs}  # type: ignore[index]
+
+    def submit(self, batch: int, slot: int = 0) -> None:
+        """Queue H2D, inference and D2H of rows ``[:batch]`` of ``slot`` on its stream."""
+        start = now_ms()
+        with self._lock:
+            self._require_active()
+            self.check_batch(batch)
+            self.check_slot(slot)
+            state = self._slots[slot]
+            if state.pending is not None:
+                raise InputError("slot {} was submitted twice without a fetch in between".format(slot))
+            run_batch = self.contract.static_batch or int(batch)
+            stream = state.stream
+            assert stream is not None
+            events = state.events
+            copies = self.data_transfers and not self.zero_copy
+            with self._ctx.activate():
+                events["start"].record(stream)
+                if copies:
+                    for name in self._inputs:
+                        state.device[name].upload(state.host[name].array[:batch], stream)  # type: ignore[index]
+                events["h2d_done"].record(stream)
+                # one execution context: its scratch memory allows one inference at a time
+                if self._last_compute is not None and self._last_compute is not events["compute_done"]:
+                    stream.wait(self._last_compute)
+                events["compute_start"].record(stream)
+                self._enqueue(slot, run_batch)
+                events["compute_done"].record(stream)
+                self._last_compute = events["compute_done"]
+                if copies:
+                    name = self.contract.output
+                    state.device[name].download(state.host[name].array[:batch], stream)  # type: ignore[index]
+                events["end"].record(stream)
+            state.pending = int(batch)
+            state.enqueue_ms = now_ms() - start
+
+    def _enqueue(self, slot: int, batch: int) -> None:
+        """Inference of ``batch`` rows on ``slot``'s stream: a graph replay or ``execute_async_v3``."""
+        state = self._slots[slot]
+        stream = state.stream
+        assert stream is not None
+        graph = self._graphs.get((slot, batch)) if self.cuda_graph else None
+        if graph is not None:
+            graph.launch(stream)
+            return
+        if self._context_batch != batch:
+            self._set_batch(batch)
+        if self._bound_slot != slot:
+            for name, address in state.addresses.items():
+                trtlib.check(
+                    self._context.set_tensor_address(name, address),
+                    "set_tensor_address('{}')".format(name),
+                    logger=self._logger,
+                )
+            self._bound_slot = slot
+        self._execute(stream)
+        if self.cuda_graph:
+            # captured after one normal run at this shape, as TensorRT requires
+            try:
+                self._graphs[(slot, batch)] = self._ctx.capture_graph(stream, lambda: self._execute(stream))
+            except cudalib.GraphCaptureError as exc:
+                self.cuda_graph = False
+                warnings.warn(
+                    "CUDA graph capture failed ({}); running without CUDA graphs".format(exc), RuntimeWarning, stacklevel=4
+                )
+
+    def _execute(self, stream: cudalib.CudaStream) -> None:
+        trtlib.check(
+            self._context.execute_async_v3(stream.handle),
+            "execute_async_v3 on {}".format(self.model_path),
+            logger=self._logger,
+        )
+
+    def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
+        """Wait for ``slot``'s batch (one event wait); return its raw output ``[batch, ...]``."""
+        self._require_active()
+        self.check_slot(slot)
+        state = self._slots[slot]
+        batch = state.pending
+        if batch is None:
+            raise InputError("nothing was submitted on slot {}".format(slot))
+        events = state.events
+        with self._ctx.activate():
+            events["end"].synchronize()
+            timing = Timing(
+                enqueue_ms=state.enqueue_ms,
+                h2d_ms=events["h2d_done"].ms_since(events["start"]),
+                compute_ms=events["compute_done"].ms_since(events["compute_start"]),
+                d2h_ms=events["end"].ms_since(events["compute_done"]),
+            )
+        state.pending = None
+        self.last_timing = timing
+        rows = state.host[self.contract.output].array[:batch]  # type: ignore[index]
+        return rows.copy() if copy else rows
+
+    def __repr__(self) -> str:
+        return "TensorRTRunner({!r}, batch {}..{}, {} I/O{}{}{})".format(
+            self.model_path,
+            self.batch_range[0],
+            self.batch_range[1],
+            self.contract.input_dtype,
+            ", cuda_graph" if self.cuda_graph else "",
+            ", zero_copy" if self.zero_copy else "",
+            ", spin_wait" if self.spin_wait else "",
+        )
+
