@@ -47,7 +47,7 @@ def preprocess_description(preset: Optional[str], layout: Any = None) -> Dict[st
     name = preset if isinstance(preset, str) else next((k for k, v in PRESETS.items() if v == norm), "custom")
     desc: Dict[str, Any] = {"preset": name or "tao", "mean": list(norm.mean), "std": list(norm.std)}
     if layout is not None:
-        desc["layout"] = layout.describe() if hasattr(layout, "describe") else str(layout)
+        desc["layout"] = layout.describe()
     return desc
 
 

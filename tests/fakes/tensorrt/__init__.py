@@ -11,12 +11,11 @@ and 8.6+ members are absent when it plays 8.5. ``module._fake`` (an :class:`Api`
 tests read: ``builds`` (one record per build), ``counters``, ``log`` and ``settings``.
 """
 
-import types
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..device import DEVICE
 from . import _builder, _plan, _runtime
-from ._api import MODES, Api, FakeTensorRTError, make_enum
+from ._api import MODES, Api, FakeTensorRTError, RecordingModule, make_enum
 
 __all__ = ["MODES", "make_module", "make_fake_engine", "FakeTensorRTError"]
 
@@ -73,7 +72,7 @@ _CLASSES = [
 ]
 
 
-def make_module(mode: str = "10.x", version: Optional[str] = None) -> types.ModuleType:
+def make_module(mode: str = "10.x", version: Optional[str] = None) -> RecordingModule:
     """A fresh fake ``tensorrt`` module playing ``mode`` (``"8.5"``, ``"8.6"``, ``"10.x"``).
 
     ``version`` overrides the reported ``__version__`` (e.g. ``"10.0.1"``); its major/minor
@@ -82,7 +81,7 @@ def make_module(mode: str = "10.x", version: Optional[str] = None) -> types.Modu
     if mode not in MODES:
         raise ValueError("mode must be one of {}, not {!r}".format(sorted(MODES), mode))
     api = Api(version or MODES[mode])
-    module = types.ModuleType("tensorrt", "Fake TensorRT {} (tests only)".format(api.version_string))
+    module = RecordingModule("tensorrt", "Fake TensorRT {} (tests only)".format(api.version_string))
     api.module = module
     module.__version__ = api.version_string
     module._fake = api

@@ -9,6 +9,7 @@ makes ``hasattr`` False and every access an AttributeError.
 import enum
 import hashlib
 import threading
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 from packaging.version import Version
@@ -45,7 +46,18 @@ class Strict:
     _versions: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
     _api: "Api"
 
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)  # a failed probe (hasattr) is not a use
+        if name[:1] != "_":
+            record_access(type(self), name)
+        return value
+
     def __setattr__(self, name: str, value: Any) -> None:
+        self._strict_set(name, value)
+        if name[:1] != "_":
+            record_access(type(self), name)
+
+    def _strict_set(self, name: str, value: Any) -> None:
         attr = None
         for klass in type(self).__mro__:
             if name in klass.__dict__:
@@ -61,6 +73,26 @@ class Strict:
             object.__setattr__(self, name, value)
             return
         raise AttributeError("{!r} object has no attribute {!r}".format(type(self).__name__, name))
+
+
+def record_access(cls: type, name: str) -> None:
+    """Note that ``name`` of a fake class was used (tests compare these with the real names)."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            api = cls.__dict__.get("_api") or getattr(cls, "_api", None)
+            if api is not None and (klass.__module__ == "tensorrt" or klass.__module__.startswith(__package__ or "fakes.tensorrt")):
+                api.accessed.add(name)
+            return
+
+
+class RecordingModule(types.ModuleType):
+    """The fake module object: notes every public attribute read from it."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = types.ModuleType.__getattribute__(self, name)
+        if name[:1] != "_":
+            types.ModuleType.__getattribute__(self, "_fake").accessed.add(name)
+        return value
 
 
 class Api:
@@ -90,6 +122,8 @@ class Api:
         }
         #: knobs tests may change
         self.settings: Dict[str, Any] = {"dla_cores": None, "fail_build": None}
+        #: public names of the fake module and its objects that were read or set
+        self.accessed: set = set()
 
     def at_least(self, version: Optional[str]) -> bool:
         return version is None or self.version >= Version(version)

@@ -80,10 +80,21 @@ class IHostMemory(bytes):
 class Runtime(Strict):
     """``trt.Runtime(logger)``."""
 
+    _versions = {"engine_host_code_allowed": ("8.6", None)}
+
     def __init__(self, logger: Any) -> None:
         require_logger(self._api, logger, "Runtime")
         self._logger = logger
         self._dla_core = -1
+        self._host_code = False
+
+    @property
+    def engine_host_code_allowed(self) -> bool:
+        return self._host_code
+
+    @engine_host_code_allowed.setter
+    def engine_host_code_allowed(self, value: bool) -> None:
+        self._host_code = bool(value)
 
     @property
     def logger(self) -> Any:

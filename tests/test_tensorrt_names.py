@@ -1,0 +1,198 @@
+"""Keep the TensorRT fake and the package honest against the real TensorRT module.
+
+* ``names-10.x.txt``: the names the real TensorRT 10.3 Python module binds, extracted from
+  PyPI's ``tensorrt-cu12-bindings`` wheel by ``extract_names.py`` (with a short supplement of
+  names the extraction cannot see, each with its source line);
+* ``names-8.5.txt``: the TensorRT 8.5 names the fake plays in its 8.5 mode, each with the
+  file of NVIDIA's 8.5.3 Python bindings source that binds it.
+
+Every public name of the fake (module attributes, class members, enum members) must be in
+the list of the version it plays; every TensorRT name the package uses (statically: chains
+on the ``trt`` module and feature-detection strings; dynamically: what a build and an engine
+load touch on the fake) must be in the 10.x list, and what an 8.5-mode build touches in the
+8.5 list.
+"""
+
+import ast
+import enum
+import os
+from typing import Dict, Iterable, Set
+
+import pytest
+
+from changenet_trt.build import BatchProfile, BuildOptions, build_engine
+from changenet_trt.trt import io_tensors, make_logger, profile_shapes
+from fakes.tensorrt import make_module
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NAMES_DIR = os.path.join(HERE, "fakes", "tensorrt_names")
+PACKAGE_DIR = os.path.join(os.path.dirname(HERE), "changenet_trt")
+REMOVED_IN_10 = ("num_bindings", "execute_async_v2", "build_engine", "max_workspace_size", "get_binding_shape",
+                 "set_binding_shape", "get_profile_shape", "STRICT_TYPES", "EXPLICIT_PRECISION",
+                 "build_cuda_engine")
+
+
+def _read_names(filename: str) -> Dict[str, str]:
+    """name -> note (text after the name on its line); ``#`` lines are comments."""
+    names = {}
+    with open(os.path.join(NAMES_DIR, filename)) as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, note = line.partition(" ")
+                names[name] = note.strip()
+    return names
+
+
+NAMES_10 = set(_read_names("names-10.x.txt")) | set(_read_names("names-10.x-supplement.txt"))
+NAMES_85 = _read_names("names-8.5.txt")
+
+
+def fake_public_names(module) -> Set[str]:
+    """Every public name the fake module binds: module attributes, class members, enum members."""
+    names: Set[str] = set()
+    for name in dir(module):
+        if name.startswith("_"):
+            continue
+        names.add(name)
+        value = getattr(module, name)
+        if isinstance(value, type) and issubclass(value, enum.Enum):
+            names.update(m.name for m in value)
+        elif isinstance(value, type) and not issubclass(value, (bytes, tuple)):
+            for member in vars_of(value):
+                names.add(member)
+                attr = getattr(value, member)
+                if isinstance(attr, type) and issubclass(attr, enum.Enum):
+                    names.update(m.name for m in attr)
+        elif isinstance(value, type):  # IHostMemory (bytes), Dims (tuple): only their own members
+            names.update(n for n in value.__dict__ if not n.startswith("_"))
+    return names
+
+
+def vars_of(cls: type) -> Iterable[str]:
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        for name in klass.__dict__:
+            if not name.startswith("_") and hasattr(cls, name):
+                yield name
+
+
+def test_names_list_is_the_real_10x_module():
+    with open(os.path.join(NAMES_DIR, "names-10.x.txt")) as handle:
+        head = handle.read(600)
+    assert "tensorrt_cu12_bindings-10." in head and "sha256" in head
+    assert len(NAMES_10) > 2000
+    for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape", "set_tensor_address",
+                 "execute_async_v3", "build_serialized_network", "set_memory_pool_limit", "IProgressMonitor",
+                 "builder_optimization_level", "get_tensor_profile_shape", "IInt8EntropyCalibrator2"):
+        assert name in NAMES_10, name
+    for name in REMOVED_IN_10:
+        assert name not in NAMES_10, name
+
+
+def test_supplement_entries_are_justified():
+    for name, note in _read_names("names-10.x-supplement.txt").items():
+        assert "python/src/" in note and "v10." in note, name
+
+
+def test_fake_binds_only_real_10x_names():
+    missing = sorted(fake_public_names(make_module("10.x")) - NAMES_10)
+    assert missing == [], "the fake binds names the real TensorRT 10 module does not: {}".format(missing)
+
+
+def test_fake_86_binds_names_of_85_or_10():
+    # 8.6 keeps a few 8.x-only members (EXPLICIT_PRECISION) and has the 10.x additions it introduced
+    assert sorted(fake_public_names(make_module("8.6")) - NAMES_10 - set(NAMES_85)) == []
+
+
+def test_fake_85_binds_only_names_documented_for_85():
+    missing = sorted(fake_public_names(make_module("8.5")) - set(NAMES_85))
+    assert missing == [], "the 8.5 fake binds names not in names-8.5.txt: {}".format(missing)
+    assert all(note.startswith("python/") for note in NAMES_85.values())
+
+
+# -- the package -----------------------------------------------------------------------------------------
+def _package_sources() -> Dict[str, ast.AST]:
+    trees = {}
+    for root, _, files in os.walk(PACKAGE_DIR):
+        for filename in files:
+            if filename.endswith(".py"):
+                path = os.path.join(root, filename)
+                with open(path) as handle:
+                    trees[os.path.relpath(path, PACKAGE_DIR)] = ast.parse(handle.read())
+    return trees
+
+
+def _trt_chains(tree: ast.AST) -> Set[str]:
+    """Attribute names in chains rooted at the TensorRT module (``trt.X.Y``, ``self._trt.X``)."""
+    found: Set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chain = []
+        cur: ast.AST = node
+        while isinstance(cur, ast.Attribute):
+            chain.append(cur.attr)
+            cur = cur.value
+        root = cur.id if isinstance(cur, ast.Name) else None
+        chain.reverse()
+        if root == "trt" or root == "tensorrt":
+            found.update(chain)
+        elif root == "self" and chain and chain[0] == "_trt":
+            found.update(chain[1:])
+    return {n for n in found if not n.startswith("__")}
+
+
+def _feature_strings(tree: ast.AST) -> Set[str]:
+    """Names probed with ``hasattr(x, "name")`` / ``has_feature(x, "name")`` in a TensorRT module."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and len(node.args) == 2 and isinstance(node.args[1], ast.Constant):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in ("hasattr", "has_feature") and isinstance(node.args[1].value, str):
+                found.add(node.args[1].value)
+    return found
+
+
+def test_every_tensorrt_name_the_package_names_exists_in_10x():
+    used: Dict[str, Set[str]] = {}
+    for path, tree in _package_sources().items():
+        names = _trt_chains(tree)
+        source = ast.dump(tree)
+        if "tensorrt" in source or "trtlib" in source or "import_tensorrt" in source:
+            names |= _feature_strings(tree)
+        if names:
+            used[path] = names
+    assert "build.py" in used and "trt.py" in used
+    assert {"BuilderFlag", "FP16", "MemoryPoolType", "builder_optimization_level"} <= used["build.py"]
+    unknown = {path: sorted(n for n in names if n not in NAMES_10) for path, names in used.items()}
+    assert {p: n for p, n in unknown.items() if n} == {}
+
+
+@pytest.mark.parametrize("mode", ["8.5", "10.x"])
+def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, fake_trt_factory, fake_cuda,
+                                                                   reference_models, tmp_path, monkeypatch):
+    from changenet_trt.calibration import array_batches
+    from changenet_trt.contract import read_contract
+    from changenet_trt.prepare import proof_pairs
+
+    monkeypatch.chdir(tmp_path)
+    trt = fake_trt_factory(mode)
+    model = reference_models["learnable_dynamic"]
+    golden, sample = proof_pairs(read_contract(model), 4)
+    result = build_engine(
+        BuildOptions(model=model, precision="int8", profile=BatchProfile(1, 4, 8), workspace_mib=256, opt_level=4,
+                     dla_core=0, fp32_layers=["node_of_head.rms"], progress=True),
+        calibration_batches=array_batches(golden, sample, 4),
+        status_stream=open(os.devnull, "w"),
+    )
+    engine = trt.Runtime(make_logger(trt)).deserialize_cuda_engine(open(result.engine_path, "rb").read())
+    io_tensors(engine)
+    profile_shapes(engine, "input_1")
+    engine.create_execution_context().get_tensor_shape("output")
+    touched = trt._fake.accessed
+    assert {"Builder", "OnnxParser", "build_serialized_network", "set_shape", "int8_calibrator"} <= touched
+    reference = set(NAMES_85) if mode == "8.5" else NAMES_10
+    assert sorted(touched - reference) == []
