@@ -22,6 +22,7 @@ import pytest
 
 from changenet_trt.build import BatchProfile, BuildOptions, build_engine
 from changenet_trt.trt import io_tensors, make_logger, profile_shapes
+
 from fakes.tensorrt import make_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
