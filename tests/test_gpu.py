@@ -1,0 +1,182 @@
+"""The runner checks of test_tensorrt_runner.py against a real GPU, TensorRT and pycuda.
+
+Skipped cleanly without them (every development and CI machine); on a Jetson or a GPU host
+run ``pytest -m gpu``. Engines are built once per module from the reference models with
+``changenet_trt.build``; memory is checked with the driver's free-memory counter.
+"""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def _gpu_available():
+    try:
+        import pycuda.driver as driver
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (missing libcuda)
+        return "TensorRT and pycuda are not importable ({}: {})".format(type(exc).__name__, exc)
+    try:
+        driver.init()
+        if driver.Device.count() < 1:
+            return "no CUDA device"
+    except Exception as exc:
+        return "CUDA is not usable ({}: {})".format(type(exc).__name__, exc)
+    return None
+
+
+_REASON = _gpu_available()
+if _REASON is not None:
+    pytest.skip("needs an NVIDIA GPU with TensorRT and pycuda: " + _REASON, allow_module_level=True)
+
+import changenet_trt  # noqa: E402
+from changenet_trt import cuda  # noqa: E402
+from changenet_trt.backends.tensorrt import TensorRTRunner  # noqa: E402
+from changenet_trt.build import BatchProfile, BuildOptions, build_engine  # noqa: E402
+from changenet_trt.errors import EngineError, InputError  # noqa: E402
+
+from helpers import ort_output, strip_pairs  # noqa: E402
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def engines(reference_models, tmp_path_factory):
+    """``{(variant, precision): engine path}`` built on this GPU."""
+    root = tmp_path_factory.mktemp("engines")
+    out = {}
+    for variant in ("learnable_dynamic", "euclidean_dynamic"):
+        for precision in ("fp32", "fp16"):
+            options = BuildOptions(
+                model=reference_models[variant],
+                output=str(root / "{}_{}.engine".format(variant, precision)),
+                precision=precision,
+                profile=BatchProfile(1, 16, 32),
+                engines_dir=str(root),
+                progress=False,
+            )
+            out[(variant, precision)] = build_engine(options).engine_path
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(5)
+    golden = rng.normal(0, 1, (40, 3, 512, 128)).astype(np.float32)
+    sample = golden + rng.normal(0, 0.3, golden.shape).astype(np.float32)
+    return golden, sample
+
+
+def free_memory():
+    ctx = cuda.primary_context()
+    with ctx.activate():
+        return ctx.driver.mem_get_info()[0]
+
+
+def run_batch(runner, golden, sample, slot=0):
+    n = len(golden)
+    bufs = runner.input_buffers(n, slot=slot)
+    np.copyto(bufs[runner.contract.golden_input], golden, casting="same_kind")
+    np.copyto(bufs[runner.contract.sample_input], sample, casting="same_kind")
+    runner.submit(n, slot=slot)
+    return runner.fetch(slot)
+
+
+# FP32 engines may use TF32 on Ampere and later; FP16 engines round activations.
+TOLERANCE = {"fp32": 2e-3, "fp16": 3e-2}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_batches_and_mixed_sizes_equal_onnxruntime(engines, reference_models, data, precision, cuda_graph):
+    onnx = reference_models["learnable_dynamic"]
+    golden, sample = data
+    with TensorRTRunner(engines[("learnable_dynamic", precision)], cuda_graph=cuda_graph) as runner:
+        for index, n in enumerate([1, 7, 16, 32, 3, 32, 16, 7, 7]):
+            raw = run_batch(runner, golden[:n], sample[:n], slot=index % 2)
+            want = ort_output(onnx, sample[:n], golden[:n])
+            np.testing.assert_allclose(raw, want, rtol=TOLERANCE[precision], atol=TOLERANCE[precision])
+            timing = runner.last_timing
+            assert all(np.isfinite(v) and v >= 0 for v in (timing.h2d_ms, timing.compute_ms, timing.d2h_ms))
+
+
+def test_zero_copy_on_integrated_gpus(engines, reference_models, data):
+    ctx = cuda.primary_context()
+    if not ctx.integrated:
+        pytest.skip("zero-copy is for integrated GPUs; {} is discrete".format(ctx.name))
+    onnx = reference_models["euclidean_dynamic"]
+    with TensorRTRunner(engines[("euclidean_dynamic", "fp32")], zero_copy=True) as runner:
+        raw = run_batch(runner, data[0][:9], data[1][:9])
+    np.testing.assert_allclose(raw, ort_output(onnx, data[1][:9], data[0][:9]), rtol=2e-3, atol=2e-3)
+
+
+def test_pinned_buffers_stay_and_memory_stays_flat(engines, data):
+    golden, sample = data
+    before_load = free_memory()
+    with TensorRTRunner(engines[("euclidean_dynamic", "fp16")]) as runner:
+        addresses = {s: {k: v.ctypes.data for k, v in runner.input_buffers(32, slot=s).items()} for s in (0, 1)}
+        for slot in (0, 1):
+            run_batch(runner, golden[:16], sample[:16], slot=slot)
+        warm = free_memory()
+        for index in range(2000):
+            n = (1, 16, 7, 32)[index % 4]
+            slot = index % 2
+            bufs = runner.input_buffers(n, slot=slot)
+            assert {k: v.ctypes.data for k, v in bufs.items()} == addresses[slot]
+            runner.submit(n, slot=slot)
+            runner.fetch(slot, copy=False)
+        assert warm - free_memory() < 4 * MIB
+    assert before_load - free_memory() < 4 * MIB  # everything given back
+
+
+def test_outside_the_profile_and_bad_engines_are_refused(engines, data, tmp_path):
+    path = engines[("learnable_dynamic", "fp32")]
+    with pytest.raises(InputError, match="optimisation profile"):
+        TensorRTRunner(path, max_batch=64)
+    with TensorRTRunner(path) as runner:
+        with pytest.raises(InputError, match="outside"):
+            runner.input_buffers(33)
+    junk = tmp_path / "junk.engine"
+    junk.write_bytes(b"not an engine" * 100)
+    with pytest.raises(EngineError, match="cannot load"):
+        TensorRTRunner(str(junk))
+    plan = open(path, "rb").read()
+    cut = tmp_path / "cut.engine"
+    cut.write_bytes(plan[: len(plan) // 2])
+    with pytest.raises(EngineError):
+        TensorRTRunner(str(cut))
+    other = tmp_path / "other.engine"
+    other.write_bytes(plan)
+    meta = json.load(open(path + ".json"))
+    meta["trt_version"] = "7.2.3"
+    json.dump(meta, open(str(other) + ".json", "w"))
+    with pytest.raises(EngineError, match="TensorRT 7.2.3"):
+        TensorRTRunner(str(other))
+
+
+def test_threads_and_the_api(engines, reference_models):
+    golden, sample, _ = strip_pairs(21, seed=4)
+    onnx = reference_models["learnable_dynamic"]
+    with changenet_trt.load(onnx) as clf:
+        want = clf.predict(golden, sample).scores
+    results, errors = {}, []
+
+    def work(index):
+        try:
+            with changenet_trt.load(engines[("learnable_dynamic", "fp16")], batch_size=8) as clf:
+                results[index] = clf.predict(golden, sample).scores
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for scores in results.values():
+        np.testing.assert_allclose(scores, want, rtol=1e-2, atol=1e-2)
