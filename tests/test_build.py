@@ -391,3 +391,68 @@ def test_plan_refuses_bad_options(reference_models):
     with pytest.raises(InputError, match="need --int8"):
         _options(reference_models["learnable_dynamic"], calib_csv="x.csv")
     assert main(["build", reference_models["learnable_dynamic"], "--batch", "4:2:8", "--dry-run"]) == 2
+
+
+# -- sidecar --------------------------------------------------------------------------------------------
+def _meta(**kw):
+    from changenet_trt.sidecar import EngineMetadata
+
+    base = dict(trt_version="10.3.0", precision="fp16", profile={"min": 1, "opt": 16, "max": 32},
+                sample_input="input_1", golden_input="input_2", output="output", output_kind="learnable",
+                onnx_sha256="a" * 64, gpu_name="Orin", compute_capability=[8, 7], engine_sha256="b" * 64)
+    base.update(kw)
+    return EngineMetadata(**base)
+
+
+def test_sidecar_round_trip_and_refusals(tmp_path):
+    from changenet_trt.errors import EngineError
+    from changenet_trt.sidecar import sidecar_path, write_sidecar
+
+    engine = str(tmp_path / "m.engine")
+    meta = _meta(tensors=[{"name": "input_1", "mode": "input", "shape": [-1, 3, 512, 128], "dtype": "float32"}],
+                 flags={"fp32_layers": ["x"]})
+    assert write_sidecar(engine, meta) == engine + ".json" == sidecar_path(engine)
+    assert read_sidecar(engine) == meta
+
+    with pytest.raises(EngineError, match="no metadata next to the engine"):
+        read_sidecar(str(tmp_path / "other.engine"))
+    (tmp_path / "bad.engine.json").write_text("{not json")
+    with pytest.raises(EngineError, match="cannot read engine metadata"):
+        read_sidecar(str(tmp_path / "bad.engine"))
+    (tmp_path / "old.engine.json").write_text(json.dumps({"trt_version": "10.3.0"}))
+    with pytest.raises(EngineError, match="lacks required fields"):
+        read_sidecar(str(tmp_path / "old.engine"))
+
+
+def test_check_compatible_explains_each_problem():
+    meta = _meta()
+    assert check_compatible(meta, trt_version="10.3.0.26", compute_capability=(8, 7), gpu_name="Orin").ok
+    verdict = check_compatible(meta, trt_version="8.5.2.2", compute_capability=(7, 2), gpu_name="Xavier",
+                               onnx_sha256="c" * 64, engine_sha256="d" * 64, preprocess="deepstream")
+    text = " | ".join(verdict.problems)
+    assert len(verdict.problems) == 5
+    for part in ("built with TensorRT 10.3.0 and this is TensorRT 8.5.2.2", "compute capability 8.7",
+                 "is compute capability 7.2", "another ONNX model", "replaced or corrupted",
+                 "expects 'tao' preprocessing and 'deepstream' was asked for"):
+        assert part in text, part
+    same_cc = check_compatible(meta, compute_capability=(8, 7), gpu_name="Orin Nano")
+    assert same_cc.ok and "tactics were timed on the other GPU" in same_cc.warnings[0]
+    with pytest.raises(ChangeNetError, match="cannot be used here"):
+        verdict.raise_for_problems("m.engine")
+
+
+def test_built_engine_loads_through_the_tensorrt_runner(fake_trt, fake_cuda, reference_models, workdir):
+    pytest.importorskip("changenet_trt.backends.tensorrt")
+    from changenet_trt.api import load
+
+    model = reference_models["learnable_static16"]
+    result = build_engine(_options(model, precision="fp32"))
+    rng = np.random.default_rng(0)
+    golden = rng.integers(0, 255, size=(5, 512, 128, 3), dtype=np.uint8)
+    sample = golden.copy()
+    sample[2:, 100:200] = 255
+    with load(result.engine_path) as engine_clf, load(model) as onnx_clf:
+        got = engine_clf.predict(list(golden), list(sample)).scores
+        want = onnx_clf.predict(list(golden), list(sample)).scores
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert fake_trt._fake.counters["executions_run"] >= 1
