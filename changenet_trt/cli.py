@@ -579,7 +579,187 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# (accuracy & device commands: validate, fp16-check, doctor)
+# -- accuracy & device: validate, fp16-check, doctor -------------------------------------------
+def _add_pair_arguments(parser: argparse.ArgumentParser, default_pairs: int) -> None:
+    """Where the real pairs come from: a TAO data set, or synthetic PCB pairs."""
+    group = parser.add_argument_group("pairs (a TAO data set, or --pairs N synthetic pairs)")
+    group.add_argument("--csv", metavar="CSV", help="TAO data set CSV (input_path, golden_path, label, object_name)")
+    group.add_argument("--images", metavar="DIR", help="image root of the data set (default: the CSV's folder)")
+    group.add_argument("--pairs", type=positive_int, metavar="N",
+                       help="use N synthetic PCB pairs rendered in memory (default without --csv: {})".format(default_pairs))
+    group.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs (default: 0)")
+    group.add_argument("--lights", metavar="LIST",
+                       help="light names in input order, comma separated, or 'none' for one image per input "
+                       "(default: LowAngleLight,SolderLight,UniformLight,WhiteLight)")
+    group.add_argument("--ext", default=".jpg", help="image file extension of the data set (default: .jpg)")
+    group.add_argument("--concat", choices=("linear", "grid"), default="linear",
+                       help="how lights form one input: linear (along H, TAO's default) or grid")
+    group.add_argument("--grid", metavar="RxC", help="grid shape for --concat grid (default: 2 x lights/2)")
+    group.add_argument("--strict", action="store_true", help="stop at the first unusable data set row")
+
+
+def _pair_source_factory(args: argparse.Namespace, default_pairs: int):
+    """``make_source(contract, normalization)`` for the pair arguments."""
+    from .dataset import LightLayout, parse_grid, parse_lights
+    from .validate import dataset_source, synthetic_source
+
+    if args.csv and args.pairs:
+        raise InputError("give either --csv (a data set) or --pairs (synthetic pairs), not both")
+    if args.images and not args.csv:
+        raise InputError("--images needs --csv", expected="--csv CSV --images DIR")
+    kwargs = {"ext": args.ext, "concat": args.concat}
+    if args.lights:
+        kwargs["lights"] = parse_lights(args.lights)
+    if args.grid:
+        kwargs["grid"] = parse_grid(args.grid)
+    layout = LightLayout(**kwargs)
+
+    def make(contract, normalization):
+        if args.csv:
+            return dataset_source(args.csv, args.images, contract.input_shape, normalization, layout=layout,
+                                  strict=args.strict, on_problem=lambda item: log.warning("set aside: %s", item))
+        return synthetic_source(args.pairs or default_pairs, contract.input_shape, normalization, seed=args.seed,
+                                layout=layout)
+
+    return make
+
+
+def _normalization_arg(text: Optional[str]):
+    if text is None:
+        return None
+    from .preprocess import parse_normalization
+
+    return parse_normalization(text)
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    from .validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_PAIRS, DEFAULT_RTOL
+
+    parser = sub.add_parser(
+        "validate",
+        help="check an engine against its ONNX model on real pairs: errors, decision flips, FPR/capture",
+        description="Run the engine (TensorRT) and the ONNX model (onnxruntime, float32) on the same "
+        "preprocessed pairs; report per-output error statistics, the decisions that flip at the cutoff and, "
+        "for labelled pairs, FPR and defect capture of both. Exits 1 when an output value differs by more "
+        "than atol + rtol * |onnx| or more than --max-flips decisions flip.",
+    )
+    parser.add_argument("engine", help="TensorRT engine (.engine/.plan), or any model --backend runs")
+    parser.add_argument("--onnx", required=True, metavar="MODEL", help="the ONNX model the engine was built from")
+    _add_pair_arguments(parser, DEFAULT_PAIRS)
+    group = parser.add_argument_group("tolerances")
+    group.add_argument("--atol", type=non_negative_float, default=DEFAULT_ATOL,
+                       help="absolute tolerance on raw output values (default: {:g})".format(DEFAULT_ATOL))
+    group.add_argument("--rtol", type=non_negative_float, default=DEFAULT_RTOL,
+                       help="relative tolerance, times |onnx value| (default: {:g})".format(DEFAULT_RTOL))
+    group.add_argument("--max-flips", type=int, default=DEFAULT_MAX_FLIPS, metavar="K",
+                       help="decision flips allowed at the cutoff (default: {})".format(DEFAULT_MAX_FLIPS))
+    group.add_argument("--cutoff", type=float, metavar="C",
+                       help="a pair is a defect when score > C (default: the ONNX model's recommended cutoff, else 0.5)")
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
+                         help="backend of the engine side (default: auto, by file suffix)")
+    runtime.add_argument("--batch-size", type=positive_int, metavar="N", help="pairs per batch (default: 16)")
+    runtime.add_argument("--normalization", metavar="PRESET",
+                         help="tao, deepstream or custom 'mr,mg,mb/sr,sg,sb' (default: the model's, else tao)")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--show-flips", type=int, default=10, metavar="K", help="flipped pairs to list (default: 10)")
+    add_model_arguments(parser)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from . import validate
+
+    report = validate.validate(
+        args.engine, args.onnx, _pair_source_factory(args, validate.DEFAULT_PAIRS), cutoff=args.cutoff,
+        atol=args.atol, rtol=args.rtol, max_flips=args.max_flips, backend=args.backend, batch_size=args.batch_size,
+        normalization=_normalization_arg(args.normalization), contract_overrides=contract_overrides(args),
+    )
+    print("\n".join(validate.format_report(report, show_flips=args.show_flips)))
+    if args.json_out:
+        print("wrote {}".format(validate.write_json(report, args.json_out)))
+    return 0 if report.passed else 1
+
+
+def _add_fp16_check(sub: argparse._SubParsersAction) -> None:
+    from .fp16_check import DEFAULT_MAX_REL_ERROR
+
+    parser = sub.add_parser(
+        "fp16-check",
+        help="find tensors that overflow or lose precision in float16 (CPU); write a --fp32-layers list",
+        description="Run the ONNX model with onnxruntime (float32, CPU) with every intermediate tensor exposed, "
+        "on real pairs. Report tensors beyond the float16 range (|x| > 65504) and those losing most to float16 "
+        "rounding or underflow, with their producing nodes and op types, and write the layers to keep in float32 "
+        "as a file for `build --fp32-layers @FILE`. Exits 1 when some layer needs float32, 0 otherwise.",
+    )
+    parser.add_argument("model", help="ONNX file")
+    _add_pair_arguments(parser, 16)
+    parser.add_argument("--out", metavar="FILE",
+                        help="float32 layer list to write (default: <model>.fp32-layers.txt next to the model)")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write every tensor's statistics as JSON")
+    parser.add_argument("--max-rel-error", type=float, default=DEFAULT_MAX_REL_ERROR, metavar="X",
+                        help="also keep a tensor's layers in float32 when its float16 relative L2 error exceeds X "
+                        "(default: {:g}; plain rounding gives about 3e-4)".format(DEFAULT_MAX_REL_ERROR))
+    parser.add_argument("--top", type=positive_int, default=10, metavar="K",
+                        help="tensors to list by precision lost (default: 10)")
+    parser.add_argument("--normalization", metavar="PRESET",
+                        help="tao, deepstream or custom 'mr,mg,mb/sr,sg,sb' (default: the model's, else tao)")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="onnxruntime intra-op threads")
+    add_model_arguments(parser)
+
+
+def _cmd_fp16_check(args: argparse.Namespace) -> int:
+    from . import fp16_check
+    from .contract import read_contract
+    from .preprocess import get_normalization
+
+    contract = read_contract(args.model, **contract_overrides(args))
+    norm = get_normalization(_normalization_arg(args.normalization) or contract.preprocess or "tao")
+    source = _pair_source_factory(args, 16)(contract, norm)
+    try:
+        batch = contract.static_batch or 4
+        report = fp16_check.check_model(
+            args.model, fp16_check.source_batches(source, batch, contract.input_shape), contract=contract,
+            max_rel_error=args.max_rel_error, threads=args.threads,
+        )
+    finally:
+        source.close()
+    print("pairs: {}".format(source.description))
+    print("\n".join(fp16_check.format_report(report, top=args.top)))
+    out = args.out or fp16_check.default_list_path(args.model)
+    fp16_check.write_layer_list(report, out)
+    print("wrote {} ({} layer{}){}".format(
+        out, len(report.layers), "" if len(report.layers) == 1 else "s",
+        ": build with --fp32-layers @{}".format(out) if report.layers else ""))
+    if args.json_out:
+        print("wrote {}".format(fp16_check.write_json(report, args.json_out)))
+    return 1 if report.layers else 0
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "doctor",
+        help="report the environment and prove the stack on this machine (CPU checks; GPU checks on a device)",
+        description="Print Python, numpy, OpenCV, onnxruntime, TensorRT, pycuda, CUDA driver, GPU and compute "
+        "capability, DLA cores, and on a Jetson the board, JetPack and power mode. Then run checks, each PASS, "
+        "FAIL or SKIP: onnxruntime vs numpy on the reference model, preprocessing, pipeline decisions; on a GPU "
+        "also build the reference engine, compare it with onnxruntime and run a short benchmark. Exits 0 when "
+        "every check that applies passes.",
+    )
+    parser.add_argument("--cpu-only", action="store_true", help="skip the GPU checks even when a GPU is present")
+    parser.add_argument("--workdir", metavar="DIR", help="keep the files the checks write here (default: a temporary folder)")
+    parser.add_argument("--bench-seconds", type=non_negative_float, default=1.0, metavar="S",
+                        help="duration of the short benchmark (default: 1)")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the report as JSON")
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    report = doctor.run_doctor(workdir=args.workdir, device=not args.cpu_only, bench_seconds=args.bench_seconds)
+    print("\n".join(doctor.format_report(report)))
+    if args.json_out:
+        print("wrote {}".format(doctor.write_json(report, args.json_out)))
+    return 0 if report.ok else 1
 
 # -- the command table -------------------------------------------------------------------------
 COMMANDS: List[tuple] = [
@@ -593,7 +773,9 @@ COMMANDS: List[tuple] = [
     ("build", _add_build, _cmd_build),
     # [engine build commands]
     ("bench", _add_bench, _cmd_bench),
-    # [accuracy & device commands]
+    ("validate", _add_validate, _cmd_validate),
+    ("fp16-check", _add_fp16_check, _cmd_fp16_check),
+    ("doctor", _add_doctor, _cmd_doctor),
 ]
 
 

@@ -456,3 +456,20 @@ def write_json(report: Fp16Report, path: str) -> str:
         json.dump(report.to_dict(), handle, indent=2, sort_keys=True)
         handle.write("\n")
     return path
+
+
+def source_batches(source: Any, batch: int, input_shape: Sequence[int]) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(golden, sample)`` float32 ``[n, C, H, W]`` batches of a
+    :class:`~changenet_trt.validate.PairSource`, without the pairs it could not read."""
+    shape = tuple(int(d) for d in input_shape)
+    golden = np.empty((batch,) + shape, dtype=np.float32)
+    sample = np.empty_like(golden)
+    for lo in range(0, source.count, batch):
+        hi = min(lo + batch, source.count)
+        source.fill(golden[: hi - lo], sample[: hi - lo], lo, hi)
+        bad = {i - lo for i in source.failed() if lo <= i < hi}
+        keep = [i for i in range(hi - lo) if i not in bad]
+        if len(keep) == hi - lo:
+            yield golden[: hi - lo], sample[: hi - lo]
+        elif keep:
+            yield golden[keep], sample[keep]

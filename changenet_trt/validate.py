@@ -1,0 +1,545 @@
+"""``changenet-trt validate``: a built engine against its ONNX model on the same real pairs.
+
+Both models run through the library's own runners (the engine on TensorRT, the ONNX file on
+ONNX Runtime in float32), on the same preprocessed pairs. The report gives per-output error
+statistics and, above all, the decisions that flip at the cutoff, with FPR and defect capture
+of both when the pairs are labelled. :func:`validate` returns a :class:`ValidationReport`;
+``report.passed`` says whether the user's tolerances hold:
+
+* every raw output element satisfies ``|engine - onnx| <= atol + rtol * |onnx|``
+  (numpy's ``isclose`` rule);
+* at most ``max_flips`` pairs change their decision (``score > cutoff``).
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+DEFAULT_ATOL = 1e-2
+DEFAULT_RTOL = 1e-2
+DEFAULT_MAX_FLIPS = 0
+DEFAULT_PAIRS = 64
+#: pairs preprocessed at once (then run through both models): bounds memory at ~100 MB
+CHUNK_PAIRS = 64
+
+
+@dataclass
+class ErrorStats:
+    """Elementwise error of ``test`` against ``ref`` (same shape). ``rel`` is
+    ``|test - ref| / |ref|`` (with ``|ref|`` floored at 1e-12); percentiles are nearest-rank."""
+
+    shape: List[int]
+    elements: int
+    abs_max: float
+    abs_mean: float
+    abs_median: float
+    abs_p99: float
+    rel_max: float
+    rel_mean: float
+    rel_p99: float
+    worst_index: List[int]  # where |test - ref| is largest
+    ref_at_worst: float
+    test_at_worst: float
+    nonfinite: int  # positions where exactly one side is NaN/Inf, or both but different
+    beyond_tolerance: int  # elements failing |test - ref| <= atol + rtol * |ref|
+    atol: float
+    rtol: float
+
+
+def _percentile(sorted_values: np.ndarray, p: float) -> float:
+    """Nearest-rank percentile (the rule trtexec uses) of an ascending array."""
+    n = sorted_values.size
+    if n == 0:
+        return 0.0
+    index = max(n - 1 - int((1.0 - p / 100.0) * n), 0)
+    return float(sorted_values[index])
+
+
+def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ErrorStats:
+    """Compare two raw outputs of the same shape (float64 arithmetic)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    test = np.asarray(test, dtype=np.float64)
+    if ref.shape != test.shape:
+        raise InputError("outputs to compare have different shapes", expected=list(ref.shape), found=list(test.shape))
+    if ref.size == 0:
+        raise InputError("nothing to compare", expected="at least one output element", found=0)
+    both_finite = np.isfinite(ref) & np.isfinite(test)
+    same_special = ~both_finite & ((ref == test) | (np.isnan(ref) & np.isnan(test)))
+    nonfinite = int(np.count_nonzero(~both_finite & ~same_special))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: masked out just below
+        diff = np.where(both_finite, np.abs(test - ref), 0.0)
+    diff = np.where(both_finite | same_special, diff, np.inf)
+    rel = diff / np.maximum(np.abs(np.where(both_finite, ref, 0.0)), 1e-12)
+    flat_abs = np.sort(diff, axis=None)
+    flat_rel = np.sort(rel, axis=None)
+    finite_abs = flat_abs[np.isfinite(flat_abs)]
+    finite_rel = flat_rel[np.isfinite(flat_rel)]
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    allowed = atol + rtol * np.abs(np.where(both_finite, ref, 0.0))
+    beyond = int(np.count_nonzero(~(diff <= allowed)))
+    return ErrorStats(
+        shape=[int(d) for d in ref.shape],
+        elements=int(ref.size),
+        abs_max=float(flat_abs[-1]),
+        abs_mean=float(finite_abs.mean()) if finite_abs.size else float("inf"),
+        abs_median=_median(finite_abs),
+        abs_p99=_percentile(flat_abs, 99),
+        rel_max=float(flat_rel[-1]),
+        rel_mean=float(finite_rel.mean()) if finite_rel.size else float("inf"),
+        rel_p99=_percentile(flat_rel, 99),
+        worst_index=[int(i) for i in worst],
+        ref_at_worst=float(ref[worst]),
+        test_at_worst=float(test[worst]),
+        nonfinite=nonfinite,
+        beyond_tolerance=beyond,
+        atol=float(atol),
+        rtol=float(rtol),
+    )
+
+
+def _median(sorted_values: np.ndarray) -> float:
+    n = sorted_values.size
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return float(sorted_values[mid]) if n % 2 else float((sorted_values[mid - 1] + sorted_values[mid]) / 2.0)
+
+
+@dataclass
+class Flips:
+    """Pairs whose decision (``score > cutoff``) differs between the reference and the test.
+
+    ``raised``: the test calls a defect where the reference says pass (new false alarms when
+    the reference is right); ``dropped``: the test passes a pair the reference calls a defect
+    (missed defects). ``near``: pairs whose reference score lies within the largest observed
+    score error of the cutoff (they could flip on other data).
+    """
+
+    cutoff: float
+    indices: List[int]
+    raised: List[int]
+    dropped: List[int]
+    near: int
+    max_score_error: float
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+
+def decision_flips(ref_scores: np.ndarray, test_scores: np.ndarray, cutoff: float) -> Flips:
+    """Count decision flips at ``cutoff`` between two score vectors ``[N]`` (float)."""
+    ref = np.asarray(ref_scores, dtype=np.float64).ravel()
+    test = np.asarray(test_scores, dtype=np.float64).ravel()
+    if ref.shape != test.shape:
+        raise InputError("score vectors have different lengths", expected=ref.size, found=test.size)
+    ref_defect = ref > cutoff
+    # NaN compares False: a NaN score is a pass decision, which is what thresholding it gives
+    test_defect = test > cutoff
+    flipped = np.flatnonzero(ref_defect != test_defect)
+    raised = np.flatnonzero(~ref_defect & test_defect)
+    dropped = np.flatnonzero(ref_defect & ~test_defect)
+    err = np.abs(test - ref)
+    err = err[np.isfinite(err)]
+    max_err = float(err.max()) if err.size else 0.0
+    near = int(np.count_nonzero(np.abs(ref - cutoff) <= max_err)) if max_err > 0 else 0
+    return Flips(
+        cutoff=float(cutoff),
+        indices=[int(i) for i in flipped],
+        raised=[int(i) for i in raised],
+        dropped=[int(i) for i in dropped],
+        near=near,
+        max_score_error=max_err,
+    )
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate` measured. ``reference`` is the ONNX (float32) side, ``test`` the
+    engine side; ``metrics`` holds FPR/capture per side when the pairs carry labels."""
+
+    test_model: str
+    test_backend: str
+    reference_model: str
+    reference_backend: str
+    pairs: int
+    source: str
+    output_name: str
+    output_kind: str
+    raw: ErrorStats
+    score: ErrorStats
+    flips: Flips
+    max_flips: int
+    ids: List[str] = field(default_factory=list)
+    ref_scores: Optional[np.ndarray] = None
+    test_scores: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    metrics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> List[str]:
+        """Why the validation failed (empty when it passed)."""
+        why = []
+        if self.raw.beyond_tolerance:
+            why.append("{} of {} output values beyond atol {:g} + rtol {:g} * |onnx| (max |diff| {:.4g})".format(
+                self.raw.beyond_tolerance, self.raw.elements, self.raw.atol, self.raw.rtol, self.raw.abs_max))
+        if self.raw.nonfinite:
+            why.append("{} output values are NaN/Inf on one side only".format(self.raw.nonfinite))
+        if self.flips.count > self.max_flips:
+            why.append("{} decision flips at cutoff {:g} (allowed: {})".format(
+                self.flips.count, self.flips.cutoff, self.max_flips))
+        return why
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = {
+            "test": {"model": self.test_model, "backend": self.test_backend},
+            "reference": {"model": self.reference_model, "backend": self.reference_backend},
+            "pairs": self.pairs,
+            "source": self.source,
+            "output": self.output_name,
+            "output_kind": self.output_kind,
+            "raw_error": asdict(self.raw),
+            "score_error": asdict(self.score),
+            "cutoff": self.flips.cutoff,
+            "flips": self.flips.count,
+            "flips_raised": self.flips.raised,
+            "flips_dropped": self.flips.dropped,
+            "flipped_pairs": [self._pair_row(i) for i in self.flips.indices],
+            "near_cutoff": self.flips.near,
+            "max_flips": self.max_flips,
+            "metrics": self.metrics,
+            "passed": self.passed,
+            "failures": self.failures,
+        }
+        return data
+
+    def _pair_row(self, index: int) -> Dict[str, Any]:
+        row = {"index": index}  # type: Dict[str, Any]
+        if self.ids:
+            row["id"] = self.ids[index]
+        if self.ref_scores is not None and self.test_scores is not None:
+            row["onnx_score"] = float(self.ref_scores[index])
+            row["engine_score"] = float(self.test_scores[index])
+        if self.labels is not None:
+            row["defect"] = bool(self.labels[index])
+        return row
+
+
+def write_json(report: ValidationReport, path: str) -> str:
+    with open(os.fspath(path), "w") as handle:
+        json.dump(report.to_dict(), handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    return path
+
+
+FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]
+
+
+def run_side_by_side(reference: Any, test: Any, count: int, fill: FillFn, chunk: int = CHUNK_PAIRS) -> Sequence[np.ndarray]:
+    """Run ``count`` pairs through two :class:`~changenet_trt.api.Classifier` objects.
+
+    Pairs are preprocessed once per chunk (``fill(golden, sample, lo, hi)`` writes normalised
+    float32 ``[hi-lo, C, H, W]``) and the same arrays go to both. Returns the raw outputs
+    ``(reference_raw, test_raw)`` ``[count, ...]``.
+    """
+    if count < 1:
+        raise InputError("nothing to validate", expected="at least one pair", found=count)
+    shape = tuple(reference.contract.input_shape)
+    if tuple(test.contract.input_shape) != shape:
+        raise InputError(
+            "the engine and the ONNX model take different image sizes",
+            expected="[B,{},{},{}] (ONNX)".format(*shape),
+            found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
+        )
+    step = max(1, int(chunk))
+    golden = np.empty((min(step, count),) + shape, dtype=np.float32)
+    sample = np.empty_like(golden)
+    ref_out, test_out = [], []
+    for lo in range(0, count, step):
+        hi = min(lo + step, count)
+        g, s = golden[: hi - lo], sample[: hi - lo]
+        fill(g, s, lo, hi)
+        ref_out.append(reference.predict(g, s).raw)
+        test_out.append(test.predict(g, s).raw)
+    return np.concatenate(ref_out, axis=0), np.concatenate(test_out, axis=0)
+
+
+@dataclass
+class PairSource:
+    """Pairs to validate on: ``fill(golden, sample, lo, hi)`` writes pairs ``[lo, hi)`` as
+    normalised float ``[hi-lo, C, H, W]``; ``labels`` bool ``[count]`` (True = defect) or
+    ``None``; ``failed()`` gives the indexes whose files could not be decoded (dropped from the
+    comparison); ``close()`` frees what the source holds."""
+
+    count: int
+    fill: FillFn
+    description: str
+    labels: Optional[np.ndarray] = None
+    ids: List[str] = field(default_factory=list)
+    failed: Callable[[], Sequence[int]] = lambda: ()
+    close: Callable[[], None] = lambda: None
+
+
+def _finite_for_metrics(scores: np.ndarray, cutoff: float) -> np.ndarray:
+    """Scores with NaN/Inf replaced by values that keep their decision (NaN > cutoff is False)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if np.isfinite(s).all():
+        return s
+    out = s.copy()
+    out[np.isnan(s)] = cutoff - 1.0
+    out[np.isposinf(s)] = cutoff + 1.0
+    out[np.isneginf(s)] = cutoff - 1.0
+    return out
+
+
+def compare(
+    reference: Any,
+    test: Any,
+    source: PairSource,
+    cutoff: float,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    max_flips: int = DEFAULT_MAX_FLIPS,
+    chunk: int = CHUNK_PAIRS,
+) -> ValidationReport:
+    """Run ``source``'s pairs through two active classifiers and measure the differences.
+
+    ``reference`` is the ONNX (float32) classifier, ``test`` the engine's; both read the same
+    preprocessed arrays. Raw outputs are compared elementwise, scores (``contract.score``) per
+    pair, decisions at ``cutoff``.
+    """
+    from .contract import score
+
+    if atol < 0 or rtol < 0:
+        raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
+    if max_flips < 0:
+        raise InputError("--max-flips must be >= 0", found=max_flips)
+    if reference.contract.output_kind != test.contract.output_kind:
+        raise InputError(
+            "the engine and the ONNX model have different output kinds",
+            expected=reference.contract.output_kind,
+            found=test.contract.output_kind,
+        )
+    ref_raw, test_raw = run_side_by_side(reference, test, source.count, source.fill, chunk=chunk)
+    keep = np.ones(source.count, dtype=bool)
+    keep[list(source.failed())] = False
+    if not keep.any():
+        raise InputError("no pair could be read", expected="at least one readable pair", found="0 of {}".format(source.count))
+    ref_raw, test_raw = ref_raw[keep], test_raw[keep]
+    if ref_raw.shape != test_raw.shape:
+        raise InputError(
+            "the engine and the ONNX model give outputs of different shapes",
+            expected=list(ref_raw.shape),
+            found=list(test_raw.shape),
+        )
+    kind = reference.contract.output_kind
+    ref_scores = score(ref_raw, kind)
+    test_scores = score(test_raw, kind)
+    labels = source.labels[keep] if source.labels is not None else None
+    ids = [i for i, k in zip(source.ids, keep) if k] if source.ids else []
+    metrics = {}
+    if labels is not None:
+        from .metrics import confusion
+
+        for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
+            metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
+    return ValidationReport(
+        test_model=getattr(test.runner, "model_path", "?"),
+        test_backend=test.runner.name,
+        reference_model=getattr(reference.runner, "model_path", "?"),
+        reference_backend=reference.runner.name,
+        pairs=int(keep.sum()),
+        source=source.description,
+        output_name=reference.contract.output,
+        output_kind=kind,
+        raw=error_stats(ref_raw, test_raw, atol, rtol),
+        score=error_stats(ref_scores, test_scores, atol, rtol),
+        flips=decision_flips(ref_scores, test_scores, cutoff),
+        max_flips=int(max_flips),
+        ids=ids,
+        ref_scores=ref_scores,
+        test_scores=test_scores,
+        labels=labels,
+        metrics=metrics,
+    )
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else "{:.2%}".format(value)
+
+
+def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
+    """Human-readable lines of ``report``."""
+    raw, sc, flips = report.raw, report.score, report.flips
+    lines = [
+        "engine:  {} ({})".format(report.test_model, report.test_backend),
+        "onnx:    {} ({}, float32)".format(report.reference_model, report.reference_backend),
+        "pairs:   {} ({})".format(report.pairs, report.source),
+        "",
+        "output '{}' {} ({} values):".format(report.output_name, raw.shape, raw.elements),
+        "  |engine - onnx|      max {:.4g}  mean {:.4g}  median {:.4g}  p99 {:.4g}".format(
+            raw.abs_max, raw.abs_mean, raw.abs_median, raw.abs_p99),
+        "  relative             max {:.4g}  mean {:.4g}  p99 {:.4g}".format(raw.rel_max, raw.rel_mean, raw.rel_p99),
+        "  worst at {}: onnx {:.6g}, engine {:.6g}".format(raw.worst_index, raw.ref_at_worst, raw.test_at_worst),
+        "  beyond atol {:g} + rtol {:g} * |onnx|: {} of {}".format(raw.atol, raw.rtol, raw.beyond_tolerance, raw.elements),
+    ]
+    if raw.nonfinite:
+        lines.append("  NaN/Inf on one side only: {} values".format(raw.nonfinite))
+    lines += [
+        "score ({}):".format("embedding distance" if report.output_kind == "euclidean" else "softmax(logits)[:, 1]"),
+        "  |engine - onnx|      max {:.4g}  mean {:.4g}  p99 {:.4g}".format(sc.abs_max, sc.abs_mean, sc.abs_p99),
+        "",
+        "decisions at cutoff {:g} (defect when score > cutoff):".format(flips.cutoff),
+        "  flips: {}  (engine defect / onnx pass: {}, engine pass / onnx defect: {})".format(
+            flips.count, len(flips.raised), len(flips.dropped)),
+        "  pairs within the largest score error ({:.3g}) of the cutoff: {}".format(flips.max_score_error, flips.near),
+    ]
+    for index in flips.indices[:show_flips]:
+        row = report._pair_row(index)
+        label = ""
+        if "defect" in row:
+            label = ", truth {}".format("defect" if row["defect"] else "pass")
+        lines.append("    pair {}{}: onnx {:.6g}, engine {:.6g}{}".format(
+            index, " ({})".format(row["id"]) if "id" in row else "", row.get("onnx_score", float("nan")),
+            row.get("engine_score", float("nan")), label))
+    if flips.count > show_flips:
+        lines.append("    ... and {} more (all in --json)".format(flips.count - show_flips))
+    if report.metrics:
+        onnx_m, engine_m = report.metrics["onnx"], report.metrics["engine"]
+        lines += [
+            "",
+            "  {:<34} {:>10} {:>10}".format("", "onnx", "engine"),
+            "  {:<34} {:>10} {:>10}".format("FPR = FP/(FP+TN) on PASS pairs", _pct(onnx_m["fpr"]), _pct(engine_m["fpr"])),
+            "  {:<34} {:>10} {:>10}".format("defect capture = TP/(TP+FN)", _pct(onnx_m["defect_capture"]),
+                                            _pct(engine_m["defect_capture"])),
+            "  {:<34} {:>10} {:>10}".format("TAO false alarm = FP/all pairs", _pct(onnx_m["tao_false_alarm"]),
+                                            _pct(engine_m["tao_false_alarm"])),
+            "  {:<34} {:>10} {:>10}".format("TP / FP / TN / FN", "{tp}/{fp}/{tn}/{fn}".format(**onnx_m),
+                                            "{tp}/{fp}/{tn}/{fn}".format(**engine_m)),
+        ]
+    lines.append("")
+    if report.passed:
+        lines.append("PASS: within atol {:g} / rtol {:g}, {} flip{} (allowed {})".format(
+            raw.atol, raw.rtol, flips.count, "" if flips.count == 1 else "s", report.max_flips))
+    else:
+        lines.append("FAIL: " + "; ".join(report.failures))
+    return lines
+
+
+# -- pair sources ------------------------------------------------------------------------------
+def synthetic_source(
+    pairs: int,
+    input_shape: Sequence[int],
+    normalization: Any = None,
+    seed: int = 0,
+    defect_rate: float = 0.3,
+    layout: Any = None,
+) -> PairSource:
+    """``pairs`` synthetic PCB pairs (:mod:`changenet_trt.synth`, rendered in memory, not
+    written to disk) with their labels, assembled per light layout (TAO's 4 lights stacked
+    along H by default) and normalised. Deterministic by ``seed``."""
+    from .dataset import LightLayout
+    from .preprocess import get_normalization, prepare_tiles, shared_pool, wait_all
+    from .synth import plan_rows, render_pair
+
+    if pairs < 1:
+        raise InputError("--pairs must be positive", found=pairs)
+    layout = layout or LightLayout()
+    lights = list(layout.lights) or ["UniformLight"]
+    boxes = layout.boxes(int(input_shape[1]), int(input_shape[2]))
+    norm = get_normalization(normalization)
+    rows = plan_rows(pairs, defect_rate, seed)
+
+    def one(index: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
+        golden, sample = render_pair(rows[index], seed, lights)
+        prepare_tiles(golden, golden_dst, boxes, norm)
+        prepare_tiles(sample, sample_dst, boxes, norm)
+
+    def fill(golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
+        pool = shared_pool()
+        wait_all([pool.submit(one, i, golden_dst[i - lo], sample_dst[i - lo]) for i in range(lo, hi)])
+
+    return PairSource(
+        count=pairs,
+        fill=fill,
+        description="{} synthetic pairs, seed {}, {} defects".format(
+            pairs, seed, sum(1 for r in rows if r.label != "PASS")),
+        labels=np.array([r.label != "PASS" for r in rows], dtype=bool),
+        ids=["{}:{}".format(r.object_name, r.label) for r in rows],
+    )
+
+
+def dataset_source(
+    csv_path: str,
+    images_dir: Optional[str],
+    input_shape: Sequence[int],
+    normalization: Any = None,
+    layout: Any = None,
+    strict: bool = False,
+    on_problem: Optional[Callable[[Any], None]] = None,
+) -> PairSource:
+    """The pairs of a TAO data set (:func:`changenet_trt.dataset.load_dataset`) with their
+    labels; rows with missing files are set aside (or stop the run with ``strict``), pairs that
+    fail to decode are dropped from the comparison."""
+    from .dataset import LightLayout, PairLoader, load_dataset
+
+    layout = layout or LightLayout()
+    data = load_dataset(csv_path, images_dir, layout=layout, strict=strict, on_problem=on_problem)
+    loader = PairLoader(data.pairs, layout, tuple(input_shape), normalization, strict=strict, on_problem=on_problem)
+    skipped = "" if not data.problems else ", {} rows set aside".format(len(data.problems))
+    return PairSource(
+        count=len(data),
+        fill=loader.fill,
+        description="{} pairs of {}{}".format(len(data), csv_path, skipped),
+        labels=data.is_defect,
+        ids=["line {} {}".format(p.line, p.object_name) for p in data.pairs],
+        failed=lambda: sorted(loader.failed),
+        close=loader.close,
+    )
+
+
+def validate(
+    engine: str,
+    onnx_model: str,
+    make_source: Callable[[Any, Any], PairSource],
+    cutoff: Optional[float] = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    max_flips: int = DEFAULT_MAX_FLIPS,
+    backend: str = "auto",
+    batch_size: Optional[int] = None,
+    normalization: Any = None,
+    contract_overrides: Optional[Dict[str, Any]] = None,
+    engine_options: Optional[Dict[str, Any]] = None,
+    chunk: int = CHUNK_PAIRS,
+) -> ValidationReport:
+    """Validate ``engine`` (a TensorRT engine, or any model ``backend`` runs) against
+    ``onnx_model`` run by ONNX Runtime in float32 on CPU.
+
+    ``make_source(contract, normalization)`` returns the :class:`PairSource` (see
+    :func:`synthetic_source`, :func:`dataset_source`) for the ONNX model's contract and
+    normalisation. ``cutoff`` defaults to the ONNX model's recommended cutoff; the engine is
+    run with the same cutoff and normalisation.
+    """
+    from .api import load
+
+    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
+    with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
+              normalization=normalization, **overrides) as reference:
+        with load(engine, cutoff=reference.cutoff, backend=backend, batch_size=batch_size,
+                  normalization=reference.normalization, **dict(overrides, **(engine_options or {}))) as test:
+            source = make_source(reference.contract, reference.normalization)
+            try:
+                return compare(reference, test, source, reference.cutoff, atol=atol, rtol=rtol,
+                               max_flips=max_flips, chunk=chunk)
+            finally:
+                source.close()
