@@ -95,10 +95,11 @@ def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
     import cv2
 
     path = os.fspath(path)
+    # Check first: imread on a missing file prints an OpenCV warning to stderr.
+    if not os.path.isfile(path):
+        raise InputError("image file not found: {}".format(path))
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
-        if not os.path.isfile(path):
-            raise InputError("image file not found: {}".format(path))
         # imread refuses some paths (non-ASCII on Windows); imdecode reads any bytes.
         data = np.fromfile(path, dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
