@@ -254,7 +254,7 @@ def test_calibration_cache_for_other_preprocessing_or_model_is_refused(fake_trt,
     assert _last_build(fake_trt)["calibration_cache"] == "written"
 
 
-def test_int8_from_a_tao_csv_uses_the_data_set_pipeline(fake_trt, fake_cuda, reference_models, workdir):
+def test_int8_from_a_tao_csv_uses_the_data_set_pipeline(fake_trt, fake_cuda, reference_models, workdir, capsys):
     from changenet_trt.synth import synthesize
 
     synthesize(str(workdir / "data"), pairs=6, seed=1, size=32, ext=".png")
@@ -265,6 +265,17 @@ def test_int8_from_a_tao_csv_uses_the_data_set_pipeline(fake_trt, fake_cuda, ref
     assert rec["calibration_batches"] == 2
     meta = read_sidecar("engines/int8.engine")
     assert meta.precision == "int8" and meta.flags["calibration"]["batches"] == 2
+    header = json.load(open(meta.flags["calibration"]["cache"] + ".json"))
+    assert "4 lights stacked along H" in header["preprocess"]["layout"]
+    # the next INT8 build of the same model needs no data: the cache is reused
+    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--batch", "1:2:4", "--quiet",
+                 "-o", "engines/again.engine"]) == 0
+    assert _last_build(fake_trt)["calibration_cache"] == "used"
+    # ... but not with data laid out differently
+    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--batch", "1:2:4", "--quiet",
+                 "--calib-csv", str(workdir / "data" / "dataset.csv"), "--lights", "none",
+                 "-o", "engines/other.engine"]) == 2
+    assert "was made with other preprocessing" in capsys.readouterr().err
 
 
 def test_calibration_data_errors_surface(fake_trt, fake_cuda, reference_models, workdir):
