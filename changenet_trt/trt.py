@@ -78,7 +78,7 @@ def has_feature(obj: Any, name: str) -> bool:
     return hasattr(obj, name)
 
 
-def check(ok: Any, what: str, error: type = EngineError, logger: Optional["LoggerLike"] = None) -> None:
+def check(ok: Any, what: str, error: type = EngineError, logger: Any = None) -> None:
     """Raise ``error`` when a TensorRT call that reports success with a bool returned False/None.
 
     The message names the call and, when ``logger`` captured them, TensorRT's last errors.
@@ -88,13 +88,6 @@ def check(ok: Any, what: str, error: type = EngineError, logger: Optional["Logge
     details = logger.last_errors() if logger is not None else []
     found = "; ".join(details) if details else "TensorRT reported failure (run with -v for its log)"
     raise error("TensorRT failed: {}".format(what), found=found)
-
-
-class LoggerLike:
-    """What :func:`make_logger` returns (for type hints): a ``trt.ILogger`` with ``last_errors``."""
-
-    def last_errors(self) -> List[str]:  # pragma: no cover - documentation only
-        raise NotImplementedError
 
 
 _LOGGER_CLASSES: Dict[int, type] = {}
@@ -205,11 +198,6 @@ def profile_shapes(engine: Any, name: str, profile_index: int = 0) -> Tuple[Tupl
     return tuple(dims(s) for s in shapes)
 
 
-def severity_level(severity_name: str) -> int:
-    """Python logging level used for a TensorRT severity name (``"ERROR"``, ``"VERBOSE"``...)."""
-    return _SEVERITY_LEVELS.get(severity_name, logging.WARNING)
-
-
 def describe_shape(shape: Sequence[int]) -> str:
-    """``(-1, 3, 512, 128)`` -> ``"[B,3,512,128]"``-style text (``-1`` shown as ``?``)."""
+    """``(-1, 3, 512, 128)`` -> ``"[?,3,512,128]"`` (``-1``, a dynamic dimension, shown as ``?``)."""
     return "[" + ",".join("?" if int(d) < 0 else str(int(d)) for d in shape) + "]"

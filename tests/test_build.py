@@ -467,3 +467,41 @@ def test_built_engine_loads_through_the_tensorrt_runner(fake_trt, fake_cuda, ref
         want = onnx_clf.predict(list(golden), list(sample)).scores
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert fake_trt._fake.counters["executions_run"] >= 1
+
+
+# -- changenet_trt.trt helpers -----------------------------------------------------------------------
+@BOTH
+def test_trt_helpers(fake_trt, caplog):
+    import logging
+
+    from changenet_trt import trt as trtlib
+
+    assert trtlib.version(fake_trt) == trtlib.installed_version()
+    assert trtlib.network_flags(fake_trt) == (1 if trtlib.version(fake_trt).major < 10 else 0)
+    assert trtlib.at_least(fake_trt, "8.5") and trtlib.has_feature(fake_trt, "Runtime")
+    assert trtlib.to_numpy_dtype(fake_trt.DataType.HALF) == np.float16
+    assert trtlib.from_numpy_dtype(fake_trt, np.float32) == fake_trt.DataType.FLOAT
+    assert trtlib.describe_shape((-1, 3, 512, 128)) == "[?,3,512,128]"
+    with pytest.raises(ChangeNetError, match="no numpy equivalent"):
+        trtlib.to_numpy_dtype(fake_trt.DataType.FP8 if hasattr(fake_trt.DataType, "FP8") else "BF16")
+
+    logger = trtlib.make_logger(fake_trt)
+    assert isinstance(logger, fake_trt.ILogger) and trtlib.make_logger(fake_trt).__class__ is type(logger)
+    severity = fake_trt.ILogger.Severity
+    with caplog.at_level(logging.DEBUG, logger=trtlib.TRT_LOGGER_NAME):
+        logger.log(severity.VERBOSE, "tactic chosen")
+        logger.log(severity.INFO, "building")
+        logger.log(severity.ERROR, "out of memory")
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == trtlib.TRT_LOGGER_NAME]
+    assert levels == [(logging.DEBUG, "tactic chosen"), (logging.INFO, "building"), (logging.ERROR, "out of memory")]
+    with pytest.raises(BuildError, match="TensorRT failed: set thing; found out of memory"):
+        trtlib.check(False, "set thing", BuildError, logger)
+    trtlib.check(True, "fine")
+
+
+def test_missing_tensorrt_is_a_dependency_error(no_tensorrt):
+    from changenet_trt import trt as trtlib
+
+    assert trtlib.installed_version() is None
+    with pytest.raises(DependencyError, match="building an engine needs the Python module 'tensorrt'"):
+        trtlib.import_tensorrt("building an engine")
