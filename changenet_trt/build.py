@@ -557,6 +557,9 @@ def build_engine(options: BuildOptions, plan: Optional[BuildPlan] = None, status
         plan = make_plan(options, trt_version=trt_version)
     opts = plan.options
     started = time.perf_counter()
+    if not plan.gpu.known:
+        log.warning("no GPU information (pycuda missing?): the engine metadata will not record the GPU, "
+                    "so runners cannot check it")
 
     # 1. prepare (CPU): the proof runs before anything touches the GPU
     report = None
