@@ -524,7 +524,7 @@ def device_checks(workdir: str, cuda: CudaInfo, enabled: bool = True, bench_seco
         return [Check(name, SKIP, "device checks turned off (--cpu-only)") for name in DEVICE_CHECKS]
     if not cuda.gpus:
         why = "no GPU: {}".format(cuda.error or "the CUDA driver reports no device")
-        return [Check(name, SKIP, why) for name in DEVICE_CHECKS]
+        return [Check(name, SKIP, why if i == 0 else "no GPU") for i, name in enumerate(DEVICE_CHECKS)]
     missing = [name for name in ("tensorrt", "pycuda") if module_version(name) == NOT_FOUND]
     broken = [name for name in ("tensorrt", "pycuda") if module_version(name).startswith("broken")]
     if missing or broken:

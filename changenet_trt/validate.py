@@ -495,7 +495,7 @@ def dataset_source(
     layout = layout or LightLayout()
     data = load_dataset(csv_path, images_dir, layout=layout, strict=strict, on_problem=on_problem)
     loader = PairLoader(data.pairs, layout, tuple(input_shape), normalization, strict=strict, on_problem=on_problem)
-    skipped = "" if not data.problems else ", {} rows set aside".format(len(data.problems))
+    skipped = "" if not data.problems else ", {} row{} set aside".format(len(data.problems), "" if len(data.problems) == 1 else "s")
     return PairSource(
         count=len(data),
         fill=loader.fill,

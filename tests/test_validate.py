@@ -184,3 +184,52 @@ def test_cli_validate_refuses_both_sources(models, capsys):
                  "--pairs", "4", "--csv", "x.csv"])
     assert code == 2
     assert "either --csv" in capsys.readouterr().err
+
+
+# -- the engine side through the TensorRT and pycuda test doubles ---------------------------------
+def _build_fake_engine(onnx_path, out_dir, name):
+    from changenet_trt.build import BatchProfile, BuildOptions, build_engine
+
+    options = BuildOptions(model=onnx_path, output=str(out_dir / (name + ".engine")), precision="fp16",
+                           profile=BatchProfile(1, 8, 16), engines_dir=str(out_dir), progress=False)
+    return build_engine(options).engine_path
+
+
+@pytest.mark.parametrize("fake_trt", ["8.5", "10.x"], indirect=True)
+def test_engine_vs_onnx_through_the_fakes(fake_trt, fake_cuda, models, tmp_path):
+    engine = _build_fake_engine(models["ref"], tmp_path, "ref_fp16")
+    report = validate.validate(engine, models["ref"], _synthetic(20))
+    assert report.test_backend == "tensorrt" and report.reference_backend == "onnxruntime"
+    assert report.pairs == 20
+    # the fake FP16 engine rounds its outputs through float16: small, non-zero differences
+    assert 0 < report.raw.abs_max <= 0.01 * max(1.0, abs(report.raw.ref_at_worst))
+    assert report.flips.count == 0 and report.passed
+    assert report.metrics["onnx"]["defect_capture"] == report.metrics["engine"]["defect_capture"]
+    # ... the worst one is float16 rounding of the ONNX Runtime value
+    assert report.raw.test_at_worst == pytest.approx(float(np.float16(report.raw.ref_at_worst)), rel=1e-5)
+
+
+@pytest.mark.parametrize("fake_trt", ["10.x"], indirect=True)
+def test_engine_of_a_drifted_model_fails_on_flips_through_the_cli(fake_trt, fake_cuda, models, tmp_path, capsys):
+    engine = _build_fake_engine(models["drift"], tmp_path, "drift_fp16")
+    out = tmp_path / "v.json"
+    base = ["validate", engine, "--onnx", models["ref"], "--pairs", "16", "--atol", "100", "--json", str(out)]
+    assert main(base) == 1
+    text = capsys.readouterr().out
+    assert "engine:  {} (tensorrt)".format(engine) in text
+    data = json.loads(out.read_text())
+    assert data["flips"] > 0 and data["flips"] == len(data["flipped_pairs"])
+    assert data["flips_dropped"] == []
+    for row in data["flipped_pairs"]:
+        assert (row["onnx_score"] > data["cutoff"]) != (row["engine_score"] > data["cutoff"])
+    assert main(base + ["--max-flips", str(data["flips"])]) == 0
+
+
+@pytest.mark.parametrize("fake_trt", ["10.x"], indirect=True)
+def test_fp16_io_engine_is_compared_in_float32(fake_trt, fake_cuda, models, tmp_path):
+    from fakes.tensorrt import make_fake_engine
+
+    path = tmp_path / "io16.engine"
+    path.write_bytes(make_fake_engine(models["ref"], fp16_io=True))
+    report = validate.validate(str(path), models["ref"], _synthetic(6))
+    assert report.raw.abs_max > 0 and report.passed
