@@ -236,6 +236,7 @@ def test_partial_batches_copy_only_their_rows(gpu10, tmp_path, reference_models,
 
 def test_max_batch_sizes_the_buffers(gpu10, tmp_path, reference_models, data):
     engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
+    assert TensorRTRunner(engine, max_batch=32).preferred_batch == 32  # as asked, not the profile's opt
     with TensorRTRunner(engine, max_batch=8) as runner:
         assert runner.batch_range == (1, 8) and runner.preferred_batch == 8
         assert runner._slots[0].host["input_1"].array.shape == (8, 3, 512, 128)

@@ -125,6 +125,7 @@ class TensorRTRunner(Runner):
         self._dtypes = {t["name"]: np.dtype(t["dtype"]) for t in self._io}
         self._low, self._opt, self._high = self._batch_limits()
         self._max_batch = self._choose_max_batch(max_batch)
+        self._max_batch_given = max_batch is not None
         self._slots: List[_Slot] = []
         self._context_batch: Optional[int] = None
         self._bound_slot: Optional[int] = None
@@ -255,7 +256,9 @@ class TensorRTRunner(Runner):
 
     @property
     def preferred_batch(self) -> int:
-        if self.contract.static_batch is not None or self._max_batch < self._high:
+        """The batch ``predict`` cuts inputs into: ``max_batch`` when given (a static engine's
+        own batch), else the profile's opt batch."""
+        if self.contract.static_batch is not None or self._max_batch_given:
             return self._max_batch
         return self._opt
 
