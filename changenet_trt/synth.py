@@ -400,8 +400,14 @@ class Camera:
         image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         image = cv2.GaussianBlur(image, (0, 0), self.blur)
         gain = self.gain * rng.uniform(0.99, 1.01)  # per-light flicker
-        image = image * gain + self.offset + rng.normal(0.0, self.noise, image.shape).astype(np.float32)
-        return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # in 8-bit units, in place: (image * gain + offset + noise) * 255, rounded
+        noise = rng.standard_normal(image.shape, dtype=np.float32)
+        noise *= np.float32(self.noise * 255.0)
+        image *= np.float32(gain * 255.0)
+        image += noise
+        image += np.float32(self.offset * 255.0 + 0.5)
+        np.clip(image, 0, 255, out=image)
+        return image.astype(np.uint8)
 
 
 def render_pair(plan: Plan, seed: int, lights: Sequence[str] = TAO_LIGHTS, size: int = 128) -> Tuple[List[np.ndarray], List[np.ndarray]]:
