@@ -716,7 +716,7 @@ def _cmd_fp16_check(args: argparse.Namespace) -> int:
     norm = get_normalization(_normalization_arg(args.normalization) or contract.preprocess or "tao")
     source = _pair_source_factory(args, 16)(contract, norm)
     try:
-        batch = contract.static_batch or 4
+        batch = contract.static_batch or 1  # every activation is held at once: keep it to one pair
         report = fp16_check.check_model(
             args.model, fp16_check.source_batches(source, batch, contract.input_shape), contract=contract,
             max_rel_error=args.max_rel_error, threads=args.threads,

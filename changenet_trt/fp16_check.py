@@ -35,6 +35,7 @@ FP16_MIN_SUBNORMAL = 2.0 ** -24  # 6.0e-8
 DEFAULT_MAX_REL_ERROR = 1e-2
 
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_UPDATE_CHUNK = 1 << 20  # elements per statistics slice
 
 
 def layer_name(node: Any) -> str:
@@ -79,7 +80,12 @@ class TensorStats:
     def update(self, array: np.ndarray) -> None:
         x = np.asarray(array)
         self.shape = [int(d) for d in x.shape]
-        x = x.astype(np.float32, copy=False).ravel()
+        flat = x.astype(np.float32, copy=False).ravel()
+        # in slices, so the float64 temporaries stay small for attention-sized tensors
+        for start in range(0, max(flat.size, 1), _UPDATE_CHUNK):
+            self._update(flat[start:start + _UPDATE_CHUNK])
+
+    def _update(self, x: np.ndarray) -> None:
         self.elements += x.size
         if x.size == 0:
             return
@@ -196,17 +202,15 @@ def _float_tensor_names(proto: Any) -> Tuple[List[str], Dict[str, Any], Dict[str
     return names, producers, consumers
 
 
-def _exposed_model_bytes(proto: Any, names: Sequence[str]) -> bytes:
-    """A copy of ``proto`` with ``names`` added as graph outputs (type left to the runtime)."""
+def _expose(proto: Any, names: Sequence[str]) -> bytes:
+    """Add ``names`` to ``proto``'s graph outputs (type left to the runtime), serialise it."""
     from onnx import helper
 
-    exposed = type(proto)()
-    exposed.CopyFrom(proto)
-    present = {vi.name for vi in exposed.graph.output}
+    present = {vi.name for vi in proto.graph.output}
     for name in names:
         if name not in present:
-            exposed.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return exposed.SerializeToString()
+            proto.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return proto.SerializeToString()
 
 
 def check_model(
@@ -239,16 +243,24 @@ def check_model(
     names, producers, consumers = _float_tensor_names(proto)
     if not names:
         raise ModelContractError("the model has no float tensors to check", found="{} nodes".format(len(proto.graph.node)))
+    weights = _weight_stats(proto, consumers)
+    exposed = _expose(proto, names)
+    # Only the nodes are needed from here on (for names); drop the weights' memory (a
+    # transformer's weights are hundreds of MB, and every activation is about to be held).
+    del proto.graph.initializer[:]
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # No fusions: every tensor is measured as the ONNX graph defines it.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Every activation is an output, so all of them are alive at once; an arena would keep
+    # that peak reserved on top of the returned arrays.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = int(threads)
-    session = ort.InferenceSession(
-        _exposed_model_bytes(proto, names), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(exposed, sess_options=options, providers=["CPUExecutionProvider"])
+    del exposed
     out_names = [o.name for o in session.get_outputs()]
     stats = {
         name: TensorStats(
@@ -277,11 +289,11 @@ def check_model(
                 array = padded
             feed[name] = np.ascontiguousarray(array, dtype=dtype)
         results = session.run(out_names, feed)
-        for name, value in zip(out_names, results):
+        for index, name in enumerate(out_names):
+            value, results[index] = np.asarray(results[index]), None  # free each output once measured
             entry = stats.get(name)
             if entry is None:
                 continue
-            value = np.asarray(value)
             if not np.issubdtype(value.dtype, np.floating):
                 skipped.add(name)  # an integer tensor the shape inference could not type
                 continue
@@ -292,7 +304,6 @@ def check_model(
     if pairs == 0:
         raise InputError("fp16-check needs at least one pair", found="0 pairs")
     tensors = sorted((s for name, s in stats.items() if name not in skipped), key=lambda t: t.name)
-    weights = _weight_stats(proto, consumers)
     return Fp16Report(
         model=model,
         pairs=pairs,
