@@ -417,13 +417,13 @@ def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
         onnx_m, engine_m = report.metrics["onnx"], report.metrics["engine"]
         lines += [
             "",
-            "  {:<34} {:>10} {:>10}".format("", "onnx", "engine"),
-            "  {:<34} {:>10} {:>10}".format("FPR = FP/(FP+TN) on PASS pairs", _pct(onnx_m["fpr"]), _pct(engine_m["fpr"])),
-            "  {:<34} {:>10} {:>10}".format("defect capture = TP/(TP+FN)", _pct(onnx_m["defect_capture"]),
+            "  {:<34} {:>12} {:>12}".format("", "onnx", "engine"),
+            "  {:<34} {:>12} {:>12}".format("FPR = FP/(FP+TN) on PASS pairs", _pct(onnx_m["fpr"]), _pct(engine_m["fpr"])),
+            "  {:<34} {:>12} {:>12}".format("defect capture = TP/(TP+FN)", _pct(onnx_m["defect_capture"]),
                                             _pct(engine_m["defect_capture"])),
-            "  {:<34} {:>10} {:>10}".format("TAO false alarm = FP/all pairs", _pct(onnx_m["tao_false_alarm"]),
+            "  {:<34} {:>12} {:>12}".format("TAO false alarm = FP/all pairs", _pct(onnx_m["tao_false_alarm"]),
                                             _pct(engine_m["tao_false_alarm"])),
-            "  {:<34} {:>10} {:>10}".format("TP / FP / TN / FN", "{tp}/{fp}/{tn}/{fn}".format(**onnx_m),
+            "  {:<34} {:>12} {:>12}".format("TP / FP / TN / FN", "{tp}/{fp}/{tn}/{fn}".format(**onnx_m),
                                             "{tp}/{fp}/{tn}/{fn}".format(**engine_m)),
         ]
     lines.append("")
@@ -474,7 +474,7 @@ def synthetic_source(
         description="{} synthetic pairs, seed {}, {} defects".format(
             pairs, seed, sum(1 for r in rows if r.label != "PASS")),
         labels=np.array([r.label != "PASS" for r in rows], dtype=bool),
-        ids=["{}:{}".format(r.object_name, r.label) for r in rows],
+        ids=["board_{:03d}/{} {}".format(r.board, r.object_name, r.label) for r in rows],
     )
 
 
