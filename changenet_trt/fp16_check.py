@@ -223,7 +223,8 @@ def check_model(
     """Run ``model`` (ONNX path) on float32 ONNX Runtime with every float activation exposed.
 
     ``batches`` yields ``(golden, sample)`` preprocessed float arrays ``[n, 3, H, W]``; a
-    static-batch model gets each batch padded to its batch (padding rows are not counted).
+    static-batch model gets each batch padded to its batch with repeats of its pairs (padding
+    rows are not counted where the batch axis is visible).
     Returns an :class:`Fp16Report`; layers are flagged when a tensor they produce or read
     exceeds 65504 (or its float16 relative error exceeds ``max_rel_error``), or when they read
     a weight beyond 65504.
@@ -284,9 +285,9 @@ def check_model(
         feed = {}
         for name, array in ((contract.golden_input, golden), (contract.sample_input, sample)):
             if static is not None and n < static:
-                padded = np.zeros((static,) + tuple(array.shape[1:]), dtype=dtype)
-                padded[:n] = array
-                array = padded
+                # pad with copies of the real pairs, not zeros: a tensor whose batch axis is
+                # folded away (and so cannot be sliced back) then holds only real values
+                array = np.take(np.asarray(array), np.arange(static) % n, axis=0)
             feed[name] = np.ascontiguousarray(array, dtype=dtype)
         results = session.run(out_names, feed)
         for index, name in enumerate(out_names):
