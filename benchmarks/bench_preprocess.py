@@ -108,6 +108,39 @@ def baseline_fill(pairs, size=(128, 128), norm=PRESETS["tao"]):
 
 
 # -- timing ------------------------------------------------------------------------------------
+def core_scaling(seconds=0.3):
+    """How much faster two threads of pure OpenCV work run than one (2.0: two free cores).
+
+    Other load on the machine shows here: the preprocessing and overlap figures cannot beat it.
+    """
+    import threading
+
+    image = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        def work(count):
+            for _ in range(count):
+                cv2.GaussianBlur(image, (0, 0), 3)
+
+        start = time.perf_counter()
+        work(1)
+        count = max(2, int(seconds / max(time.perf_counter() - start, 1e-4)))
+        start = time.perf_counter()
+        work(count)
+        one = time.perf_counter() - start
+        threads = [threading.Thread(target=work, args=(count,)) for _ in range(2)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        two = time.perf_counter() - start
+    finally:
+        cv2.setNumThreads(previous)
+    return 2.0 * one / two
+
+
 def time_fill(fill, count, batch, golden, sample):
     """Pairs/s of calling ``fill`` batch by batch into the given buffers (no inference)."""
     start = time.perf_counter()
@@ -141,10 +174,12 @@ def main(argv=None):
     pairs = data.pairs[: args.pairs]
     model = args.model or write_reference_model(os.path.join(work, "reference_learnable.onnx"), kind="learnable")
 
+    scaling_before = core_scaling()
     configs = [("shared cores", args.threads, args.workers or default_workers())]
     if args.one_core_each:
         configs.append(("one core each", 1, 1))
     results = [measure(name, threads, workers, args, pairs, layout, csv_path, model) for name, threads, workers in configs]
+    scaling = (scaling_before, core_scaling())
 
     opener = "PIL.Image.open" if PILImage is not None else "cv2.imread + cvtColor (PIL is not installed)"
     cores = os.cpu_count()
@@ -154,6 +189,7 @@ def main(argv=None):
     print("data: {} synthetic pairs, 4 lights of 128x128 {} (8 files per pair); batch {}; model {}".format(
         len(pairs), args.ext, args.batch_size, os.path.basename(model)))
     print("baseline opens images with {}".format(opener))
+    print("2-thread scaling of pure OpenCV work, before/after: {:.2f}x / {:.2f}x (2.00x = two idle cores)".format(*scaling))
     for r in results:
         print()
         print("[{}: {} decode threads, ONNX Runtime threads {}] median of {} runs".format(
@@ -167,7 +203,8 @@ def main(argv=None):
         command = "python benchmarks/bench_preprocess.py " + " ".join(argv if argv is not None else sys.argv[1:])
         print()
         print("Command: `{}`  ".format(command.strip()))
-        print("Machine: {}.  ".format(machine))
+        print("Machine: {}. Two threads of pure OpenCV work ran {:.2f}x / {:.2f}x (before / after) the rate "
+              "of one (2.00x = two idle cores).  ".format(machine, *scaling))
         print("Data: {} synthetic pairs (`changenet-trt synth`), 4 lights of 128x128 `{}` per image (8 files per "
               "pair); batch {}; model `{}`; the baseline opens images with {}. Median of {} interleaved runs."
               .format(len(pairs), args.ext, args.batch_size, os.path.basename(model), opener, args.repeats))
