@@ -259,8 +259,8 @@ def load_dataset(
 
     for index, (line, values) in enumerate(rows):
         if len(values) < width:
-            problem(RowProblem(line, "", "", "row has {} fields, the header names {} columns up to '{}'".format(
-                len(values), width, REQUIRED_COLUMNS[int(np.argmax([columns[c] for c in REQUIRED_COLUMNS]))])))
+            problem(RowProblem(line, "", "", "row has {} fields; the columns {} need {}".format(
+                len(values), ", ".join(REQUIRED_COLUMNS), width)))
             continue
         object_name = values[columns["object_name"]].strip()
         input_path = values[columns["input_path"]].strip()

@@ -26,7 +26,7 @@ import numpy as np
 from .contract import score as contract_score
 from .dataset import Dataset, LightLayout, PairLoader, RowProblem, load_dataset
 from .errors import DatasetError
-from .metrics import auc, confusion, cutoff_for_capture, cutoff_for_fpr, per_label, sweep
+from .metrics import Sweep, auc, confusion, cutoff_for_capture, cutoff_for_fpr, per_label, sweep
 from .progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -35,14 +35,20 @@ MAX_LISTED_PROBLEMS = 20
 
 @dataclass
 class EvalResult:
-    """Scores of the usable pairs, the summary written to ``summary.json`` and the files written."""
+    """Scores of the usable pairs, the summary written to ``summary.json`` and the files written.
+
+    ``scores``/``decisions``: float32/bool ``[pairs]``, aligned with ``scored`` (indexes into
+    ``dataset.pairs``); ``problems``: every row set aside (missing files, then undecodable);
+    ``sweep``: counts at every distinct cutoff.
+    """
 
     summary: Dict[str, Any]
     scores: np.ndarray
     decisions: np.ndarray
     dataset: Dataset
-    scored: List[int]  # indexes into dataset.pairs, aligned with scores
+    scored: List[int]
     problems: List[RowProblem]
+    sweep: Sweep
     files: Dict[str, str] = field(default_factory=dict)
 
 
@@ -116,16 +122,14 @@ def evaluate(
                                found=str(next(iter(failed.values()))))
         scores = all_scores[scored]
         decisions = clf.decide(scores)
-        summary = _summarize(
-            dataset, scored, scores, decisions, clf, seconds, target_fpr, target_capture,
-            problems=dataset.problems + [failed[i] for i in sorted(failed)], model=os.fspath(model),
-            workers=loader.workers,
-        )
+        problems = dataset.problems + [failed[i] for i in sorted(failed)]
+        full = sweep(scores, dataset.is_defect[scored])
+        summary = _summarize(dataset, scored, scores, decisions, full, clf, seconds, target_fpr, target_capture,
+                             problems=problems, model=os.fspath(model), workers=loader.workers)
     finally:
         if own:
             clf.close()
-    problems = dataset.problems + [failed[i] for i in sorted(failed)]
-    result = EvalResult(summary, scores, decisions, dataset, scored, problems)
+    result = EvalResult(summary, scores, decisions, dataset, scored, problems, full)
     if out_dir is not None:
         write_outputs(result, os.fspath(out_dir), plots=plots)
     return result
@@ -136,6 +140,7 @@ def _summarize(
     scored: List[int],
     scores: np.ndarray,
     decisions: np.ndarray,
+    full: Sweep,
     clf: Any,
     seconds: float,
     target_fpr: Optional[float],
@@ -147,7 +152,6 @@ def _summarize(
     truth = dataset.is_defect[scored]
     labels = [dataset.pairs[i].label for i in scored]
     counts = confusion(scores, truth, clf.cutoff)
-    full = sweep(scores, truth)
     labels_table = per_label(labels, decisions)
     per_type = {k: v["capture"] for k, v in labels_table.items() if "capture" in v}
     fpr_point = cutoff_for_fpr(full, target_fpr) if target_fpr is not None else None
@@ -193,7 +197,6 @@ def _summarize(
     if target_capture is not None and capture_point is None:
         summary["target_capture"] = {"target": "defect_capture", "target_value": target_capture, "cutoff": None,
                                      "note": "no defect pairs: capture is undefined"}
-    summary["_sweep_full"] = full  # removed before writing; kept for sweep.csv and plots
     return summary
 
 
@@ -206,7 +209,7 @@ def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[
     """Write scores.csv, sweep.csv, summary.json and (``plots``) the PNGs into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     summary = result.summary
-    full = summary.pop("_sweep_full", None)
+    full = result.sweep
     files = {}  # type: Dict[str, str]
     pairs = [result.dataset.pairs[i] for i in result.scored]
 
@@ -219,16 +222,15 @@ def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[
                              "{:.8g}".format(float(s)), int(d)])
     files["scores_csv"] = path
 
-    if full is not None:
-        path = os.path.join(out_dir, "sweep.csv")
-        fpr, capture = full.fpr, full.capture
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["cutoff", "fpr", "defect_capture", "tp", "fp", "tn", "fn"])
-            for k in range(len(full)):
-                writer.writerow(["{:.9g}".format(full.cutoffs[k]), "{:.6f}".format(fpr[k]), "{:.6f}".format(capture[k]),
-                                 int(full.tp[k]), int(full.fp[k]), int(full.tn[k]), int(full.fn[k])])
-        files["sweep_csv"] = path
+    path = os.path.join(out_dir, "sweep.csv")
+    fpr, capture = full.fpr, full.capture
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cutoff", "fpr", "defect_capture", "tp", "fp", "tn", "fn"])
+        for k in range(len(full)):
+            writer.writerow(["{:.9g}".format(full.cutoffs[k]), "{:.6f}".format(fpr[k]), "{:.6f}".format(capture[k]),
+                             int(full.tp[k]), int(full.fp[k]), int(full.tn[k]), int(full.fn[k])])
+    files["sweep_csv"] = path
 
     if plots:
         files.update(_plots(result, out_dir, full))
@@ -241,7 +243,7 @@ def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[
     return files
 
 
-def _plots(result: EvalResult, out_dir: str, full: Any) -> Dict[str, str]:
+def _plots(result: EvalResult, out_dir: str, full: Sweep) -> Dict[str, str]:
     from . import plots
 
     summary = result.summary
@@ -264,7 +266,7 @@ def _plots(result: EvalResult, out_dir: str, full: Any) -> Dict[str, str]:
         files["scores_by_type_png"] = plots.histogram_png(
             by_type, os.path.join(out_dir, "scores_by_type.png"), "Scores by label - {}".format(title_model),
             "score", bins=50, markers={"cutoff": cutoff})
-    if full is not None and full.n_pass and full.n_defect:
+    if full.n_pass and full.n_defect:
         points = {"cutoff {:.4g}".format(cutoff): (summary["fpr"], summary["defect_capture"])}
         for key in ("target_fpr", "target_capture"):
             point = summary.get(key)
