@@ -293,9 +293,9 @@ def load_dataset(
 class PairLoader:
     """Fills a runner's input buffers with pairs of a :class:`Dataset` (the ``fill`` of ``run_pipeline``).
 
-    ``fill(golden_dst, sample_dst, lo, hi)`` decodes pairs ``[lo, hi)`` of ``pairs`` on a
-    thread pool (one task per pair: all its golden and sample lights) straight into the
-    ``[hi-lo, 3, H, W]`` views. A pair whose files cannot be decoded is recorded in
+    ``fill(golden_dst, sample_dst, lo, hi)`` decodes pairs ``[lo, hi)`` of ``pairs`` with
+    ``workers`` threads (the caller and ``workers - 1`` helpers, one contiguous share of pairs
+    each) straight into the ``[hi-lo, 3, H, W]`` views. A pair whose files cannot be decoded is recorded in
     ``failed`` (index -> RowProblem, reported through ``on_problem``) and its rows are
     zero-filled so the batch still runs; drop its score afterwards. With ``strict`` the first
     such pair raises DatasetError.
@@ -320,10 +320,15 @@ class PairLoader:
         self.failed = {}  # type: Dict[int, RowProblem]
         self._lock = threading.Lock()
         self.workers = int(workers or default_workers())
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="changenet-load")
+        # the calling thread decodes a share too: workers - 1 helper threads
+        self._pool = None  # type: Optional[ThreadPoolExecutor]
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="changenet-load")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self) -> "PairLoader":
         return self
@@ -350,10 +355,27 @@ class PairLoader:
             if self.on_problem is not None:
                 self.on_problem(item)
 
+    def _run(self, start: int, stop: int, lo: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
+        for i in range(start, stop):
+            self._one(i, golden_dst[i - lo], sample_dst[i - lo])
+
     def fill(self, golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
-        """Write pairs ``[lo, hi)`` into ``golden_dst``/``sample_dst`` ``[hi-lo, 3, H, W]``."""
-        futures = [self._pool.submit(self._one, i, golden_dst[i - lo], sample_dst[i - lo]) for i in range(lo, hi)]
-        wait_all(futures)
+        """Write pairs ``[lo, hi)`` into ``golden_dst``/``sample_dst`` ``[hi-lo, 3, H, W]``.
+
+        The range is cut into one contiguous share per worker; the calling thread decodes the
+        first share itself while the helper threads decode the others.
+        """
+        count = hi - lo
+        shares = max(1, min(self.workers, count))
+        bounds = [lo + count * k // shares for k in range(shares + 1)]
+        futures = []
+        if self._pool is not None:
+            futures = [self._pool.submit(self._run, bounds[k], bounds[k + 1], lo, golden_dst, sample_dst)
+                       for k in range(1, shares)]
+        try:
+            self._run(bounds[0], bounds[1], lo, golden_dst, sample_dst)
+        finally:
+            wait_all(futures)  # no helper may still write into the buffers when this returns
 
 
 def _reason(exc: ChangeNetError, path: str) -> str:
