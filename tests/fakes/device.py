@@ -68,6 +68,10 @@ class FakeDevice:
         self.reset()
 
     def reset(self) -> None:
+        # A reset device is a new device: objects made before it (freed later by the garbage
+        # collector) must not touch the new counters, so each carries the generation it was
+        # made in.
+        self.generation = getattr(self, "generation", 0) + 1
         self._allocations: Dict[int, bytearray] = {}
         self._next_address = 0x7F0000000000
         self._streams: Dict[int, FakeStream] = {}

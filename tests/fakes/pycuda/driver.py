@@ -267,6 +267,7 @@ class DeviceAllocation(_ContextDependent):
             self._address: Optional[int] = DEVICE.malloc(int(nbytes))
         except FakeCudaError as exc:
             raise LogicError(str(exc)) from None
+        self._generation = DEVICE.generation
 
     def __int__(self) -> int:
         if self._address is None:
@@ -282,7 +283,8 @@ class DeviceAllocation(_ContextDependent):
 
     def _free_now(self) -> None:
         address, self._address = self._address, None
-        DEVICE.free(address)  # type: ignore[arg-type]
+        if self._generation == DEVICE.generation:  # else made before DEVICE.reset()
+            DEVICE.free(address)  # type: ignore[arg-type]
 
     def __del__(self) -> None:
         if getattr(self, "_address", None) is not None:
@@ -311,6 +313,7 @@ class HostAllocation(bytearray):
         self.flags = int(flags)
         self.valid = True
         self.host_address = int(np.frombuffer(self, dtype=np.uint8).ctypes.data) if len(self) else 0
+        self._generation = DEVICE.generation
         self.device_address: Optional[int] = None
         with _lock:
             _pinned[self.host_address] = self
@@ -345,6 +348,8 @@ class HostAllocation(bytearray):
 
     def _free_now(self) -> None:
         self.valid = False
+        if self._generation != DEVICE.generation:
+            return  # made before DEVICE.reset(): that device and its counters are gone
         with _lock:
             _pinned.pop(self.host_address, None)
             DEVICE.counts["pinned_free"] += 1
@@ -507,6 +512,7 @@ class Event(_ContextDependent):
         with _lock:
             DEVICE.counts["event_create"] += 1
             DEVICE.live_events += 1
+        self._generation = DEVICE.generation
         self._alive = True
 
     def record(self, stream: Optional[Stream] = None) -> "Event":
@@ -549,6 +555,8 @@ class Event(_ContextDependent):
         return event.time_since(self)
 
     def _destroy(self) -> None:
+        if self._generation != DEVICE.generation:
+            return  # made before DEVICE.reset()
         with _lock:
             DEVICE.live_events -= 1
 
