@@ -311,7 +311,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", metavar="DIR", help="images root the CSV's paths are relative to (default: the CSV's folder)")
     parser.add_argument("--out", default="eval-output", metavar="DIR", help="output folder (default: eval-output)")
     parser.add_argument("--strict", action="store_true", help="stop at the first missing or unreadable file")
-    parser.add_argument("--target-fpr", type=rate, metavar="F", help="also report the lowest cutoff with FPR <= F")
+    parser.add_argument("--target-fpr", type=rate, metavar="F", help="also report the cutoff with the most capture at FPR <= F")
     parser.add_argument("--target-capture", type=rate, metavar="T",
                         help="also report the highest cutoff with defect capture >= T")
     group = parser.add_argument_group("data layout (TAO's defaults)")
@@ -536,8 +536,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="TensorRT: skip the H2D/D2H copies (GPU compute only)")
     group.add_argument("--useSpinWait", dest="spin_wait", action="store_true",
                        help="TensorRT: spin on events instead of blocking (more stable timings)")
-    group.add_argument("--streams", type=positive_int, default=1, metavar="N",
+    group.add_argument("--streams", "--infStreams", dest="streams", type=positive_int, default=1, metavar="N",
                        help="N independent runners in N threads; the report aggregates them (default: 1)")
+    group.add_argument("--exposeDMA", dest="expose_dma", action="store_true", default=None,
+                       help="one query in flight instead of two (default on onnxruntime, which has no "
+                       "transfers to overlap)")
     group.add_argument("--exportTimes", dest="export_times", metavar="FILE",
                        help="write every timed query's times as JSON (trtexec's format)")
     group.add_argument("--json", dest="json_out", metavar="FILE",
@@ -559,6 +562,7 @@ def _bench_options(args: argparse.Namespace):
         batch=args.batch, warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
         avg_runs=args.avg_runs, percentiles=tuple(args.percentile), cuda_graph=args.cuda_graph,
         no_data_transfers=args.no_data_transfers, spin_wait=args.spin_wait, streams=args.streams,
+        expose_dma=args.expose_dma,
     )
 
 

@@ -212,14 +212,17 @@ def _check_target(name: str, value: float) -> None:
 
 
 def cutoff_for_fpr(result: Sweep, target: float) -> Optional[OperatingPoint]:
-    """The lowest cutoff whose FPR <= ``target`` (so the highest capture allowed); ``None``
+    """The cutoff with the highest capture whose FPR <= ``target``; of the cutoffs that give
+    that capture, the highest (the lowest FPR, the widest margin to PASS scores). ``None``
     without PASS pairs."""
     _check_target("target FPR", target)
     if result.n_pass == 0:
         return None
-    # fpr is non-increasing along the sweep; the last cutoff always gives 0.
+    # fpr and capture are non-increasing along the sweep; the last cutoff always gives FPR 0.
     ok = np.flatnonzero(result.fpr <= target + 1e-12)
-    return OperatingPoint("fpr", float(target), result.counts(int(ok[0])))
+    best = result.capture[ok[0]]
+    same_capture = ok[result.capture[ok] >= best - 1e-12]
+    return OperatingPoint("fpr", float(target), result.counts(int(same_capture[-1])))
 
 
 def cutoff_for_capture(result: Sweep, target: float) -> Optional[OperatingPoint]:
