@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .backends.base import Runner, now_ms
+from .contract import ModelContract
 from .errors import ChangeNetError, InputError
 
 DEFAULT_BATCH = 16
@@ -184,17 +185,20 @@ def inference_loop(
     stream: int = 0,
     clock: Clock = now_ms,
     start: Optional[float] = None,
+    overlap: bool = True,
 ) -> List[Trace]:
     """Run queries of ``batch`` pairs on an active runner, trtexec's way; return every trace.
 
-    Two queries are in flight (slots 0 and 1). The loop stops once it has made at least
+    With ``overlap`` two queries are in flight (slots 0 and 1, trtexec's default double
+    buffering, which hides the transfers of one query behind the compute of the other);
+    without it (trtexec's ``--exposeDMA``) one at a time. The loop stops once it has made at least
     ``iterations`` passes after the warm-up AND the latest fetched query started computing at
     least ``warmup_ms + 1000 * duration_s`` after ``start`` (default: now). Warm-up queries
     are returned too (``compute_start < warmup_ms``); :func:`split_warmup` drops them.
     """
     if start is None:
         start = clock()
-    depth = min(2, runner.num_slots)
+    depth = min(2 if overlap else 1, runner.num_slots)
     max_duration_ms = duration_s * 1000.0 + warmup_ms
     traces: List[Trace] = []
     in_flight: List[Tuple[int, Tuple[float, float]]] = []
@@ -247,7 +251,16 @@ class BenchOptions:
     no_data_transfers: bool = False
     spin_wait: bool = False
     streams: int = 1
+    #: one query in flight instead of two; None: True for onnxruntime (a CPU has no transfers
+    #: to hide, and a second queued query only competes with the host thread), False for TensorRT
+    expose_dma: Optional[bool] = None
     seed: int = 0
+
+    def overlap(self, backend: str) -> bool:
+        """Whether two queries are in flight for ``backend``."""
+        if self.expose_dma is None:
+            return backend == "tensorrt"
+        return not self.expose_dma
 
     def check(self) -> None:
         if self.batch is not None and self.batch < 1:
@@ -356,7 +369,7 @@ class BenchResult:
                 "warmup_ms": opts.warmup_ms, "duration_s": opts.duration_s, "iterations": opts.iterations,
                 "avg_runs": opts.avg_runs, "percentiles": list(opts.percentiles),
                 "cuda_graph": opts.cuda_graph, "no_data_transfers": opts.no_data_transfers,
-                "spin_wait": opts.spin_wait,
+                "spin_wait": opts.spin_wait, "expose_dma": not opts.overlap(self.backend),
             },
             "warmup_queries": len(self.warmup),
             "queries": len(self.timed),
@@ -538,14 +551,19 @@ def runner_options(backend: str, options: BenchOptions, extra: Optional[Dict[str
     return out, warnings
 
 
-def fill_random(runner: Runner, batch: int, seed: int = 0) -> None:
-    """Fill every slot's input buffers with the same seeded normalised-image-like values."""
+def random_inputs(contract: ModelContract, batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Seeded standard-normal inputs ``{name: float32 [batch, C, H, W]}`` (like normalised
+    images), in the contract's input order; the benchmark scripts feed the same arrays to peers."""
     rng = np.random.default_rng(seed)
-    values: Dict[str, np.ndarray] = {}
+    shape = (batch,) + tuple(contract.input_shape)
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name in contract.input_names()}
+
+
+def fill_random(runner: Runner, batch: int, seed: int = 0) -> None:
+    """Fill every slot's input buffers with :func:`random_inputs` (trtexec also feeds random data)."""
+    values = random_inputs(runner.contract, batch, seed)
     for slot in range(runner.num_slots):
         for name, buf in runner.input_buffers(batch, slot=slot).items():
-            if name not in values:
-                values[name] = rng.standard_normal(buf.shape, dtype=np.float32)
             np.copyto(buf, values[name], casting="same_kind")
 
 
@@ -591,13 +609,15 @@ def run_benchmark(
         with probe:
             fill_random(probe, batch, options.seed)
             traces = inference_loop(probe, batch, options.iterations, options.duration_s, options.warmup_ms,
-                                    clock=clock)
+                                    clock=clock, overlap=options.overlap(which))
     else:
-        traces = _run_streams(runners, batch, options, clock)
+        traces = _run_streams(runners, batch, options, clock, options.overlap(which))
     warmup, timed = split_warmup(traces, options.warmup_ms)
     if not timed:
         raise ChangeNetError("no query finished after the warm-up; raise --iterations or --duration")
-    notes = []
+    notes = ["Queries in flight per stream: {}".format(
+        "2 (double buffering)" if options.overlap(which) else
+        "1 (--exposeDMA{})".format("" if options.expose_dma else "; the default on onnxruntime"))]
     if which != "tensorrt":
         notes.append("Timing: host clock ({} on {}; H2D/D2H are 0, \"GPU Compute Time\" is the session run "
                      "time)".format(which, _cpu_model()))
@@ -608,7 +628,8 @@ def run_benchmark(
     )
 
 
-def _run_streams(runners: List[Runner], batch: int, options: BenchOptions, clock: Clock) -> List[Trace]:
+def _run_streams(runners: List[Runner], batch: int, options: BenchOptions, clock: Clock,
+                 overlap: bool) -> List[Trace]:
     """One thread per runner; each activates its runner in its own thread (a CUDA context is
     per thread), all start timing together, traces are merged."""
     barrier = threading.Barrier(len(runners) + 1)
@@ -623,7 +644,8 @@ def _run_streams(runners: List[Runner], batch: int, options: BenchOptions, clock
                 barrier.wait()
                 barrier.wait()  # the main thread sets the common start time in between
                 results[index] = inference_loop(runner, batch, options.iterations, options.duration_s,
-                                                options.warmup_ms, stream=index, clock=clock, start=start_box[0])
+                                                options.warmup_ms, stream=index, clock=clock, start=start_box[0],
+                                                overlap=overlap)
         except threading.BrokenBarrierError:
             pass
         except BaseException as exc:  # re-raised in the main thread

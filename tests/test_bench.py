@@ -104,6 +104,7 @@ class SerialDeviceRunner(Runner):
         self.device_free_at = start + self.work_ms
         self.ends[slot] = self.device_free_at
         self.submitted.append(batch)
+        self.max_in_flight = max(getattr(self, "max_in_flight", 0), len(self.ends))
 
     def fetch(self, slot=0, copy=True):
         self.clock.now = max(self.clock.now, self.ends.pop(slot))
@@ -112,12 +113,24 @@ class SerialDeviceRunner(Runner):
         return np.zeros((self.submitted[-1], 2), np.float32)
 
 
-def run_loop(compute_ms, iterations, duration_s, warmup_ms, **parts):
+def run_loop(compute_ms, iterations, duration_s, warmup_ms, overlap=True, runner=None, **parts):
     clock = FakeClock()
-    runner = SerialDeviceRunner(clock, compute_ms, **parts)
+    runner = runner or SerialDeviceRunner(clock, compute_ms, **parts)
+    runner.clock = clock
     with runner:
-        traces = bench.inference_loop(runner, 4, iterations, duration_s, warmup_ms, clock=clock)
+        traces = bench.inference_loop(runner, 4, iterations, duration_s, warmup_ms, clock=clock, overlap=overlap)
     return bench.split_warmup(traces, warmup_ms)
+
+
+def test_overlap_keeps_two_queries_in_flight_and_expose_dma_one():
+    two = SerialDeviceRunner(FakeClock(), 10.0)
+    run_loop(10.0, iterations=5, duration_s=0.0, warmup_ms=0.0, runner=two)
+    assert two.max_in_flight == 2
+    one = SerialDeviceRunner(FakeClock(), 10.0)
+    warmup, timed = run_loop(10.0, iterations=5, duration_s=0.0, warmup_ms=0.0, overlap=False, runner=one)
+    assert one.max_in_flight == 1
+    # one at a time: every pass submits and fetches one query, so 5 passes -> 5 queries
+    assert [t.compute_start for t in timed] == [0.0, 10.0, 20.0, 30.0, 40.0]
 
 
 def test_loop_is_bound_by_iterations_when_queries_are_slow():
@@ -267,6 +280,9 @@ def short_options(**kw):
 def test_run_benchmark_on_onnxruntime(reference_models):
     result = bench.run_benchmark(reference_models["learnable_dynamic"], short_options())
     assert result.backend == "onnxruntime" and result.batch == 4 and result.clock == "host"
+    assert result.to_dict()["options"]["expose_dma"] is True  # one query in flight on a CPU by default
+    overlapped = bench.run_benchmark(reference_models["learnable_dynamic"], short_options(expose_dma=False))
+    assert overlapped.to_dict()["options"]["expose_dma"] is False and len(overlapped.timed) >= 3
     assert len(result.timed) >= 3
     for trace in result.timed:
         assert trace.h2d_ms == 0.0 and trace.d2h_ms == 0.0 and trace.compute_ms > 0.0
