@@ -353,3 +353,94 @@ def test_cli_bench_user_errors_are_one_line(tmp_path, capsys, reference_models):
     bad.write_text("{}")
     with pytest.raises(InputError, match="exportTimes"):
         bench.read_exported_times(str(bad))
+
+
+# -- the TensorRT path through the fakes (fake tensorrt 10.x + fake pycuda) ------------------------
+
+
+@pytest.fixture
+def fake_gpu(fake_trt_factory, fake_cuda):
+    fake_cuda.trt = fake_trt_factory("10.x")
+    return fake_cuda
+
+
+def fake_engine(tmp_path, onnx_path, name="model"):
+    """A fake engine (profile 1..32) for ``onnx_path``; no sidecar, so the runner only warns."""
+    from fakes.tensorrt import make_fake_engine
+
+    path = tmp_path / (name + ".engine")
+    path.write_bytes(make_fake_engine(onnx_path, min_batch=1, opt_batch=8, max_batch=32))
+    return str(path)
+
+
+def trt_options(**kw):
+    base = dict(batch=4, warmup_ms=2.0, duration_s=0.0, iterations=5)
+    base.update(kw)
+    return BenchOptions(**base)
+
+
+def test_tensorrt_benchmark_times_transfers_and_compute_with_events(fake_gpu, tmp_path, reference_models):
+    engine = fake_engine(tmp_path, reference_models["learnable_dynamic"])
+    result = bench.run_benchmark(engine, trt_options())
+    assert result.backend == "tensorrt" and result.clock == "cuda events"
+    queries = len(result.warmup) + len(result.timed)
+    counts = fake_gpu.device.counts
+    # every query: two inputs up, one output down, one execution; two queries in flight
+    assert counts["htod"] == 2 * queries and counts["dtoh"] == queries
+    assert fake_gpu.trt._fake.counters["executions_run"] == queries
+    assert result.to_dict()["options"]["expose_dma"] is False
+    assert "Queries in flight per stream: 2 (double buffering)" in result.notes
+    for trace in result.timed:
+        assert trace.h2d_ms >= 0 and trace.compute_ms > 0 and trace.d2h_ms >= 0
+        assert trace.latency_ms == pytest.approx(trace.h2d_ms + trace.compute_ms + trace.d2h_ms)
+    assert result.fps == pytest.approx(result.qps * 4)
+    assert fake_gpu.device.summary()["device_allocations"] == 0  # the runner was closed
+
+
+def test_tensorrt_flags_reach_the_runner(fake_gpu, tmp_path, reference_models):
+    engine = fake_engine(tmp_path, reference_models["learnable_dynamic"])
+    result = bench.run_benchmark(engine, trt_options(no_data_transfers=True, cuda_graph=True))
+    queries = len(result.warmup) + len(result.timed)
+    counts = fake_gpu.device.counts
+    assert counts["htod"] == 0 and counts["dtoh"] == 0
+    # one graph captured per slot (after one plain run each), replayed by every later query
+    assert counts["graph_instantiate"] == 2 and counts["graph_launch"] == queries - 2
+    assert result.warnings == []
+
+
+def test_tensorrt_spin_wait_makes_non_blocking_events(fake_gpu, tmp_path, reference_models, monkeypatch):
+    from changenet_trt.backends import tensorrt as trt_backend
+
+    flags_seen = []
+    original = trt_backend.TensorRTRunner._activate
+
+    def spy(self):
+        original(self)
+        flags_seen.extend(e.event.flags for s in self._slots for e in s.events.values())
+
+    monkeypatch.setattr(trt_backend.TensorRTRunner, "_activate", spy)
+    engine = fake_engine(tmp_path, reference_models["learnable_dynamic"])
+    bench.run_benchmark(engine, trt_options(spin_wait=True))
+    blocking = fake_gpu.driver.event_flags.BLOCKING_SYNC
+    assert flags_seen and not any(f & blocking for f in flags_seen)
+
+
+def test_tensorrt_streams_each_have_a_runner_in_their_own_thread(fake_gpu, tmp_path, reference_models):
+    engine = fake_engine(tmp_path, reference_models["euclidean_dynamic"])
+    result = bench.run_benchmark(engine, trt_options(streams=2, expose_dma=True))
+    assert {t.stream for t in result.timed} == {0, 1}
+    queries = len(result.warmup) + len(result.timed)
+    assert fake_gpu.trt._fake.counters["executions_run"] == queries
+    assert fake_gpu.device.summary()["device_allocations"] == 0
+
+
+def test_cli_bench_on_an_engine(fake_gpu, tmp_path, reference_models, capsys):
+    engine = fake_engine(tmp_path, reference_models["learnable_dynamic"])
+    out = tmp_path / "r.json"
+    assert main(["bench", engine, "--batch", "8", "--warmUp", "2", "--duration", "0", "--iterations", "3",
+                 "--useCudaGraph", "--noDataTransfers", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["backend"] == "tensorrt" and doc["batch"] == 8 and doc["options"]["cuda_graph"] is True
+    assert "Timing: host clock" not in text and "H2D Latency: " in text
+    assert "FPS: {} pairs/s".format(bench._g(doc["fps"])) in text
