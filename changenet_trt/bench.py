@@ -295,13 +295,19 @@ class BenchResult:
     notes: List[str] = field(default_factory=list)
     machine: Dict[str, Any] = field(default_factory=dict)
     end_to_end: bool = False
+    #: end to end: when the timed phase started (ms; its first batch's decoding included)
+    wall_start_ms: Optional[float] = None
+    #: end to end: wall time of each timed batch (ms), the pipeline's period
+    batch_times_ms: List[float] = field(default_factory=list)
 
     @property
     def walltime_ms(self) -> float:
-        """From the first timed query's H2D start to the last query's D2H end (trtexec)."""
+        """From the first timed query's H2D start (end to end: from the start of the timed
+        phase) to the last query's D2H end (trtexec)."""
         if not self.timed:
             return 0.0
-        return self.timed[-1].d2h_end - self.timed[0].h2d_start
+        first = self.timed[0].h2d_start if self.wall_start_ms is None else self.wall_start_ms
+        return self.timed[-1].d2h_end - first
 
     @property
     def qps(self) -> float:
@@ -382,6 +388,8 @@ class BenchResult:
             "compute_ms": metrics["compute"],
             "d2h_ms": metrics["d2h"],
             "total_compute_s": self.total_compute_s,
+            "batch_time_ms": (summarize(self.batch_times_ms, JSON_PERCENTILES).to_dict()
+                              if self.batch_times_ms else None),
             "warnings": [w.splitlines()[0] for w in self.warnings + self.performance_warnings()],
             "machine": self.machine,
         }
@@ -432,6 +440,9 @@ def format_report(result: BenchResult) -> str:
     for label, metric in (("Latency", "latency"), ("Enqueue Time", "enqueue"), ("H2D Latency", "h2d"),
                           ("GPU Compute Time", "compute"), ("D2H Latency", "d2h")):
         lines.append("{}: {}".format(label, _perf_string(result.stats(metric), percentiles)))
+    if result.batch_times_ms:
+        lines.append("End-to-End Batch Time: {}".format(
+            _perf_string(summarize(result.batch_times_ms, percentiles), percentiles)))
     lines.append("Total Host Walltime: {} s".format(_g(result.walltime_ms / 1000.0)))
     lines.append("Total GPU Compute Time: {} s".format(_g(result.total_compute_s)))
     warnings = result.warnings + result.performance_warnings()
@@ -667,3 +678,118 @@ def _run_streams(runners: List[Runner], batch: int, options: BenchOptions, clock
     if errors:
         raise errors[0]
     return [t for per_stream in results for t in per_stream]
+
+
+# -- end to end: decode + preprocess + inference -----------------------------------------------
+def run_end_to_end(
+    model: str,
+    csv_path: str,
+    images_dir: Optional[str] = None,
+    options: Optional[BenchOptions] = None,
+    layout: Any = None,
+    normalization: Any = None,
+    workers: Optional[int] = None,
+    backend: str = "auto",
+    contract_overrides: Optional[Dict[str, Any]] = None,
+    backend_options: Optional[Dict[str, Any]] = None,
+    clock: Clock = now_ms,
+) -> BenchResult:
+    """Benchmark the whole pipeline on a TAO data set: decode + preprocess (``PairLoader``) +
+    inference, through ``Classifier.run_pipeline`` as ``eval`` runs it.
+
+    The data set repeats as often as needed (decoding then reads from the OS file cache).
+    Whole batches are timed, so ``FPS = qps x batch`` still holds. Warm-up: single batches for
+    ``warmup_ms``; then the pipeline runs in chunks until ``iterations`` batches and
+    ``duration_s`` seconds are both reached (chunk sizes estimated from the batch time seen so
+    far). Latency/Enqueue/H2D/GPU Compute/D2H are the runner's times of each batch; the
+    End-to-End Batch Time is the wall time per batch, decoding included.
+    """
+    from .api import backend_for, load
+    from .dataset import PairLoader, load_dataset
+
+    options = options or BenchOptions()
+    options.check()
+    if options.streams != 1:
+        raise InputError("--end-to-end runs one pipeline", expected="--streams 1", found=options.streams)
+    which = backend_for(os.fspath(model), backend)
+    kwargs, warnings = runner_options(which, options, backend_options)
+    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
+    if options.expose_dma is not None:
+        warnings.append("--exposeDMA does not apply to --end-to-end (run_pipeline keeps two batches in flight)")
+    dataset = load_dataset(csv_path, images_dir, layout, check_files=True)
+    if layout is None:
+        layout = dataset.layout
+    clf = load(model, backend=which, batch_size=options.batch, normalization=normalization,
+               **dict(overrides, **kwargs))
+    try:
+        runner = clf.runner
+        batch = resolve_batch(runner, options.batch)
+        loader = PairLoader(dataset.pairs, layout, clf.contract.input_shape, clf.normalization, workers=workers)
+        total = len(dataset.pairs)
+
+        def fill(golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
+            # pairs [lo, hi) of the data set repeated end to end
+            pos = lo
+            while pos < hi:
+                first = pos % total
+                take = min(hi - pos, total - first)
+                loader.fill(golden_dst[pos - lo:pos - lo + take], sample_dst[pos - lo:pos - lo + take],
+                            first, first + take)
+                pos += take
+
+        start = clock()
+        traces: List[Trace] = []
+        warm: List[Trace] = []
+        batch_times: List[float] = []
+
+        def run_chunk(batches: int, keep: bool) -> float:
+            """Run ``batches`` whole batches; return the chunk's wall time in ms."""
+            chunk_start = clock() - start
+            last = [chunk_start]
+
+            def on_batch(_: int) -> None:
+                done = clock() - start
+                timing = runner.last_timing
+                d2h_start = done - timing.d2h_ms
+                compute_start = d2h_start - timing.compute_ms
+                h2d_start = compute_start - timing.h2d_ms
+                trace = Trace(0, h2d_start - timing.enqueue_ms, h2d_start, h2d_start, compute_start,
+                              compute_start, d2h_start, d2h_start, done)
+                (traces if keep else warm).append(trace)
+                if keep:
+                    batch_times.append(done - last[0])
+                last[0] = done
+
+            clf.run_pipeline(batches * batch, fill, on_batch=on_batch)
+            return clock() - start - chunk_start
+
+        try:
+            per_batch = run_chunk(1, keep=False)
+            while clock() - start < options.warmup_ms:
+                per_batch = run_chunk(1, keep=False)
+            timed_start = clock() - start
+            while True:
+                elapsed = clock() - start - timed_start
+                remaining_ms = options.duration_s * 1000.0 - elapsed
+                wanted = max(options.iterations - len(traces), int(np.ceil(remaining_ms / max(per_batch, 1e-3))))
+                if wanted <= 0:
+                    break
+                chunk_ms = run_chunk(wanted, keep=True)
+                per_batch = chunk_ms / wanted
+        finally:
+            loader.close()
+        if loader.failed:
+            first = next(iter(loader.failed.values()))
+            warnings.append("{} pairs could not be decoded and ran as zeros (first: {})".format(len(loader.failed), first))
+    finally:
+        clf.close()
+    notes = ["Data set: {} pairs from {} ({} rows set aside); decode + preprocess overlap inference "
+             "(Classifier.run_pipeline)".format(total, csv_path, len(dataset.problems))]
+    if which != "tensorrt":
+        notes.append("Timing: host clock ({} on {}; H2D/D2H are 0, \"GPU Compute Time\" is the session run "
+                     "time)".format(which, _cpu_model()))
+    return BenchResult(
+        model=os.fspath(model), backend=which, batch=batch, options=options, warmup=warm, timed=traces,
+        clock="cuda events" if which == "tensorrt" else "host", warnings=warnings, notes=notes,
+        machine=machine_info(which), end_to_end=True, wall_start_ms=timed_start, batch_times_ms=batch_times,
+    )

@@ -552,6 +552,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     runtime.add_argument("--providers", metavar="LIST",
                          help="onnxruntime execution providers, comma separated: cpu, cuda, tensorrt (default: cpu)")
     runtime.add_argument("--threads", type=positive_int, metavar="N", help="onnxruntime intra-op threads")
+    e2e = parser.add_argument_group("end to end (decode + preprocess + inference on a TAO data set)")
+    e2e.add_argument("--end-to-end", action="store_true",
+                     help="time whole batches of a data set through the eval pipeline instead of random inputs")
+    e2e.add_argument("--csv", help="TAO data set CSV (needed by --end-to-end)")
+    e2e.add_argument("--images", metavar="DIR", help="images root of the CSV's paths (default: the CSV's folder)")
+    e2e.add_argument("--lights", default=",".join(_tao_lights()), metavar="LIST",
+                     help="light names in input order, or 'none' (default: TAO's four lights)")
+    e2e.add_argument("--ext", default=".jpg", help="image file extension (default: .jpg)")
+    e2e.add_argument("--concat", choices=("linear", "grid"), default="linear", help="light layout (default: linear)")
+    e2e.add_argument("--grid", metavar="RxC", help="grid rows x columns for --concat grid")
+    e2e.add_argument("--workers", type=positive_int, metavar="N", help="decode threads (default: one per core)")
+    e2e.add_argument("--normalization", choices=("tao", "deepstream"), help="input normalisation preset (default: tao)")
     add_model_arguments(parser)
 
 
@@ -569,10 +581,25 @@ def _bench_options(args: argparse.Namespace):
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    result = bench.run_benchmark(
-        args.model, _bench_options(args), backend=args.backend,
-        contract_overrides=contract_overrides(args), backend_options=runtime_options(args),
-    )
+    if args.end_to_end:
+        from .dataset import LightLayout, parse_grid, parse_lights
+
+        if not args.csv:
+            raise InputError("--end-to-end needs a data set", expected="--csv CSV [--images DIR]")
+        layout = LightLayout(lights=parse_lights(args.lights), ext=args.ext, concat=args.concat,
+                             grid=parse_grid(args.grid) if args.grid else None)
+        result = bench.run_end_to_end(
+            args.model, args.csv, args.images, _bench_options(args), layout=layout,
+            normalization=args.normalization, workers=args.workers, backend=args.backend,
+            contract_overrides=contract_overrides(args), backend_options=runtime_options(args),
+        )
+    else:
+        if args.csv:
+            raise InputError("--csv is only used with --end-to-end", expected="--end-to-end --csv CSV")
+        result = bench.run_benchmark(
+            args.model, _bench_options(args), backend=args.backend,
+            contract_overrides=contract_overrides(args), backend_options=runtime_options(args),
+        )
     print(bench.format_report(result), end="")
     if args.json_out:
         print("wrote {}".format(bench.write_json(result, args.json_out)))

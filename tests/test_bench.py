@@ -444,3 +444,58 @@ def test_cli_bench_on_an_engine(fake_gpu, tmp_path, reference_models, capsys):
     assert doc["backend"] == "tensorrt" and doc["batch"] == 8 and doc["options"]["cuda_graph"] is True
     assert "Timing: host clock" not in text and "H2D Latency: " in text
     assert "FPS: {} pairs/s".format(bench._g(doc["fps"])) in text
+
+
+# -- end to end on a synthetic TAO data set --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    from changenet_trt.synth import synthesize
+
+    result = synthesize(str(tmp_path_factory.mktemp("synth")), pairs=6, seed=3)
+    return result.csv_path, result.images_dir
+
+
+def test_end_to_end_times_whole_batches_of_the_repeated_data_set(small_dataset, reference_models, monkeypatch):
+    from changenet_trt import dataset as dataset_module
+
+    ranges = []
+    original = dataset_module.PairLoader.fill
+
+    def spy(self, golden_dst, sample_dst, lo, hi):
+        ranges.append((lo, hi, len(golden_dst)))
+        return original(self, golden_dst, sample_dst, lo, hi)
+
+    monkeypatch.setattr(dataset_module.PairLoader, "fill", spy)
+    csv_path, images = small_dataset
+    result = bench.run_end_to_end(reference_models["learnable_dynamic"], csv_path, images,
+                                  short_options(batch=4, warmup_ms=1.0, duration_s=0.0, iterations=3))
+    assert result.end_to_end and result.batch == 4
+    assert len(result.timed) >= 3 and len(result.batch_times_ms) == len(result.timed)
+    assert result.fps == pytest.approx(result.qps * 4)
+    # 6 pairs in batches of 4: the data set wraps around inside a batch (pairs 4, 5, then 0, 1)
+    assert (4, 6, 2) in ranges and (0, 2, 2) in ranges
+    assert all(hi - lo == n and 0 <= lo < hi <= 6 for lo, hi, n in ranges)
+    # the timed phase's wall time covers every timed batch's wall time
+    assert result.walltime_ms >= sum(result.batch_times_ms) - 1e-6
+    doc = result.to_dict()
+    assert doc["end_to_end"] is True and doc["batch_time_ms"]["median"] > 0
+    assert "End-to-End Batch Time: " in bench.format_report(result)
+
+
+def test_cli_end_to_end_and_its_argument_errors(small_dataset, reference_models, tmp_path, capsys):
+    csv_path, images = small_dataset
+    model = reference_models["euclidean_dynamic"]
+    out = tmp_path / "e2e.json"
+    assert main(["bench", model, "--end-to-end", "--csv", csv_path, "--images", images, "--batch", "2",
+                 "--warmUp", "1", "--duration", "0", "--iterations", "3", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["end_to_end"] is True and doc["batch"] == 2 and doc["queries"] >= 3
+    assert "decode + preprocess + inference" in capsys.readouterr().out
+    assert main(["bench", model, "--end-to-end"]) == 2
+    assert "--end-to-end needs a data set" in capsys.readouterr().err
+    assert main(["bench", model, "--csv", csv_path]) == 2
+    assert "--csv is only used with --end-to-end" in capsys.readouterr().err
+    assert main(["bench", model, "--end-to-end", "--csv", csv_path, "--images", images, "--streams", "2"]) == 2
+    assert "--end-to-end runs one pipeline" in capsys.readouterr().err
