@@ -112,3 +112,13 @@ def test_reference_model_command(tmp_path, capsys):
 
     c = read_contract(out)
     assert (c.output_kind, c.static_batch, c.opset) == ("euclidean", 16, 12)
+
+
+def test_reference_model_with_planted_fp16_overflow(tmp_path, capsys):
+    out = str(tmp_path / "overflow.onnx")
+    assert main(["reference-model", out, "--fp16-overflow"]) == 0
+    assert "planted float16 overflow" in capsys.readouterr().out
+    import onnx
+
+    assert any(node.name.startswith("overflow/") for node in onnx.load(out).graph.node)
+    assert main(["reference-model", out, "--realistic", "--fp16-overflow"]) == 2
