@@ -191,11 +191,16 @@ def _add_reference_model(sub: argparse._SubParsersAction) -> None:
                         help="write the compute-realistic FAN-hybrid-small-like model instead (random weights, "
                         "about 60 GFLOPs per pair learnable / 37 euclidean, a 260-310 MB file): for benchmarks")
     parser.add_argument("--seed", type=int, default=0, help="weights seed of --realistic (default: 0)")
+    parser.add_argument("--fp16-overflow", action="store_true",
+                        help="plant an intermediate tensor that overflows float16 (same float32 output): "
+                        "a test case for fp16-check and build --fp32-layers")
 
 
 def _cmd_reference_model(args: argparse.Namespace) -> int:
     batch_text = "static {}".format(args.batch) if args.batch else "dynamic"
     if args.realistic:
+        if args.fp16_overflow:
+            raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
         from .realistic import build_realistic_model, model_gflops, save_model
 
         model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
@@ -205,8 +210,10 @@ def _cmd_reference_model(args: argparse.Namespace) -> int:
         return 0
     from .reference import write_reference_model
 
-    path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset)
-    print("wrote {} ({} output, {} batch, opset {})".format(path, args.kind, batch_text, args.opset))
+    path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset,
+                                 fp16_overflow=args.fp16_overflow)
+    print("wrote {} ({} output, {} batch, opset {}{})".format(
+        path, args.kind, batch_text, args.opset, ", planted float16 overflow" if args.fp16_overflow else ""))
     return 0
 
 
