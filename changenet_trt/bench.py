@@ -251,15 +251,12 @@ class BenchOptions:
     no_data_transfers: bool = False
     spin_wait: bool = False
     streams: int = 1
-    #: one query in flight instead of two; None: True for onnxruntime (a CPU has no transfers
-    #: to hide, and a second queued query only competes with the host thread), False for TensorRT
-    expose_dma: Optional[bool] = None
+    #: one query in flight instead of two (trtexec's --exposeDMA)
+    expose_dma: bool = False
     seed: int = 0
 
     def overlap(self, backend: str) -> bool:
-        """Whether two queries are in flight for ``backend``."""
-        if self.expose_dma is None:
-            return backend == "tensorrt"
+        """Whether two queries are in flight (``backend`` kept for per-backend defaults)."""
         return not self.expose_dma
 
     def check(self) -> None:
@@ -627,8 +624,7 @@ def run_benchmark(
     if not timed:
         raise ChangeNetError("no query finished after the warm-up; raise --iterations or --duration")
     notes = ["Queries in flight per stream: {}".format(
-        "2 (double buffering)" if options.overlap(which) else
-        "1 (--exposeDMA{})".format("" if options.expose_dma else "; the default on onnxruntime"))]
+        "2 (double buffering)" if options.overlap(which) else "1 (--exposeDMA)")]
     if which != "tensorrt":
         notes.append("Timing: host clock ({} on {}; H2D/D2H are 0, \"GPU Compute Time\" is the session run "
                      "time)".format(which, _cpu_model()))
@@ -714,7 +710,7 @@ def run_end_to_end(
     which = backend_for(os.fspath(model), backend)
     kwargs, warnings = runner_options(which, options, backend_options)
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    if options.expose_dma is not None:
+    if options.expose_dma:
         warnings.append("--exposeDMA does not apply to --end-to-end (run_pipeline keeps two batches in flight)")
     dataset = load_dataset(csv_path, images_dir, layout, check_files=True)
     if layout is None:

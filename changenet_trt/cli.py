@@ -545,9 +545,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="TensorRT: spin on events instead of blocking (more stable timings)")
     group.add_argument("--streams", "--infStreams", dest="streams", type=positive_int, default=1, metavar="N",
                        help="N independent runners in N threads; the report aggregates them (default: 1)")
-    group.add_argument("--exposeDMA", dest="expose_dma", action="store_true", default=None,
-                       help="one query in flight instead of two (default on onnxruntime, which has no "
-                       "transfers to overlap)")
+    group.add_argument("--exposeDMA", dest="expose_dma", action="store_true",
+                       help="one query in flight instead of two (serialises the transfers with compute)")
     group.add_argument("--exportTimes", dest="export_times", metavar="FILE",
                        help="write every timed query's times as JSON (trtexec's format)")
     group.add_argument("--json", dest="json_out", metavar="FILE",

@@ -280,9 +280,11 @@ def short_options(**kw):
 def test_run_benchmark_on_onnxruntime(reference_models):
     result = bench.run_benchmark(reference_models["learnable_dynamic"], short_options())
     assert result.backend == "onnxruntime" and result.batch == 4 and result.clock == "host"
-    assert result.to_dict()["options"]["expose_dma"] is True  # one query in flight on a CPU by default
-    overlapped = bench.run_benchmark(reference_models["learnable_dynamic"], short_options(expose_dma=False))
-    assert overlapped.to_dict()["options"]["expose_dma"] is False and len(overlapped.timed) >= 3
+    assert result.to_dict()["options"]["expose_dma"] is False  # trtexec's default: two queries in flight
+    assert "Queries in flight per stream: 2 (double buffering)" in result.notes
+    serial = bench.run_benchmark(reference_models["learnable_dynamic"], short_options(expose_dma=True))
+    assert serial.to_dict()["options"]["expose_dma"] is True and len(serial.timed) >= 3
+    assert "Queries in flight per stream: 1 (--exposeDMA)" in serial.notes
     assert len(result.timed) >= 3
     for trace in result.timed:
         assert trace.h2d_ms == 0.0 and trace.d2h_ms == 0.0 and trace.compute_ms > 0.0
