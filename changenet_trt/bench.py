@@ -524,12 +524,11 @@ def machine_info(backend: str) -> Dict[str, Any]:
     except ImportError:
         pass
     if backend == "tensorrt":
-        try:
-            import tensorrt
+        from .trt import installed_version
 
-            info["tensorrt"] = tensorrt.__version__
-        except ImportError:
-            pass
+        found = installed_version()
+        if found is not None:
+            info["tensorrt"] = str(found)
     return info
 
 

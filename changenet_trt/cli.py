@@ -808,7 +808,6 @@ COMMANDS: List[tuple] = [
     ("eval", _add_eval, _cmd_eval),
     ("prepare", _add_prepare, _cmd_prepare),
     ("build", _add_build, _cmd_build),
-    # [engine build commands]
     ("bench", _add_bench, _cmd_bench),
     ("validate", _add_validate, _cmd_validate),
     ("fp16-check", _add_fp16_check, _cmd_fp16_check),

@@ -236,9 +236,12 @@ def power_mode(run: RunFn = run_command) -> str:
 
 def dla_cores() -> str:
     """DLA cores TensorRT sees (needs TensorRT and a GPU)."""
+    from .errors import ChangeNetError
+    from .trt import import_tensorrt
+
     try:
-        import tensorrt as trt
-    except Exception:
+        trt = import_tensorrt("counting DLA cores")
+    except ChangeNetError:
         return NOT_FOUND + " (needs TensorRT)"
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))

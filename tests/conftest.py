@@ -9,8 +9,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-# Fixtures of the fakes are imported here, one line each.
-# [fake fixtures]
+# Fixtures of the fakes (tests/fakes/*_fixture.py), one import line each.
 from fakes.cuda_fixture import fake_cuda  # noqa: E402,F401
 from fakes.trt_fixture import fake_trt, fake_trt_factory, no_tensorrt  # noqa: E402,F401
 
