@@ -13,7 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -205,19 +205,37 @@ class Classifier:
             buffers = runner.input_buffers(hi - lo, slot=index % runner.num_slots)
             fill(buffers[golden_name], buffers[sample_name], lo, hi)
 
+        in_flight: List[int] = []  # slots submitted and not yet fetched
+
+        def submit(index: int) -> None:
+            slot = index % runner.num_slots
+            runner.submit(chunks[index][1] - chunks[index][0], slot=slot)
+            in_flight.append(slot)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changenet-fill") as pool:
-            fill_slot(0)
-            runner.submit(chunks[0][1] - chunks[0][0], slot=0)
-            for index in range(len(chunks)):
-                nxt = index + 1
-                if nxt < len(chunks):
-                    # Fill batch k+1 (the slot fetched one round ago) while batch k runs, then
-                    # queue it behind k so the device never waits for the host.
-                    pool.submit(fill_slot, nxt).result()
-                    runner.submit(chunks[nxt][1] - chunks[nxt][0], slot=nxt % runner.num_slots)
-                outputs.append(runner.fetch(slot=index % runner.num_slots))
-                if on_batch is not None:
-                    on_batch(chunks[index][1])
+            try:
+                fill_slot(0)
+                submit(0)
+                for index in range(len(chunks)):
+                    nxt = index + 1
+                    if nxt < len(chunks):
+                        # Fill batch k+1 (the slot fetched one round ago) while batch k runs,
+                        # then queue it behind k so the device never waits for the host.
+                        pool.submit(fill_slot, nxt).result()
+                        submit(nxt)
+                    slot = index % runner.num_slots
+                    outputs.append(runner.fetch(slot=slot))
+                    in_flight.remove(slot)
+                    if on_batch is not None:
+                        on_batch(chunks[index][1])
+            except BaseException:
+                # A bad image mid-run must not leave a batch queued: the runner stays usable.
+                for slot in in_flight:
+                    try:
+                        runner.fetch(slot=slot)
+                    except Exception:  # the original error is the one to report
+                        pass
+                raise
         return np.concatenate(outputs, axis=0)
 
     def _source(self, images: Any, role: str) -> "tuple":

@@ -197,3 +197,27 @@ def test_prediction_reports_throughput(reference_models, pairs):
         res = clf.predict(g, s)
     assert len(res) == 37 and res.seconds > 0 and res.pairs_per_s > 0
     assert "onnxruntime" in repr(clf) or "Classifier" in repr(clf)
+
+
+def test_a_bad_image_mid_run_leaves_the_classifier_usable(reference_models, pairs, tmp_path):
+    import cv2
+
+    golden, sample, _, g, s = pairs
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image at all")
+    good = []
+    for i in range(3):
+        path = str(tmp_path / "img{}.png".format(i))
+        cv2.imwrite(path, cv2.cvtColor(golden[i], cv2.COLOR_RGB2BGR))
+        good.append(path)
+    # 20 pairs at batch 8: the corrupt image sits in the third batch, after two were queued
+    files = [good[i % 3] for i in range(20)]
+    broken = list(files)
+    broken[18] = str(corrupt)
+    with changenet_trt.load(reference_models["learnable_dynamic"], batch_size=8) as clf:
+        with pytest.raises(InputError, match="corrupt.png"):
+            clf.predict(files, broken)
+        again = clf.predict(g[:20], s[:20]).scores  # uses both slots again
+    with changenet_trt.load(reference_models["learnable_dynamic"], batch_size=8) as fresh:
+        ref = fresh.predict(g[:20], s[:20]).scores
+    np.testing.assert_allclose(again, ref, atol=1e-6)
