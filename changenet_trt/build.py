@@ -2,7 +2,7 @@
 
 :func:`make_plan` resolves everything a build will do (prepared ONNX, optimisation profile,
 precision and flags, output paths) without TensorRT, so ``build --dry-run`` and
-``build --print-trtexec`` work anywhere. :func:`build_engine` then:
+``build --print-trtexec`` work anywhere. :func:`build_engine_file` then:
 
 1. prepares the ONNX (static batch -> dynamic, proven with ONNX Runtime: :mod:`.prepare`);
 2. parses it with TensorRT's ONNX parser into an explicit-batch network;
@@ -183,7 +183,7 @@ def detect_gpu() -> GpuInfo:
 
 @dataclass
 class BuildPlan:
-    """What a build will do; printable and buildable (``build_engine`` follows it)."""
+    """What a build will do; printable and buildable (``build_engine_file`` follows it)."""
 
     options: BuildOptions
     contract: ModelContract
@@ -538,7 +538,7 @@ def _load_timing_cache(trt: Any, config: Any, path: str) -> Tuple[Any, bool]:
     return cache, loaded
 
 
-def build_engine(options: BuildOptions, plan: Optional[BuildPlan] = None, status_stream: Optional[IO[str]] = None,
+def build_engine_file(options: BuildOptions, plan: Optional[BuildPlan] = None, status_stream: Optional[IO[str]] = None,
                  calibration_batches: Any = None) -> BuildResult:
     """Build the engine ``plan`` describes (the plan is made from ``options`` when not given).
 

@@ -466,7 +466,7 @@ def _build_options(args: argparse.Namespace):
 def _cmd_build(args: argparse.Namespace) -> int:
     import shlex
 
-    from .build import build_engine, make_plan
+    from .build import build_engine_file, make_plan
 
     options = _build_options(args)
     if args.dry_run or args.print_trtexec:
@@ -481,7 +481,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 print("changenet-trt prepare {} -o {}".format(shlex.quote(args.model), shlex.quote(plan.prepared_onnx)))
             print(" ".join(shlex.quote(part) for part in plan.trtexec_command(args.trt_version)))
         return 0
-    result = build_engine(options)
+    result = build_engine_file(options)
     meta = result.metadata
     print("built {} in {:.1f} s ({}, batch {}:{}:{}, TensorRT {}, {})".format(
         result.engine_path, result.seconds, meta.precision, meta.profile["min"], meta.profile["opt"],

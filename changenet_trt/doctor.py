@@ -556,7 +556,7 @@ def check_cuda_context() -> Check:
 
 
 def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] = ()) -> Any:
-    from .build import BatchProfile, BuildOptions, build_engine
+    from .build import BatchProfile, BuildOptions, build_engine_file
 
     options = BuildOptions(
         model=onnx_path,
@@ -567,7 +567,7 @@ def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] =
         engines_dir=workdir,
         progress=False,
     )
-    return build_engine(options)
+    return build_engine_file(options)
 
 
 def _compare(workdir: str, engine: str, onnx_path: str) -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from changenet_trt.build import BatchProfile, BuildOptions, build_engine, make_plan, read_layer_patterns
+from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file, make_plan, read_layer_patterns
 from changenet_trt.cli import main
 from changenet_trt.errors import BuildError, ChangeNetError, DatasetError, DependencyError, InputError
 from changenet_trt.prepare import proof_pairs
@@ -39,7 +39,7 @@ def _last_build(trt):
 
 @BOTH
 def test_fp16_build_records_profile_flags_and_writes_engine_and_sidecar(fake_trt, fake_cuda, reference_models, workdir):
-    result = build_engine(_options(reference_models["learnable_dynamic"], workspace_mib=512))
+    result = build_engine_file(_options(reference_models["learnable_dynamic"], workspace_mib=512))
     rec = _last_build(fake_trt)
     assert rec["result"] == "ok"
     shapes = [[1] + SHAPE, [16] + SHAPE, [32] + SHAPE]
@@ -66,7 +66,7 @@ def test_fp16_build_records_profile_flags_and_writes_engine_and_sidecar(fake_trt
 @BOTH
 def test_engine_deserializes_and_runs_like_onnxruntime(fake_trt, fake_cuda, reference_models, workdir):
     model = reference_models["euclidean_dynamic"]
-    result = build_engine(_options(model, precision="fp32"))
+    result = build_engine_file(_options(model, precision="fp32"))
     with open(result.engine_path, "rb") as handle:
         data = handle.read()
     logger = make_logger(fake_trt)
@@ -102,7 +102,7 @@ def test_engine_deserializes_and_runs_like_onnxruntime(fake_trt, fake_cuda, refe
 
 @BOTH
 def test_static_batch_model_is_prepared_before_the_build(fake_trt, fake_cuda, reference_models, workdir):
-    result = build_engine(_options(reference_models["learnable_static16"]))
+    result = build_engine_file(_options(reference_models["learnable_static16"]))
     assert result.plan.rewrite_batch == 16
     assert os.path.isfile(result.plan.prepared_onnx)
     assert result.prepare_report is not None and all(c.ok for c in result.prepare_report.checks)
@@ -113,27 +113,27 @@ def test_static_batch_model_is_prepared_before_the_build(fake_trt, fake_cuda, re
 @BOTH
 def test_timing_cache_is_saved_and_reused(fake_trt, fake_cuda, reference_models, workdir):
     model = reference_models["learnable_dynamic"]
-    first = build_engine(_options(model, output="engines/a.engine"))
+    first = build_engine_file(_options(model, output="engines/a.engine"))
     assert not first.timing_cache_hit
     cache = first.plan.timing_cache_path
     assert os.path.isfile(cache) and os.path.dirname(cache) == "engines"
     misses = _last_build(fake_trt)["timing_cache"]["misses"]
     assert misses > 0 and _last_build(fake_trt)["timing_cache"]["hits"] == 0
 
-    second = build_engine(_options(model, output="engines/b.engine"))
+    second = build_engine_file(_options(model, output="engines/b.engine"))
     assert second.timing_cache_hit
     assert _last_build(fake_trt)["timing_cache"] == {"hits": misses, "misses": 0, "ignore_mismatch": False}
 
-    build_engine(_options(model, output="engines/c.engine", use_timing_cache=False))
+    build_engine_file(_options(model, output="engines/c.engine", use_timing_cache=False))
     assert _last_build(fake_trt)["timing_cache"] is None
 
 
 def test_timing_cache_of_another_tensorrt_is_replaced(fake_trt_factory, fake_cuda, reference_models, workdir):
     model = reference_models["learnable_dynamic"]
     fake_trt_factory("8.5")
-    build_engine(_options(model, output="engines/old.engine", timing_cache="engines/shared.cache"))
+    build_engine_file(_options(model, output="engines/old.engine", timing_cache="engines/shared.cache"))
     trt10 = fake_trt_factory("10.x")
-    result = build_engine(_options(model, output="engines/new.engine", timing_cache="engines/shared.cache"))
+    result = build_engine_file(_options(model, output="engines/new.engine", timing_cache="engines/shared.cache"))
     assert not result.timing_cache_hit
     assert _last_build(trt10)["timing_cache"]["hits"] == 0
 
@@ -143,7 +143,7 @@ def test_fp32_layers_become_precision_constraints(fake_trt, fake_cuda, reference
     layers_file = workdir / "layers.txt"
     layers_file.write_text("# from fp16-check\nnode_of_head.rms   # sqrt of a small number\n")
     patterns = read_layer_patterns(["node_of_head.m*", "@" + str(layers_file)])
-    result = build_engine(_options(reference_models["learnable_dynamic"], fp32_layers=patterns))
+    result = build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=patterns))
     rec = _last_build(fake_trt)
     expected = ["node_of_head.mean_sq", "node_of_head.rms", "node_of_head.max_abs"]
     assert sorted(rec["precision_constraints"]) == sorted(expected)
@@ -152,17 +152,17 @@ def test_fp32_layers_become_precision_constraints(fake_trt, fake_cuda, reference
     assert "OBEY_PRECISION_CONSTRAINTS" in rec["flags"] and rec["constraints_mode"] == "obey"
     assert sorted(result.metadata.flags["fp32_layers"]) == sorted(expected)
 
-    build_engine(_options(reference_models["learnable_dynamic"], fp32_layers=["node_of_head.rms"],
+    build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["node_of_head.rms"],
                           precision_constraints="prefer", output="engines/p.engine"))
     assert "PREFER_PRECISION_CONSTRAINTS" in _last_build(fake_trt)["flags"]
 
     with pytest.raises(InputError, match="match no layer: 'LayerNorm\\*'"):
-        build_engine(_options(reference_models["learnable_dynamic"], fp32_layers=["LayerNorm*"]))
+        build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["LayerNorm*"]))
 
 
 @BOTH
 def test_builder_optimization_level_only_where_supported(fake_trt, fake_cuda, reference_models, workdir, caplog):
-    build_engine(_options(reference_models["learnable_dynamic"], opt_level=5))
+    build_engine_file(_options(reference_models["learnable_dynamic"], opt_level=5))
     rec = _last_build(fake_trt)
     if fake_trt.__version__.startswith("8.5"):
         assert rec["builder_optimization_level"] is None
@@ -173,12 +173,12 @@ def test_builder_optimization_level_only_where_supported(fake_trt, fake_cuda, re
 
 @BOTH
 def test_dla_core_with_gpu_fallback(fake_trt, fake_cuda, reference_models, workdir):
-    build_engine(_options(reference_models["learnable_dynamic"], dla_core=1))
+    build_engine_file(_options(reference_models["learnable_dynamic"], dla_core=1))
     rec = _last_build(fake_trt)
     assert rec["default_device_type"] == "DLA" and rec["dla_core"] == 1 and "GPU_FALLBACK" in rec["flags"]
     assert rec["dla_gpu_fallback_layers"]  # dynamic shapes: TensorRT runs them on the GPU
     with pytest.raises(BuildError, match="no DLA core 2"):
-        build_engine(_options(reference_models["learnable_dynamic"], dla_core=2))
+        build_engine_file(_options(reference_models["learnable_dynamic"], dla_core=2))
 
 
 def test_progress_monitor_in_10x_and_ticking_status_in_85(fake_trt_factory, fake_cuda, reference_models, workdir):
@@ -187,7 +187,7 @@ def test_progress_monitor_in_10x_and_ticking_status_in_85(fake_trt_factory, fake
     for mode in ("10.x", "8.5"):
         trt = fake_trt_factory(mode)
         stream = io.StringIO()
-        build_engine(_options(reference_models["learnable_dynamic"], progress=True,
+        build_engine_file(_options(reference_models["learnable_dynamic"], progress=True,
                               output="engines/{}.engine".format(mode)), status_stream=stream)
         progress = _last_build(trt)["progress"]
         if mode == "10.x":
@@ -212,7 +212,7 @@ def test_int8_calibration_drives_the_calibrator_and_reuses_its_cache(fake_trt, f
     opts = _options(model, precision="int8", profile=BatchProfile(1, 4, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # TensorRT 10.1+ deprecations stay inside build
-        result = build_engine(opts, calibration_batches=array_batches(golden, sample, 4))
+        result = build_engine_file(opts, calibration_batches=array_batches(golden, sample, 4))
     rec = _last_build(fake_trt)
     assert "INT8" in rec["flags"] and "FP16" in rec["flags"]
     calls = [c[0] for c in rec["calibrator_calls"]]
@@ -229,7 +229,7 @@ def test_int8_calibration_drives_the_calibrator_and_reuses_its_cache(fake_trt, f
     # the calibrator's device buffers are gone after the build
     assert DEVICE.live_allocations == 0
 
-    build_engine(opts)  # no data needed: the matching cache is reused
+    build_engine_file(opts)  # no data needed: the matching cache is reused
     assert [c[0] for c in _last_build(fake_trt)["calibrator_calls"]] == ["get_batch_size", "read_calibration_cache"]
     assert _last_build(fake_trt)["calibration_cache"] == "used"
 
@@ -239,16 +239,16 @@ def test_calibration_cache_for_other_preprocessing_or_model_is_refused(fake_trt,
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 4)
-    build_engine(_options(model, precision="int8", profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache"),
+    build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache"),
                  calibration_batches=array_batches(golden, sample, 4))
     with pytest.raises(BuildError, match="made with other preprocessing"):
-        build_engine(_options(model, precision="int8", profile=BatchProfile(1, 4, 8),
+        build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8),
                               calib_cache="calibration/x.cache", normalization="deepstream"))
     with pytest.raises(BuildError, match="made for another ONNX model"):
-        build_engine(_options(reference_models["euclidean_dynamic"], precision="int8",
+        build_engine_file(_options(reference_models["euclidean_dynamic"], precision="int8",
                               profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache"))
     # --recalibrate ignores the mismatch and rebuilds the cache
-    build_engine(_options(reference_models["euclidean_dynamic"], precision="int8", profile=BatchProfile(1, 4, 8),
+    build_engine_file(_options(reference_models["euclidean_dynamic"], precision="int8", profile=BatchProfile(1, 4, 8),
                           calib_cache="calibration/x.cache", recalibrate=True),
                  calibration_batches=array_batches(golden, sample, 4))
     assert _last_build(fake_trt)["calibration_cache"] == "written"
@@ -284,15 +284,15 @@ def test_calibration_data_errors_surface(fake_trt, fake_cuda, reference_models, 
         yield  # pragma: no cover
 
     with pytest.raises(DatasetError, match="x.jpg"):
-        build_engine(_options(reference_models["learnable_dynamic"], precision="int8"), calibration_batches=broken())
+        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8"), calibration_batches=broken())
     with pytest.raises(InputError, match="INT8 needs calibration data"):
-        build_engine(_options(reference_models["learnable_dynamic"], precision="int8", calib_cache="none.cache"))
+        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8", calib_cache="none.cache"))
 
 
 def test_tensorrt_build_failure_is_one_clear_error(fake_trt, fake_cuda, reference_models, workdir):
     fake_trt._fake.settings["fail_build"] = "2: [builder.cpp] Error Code 2: Out of memory (workspace too small)"
     with pytest.raises(BuildError, match="Out of memory"):
-        build_engine(_options(reference_models["learnable_dynamic"]))
+        build_engine_file(_options(reference_models["learnable_dynamic"]))
     assert not os.path.exists("engines/learnable_dynamic_fp16_b1-16-32_fake-gpu-orin-sm87_trt10.3.0.engine")
 
 
@@ -306,7 +306,7 @@ def test_batch_profile_validation():
 
 # -- the fake is strict: what TensorRT 10 removed is absent, 8.6+ is absent in 8.5 -------------------
 REMOVED_IN_10 = {
-    "Builder": ["build_engine", "max_batch_size", "build_cuda_engine"],
+    "Builder": ["build_engine_file", "max_batch_size", "build_cuda_engine"],
     "IBuilderConfig": ["max_workspace_size", "min_timing_iterations"],
     "ICudaEngine": ["num_bindings", "get_binding_shape", "get_binding_index", "binding_is_input",
                     "get_binding_dtype", "get_profile_shape", "max_batch_size", "has_implicit_batch_dimension"],
@@ -457,7 +457,7 @@ def test_built_engine_loads_through_the_tensorrt_runner(fake_trt, fake_cuda, ref
     from changenet_trt.api import load
 
     model = reference_models["learnable_static16"]
-    result = build_engine(_options(model, precision="fp32"))
+    result = build_engine_file(_options(model, precision="fp32"))
     rng = np.random.default_rng(0)
     golden = rng.integers(0, 255, size=(5, 512, 128, 3), dtype=np.uint8)
     sample = golden.copy()

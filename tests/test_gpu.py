@@ -36,7 +36,7 @@ if _REASON is not None:
 import changenet_trt  # noqa: E402
 from changenet_trt import cuda  # noqa: E402
 from changenet_trt.backends.tensorrt import TensorRTRunner  # noqa: E402
-from changenet_trt.build import BatchProfile, BuildOptions, build_engine  # noqa: E402
+from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
 from changenet_trt.errors import EngineError, InputError  # noqa: E402
 
 from helpers import ort_output, strip_pairs  # noqa: E402
@@ -59,7 +59,7 @@ def engines(reference_models, tmp_path_factory):
                 engines_dir=str(root),
                 progress=False,
             )
-            out[(variant, precision)] = build_engine(options).engine_path
+            out[(variant, precision)] = build_engine_file(options).engine_path
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Set
 
 import pytest
 
-from changenet_trt.build import BatchProfile, BuildOptions, build_engine
+from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file
 from changenet_trt.trt import io_tensors, make_logger, profile_shapes
 
 from fakes.tensorrt import make_module
@@ -183,7 +183,7 @@ def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, fake_tr
     trt = fake_trt_factory(mode)
     model = reference_models["learnable_dynamic"]
     golden, sample = proof_pairs(read_contract(model), 4)
-    result = build_engine(
+    result = build_engine_file(
         BuildOptions(model=model, precision="int8", profile=BatchProfile(1, 4, 8), workspace_mib=256, opt_level=4,
                      dla_core=0, fp32_layers=["node_of_head.rms"], progress=True),
         calibration_batches=array_batches(golden, sample, 4),

@@ -188,11 +188,11 @@ def test_cli_validate_refuses_both_sources(models, capsys):
 
 # -- the engine side through the TensorRT and pycuda test doubles ---------------------------------
 def _build_fake_engine(onnx_path, out_dir, name):
-    from changenet_trt.build import BatchProfile, BuildOptions, build_engine
+    from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file
 
     options = BuildOptions(model=onnx_path, output=str(out_dir / (name + ".engine")), precision="fp16",
                            profile=BatchProfile(1, 8, 16), engines_dir=str(out_dir), progress=False)
-    return build_engine(options).engine_path
+    return build_engine_file(options).engine_path
 
 
 @pytest.mark.parametrize("fake_trt", ["8.5", "10.x"], indirect=True)
