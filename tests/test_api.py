@@ -3,14 +3,15 @@ import pytest
 
 import changenet_trt
 from changenet_trt.contract import score
+from changenet_trt.demo import make_pairs
 from changenet_trt.errors import InputError, ModelContractError
 
-from helpers import normalized, ort_output, strip_pairs
+from helpers import normalized, ort_output
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    golden, sample, truth = strip_pairs(37, seed=3)
+    golden, sample, truth = make_pairs(37, seed=3)
     return golden, sample, truth, normalized(golden), normalized(sample)
 
 

@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from changenet_trt.cli import main
-
-from helpers import strip_pairs
+from changenet_trt.demo import make_pairs
 
 
 def run_cli(*args):
@@ -47,7 +46,7 @@ def test_inspect_with_overrides(tmp_path, capsys):
 def test_infer_writes_csv(reference_models, tmp_path, capsys):
     import cv2
 
-    golden, sample, truth = strip_pairs(4, seed=5)
+    golden, sample, truth = make_pairs(4, seed=5)
     gp, sp = [], []
     for i in range(4):
         gp.append(str(tmp_path / "g{}.png".format(i)))

@@ -37,9 +37,10 @@ import changenet_trt  # noqa: E402
 from changenet_trt import cuda  # noqa: E402
 from changenet_trt.backends.tensorrt import TensorRTRunner  # noqa: E402
 from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
+from changenet_trt.demo import make_pairs  # noqa: E402
 from changenet_trt.errors import EngineError, InputError  # noqa: E402
 
-from helpers import ort_output, strip_pairs  # noqa: E402
+from helpers import ort_output  # noqa: E402
 
 MIB = 1 << 20
 
@@ -159,7 +160,7 @@ def test_outside_the_profile_and_bad_engines_are_refused(engines, data, tmp_path
 
 
 def test_threads_and_the_api(engines, reference_models):
-    golden, sample, _ = strip_pairs(21, seed=4)
+    golden, sample, _ = make_pairs(21, seed=4)
     onnx = reference_models["learnable_dynamic"]
     with changenet_trt.load(onnx) as clf:
         want = clf.predict(golden, sample).scores

@@ -16,11 +16,12 @@ import pytest
 import changenet_trt
 from changenet_trt.backends.tensorrt import TensorRTRunner
 from changenet_trt.contract import read_contract, score
+from changenet_trt.demo import make_pairs
 from changenet_trt.errors import DependencyError, EngineError, InputError, ModelContractError
 from changenet_trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
 
 from fakes.tensorrt import make_fake_engine
-from helpers import normalized, ort_output, strip_pairs
+from helpers import normalized, ort_output
 
 MODES = ["8.5", "10.x"]
 
@@ -663,7 +664,7 @@ def test_engine_host_code_is_never_allowed(gpu10, tmp_path, reference_models, mo
 def test_load_engine_predicts_as_onnxruntime(gpu, tmp_path, reference_models, variant):
     onnx = reference_models[variant]
     engine = write_engine(tmp_path, gpu, onnx, fp16=True)
-    golden, sample, _ = strip_pairs(21, seed=4)
+    golden, sample, _ = make_pairs(21, seed=4)
     with changenet_trt.load(onnx) as cpu, changenet_trt.load(engine) as trt:
         assert "tensorrt" in repr(trt)
         assert trt.cutoff == cpu.cutoff and trt.batch_size == cpu.batch_size
