@@ -38,11 +38,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 import cv2  # noqa: E402
 
 from changenet_trt import load  # noqa: E402
-from changenet_trt.dataset import LightLayout, PairLoader, load_dataset  # noqa: E402
-from changenet_trt.evaluate import evaluate  # noqa: E402
-from changenet_trt.preprocess import PRESETS, default_workers  # noqa: E402
-from changenet_trt.reference import write_reference_model  # noqa: E402
-from changenet_trt.synth import synthesize  # noqa: E402
+from changenet_trt.data.dataset import LightLayout, PairLoader, load_dataset  # noqa: E402
+from changenet_trt.data.preprocess import PRESETS, default_workers  # noqa: E402
+from changenet_trt.data.synth import synthesize  # noqa: E402
+from changenet_trt.evaluation.evaluate import evaluate  # noqa: E402
+from changenet_trt.models.reference import write_reference_model  # noqa: E402
 
 try:  # TAO Deploy opens images with PIL; use it when installed
     from PIL import Image as PILImage

@@ -4,7 +4,7 @@
 (b) ``polygraphy run --onnxrt`` (its reported average inference time; same arrays, fed through
     benchmarks/polygraphy_inputs.py).
 
-"Ours" is ``changenet_trt.bench.run_benchmark``: the trtexec-style loop driving the same
+"Ours" is ``changenet_trt.tools.bench.run_benchmark``: the trtexec-style loop driving the same
 OnnxRuntimeRunner as ``predict`` (worker thread, two buffer slots). Throughput is pairs/s; the
 ratio ours/peer is taken per round (the three run back to back, in rotating order) and the
 median over rounds is reported. Other work on a shared machine swings single runs by 2x or
@@ -108,10 +108,10 @@ def model_path(name: str) -> str:
         return path
     print("writing {} ...".format(path), flush=True)
     if name == "reference":
-        from changenet_trt.reference import write_reference_model
+        from changenet_trt.models.reference import write_reference_model
 
         return write_reference_model(path, kind="learnable")
-    from changenet_trt.realistic import write_realistic_model
+    from changenet_trt.models.realistic import write_realistic_model
 
     return write_realistic_model(path, kind=name.split("-", 1)[1])
 
@@ -120,8 +120,8 @@ def query_seconds(path: str, batch: int) -> float:
     """A rough time of one batch, to size the runs (median of 3 after one warm-up)."""
     import onnxruntime as ort
 
-    from changenet_trt.bench import random_inputs
     from changenet_trt.contract import read_contract
+    from changenet_trt.tools.bench import random_inputs
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     feed = random_inputs(read_contract(path), batch)
@@ -135,7 +135,7 @@ def query_seconds(path: str, batch: int) -> float:
 
 
 def run_ours(path: str, batch: int, queries: int, warmup_ms: float, times_path: str = "") -> Dict[str, float]:
-    from changenet_trt import bench
+    from changenet_trt.tools import bench
 
     options = bench.BenchOptions(batch=batch, warmup_ms=warmup_ms, duration_s=0.0, iterations=queries)
     result = bench.run_benchmark(path, options)
@@ -149,8 +149,8 @@ def run_raw(path: str, batch: int, queries: int, warmup_ms: float) -> Dict[str, 
     """Plain InferenceSession.run loop on the same arrays: warm up for warmup_ms, then time."""
     import onnxruntime as ort
 
-    from changenet_trt.bench import random_inputs
     from changenet_trt.contract import read_contract
+    from changenet_trt.tools.bench import random_inputs
 
     contract = read_contract(path)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -242,7 +242,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write every measurement to this JSON file")
     parser.add_argument("--plots", help="folder for the batch-16 exported times and latency histograms")
     args = parser.parse_args()
-    from changenet_trt.bench import machine_info
+    from changenet_trt.tools.bench import machine_info
 
     machine = machine_info("onnxruntime")
     print("machine: {} ({} cores), onnxruntime {}, {}".format(machine["cpu"], machine["cpu_count"],

@@ -36,8 +36,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, help="queries per run (default: about 3200 pairs)")
     args = parser.parse_args()
 
-    from changenet_trt import bench
     from changenet_trt.api import make_runner
+    from changenet_trt.tools import bench
 
     path = bench_runners.model_path(args.model)
     batch = args.batch
@@ -89,8 +89,8 @@ def main() -> int:
 
 def hand_over_gaps(path: str, batch: int, queries: int, warmup_ms: float) -> tuple:
     """Median (submit -> run start, run, run end -> fetch return) in microseconds."""
-    from changenet_trt import bench
     from changenet_trt.api import make_runner
+    from changenet_trt.tools import bench
 
     runner = make_runner(path, batch_size=batch)
     marks: Dict[str, float] = {}

@@ -4,9 +4,9 @@ The package imports on a CPU-only machine: TensorRT and pycuda are imported lazi
 the code paths that need them.
 """
 
-from .api import Classifier, Prediction, load
-from .contract import ModelContract, read_contract, score
-from .errors import ChangeNetError
+from changenet_trt.api import Classifier, Prediction, load
+from changenet_trt.contract import ModelContract, read_contract, score
+from changenet_trt.errors import ChangeNetError
 
 __version__ = "0.1.0"
 

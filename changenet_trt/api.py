@@ -17,10 +17,10 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .backends.base import Runner
-from .contract import ModelContract, read_contract, score
-from .errors import InputError
-from .preprocess import Normalization, get_normalization, prepare_batch
+from changenet_trt.contract import ModelContract, read_contract, score
+from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
+from changenet_trt.errors import InputError
+from changenet_trt.runtime.base import Runner
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 ONNX_SUFFIXES = (".onnx",)
@@ -87,7 +87,7 @@ def make_runner(
     path = os.fspath(path)
     which = backend_for(path, backend)
     if which == "onnxruntime":
-        from .backends.onnxruntime import OnnxRuntimeRunner
+        from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
 
         contract = read_contract(
             path, sample_input=sample_input, golden_input=golden_input, output=output, output_kind=output_kind
@@ -97,7 +97,7 @@ def make_runner(
         if unknown:
             raise InputError("unknown option for the onnxruntime backend", expected=sorted(allowed), found=unknown)
         return OnnxRuntimeRunner(path, contract=contract, max_batch=batch_size, **options)
-    from .backends.tensorrt import TensorRTRunner
+    from changenet_trt.runtime.tensorrt import TensorRTRunner
 
     allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device"}
     unknown = sorted(set(options) - allowed)
@@ -321,7 +321,7 @@ def load(
     cutoff from its metadata, else 0.5). ``backend``: ``auto`` (by suffix), ``onnxruntime`` or
     ``tensorrt``. ``batch_size``: pairs per batch for dynamic-batch models (default 16; a
     static-batch model always runs at its own batch). ``normalization``: ``tao`` (default),
-    ``deepstream`` or a :class:`~changenet_trt.preprocess.Normalization`. Tensor names and the
+    ``deepstream`` or a :class:`~changenet_trt.data.preprocess.Normalization`. Tensor names and the
     output kind override what is read from the model. ``options`` go to the backend
     (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``; tensorrt:
     ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``).

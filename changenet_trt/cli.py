@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from . import __version__
-from .errors import ChangeNetError, InputError
+from changenet_trt import __version__
+from changenet_trt.errors import ChangeNetError, InputError
 
 log = logging.getLogger("changenet_trt")
 
@@ -69,7 +69,7 @@ def runtime_options(args: argparse.Namespace) -> dict:
 
 def load_classifier(args: argparse.Namespace, model: Optional[str] = None):
     """``changenet_trt.load`` with the shared model and runtime arguments."""
-    from .api import load
+    from changenet_trt.api import load
 
     return load(
         model or args.model,
@@ -106,7 +106,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .contract import read_contract
+    from changenet_trt.contract import read_contract
 
     contract = read_contract(args.model, **contract_overrides(args))
     info = contract.to_dict()
@@ -201,14 +201,14 @@ def _cmd_reference_model(args: argparse.Namespace) -> int:
     if args.realistic:
         if args.fp16_overflow:
             raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
-        from .realistic import build_realistic_model, model_gflops, save_model
+        from changenet_trt.models.realistic import build_realistic_model, model_gflops, save_model
 
         model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
         path = save_model(model, args.out)
         print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
               "per pair)".format(path, args.kind, batch_text, args.opset, model_gflops(model)))
         return 0
-    from .reference import write_reference_model
+    from changenet_trt.models.reference import write_reference_model
 
     path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset,
                                  fp16_overflow=args.fp16_overflow)
@@ -237,7 +237,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from changenet_trt.tools.demo import run_demo
 
     return run_demo(args.out, model=args.model, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
                     kind=args.kind)
@@ -276,7 +276,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _tao_lights() -> tuple:
-    from .dataset import TAO_LIGHTS
+    from changenet_trt.data.dataset import TAO_LIGHTS
 
     return TAO_LIGHTS
 
@@ -284,9 +284,9 @@ def _tao_lights() -> tuple:
 def _cmd_synth(args: argparse.Namespace) -> int:
     import time
 
-    from .dataset import parse_lights
-    from .progress import Progress
-    from .synth import synthesize
+    from changenet_trt.data.dataset import parse_lights
+    from changenet_trt.data.synth import synthesize
+    from changenet_trt.progress import Progress
 
     start = time.perf_counter()
     with Progress(args.pairs, label="synth", unit="pairs") as bar:
@@ -337,8 +337,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .dataset import LightLayout, parse_grid, parse_lights
-    from .evaluate import evaluate, format_summary
+    from changenet_trt.data.dataset import LightLayout, parse_grid, parse_lights
+    from changenet_trt.evaluation.evaluate import evaluate, format_summary
 
     layout = LightLayout(lights=parse_lights(args.lights), ext=args.ext, concat=args.concat,
                          grid=parse_grid(args.grid) if args.grid else None)
@@ -369,7 +369,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import prepare_model
+    from changenet_trt.engine.prepare import prepare_model
 
     try:
         batches = [int(b) for b in args.proof_batches.split(",") if b.strip()]
@@ -443,11 +443,11 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _build_options(args: argparse.Namespace):
-    from .build import BatchProfile, BuildOptions, read_layer_patterns
+    from changenet_trt.engine.build import BatchProfile, BuildOptions, read_layer_patterns
 
     layout = None
     if args.calib_csv:
-        from .dataset import LightLayout, parse_grid, parse_lights
+        from changenet_trt.data.dataset import LightLayout, parse_grid, parse_lights
 
         layout = LightLayout(lights=parse_lights(args.lights), ext=args.ext, concat=args.concat,
                              grid=parse_grid(args.grid) if args.grid else None)
@@ -466,7 +466,7 @@ def _build_options(args: argparse.Namespace):
 def _cmd_build(args: argparse.Namespace) -> int:
     import shlex
 
-    from .build import build_engine_file, make_plan
+    from changenet_trt.engine.build import build_engine_file, make_plan
 
     options = _build_options(args)
     if args.dry_run or args.print_trtexec:
@@ -574,7 +574,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench_options(args: argparse.Namespace):
-    from .bench import BenchOptions
+    from changenet_trt.tools.bench import BenchOptions
 
     return BenchOptions(
         batch=args.batch, warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
@@ -585,10 +585,10 @@ def _bench_options(args: argparse.Namespace):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from changenet_trt.tools import bench
 
     if args.end_to_end:
-        from .dataset import LightLayout, parse_grid, parse_lights
+        from changenet_trt.data.dataset import LightLayout, parse_grid, parse_lights
 
         if not args.csv:
             raise InputError("--end-to-end needs a data set", expected="--csv CSV [--images DIR]")
@@ -637,8 +637,8 @@ def _add_pair_arguments(parser: argparse.ArgumentParser, default_pairs: int) -> 
 
 def _pair_source_factory(args: argparse.Namespace, default_pairs: int):
     """``make_source(contract, normalization)`` for the pair arguments."""
-    from .dataset import LightLayout, parse_grid, parse_lights
-    from .validate import dataset_source, synthetic_source
+    from changenet_trt.data.dataset import LightLayout, parse_grid, parse_lights
+    from changenet_trt.evaluation.validate import dataset_source, synthetic_source
 
     if args.csv and args.pairs:
         raise InputError("give either --csv (a data set) or --pairs (synthetic pairs), not both")
@@ -664,13 +664,13 @@ def _pair_source_factory(args: argparse.Namespace, default_pairs: int):
 def _normalization_arg(text: Optional[str]):
     if text is None:
         return None
-    from .preprocess import parse_normalization
+    from changenet_trt.data.preprocess import parse_normalization
 
     return parse_normalization(text)
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:
-    from .validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_PAIRS, DEFAULT_RTOL
+    from changenet_trt.evaluation.validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_PAIRS, DEFAULT_RTOL
 
     parser = sub.add_parser(
         "validate",
@@ -704,7 +704,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from . import validate
+    from changenet_trt.evaluation import validate
 
     report = validate.validate(
         args.engine, args.onnx, _pair_source_factory(args, validate.DEFAULT_PAIRS), cutoff=args.cutoff,
@@ -718,7 +718,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _add_fp16_check(sub: argparse._SubParsersAction) -> None:
-    from .fp16_check import DEFAULT_MAX_REL_ERROR
+    from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR
 
     parser = sub.add_parser(
         "fp16-check",
@@ -745,9 +745,9 @@ def _add_fp16_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_fp16_check(args: argparse.Namespace) -> int:
-    from . import fp16_check
-    from .contract import read_contract
-    from .preprocess import get_normalization
+    from changenet_trt.contract import read_contract
+    from changenet_trt.data.preprocess import get_normalization
+    from changenet_trt.engine import fp16_check
 
     contract = read_contract(args.model, **contract_overrides(args))
     norm = get_normalization(_normalization_arg(args.normalization) or contract.preprocess or "tao")
@@ -790,7 +790,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
+    from changenet_trt.tools import doctor
 
     report = doctor.run_doctor(workdir=args.workdir, device=not args.cpu_only, bench_seconds=args.bench_seconds)
     print("\n".join(doctor.format_report(report)))

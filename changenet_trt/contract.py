@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError, ModelContractError
+from changenet_trt.errors import InputError, ModelContractError
 
 DEFAULT_SAMPLE_INPUT = "input_1"
 DEFAULT_GOLDEN_INPUT = "input_2"
@@ -27,7 +27,7 @@ DEFAULT_CUTOFF = 0.5
 
 # ONNX metadata keys our own reference models carry; TAO exports do not have them.
 META_CUTOFF = "changenet_trt.cutoff"
-META_PREPROCESS = "changenet_trt.preprocess"
+META_PREPROCESS = "changenet_trt.data.preprocess"
 
 _SUPPORTED_DTYPES = ("float32", "float16")
 

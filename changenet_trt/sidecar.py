@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import EngineError
+from changenet_trt.errors import EngineError
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"

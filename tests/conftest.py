@@ -17,7 +17,7 @@ from fakes.trt_fixture import fake_trt, fake_trt_factory, no_tensorrt  # noqa: E
 @pytest.fixture(scope="session")
 def reference_models(tmp_path_factory):
     """Paths of the reference model variants, written once per test session."""
-    from changenet_trt.reference import write_reference_model
+    from changenet_trt.models.reference import write_reference_model
 
     root = tmp_path_factory.mktemp("models")
     variants = {

@@ -3,8 +3,8 @@ import pytest
 
 import changenet_trt
 from changenet_trt.contract import score
-from changenet_trt.demo import make_pairs
 from changenet_trt.errors import InputError, ModelContractError
+from changenet_trt.tools.demo import make_pairs
 
 from helpers import normalized, ort_output
 

@@ -11,12 +11,12 @@ import re
 import numpy as np
 import pytest
 
-from changenet_trt import bench
-from changenet_trt.backends.base import Runner, Timing
-from changenet_trt.bench import BenchOptions, BenchResult, Trace
 from changenet_trt.cli import main
 from changenet_trt.contract import ModelContract
 from changenet_trt.errors import InputError
+from changenet_trt.runtime.base import Runner, Timing
+from changenet_trt.tools import bench
+from changenet_trt.tools.bench import BenchOptions, BenchResult, Trace
 
 # -- statistics ----------------------------------------------------------------------------------
 
@@ -411,7 +411,7 @@ def test_tensorrt_flags_reach_the_runner(fake_gpu, tmp_path, reference_models):
 
 
 def test_tensorrt_spin_wait_makes_non_blocking_events(fake_gpu, tmp_path, reference_models, monkeypatch):
-    from changenet_trt.backends import tensorrt as trt_backend
+    from changenet_trt.runtime import tensorrt as trt_backend
 
     flags_seen = []
     original = trt_backend.TensorRTRunner._activate
@@ -453,14 +453,14 @@ def test_cli_bench_on_an_engine(fake_gpu, tmp_path, reference_models, capsys):
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
-    from changenet_trt.synth import synthesize
+    from changenet_trt.data.synth import synthesize
 
     result = synthesize(str(tmp_path_factory.mktemp("synth")), pairs=6, seed=3)
     return result.csv_path, result.images_dir
 
 
 def test_end_to_end_times_whole_batches_of_the_repeated_data_set(small_dataset, reference_models, monkeypatch):
-    from changenet_trt import dataset as dataset_module
+    from changenet_trt.data import dataset as dataset_module
 
     ranges = []
     original = dataset_module.PairLoader.fill

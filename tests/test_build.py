@@ -8,12 +8,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file, make_plan, read_layer_patterns
 from changenet_trt.cli import main
+from changenet_trt.engine.build import (
+    BatchProfile,
+    BuildOptions,
+    build_engine_file,
+    make_plan,
+    read_layer_patterns,
+)
+from changenet_trt.engine.prepare import proof_pairs
 from changenet_trt.errors import BuildError, ChangeNetError, DatasetError, DependencyError, InputError
-from changenet_trt.prepare import proof_pairs
+from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes
 from changenet_trt.sidecar import check_compatible, read_sidecar
-from changenet_trt.trt import io_tensors, make_logger, profile_shapes
 
 from fakes.device import DEVICE
 
@@ -205,7 +211,7 @@ def _calibration_arrays(model, count):
 
 @BOTH
 def test_int8_calibration_drives_the_calibrator_and_reuses_its_cache(fake_trt, fake_cuda, reference_models, workdir):
-    from changenet_trt.calibration import array_batches
+    from changenet_trt.engine.calibration import array_batches
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 12)
@@ -235,7 +241,7 @@ def test_int8_calibration_drives_the_calibrator_and_reuses_its_cache(fake_trt, f
 
 
 def test_calibration_cache_for_other_preprocessing_or_model_is_refused(fake_trt, fake_cuda, reference_models, workdir):
-    from changenet_trt.calibration import array_batches
+    from changenet_trt.engine.calibration import array_batches
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 4)
@@ -255,7 +261,7 @@ def test_calibration_cache_for_other_preprocessing_or_model_is_refused(fake_trt,
 
 
 def test_int8_from_a_tao_csv_uses_the_data_set_pipeline(fake_trt, fake_cuda, reference_models, workdir, capsys):
-    from changenet_trt.synth import synthesize
+    from changenet_trt.data.synth import synthesize
 
     synthesize(str(workdir / "data"), pairs=6, seed=1, size=32, ext=".png")
     assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--batch", "1:2:4", "--quiet",
@@ -453,7 +459,7 @@ def test_check_compatible_explains_each_problem():
 
 
 def test_built_engine_loads_through_the_tensorrt_runner(fake_trt, fake_cuda, reference_models, workdir):
-    pytest.importorskip("changenet_trt.backends.tensorrt")
+    pytest.importorskip("changenet_trt.runtime.tensorrt")
     from changenet_trt.api import load
 
     model = reference_models["learnable_static16"]
@@ -469,12 +475,12 @@ def test_built_engine_loads_through_the_tensorrt_runner(fake_trt, fake_cuda, ref
     assert fake_trt._fake.counters["executions_run"] >= 1
 
 
-# -- changenet_trt.trt helpers -----------------------------------------------------------------------
+# -- changenet_trt.gpu.trt helpers -----------------------------------------------------------------------
 @BOTH
 def test_trt_helpers(fake_trt, caplog):
     import logging
 
-    from changenet_trt import trt as trtlib
+    from changenet_trt.gpu import trt as trtlib
 
     assert trtlib.version(fake_trt) == trtlib.installed_version()
     assert trtlib.network_flags(fake_trt) == (1 if trtlib.version(fake_trt).major < 10 else 0)
@@ -500,7 +506,7 @@ def test_trt_helpers(fake_trt, caplog):
 
 
 def test_missing_tensorrt_is_a_dependency_error(no_tensorrt):
-    from changenet_trt import trt as trtlib
+    from changenet_trt.gpu import trt as trtlib
 
     assert trtlib.installed_version() is None
     with pytest.raises(DependencyError, match="building an engine needs the Python module 'tensorrt'"):

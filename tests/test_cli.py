@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from changenet_trt.cli import main
-from changenet_trt.demo import make_pairs
+from changenet_trt.tools.demo import make_pairs
 
 
 def run_cli(*args):
@@ -33,7 +33,7 @@ def test_inspect_dynamic_euclidean_text(reference_models, capsys):
 
 
 def test_inspect_with_overrides(tmp_path, capsys):
-    from changenet_trt.reference import write_reference_model
+    from changenet_trt.models.reference import write_reference_model
 
     path = write_reference_model(str(tmp_path / "renamed.onnx"), sample_input="test", golden_input="ref", output="logits")
     assert main(["inspect", path]) == 2

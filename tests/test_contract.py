@@ -5,7 +5,7 @@ from onnx import TensorProto, helper
 
 from changenet_trt.contract import TensorInfo, make_contract, read_contract, score
 from changenet_trt.errors import InputError, ModelContractError
-from changenet_trt.reference import build_reference_model
+from changenet_trt.models.reference import build_reference_model
 
 
 @pytest.mark.parametrize(

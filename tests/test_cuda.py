@@ -1,4 +1,4 @@
-"""changenet_trt.cuda against the strict fake pycuda (tests/fakes/pycuda) on the fake GPU."""
+"""changenet_trt.gpu.cuda against the strict fake pycuda (tests/fakes/pycuda) on the fake GPU."""
 
 import sys
 import threading
@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from changenet_trt import cuda
 from changenet_trt.errors import DependencyError, InputError
+from changenet_trt.gpu import cuda
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_buffers_made_in_one_thread_are_used_and_freed_in_another(fake_cuda, ctx
 
 
 def test_the_fake_refuses_cuda_calls_without_a_current_context(fake_cuda, ctx):
-    """What changenet_trt.cuda protects against: a thread without the context fails."""
+    """What changenet_trt.gpu.cuda protects against: a thread without the context fails."""
     driver = fake_cuda.driver
     errors = []
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from changenet_trt.dataset import (
+from changenet_trt.data.dataset import (
     TAO_LIGHTS,
     LightLayout,
     PairLoader,
@@ -15,8 +15,8 @@ from changenet_trt.dataset import (
     parse_grid,
     parse_lights,
 )
+from changenet_trt.data.preprocess import prepare_tiles, tile_boxes
 from changenet_trt.errors import DatasetError
-from changenet_trt.preprocess import prepare_tiles, tile_boxes
 
 
 def _image(path, value):

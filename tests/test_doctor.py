@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from changenet_trt import doctor
 from changenet_trt.cli import main
+from changenet_trt.tools import doctor
 
 NO_GPU = doctor.CudaInfo(error="no CUDA driver library (libcuda): test machine")
 
@@ -121,7 +121,7 @@ def test_cpu_path_passes_and_skips_device_checks(tmp_path):
 def test_numpy_forward_matches_for_every_reference_variant(tmp_path):
     import onnxruntime as ort
 
-    from changenet_trt.reference import build_reference_model
+    from changenet_trt.models.reference import build_reference_model
 
     rng = np.random.default_rng(0)
     golden = rng.standard_normal((3, 3, 512, 128)).astype(np.float32)
@@ -143,7 +143,7 @@ def test_a_wrong_computation_fails_the_check(tmp_path, monkeypatch):
 
 
 def test_swapped_channels_fail_the_preprocessing_check(tmp_path, monkeypatch):
-    import changenet_trt.preprocess as preprocess
+    import changenet_trt.data.preprocess as preprocess
 
     real = preprocess.write_normalized
 

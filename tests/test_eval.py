@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from changenet_trt import plots
 from changenet_trt.cli import main
-from changenet_trt.dataset import TAO_LIGHTS
+from changenet_trt.data.dataset import TAO_LIGHTS
+from changenet_trt.data.synth import synthesize
 from changenet_trt.errors import DatasetError, InputError
-from changenet_trt.evaluate import evaluate, format_summary
+from changenet_trt.evaluation import plots
+from changenet_trt.evaluation.evaluate import evaluate, format_summary
 from changenet_trt.progress import Progress
-from changenet_trt.synth import synthesize
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -149,7 +149,7 @@ def test_strict_stops_with_the_line_and_path(broken_set, reference_models):
 
 
 def test_layout_must_fit_the_model(broken_set, reference_models):
-    from changenet_trt.dataset import LightLayout
+    from changenet_trt.data.dataset import LightLayout
 
     with pytest.raises(InputError, match="equal tiles"):
         evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, progress=False,
@@ -189,7 +189,7 @@ def test_cli_errors_are_one_line(tmp_path, broken_set, reference_models, capsys)
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
-    from changenet_trt.demo import run_demo
+    from changenet_trt.tools.demo import run_demo
 
     assert run_demo(str(tmp_path / "demo"), pairs=40, progress=False) == 0
     out = capsys.readouterr().out

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from changenet_trt import fp16_check
-from changenet_trt.reference import OVERFLOW_NODES, write_reference_model
-from changenet_trt.validate import synthetic_source
+from changenet_trt.engine import fp16_check
+from changenet_trt.evaluation.validate import synthetic_source
+from changenet_trt.models.reference import OVERFLOW_NODES, write_reference_model
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Skipped cleanly without them (every development and CI machine); on a Jetson or a GPU host
 run ``pytest -m gpu``. Engines are built once per module from the reference models with
-``changenet_trt.build``; memory is checked with the driver's free-memory counter.
+``changenet_trt.engine.build``; memory is checked with the driver's free-memory counter.
 """
 
 import json
@@ -34,11 +34,11 @@ if _REASON is not None:
     pytest.skip("needs an NVIDIA GPU with TensorRT and pycuda: " + _REASON, allow_module_level=True)
 
 import changenet_trt  # noqa: E402
-from changenet_trt import cuda  # noqa: E402
-from changenet_trt.backends.tensorrt import TensorRTRunner  # noqa: E402
-from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
-from changenet_trt.demo import make_pairs  # noqa: E402
+from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
 from changenet_trt.errors import EngineError, InputError  # noqa: E402
+from changenet_trt.gpu import cuda  # noqa: E402
+from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402
+from changenet_trt.tools.demo import make_pairs  # noqa: E402
 
 from helpers import ort_output  # noqa: E402
 

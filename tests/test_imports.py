@@ -58,3 +58,89 @@ def test_package_never_imports_the_test_doubles():
             if name.endswith(".py"):
                 text = open(os.path.join(root, name)).read()
                 assert "tests.fakes" not in text and "from fakes" not in text, name
+
+
+def _imports_of(path):
+    """Every module name `path` imports, at any depth (lazy imports included), made absolute."""
+    tree = ast.parse(open(path).read(), path)
+    rel = os.path.relpath(path, os.path.dirname(PACKAGE_DIR))[:-3].split(os.sep)
+    if rel[-1] == "__init__":
+        rel = rel[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = rel[: len(rel) - node.level + (1 if path.endswith("__init__.py") else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append(base)
+            found += [base + "." + a.name for a in node.names]
+    return found
+
+
+def _group(module):
+    """The layer a package module belongs to: its subpackage, or the top-level module itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def package_import_graph():
+    """{group: {groups it imports}} over the package, excluding the package's own __init__ facade."""
+    graph = {}
+    for root, _, files in os.walk(PACKAGE_DIR):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, os.path.dirname(PACKAGE_DIR))[:-3].replace(os.sep, ".")
+            me = _group(rel.replace(".__init__", ""))
+            if me is None:
+                continue
+            deps = graph.setdefault(me, set())
+            for target in _imports_of(path):
+                if target.startswith("changenet_trt."):
+                    other = _group(target)
+                    if other and other != me and (other in graph or os.path.exists(
+                        os.path.join(PACKAGE_DIR, other)) or os.path.exists(os.path.join(PACKAGE_DIR, other + ".py"))):
+                        deps.add(other)
+    return graph
+
+
+def test_no_import_cycle_between_subpackages_and_top_level_modules():
+    graph = package_import_graph()
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack + [node, dep]))
+            if dep not in state:
+                visit(dep, stack + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    # the graph is real: the layers that must depend on each other do
+    assert "gpu" in graph["runtime"] and "runtime" in graph["api"] and "api" in graph["evaluation"]
+
+
+def test_only_gpu_subpackage_imports_tensorrt_or_pycuda():
+    offenders = []
+    for root, _, files in os.walk(PACKAGE_DIR):
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.endswith(".py") or os.path.relpath(path, PACKAGE_DIR).startswith("gpu" + os.sep):
+                continue
+            for target in _imports_of(path):
+                if target.split(".")[0] in ("tensorrt", "tensorrt_lean", "tensorrt_dispatch", "pycuda"):
+                    offenders.append("{}: {}".format(os.path.relpath(path, PACKAGE_DIR), target))
+    assert not offenders
+
+
+def test_package_top_level_stays_small():
+    top = sorted(n for n in os.listdir(PACKAGE_DIR) if n.endswith(".py"))
+    assert len(top) <= 8, top

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from changenet_trt.errors import InputError
-from changenet_trt.metrics import (
+from changenet_trt.evaluation.metrics import (
     auc,
     candidate_cutoffs,
     confusion,

@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.cli import main
 from changenet_trt.contract import read_contract
+from changenet_trt.engine.prepare import ATOL, RTOL, prepare_model, proof_pairs
 from changenet_trt.errors import BuildError, ModelContractError
-from changenet_trt.prepare import ATOL, RTOL, prepare_model, proof_pairs
 
 
 def _run(path, golden, sample):

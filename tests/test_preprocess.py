@@ -4,8 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from changenet_trt.errors import InputError
-from changenet_trt.preprocess import (
+from changenet_trt.data.preprocess import (
     PRESETS,
     Normalization,
     decode_image,
@@ -19,6 +18,7 @@ from changenet_trt.preprocess import (
     to_rgb8,
     write_normalized,
 )
+from changenet_trt.errors import InputError
 
 LIGHT = 128
 

@@ -7,11 +7,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from changenet_trt import realistic
 from changenet_trt.api import make_runner
 from changenet_trt.cli import main
 from changenet_trt.contract import read_contract
-from changenet_trt.realistic import FAN_HYBRID_SMALL, RealisticConfig, build_realistic_model, count_macs
+from changenet_trt.models import realistic
+from changenet_trt.models.realistic import (
+    FAN_HYBRID_SMALL,
+    RealisticConfig,
+    build_realistic_model,
+    count_macs,
+)
 
 TINY = RealisticConfig(stem_dims=(16, 32), stage_depths=(1, 2), embed_dim=32, depth=2, heads=4, mlp_ratio=4,
                        cls_attn_layers=2, decoder_dim=16, embed_dec=8, embedding_vectors=5, euclid_hidden=24)

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from changenet_trt import synth
-from changenet_trt.dataset import TAO_LIGHTS, LightLayout, load_dataset
-from changenet_trt.demo import make_pairs
+from changenet_trt.data import synth
+from changenet_trt.data.dataset import TAO_LIGHTS, LightLayout, load_dataset
 from changenet_trt.errors import InputError
+from changenet_trt.tools.demo import make_pairs
 
 
 def _tree(root):
@@ -107,7 +107,7 @@ def separation_set(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["learnable", "euclidean"])
 def test_reference_models_separate_the_synthetic_pairs(separation_set, reference_models, kind):
     """At the model's recommended cutoff: few false alarms on PASS pairs, nearly every defect found."""
-    from changenet_trt.evaluate import evaluate
+    from changenet_trt.evaluation.evaluate import evaluate
 
     result = evaluate(reference_models["{}_dynamic".format(kind)], separation_set.csv_path, out_dir=None, progress=False)
     summary = result.summary

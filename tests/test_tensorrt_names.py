@@ -20,8 +20,8 @@ from typing import Dict, Iterable, Set
 
 import pytest
 
-from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file
-from changenet_trt.trt import io_tensors, make_logger, profile_shapes
+from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
+from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes
 
 from fakes.tensorrt import make_module
 
@@ -166,8 +166,8 @@ def test_every_tensorrt_name_the_package_names_exists_in_10x():
             names |= _feature_strings(tree)
         if names:
             used[path] = names
-    assert "build.py" in used and "trt.py" in used
-    assert {"BuilderFlag", "FP16", "MemoryPoolType", "builder_optimization_level"} <= used["build.py"]
+    assert "engine/build.py" in used and "gpu/trt.py" in used
+    assert {"BuilderFlag", "FP16", "MemoryPoolType", "builder_optimization_level"} <= used["engine/build.py"]
     unknown = {path: sorted(n for n in names if n not in NAMES_10) for path, names in used.items()}
     assert {p: n for p, n in unknown.items() if n} == {}
 
@@ -175,9 +175,9 @@ def test_every_tensorrt_name_the_package_names_exists_in_10x():
 @pytest.mark.parametrize("mode", ["8.5", "10.x"])
 def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, fake_trt_factory, fake_cuda,
                                                                    reference_models, tmp_path, monkeypatch):
-    from changenet_trt.calibration import array_batches
     from changenet_trt.contract import read_contract
-    from changenet_trt.prepare import proof_pairs
+    from changenet_trt.engine.calibration import array_batches
+    from changenet_trt.engine.prepare import proof_pairs
 
     monkeypatch.chdir(tmp_path)
     trt = fake_trt_factory(mode)

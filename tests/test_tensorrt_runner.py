@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import changenet_trt
-from changenet_trt.backends.tensorrt import TensorRTRunner
 from changenet_trt.contract import read_contract, score
-from changenet_trt.demo import make_pairs
 from changenet_trt.errors import DependencyError, EngineError, InputError, ModelContractError
+from changenet_trt.runtime.tensorrt import TensorRTRunner
 from changenet_trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
+from changenet_trt.tools.demo import make_pairs
 
 from fakes.tensorrt import make_fake_engine
 from helpers import normalized, ort_output
@@ -398,7 +398,7 @@ def test_zero_copy_maps_pinned_memory_and_copies_nothing(gpu, tmp_path, referenc
 
 def test_zero_copy_is_refused_when_the_gpu_cannot_map(gpu10, tmp_path, reference_models, monkeypatch):
     engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
-    from changenet_trt import cuda
+    from changenet_trt.gpu import cuda
 
     monkeypatch.setattr(cuda.primary_context(), "can_map_host_memory", False)
     with pytest.raises(InputError, match="zero_copy needs a GPU that can map host memory"):

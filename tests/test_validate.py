@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from changenet_trt import validate
 from changenet_trt.cli import main
 from changenet_trt.errors import InputError
-from changenet_trt.reference import write_reference_model
+from changenet_trt.evaluation import validate
+from changenet_trt.models.reference import write_reference_model
 
 
 # -- decision flips on constructed scores ------------------------------------------------------
@@ -142,7 +142,7 @@ def test_output_kinds_must_match(models):
 
 
 def test_dataset_source_reads_a_tao_csv(tmp_path, models):
-    from changenet_trt.synth import synthesize
+    from changenet_trt.data.synth import synthesize
 
     data = synthesize(str(tmp_path / "data"), pairs=6, defect_rate=0.5, seed=4)
     report = validate.validate(
@@ -188,7 +188,7 @@ def test_cli_validate_refuses_both_sources(models, capsys):
 
 # -- the engine side through the TensorRT and pycuda test doubles ---------------------------------
 def _build_fake_engine(onnx_path, out_dir, name):
-    from changenet_trt.build import BatchProfile, BuildOptions, build_engine_file
+    from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
 
     options = BuildOptions(model=onnx_path, output=str(out_dir / (name + ".engine")), precision="fp16",
                            profile=BatchProfile(1, 8, 16), engines_dir=str(out_dir), progress=False)

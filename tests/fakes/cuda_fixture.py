@@ -1,7 +1,7 @@
 """Fixture ``fake_cuda``: the fake pycuda (and fake CUDA driver library) on a fresh fake GPU.
 
 The fake package is loaded from tests/fakes/pycuda as ``sys.modules["pycuda"]`` (fresh module
-objects per test, so ``changenet_trt.cuda`` makes a new primary context), and
+objects per test, so ``changenet_trt.gpu.cuda`` makes a new primary context), and
 ``DEVICE.reset()`` starts every test with nothing allocated. Whatever ``pycuda`` modules were
 imported before (a real install) are put back afterwards.
 """
@@ -40,7 +40,7 @@ def install_fake_pycuda() -> object:
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """The fake GPU: ``.device`` (DEVICE), ``.driver`` (fake pycuda.driver), ``.libcuda`` (graphs)."""
-    import changenet_trt.cuda as cuda_module
+    import changenet_trt.gpu.cuda as cuda_module
 
     from fakes.libcuda import FakeDriverLibrary
 

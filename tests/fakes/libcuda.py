@@ -1,4 +1,4 @@
-"""A fake of the few CUDA driver functions ``changenet_trt.cuda`` calls through ctypes (graphs).
+"""A fake of the few CUDA driver functions ``changenet_trt.gpu.cuda`` calls through ctypes (graphs).
 
 Same names and calling convention as ``libcuda.so``: ctypes arguments in, an integer
 ``CUresult`` out, results written through ``ctypes.pointer`` arguments. Work enqueued on a

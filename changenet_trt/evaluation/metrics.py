@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from changenet_trt.errors import InputError
 
 
 def _rate(num: int, den: int) -> Optional[float]:

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .contract import ModelContract, load_onnx, read_contract
-from .errors import BuildError
+from changenet_trt.contract import ModelContract, load_onnx, read_contract
+from changenet_trt.errors import BuildError
 
 BATCH_SYMBOL = "batch"
 DEFAULT_PROOF_BATCHES = (1, 7, 32)

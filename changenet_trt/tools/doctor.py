@@ -236,8 +236,8 @@ def power_mode(run: RunFn = run_command) -> str:
 
 def dla_cores() -> str:
     """DLA cores TensorRT sees (needs TensorRT and a GPU)."""
-    from .errors import ChangeNetError
-    from .trt import import_tensorrt
+    from changenet_trt.errors import ChangeNetError
+    from changenet_trt.gpu.trt import import_tensorrt
 
     try:
         trt = import_tensorrt("counting DLA cores")
@@ -294,7 +294,7 @@ def environment(root: str = "/", run: RunFn = run_command, cuda: Optional[CudaIn
 
 # -- CPU checks -----------------------------------------------------------------------------
 def numpy_reference_forward(proto: Any, golden: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """The reference model's graph (see :mod:`changenet_trt.reference`) in float64 numpy,
+    """The reference model's graph (see :mod:`changenet_trt.models.reference`) in float64 numpy,
     with the weights read from ``proto``. ``golden``/``sample``: ``[n,3,512,128]``; returns the
     raw output (``[n]``/``[n,1]`` distance or ``[n,2]`` logits) as the ONNX model would."""
     from onnx import numpy_helper
@@ -326,7 +326,7 @@ def numpy_reference_forward(proto: Any, golden: np.ndarray, sample: np.ndarray) 
 
 
 def _made_up_pairs(count: int) -> Tuple[List[np.ndarray], List[np.ndarray], np.ndarray]:
-    from .demo import make_pairs
+    from changenet_trt.tools.demo import make_pairs
 
     return make_pairs(count, seed=7)
 
@@ -335,9 +335,9 @@ def check_onnxruntime_vs_numpy(workdir: str, pairs: int = 8) -> Check:
     """The reference models through the library's ONNX Runtime path vs :func:`numpy_reference_forward`."""
     import onnx
 
-    from . import load
-    from .preprocess import prepare_batch
-    from .reference import build_reference_model
+    from changenet_trt import load
+    from changenet_trt.data.preprocess import prepare_batch
+    from changenet_trt.models.reference import build_reference_model
 
     golden_rgb, sample_rgb, _ = _made_up_pairs(pairs)
     worst = []
@@ -371,7 +371,7 @@ def check_preprocessing(workdir: str) -> Check:
     512x128 and the (x/255 - mean)/std formula, in float32 and float16 buffers."""
     import cv2
 
-    from .preprocess import PRESETS, prepare_image
+    from changenet_trt.data.preprocess import PRESETS, prepare_image
 
     rng = np.random.default_rng(11)
     rgb = rng.integers(0, 256, size=(512, 128, 3), dtype=np.uint8)
@@ -411,8 +411,8 @@ def check_decisions(workdir: str, pairs: int = 8) -> Check:
     """The whole CPU pipeline from image files: the reference model decides made-up pairs right."""
     import cv2
 
-    from . import load
-    from .reference import write_reference_model
+    from changenet_trt import load
+    from changenet_trt.models.reference import write_reference_model
 
     golden_rgb, sample_rgb, truth = _made_up_pairs(pairs)
     golden_paths, sample_paths = [], []
@@ -531,7 +531,7 @@ def device_checks(workdir: str, cuda: CudaInfo, enabled: bool = True, bench_seco
     missing = [name for name in ("tensorrt", "pycuda") if module_version(name) == NOT_FOUND]
     broken = [name for name in ("tensorrt", "pycuda") if module_version(name).startswith("broken")]
     if missing or broken:
-        from .errors import TENSORRT_INSTALL_HINT
+        from changenet_trt.errors import TENSORRT_INSTALL_HINT
 
         what = ", ".join(["{} not installed".format(m) for m in missing] + ["{} fails to import".format(b) for b in broken])
         return [Check("TensorRT and pycuda", FAIL, "a GPU is present but {} ({})".format(what, TENSORRT_INSTALL_HINT))] + [
@@ -547,7 +547,7 @@ def _skip_rest(checks: List[Check], why: str) -> List[Check]:
 
 def check_cuda_context() -> Check:
     """The primary CUDA context through pycuda (what the TensorRT runner uses)."""
-    from .cuda import primary_context
+    from changenet_trt.gpu.cuda import primary_context
 
     ctx = primary_context(0)
     cc = ".".join(str(v) for v in ctx.compute_capability)
@@ -556,7 +556,7 @@ def check_cuda_context() -> Check:
 
 
 def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] = ()) -> Any:
-    from .build import BatchProfile, BuildOptions, build_engine_file
+    from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
 
     options = BuildOptions(
         model=onnx_path,
@@ -571,7 +571,7 @@ def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] =
 
 
 def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
-    from .validate import synthetic_source, validate
+    from changenet_trt.evaluation.validate import synthetic_source, validate
 
     return validate(engine, onnx_path, lambda contract, norm: synthetic_source(
         DEVICE_PAIRS, contract.input_shape, norm, seed=1), backend="tensorrt")
@@ -580,7 +580,7 @@ def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
 def _run_device_checks(workdir: str, bench_seconds: float) -> List[Check]:
     """Build the reference engine (FP16, batch 1..16), run it against ONNX Runtime, check that
     ``--fp32-layers`` from fp16-check keeps a planted overflow out of FP16, benchmark at 16."""
-    from .reference import write_reference_model
+    from changenet_trt.models.reference import write_reference_model
 
     checks = [_guarded(check_cuda_context, "CUDA context")]
     if checks[-1].failed:
@@ -612,10 +612,10 @@ def _run_device_checks(workdir: str, bench_seconds: float) -> List[Check]:
     checks.append(_guarded(compare_check, "engine vs onnxruntime"))
 
     def fp32_check() -> Check:
-        from .build import read_layer_patterns
-        from .contract import read_contract
-        from .fp16_check import check_model, source_batches, write_layer_list
-        from .validate import synthetic_source
+        from changenet_trt.contract import read_contract
+        from changenet_trt.engine.build import read_layer_patterns
+        from changenet_trt.engine.fp16_check import check_model, source_batches, write_layer_list
+        from changenet_trt.evaluation.validate import synthetic_source
 
         model = write_reference_model(os.path.join(workdir, "doctor_fp16_overflow.onnx"), kind="learnable",
                                       fp16_overflow=True)
@@ -637,7 +637,7 @@ def _run_device_checks(workdir: str, bench_seconds: float) -> List[Check]:
     checks.append(_guarded(fp32_check, "float32 layers"))
 
     def bench_check() -> Check:
-        from .bench import BenchOptions, run_benchmark
+        from changenet_trt.tools.bench import BenchOptions, run_benchmark
 
         result = run_benchmark(engine, BenchOptions(batch=DEVICE_PROFILE[2], duration_s=bench_seconds,
                                                     warmup_ms=200.0, iterations=10), backend="tensorrt")

@@ -26,8 +26,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .contract import ModelContract, load_onnx, read_contract
-from .errors import InputError, ModelContractError, missing_dependency
+from changenet_trt.contract import ModelContract, load_onnx, read_contract
+from changenet_trt.errors import InputError, ModelContractError, missing_dependency
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14 = 6.1e-5
@@ -472,7 +472,7 @@ def write_json(report: Fp16Report, path: str) -> str:
 
 def source_batches(source: Any, batch: int, input_shape: Sequence[int]) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
     """Yield ``(golden, sample)`` float32 ``[n, C, H, W]`` batches of a
-    :class:`~changenet_trt.validate.PairSource`, without the pairs it could not read."""
+    :class:`~changenet_trt.evaluation.validate.PairSource`, without the pairs it could not read."""
     shape = tuple(int(d) for d in input_shape)
     golden = np.empty((batch,) + shape, dtype=np.float32)
     sample = np.empty_like(golden)

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
+from changenet_trt.errors import InputError
 
 Image = Union[str, "os.PathLike[str]", np.ndarray]
 #: where a tile goes in the model input: (top, left, height, width) in pixels

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from changenet_trt.errors import InputError
 
 DEFAULT_ATOL = 1e-2
 DEFAULT_RTOL = 1e-2
@@ -317,7 +317,7 @@ def compare(
     preprocessed arrays. Raw outputs are compared elementwise, scores (``contract.score``) per
     pair, decisions at ``cutoff``.
     """
-    from .contract import score
+    from changenet_trt.contract import score
 
     if atol < 0 or rtol < 0:
         raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
@@ -348,7 +348,7 @@ def compare(
     ids = [i for i, k in zip(source.ids, keep) if k] if source.ids else []
     metrics = {}
     if labels is not None:
-        from .metrics import confusion
+        from changenet_trt.evaluation.metrics import confusion
 
         for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
             metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
@@ -444,12 +444,12 @@ def synthetic_source(
     defect_rate: float = 0.3,
     layout: Any = None,
 ) -> PairSource:
-    """``pairs`` synthetic PCB pairs (:mod:`changenet_trt.synth`, rendered in memory, not
+    """``pairs`` synthetic PCB pairs (:mod:`changenet_trt.data.synth`, rendered in memory, not
     written to disk) with their labels, assembled per light layout (TAO's 4 lights stacked
     along H by default) and normalised. Deterministic by ``seed``."""
-    from .dataset import LightLayout
-    from .preprocess import get_normalization, prepare_tiles, shared_pool, wait_all
-    from .synth import plan_rows, render_pair
+    from changenet_trt.data.dataset import LightLayout
+    from changenet_trt.data.preprocess import get_normalization, prepare_tiles, shared_pool, wait_all
+    from changenet_trt.data.synth import plan_rows, render_pair
 
     if pairs < 1:
         raise InputError("--pairs must be positive", found=pairs)
@@ -487,10 +487,10 @@ def dataset_source(
     strict: bool = False,
     on_problem: Optional[Callable[[Any], None]] = None,
 ) -> PairSource:
-    """The pairs of a TAO data set (:func:`changenet_trt.dataset.load_dataset`) with their
+    """The pairs of a TAO data set (:func:`changenet_trt.data.dataset.load_dataset`) with their
     labels; rows with missing files are set aside (or stop the run with ``strict``), pairs that
     fail to decode are dropped from the comparison."""
-    from .dataset import LightLayout, PairLoader, load_dataset
+    from changenet_trt.data.dataset import LightLayout, PairLoader, load_dataset
 
     layout = layout or LightLayout()
     data = load_dataset(csv_path, images_dir, layout=layout, strict=strict, on_problem=on_problem)
@@ -530,7 +530,7 @@ def validate(
     normalisation. ``cutoff`` defaults to the ONNX model's recommended cutoff; the engine is
     run with the same cutoff and normalisation.
     """
-    from .api import load
+    from changenet_trt.api import load
 
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
     with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,

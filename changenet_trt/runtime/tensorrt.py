@@ -12,7 +12,7 @@ it accepts. A batch goes::
 
 CUDA events around each stage give ``last_timing`` (``h2d_ms``, ``compute_ms``, ``d2h_ms``; GPU
 time) and ``enqueue_ms`` is the host time of ``submit``. TensorRT and pycuda are imported
-lazily (through :mod:`changenet_trt.trt` and :mod:`changenet_trt.cuda`).
+lazily (through :mod:`changenet_trt.gpu.trt` and :mod:`changenet_trt.gpu.cuda`).
 """
 
 import logging
@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import cuda as cudalib
-from .. import trt as trtlib
-from ..contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
-from ..errors import EngineError, InputError
-from .base import Runner, Timing, now_ms
+from changenet_trt.contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
+from changenet_trt.errors import EngineError, InputError
+from changenet_trt.gpu import cuda as cudalib
+from changenet_trt.gpu import trt as trtlib
+from changenet_trt.runtime.base import Runner, Timing, now_ms
 
 LOG = logging.getLogger(__name__)
 FEATURE = "the TensorRT backend (.engine files)"
@@ -141,7 +141,7 @@ class TensorRTRunner(Runner):
         """
         import hashlib
 
-        from .. import sidecar
+        from changenet_trt import sidecar
 
         if not os.path.isfile(sidecar.sidecar_path(self.model_path)):
             LOG.warning("%s has no metadata file (%s); relying on TensorRT's own checks", self.model_path,

@@ -1,10 +1,10 @@
 """``changenet-trt eval``: score a TAO-layout data set and report FPR, defect capture and a sweep.
 
-Data flow: CSV -> :func:`~changenet_trt.dataset.load_dataset` (rows with missing files are
-set aside before anything runs) -> :class:`~changenet_trt.dataset.PairLoader` decodes each
+Data flow: CSV -> :func:`~changenet_trt.data.dataset.load_dataset` (rows with missing files are
+set aside before anything runs) -> :class:`~changenet_trt.data.dataset.PairLoader` decodes each
 batch on a thread pool straight into the runner's input buffers while the previous batch is
 inferred (``Classifier.run_pipeline``) -> ``contract.score`` -> ``Classifier.decide`` ->
-:mod:`~changenet_trt.metrics` -> files in the output folder:
+:mod:`~changenet_trt.evaluation.metrics` -> files in the output folder:
 
 * ``scores.csv``: ``line, object_name, input_path, golden_path, label, score, defect`` (one row
   per scored pair; ``line`` is the CSV line, ``defect`` the decision 0/1)
@@ -23,11 +23,19 @@ from typing import IO, Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .contract import score as contract_score
-from .dataset import Dataset, LightLayout, PairLoader, RowProblem, load_dataset
-from .errors import DatasetError
-from .metrics import Sweep, auc, confusion, cutoff_for_capture, cutoff_for_fpr, per_label, sweep
-from .progress import Progress
+from changenet_trt.contract import score as contract_score
+from changenet_trt.data.dataset import Dataset, LightLayout, PairLoader, RowProblem, load_dataset
+from changenet_trt.errors import DatasetError
+from changenet_trt.evaluation.metrics import (
+    Sweep,
+    auc,
+    confusion,
+    cutoff_for_capture,
+    cutoff_for_fpr,
+    per_label,
+    sweep,
+)
+from changenet_trt.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_LISTED_PROBLEMS = 20
@@ -84,7 +92,7 @@ def evaluate(
     cutoff=cutoff, **load_options)`` is opened and closed here). Raises DatasetError for an
     unusable data set; rows are reported with their CSV line and path.
     """
-    from .api import load
+    from changenet_trt.api import load
 
     log = log if log is not None else sys.stderr
     layout = layout or LightLayout()
@@ -244,7 +252,7 @@ def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[
 
 
 def _plots(result: EvalResult, out_dir: str, full: Sweep) -> Dict[str, str]:
-    from . import plots
+    from changenet_trt.evaluation import plots
 
     summary = result.summary
     files = {}

@@ -20,14 +20,20 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from .contract import DEFAULT_GOLDEN_INPUT, DEFAULT_OUTPUT, DEFAULT_SAMPLE_INPUT, META_CUTOFF, META_PREPROCESS
+from changenet_trt.contract import (
+    DEFAULT_GOLDEN_INPUT,
+    DEFAULT_OUTPUT,
+    DEFAULT_SAMPLE_INPUT,
+    META_CUTOFF,
+    META_PREPROCESS,
+)
 
 INPUT_SHAPE = (3, 512, 128)
 FEATURES = 8
 EMBED_SHAPE = (FEATURES, 64, 16)  # after the two poolings of a 512x128 image
 EMBED_DIM = int(np.prod(EMBED_SHAPE))
 
-# Chosen on the synthetic PCB data set (changenet_trt/synth.py; 2 x 1000 pairs, seeds 7 and
+# Chosen on the synthetic PCB data set (changenet_trt/data/synth.py; 2 x 1000 pairs, seeds 7 and
 # 8): PASS pairs score at most ~0.05 (median 0.024), defect pairs mostly above 0.05; at 0.045
 # the FPR is 0.14% and the defect capture 99.7-100% (tests/test_synth.py checks it).
 EUCLIDEAN_CUTOFF = 0.045

@@ -20,8 +20,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..contract import ModelContract
-from ..errors import ChangeNetError, InputError
+from changenet_trt.contract import ModelContract
+from changenet_trt.errors import ChangeNetError, InputError
 
 
 @dataclass

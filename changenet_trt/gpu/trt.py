@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from packaging.version import Version
 
-from .errors import ChangeNetError, EngineError, missing_dependency
+from changenet_trt.errors import ChangeNetError, EngineError, missing_dependency
 
 #: logger that receives TensorRT's own messages (``-v`` shows INFO, ``-vv`` VERBOSE)
 TRT_LOGGER_NAME = "changenet_trt.tensorrt"

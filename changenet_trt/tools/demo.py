@@ -1,8 +1,8 @@
 """``changenet-trt demo``: the whole pipeline on CPU, from nothing to FPR, capture and plots.
 
 1. write the reference model (or use the model the user names),
-2. synthesise a PCB data set in TAO's layout (:mod:`changenet_trt.synth`),
-3. evaluate the model on it (:mod:`changenet_trt.evaluate`): scores.csv, summary.json, plots.
+2. synthesise a PCB data set in TAO's layout (:mod:`changenet_trt.data.synth`),
+3. evaluate the model on it (:mod:`changenet_trt.evaluation.evaluate`): scores.csv, summary.json, plots.
 """
 
 import os
@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from .reference import write_reference_model
+from changenet_trt.models.reference import write_reference_model
 
 #: defects make_pairs draws from: the unmistakable ones, so its pairs are a sanity check
 CLEAR_DEFECTS = ("MISSING", "SHIFTED", "TOMBSTONE")
@@ -25,7 +25,7 @@ def make_pairs(count: int, seed: int = 0) -> Tuple[List[np.ndarray], List[np.nda
     PASS samples differ from their golden by capture nuisance only. Returns ``(golden, sample,
     is_defect)`` with ``is_defect`` bool ``[count]``. Deterministic by ``seed``.
     """
-    from .synth import COMPONENTS, VALID_DEFECTS, Plan, render_pair
+    from changenet_trt.data.synth import COMPONENTS, VALID_DEFECTS, Plan, render_pair
 
     golden, sample, truth = [], [], []
     chips = [c for c in COMPONENTS if all(d in VALID_DEFECTS[c] for d in CLEAR_DEFECTS)]
@@ -55,9 +55,9 @@ def run_demo(
     **load_options: Any
 ) -> int:
     """Run the pipeline; print FPR, defect capture, pairs/s and where the plots are. Returns 0."""
-    from .evaluate import evaluate, format_summary
-    from .progress import Progress
-    from .synth import synthesize
+    from changenet_trt.data.synth import synthesize
+    from changenet_trt.evaluation.evaluate import evaluate, format_summary
+    from changenet_trt.progress import Progress
 
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .errors import ChangeNetError, InputError, missing_dependency
+from changenet_trt.errors import ChangeNetError, InputError, missing_dependency
 
 FEATURE = "the TensorRT backend"
 

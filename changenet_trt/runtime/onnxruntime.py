@@ -6,9 +6,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..contract import ModelContract, read_contract
-from ..errors import InputError, missing_dependency
-from .base import Runner, Timing, now_ms
+from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.errors import InputError, missing_dependency
+from changenet_trt.runtime.base import Runner, Timing, now_ms
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

@@ -28,9 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dataset import TAO_LIGHTS
-from .errors import InputError
-from .preprocess import default_workers, wait_all
+from changenet_trt.data.dataset import TAO_LIGHTS
+from changenet_trt.data.preprocess import default_workers, wait_all
+from changenet_trt.errors import InputError
 
 COMPONENTS = ("resistor", "capacitor", "diode", "ic")
 DESIGNATORS = {"resistor": "R", "capacitor": "C", "diode": "D", "ic": "U"}

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
+from changenet_trt.errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -28,9 +28,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backends.base import Runner, now_ms
-from .contract import ModelContract
-from .errors import ChangeNetError, InputError
+from changenet_trt.contract import ModelContract
+from changenet_trt.errors import ChangeNetError, InputError
+from changenet_trt.runtime.base import Runner, now_ms
 
 DEFAULT_BATCH = 16
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0)
@@ -486,7 +486,7 @@ def latency_histogram_png(result: BenchResult, png_path: str, bins: int = 50) ->
 
 
 def _histogram(records: Sequence[Dict[str, float]], png_path: str, bins: int) -> str:
-    from .plots import histogram_png
+    from changenet_trt.evaluation.plots import histogram_png
 
     latency = np.array([r["latencyMs"] for r in records], dtype=np.float64)
     compute = np.array([r.get("computeMs", np.nan) for r in records], dtype=np.float64)
@@ -524,7 +524,7 @@ def machine_info(backend: str) -> Dict[str, Any]:
     except ImportError:
         pass
     if backend == "tensorrt":
-        from .trt import installed_version
+        from changenet_trt.gpu.trt import installed_version
 
         found = installed_version()
         if found is not None:
@@ -596,7 +596,7 @@ def run_benchmark(
 ) -> BenchResult:
     """Benchmark ``model`` (``.onnx`` on onnxruntime, ``.engine``/``.plan`` on TensorRT) with
     random inputs; ``options.streams`` independent runners run in as many threads."""
-    from .api import backend_for, make_runner
+    from changenet_trt.api import backend_for, make_runner
 
     options = options or BenchOptions()
     options.check()
@@ -699,8 +699,8 @@ def run_end_to_end(
     far). Latency/Enqueue/H2D/GPU Compute/D2H are the runner's times of each batch; the
     End-to-End Batch Time is the wall time per batch, decoding included.
     """
-    from .api import backend_for, load
-    from .dataset import PairLoader, load_dataset
+    from changenet_trt.api import backend_for, load
+    from changenet_trt.data.dataset import PairLoader, load_dataset
 
     options = options or BenchOptions()
     options.check()

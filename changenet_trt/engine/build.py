@@ -25,12 +25,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import __version__
-from .contract import ModelContract, read_contract
-from .errors import BuildError, ChangeNetError, InputError
-from .sidecar import EngineMetadata, file_sha256, gpu_slug, sidecar_path, write_sidecar
+from changenet_trt import __version__
+from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.errors import BuildError, ChangeNetError, InputError
+from changenet_trt.sidecar import EngineMetadata, file_sha256, gpu_slug, sidecar_path, write_sidecar
 
-log = logging.getLogger("changenet_trt.build")
+log = logging.getLogger("changenet_trt.engine.build")
 
 PRECISIONS = ("fp16", "fp32", "int8")
 ENGINES_DIR = "engines"
@@ -172,7 +172,7 @@ class GpuInfo:
 def detect_gpu() -> GpuInfo:
     """Name and compute capability of GPU 0 through :mod:`.cuda`; unknown without pycuda/GPU."""
     try:
-        from .cuda import primary_context
+        from changenet_trt.gpu.cuda import primary_context
 
         ctx = primary_context()
         return GpuInfo(ctx.name, tuple(ctx.compute_capability))
@@ -309,8 +309,8 @@ class BuildPlan:
 
 def _onnx_layer_names(model_path: str) -> List[str]:
     """TensorRT layer names the ONNX parser gives the model's nodes (node name or node_of_<output>)."""
-    from .contract import load_onnx
-    from .fp16_check import layer_name
+    from changenet_trt.contract import load_onnx
+    from changenet_trt.engine.fp16_check import layer_name
 
     return [layer_name(node) for node in load_onnx(model_path).graph.node]
 
@@ -331,8 +331,8 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
 
     ``trt_version``/``gpu`` default to what is installed and present (unknown when not).
     """
-    from .calibration import default_cache_path
-    from .trt import installed_version
+    from changenet_trt.engine.calibration import default_cache_path
+    from changenet_trt.gpu.trt import installed_version
 
     model = os.fspath(options.model)
     contract = read_contract(model, **options.contract_overrides())
@@ -491,7 +491,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def _parse_network(trt: Any, logger: Any, builder: Any, onnx_path: str) -> Any:
-    from .trt import network_flags
+    from changenet_trt.gpu.trt import network_flags
 
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
@@ -547,9 +547,14 @@ def build_engine_file(options: BuildOptions, plan: Optional[BuildPlan] = None, s
     DependencyError without TensorRT, BuildError when TensorRT refuses, InputError for bad
     options.
     """
-    from .calibration import check_cache, dataset_batches, make_calibrator, preprocess_description
-    from .prepare import prepare_model
-    from .trt import import_tensorrt, io_tensors, make_logger, profile_shapes, version
+    from changenet_trt.engine.calibration import (
+        check_cache,
+        dataset_batches,
+        make_calibrator,
+        preprocess_description,
+    )
+    from changenet_trt.engine.prepare import prepare_model
+    from changenet_trt.gpu.trt import import_tensorrt, io_tensors, make_logger, profile_shapes, version
 
     trt = import_tensorrt("building a TensorRT engine")
     trt_version = str(version(trt))
@@ -697,7 +702,7 @@ def build_engine_file(options: BuildOptions, plan: Optional[BuildPlan] = None, s
         cache_obj = config.get_timing_cache()
         if cache_obj is not None:
             _atomic_write(plan.timing_cache_path, bytes(memoryview(cache_obj.serialize())))
-    from .preprocess import get_normalization
+    from changenet_trt.data.preprocess import get_normalization
 
     norm = get_normalization(plan.preprocess)
     meta = EngineMetadata(

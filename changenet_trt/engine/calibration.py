@@ -2,8 +2,8 @@
 
 TensorRT's post-training INT8 needs activation ranges; :func:`make_calibrator` returns a
 ``trt.IInt8EntropyCalibrator2`` that feeds real golden/sample pairs (decoded and normalised
-exactly as at inference, by :class:`~changenet_trt.dataset.PairLoader`) through device
-buffers of :mod:`changenet_trt.cuda`.
+exactly as at inference, by :class:`~changenet_trt.data.dataset.PairLoader`) through device
+buffers of :mod:`changenet_trt.gpu.cuda`.
 
 The calibration cache (``calibration/<model>.cache``) is reused when present. A small JSON
 header next to it (``.cache.json``) records the ONNX sha256, the preprocessing and the input
@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import BuildError, InputError
+from changenet_trt.errors import BuildError, InputError
 
 CALIBRATION_DIR = "calibration"
 HEADER_SUFFIX = ".json"
@@ -41,7 +41,7 @@ def default_cache_path(onnx_path: PathLike, onnx_sha256: str, directory: str = C
 
 def preprocess_description(preset: Optional[str], layout: Any = None) -> Dict[str, Any]:
     """What "the same preprocessing" means for a cache: normalisation values and light layout."""
-    from .preprocess import PRESETS, get_normalization
+    from changenet_trt.data.preprocess import PRESETS, get_normalization
 
     norm = get_normalization(preset)
     name = preset if isinstance(preset, str) else next((k for k, v in PRESETS.items() if v == norm), "custom")
@@ -143,11 +143,11 @@ def dataset_batches(
 ) -> Tuple[int, Iterator[Batch]]:
     """``(number of batches, iterator)`` of calibration batches read from a TAO CSV.
 
-    Pairs are decoded and normalised by the same :class:`~changenet_trt.dataset.PairLoader`
+    Pairs are decoded and normalised by the same :class:`~changenet_trt.data.dataset.PairLoader`
     as inference uses. Only full batches are used; PASS and defect pairs are taken in CSV
     order (calibration needs the activation ranges of both).
     """
-    from .dataset import PairLoader, load_dataset
+    from changenet_trt.data.dataset import PairLoader, load_dataset
 
     data = load_dataset(csv_path, images_dir=images_dir, layout=layout)
     count = len(data.pairs) // batch_size
@@ -193,7 +193,7 @@ def make_calibrator(
 ) -> Any:
     """A ``trt.IInt8EntropyCalibrator2`` feeding ``batches`` (golden, sample) of ``batch_shape``.
 
-    Device memory comes from :mod:`changenet_trt.cuda` (``context``: a CudaContext, default
+    Device memory comes from :mod:`changenet_trt.gpu.cuda` (``context``: a CudaContext, default
     the primary context of GPU 0). Call ``close()`` after the build; ``error`` holds an
     exception raised while producing a batch (TensorRT itself only prints those).
     """
@@ -201,7 +201,7 @@ def make_calibrator(
     if cls is None or cls.__bases__[0] is not trt.IInt8EntropyCalibrator2:
         cls = _CLASSES[id(trt)] = _calibrator_class(trt)
     if context is None:
-        from .cuda import primary_context
+        from changenet_trt.gpu.cuda import primary_context
 
         context = primary_context()
     return cls(batches, golden_input, sample_input, tuple(int(d) for d in batch_shape), os.fspath(cache_path),

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .contract import DEFAULT_GOLDEN_INPUT, DEFAULT_OUTPUT, DEFAULT_SAMPLE_INPUT, META_PREPROCESS
+from changenet_trt.contract import DEFAULT_GOLDEN_INPUT, DEFAULT_OUTPUT, DEFAULT_SAMPLE_INPUT, META_PREPROCESS
 
 INPUT_SHAPE = (3, 512, 128)
 META_DESCRIPTION = "changenet_trt.model"

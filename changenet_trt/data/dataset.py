@@ -26,8 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import ChangeNetError, DatasetError
-from .preprocess import (
+from changenet_trt.data.preprocess import (
     CONCAT_TYPES,
     Box,
     Normalization,
@@ -38,6 +37,7 @@ from .preprocess import (
     wait_all,
     write_normalized,
 )
+from changenet_trt.errors import ChangeNetError, DatasetError
 
 TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
 TAO_EXT = ".jpg"

@@ -1,0 +1,1 @@
+"""Models made in code: the small reference ChangeNet and the FAN-size realistic one."""

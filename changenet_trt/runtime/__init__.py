@@ -1,0 +1,1 @@
+"""Runners: one small interface (activate / submit / fetch / deactivate) over ONNX Runtime and TensorRT."""
