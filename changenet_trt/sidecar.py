@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from packaging.version import InvalidVersion, Version
 
 from changenet_trt.errors import EngineError
+from changenet_trt.files import atomic_write
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"
@@ -87,11 +88,7 @@ def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
 def write_sidecar(engine_path: PathLike, meta: EngineMetadata) -> str:
     """Write ``meta`` next to the engine (atomically); return the sidecar path."""
     path = sidecar_path(engine_path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(meta.to_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -15,13 +15,14 @@ import datetime
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from changenet_trt.defaults import CALIBRATION_DIR
 from changenet_trt.errors import BuildError, InputError
+from changenet_trt.files import atomic_write
 
-CALIBRATION_DIR = "calibration"
 HEADER_SUFFIX = ".json"
 DEFAULT_CALIB_BATCHES = 32
 PathLike = Union[str, "os.PathLike[str]"]
@@ -105,13 +106,8 @@ def check_cache(cache_path: PathLike, onnx_sha256: str, preprocess: Dict[str, An
 
 def write_cache(cache_path: PathLike, data: bytes, header: Dict[str, Any]) -> None:
     """Write the cache bytes and their JSON header (each atomically)."""
-    path = os.fspath(cache_path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    for target, payload in ((path, bytes(data)), (header_path(path), (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())):
-        tmp = target + ".tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, target)
+    atomic_write(cache_path, bytes(data))
+    atomic_write(header_path(cache_path), json.dumps(header, indent=2, sort_keys=True) + "\n")
 
 
 # -- batch sources ---------------------------------------------------------------------------------
@@ -190,12 +186,14 @@ def make_calibrator(
     use_cache: bool = True,
     dtype: Any = np.float32,
     context: Any = None,
+    on_batch: Optional[Callable[[int], None]] = None,
 ) -> Any:
     """A ``trt.IInt8EntropyCalibrator2`` feeding ``batches`` (golden, sample) of ``batch_shape``.
 
     Device memory comes from :mod:`changenet_trt.gpu.cuda` (``context``: a CudaContext, default
     the primary context of GPU 0). Call ``close()`` after the build; ``error`` holds an
     exception raised while producing a batch (TensorRT itself only prints those).
+    ``on_batch(batches_fed)`` is called after each batch handed to TensorRT (for progress).
     """
     cls = _CLASSES.get(id(trt))
     if cls is None or cls.__bases__[0] is not trt.IInt8EntropyCalibrator2:
@@ -205,7 +203,7 @@ def make_calibrator(
 
         context = primary_context()
     return cls(batches, golden_input, sample_input, tuple(int(d) for d in batch_shape), os.fspath(cache_path),
-               cache_header, use_cache, np.dtype(dtype), context)
+               cache_header, use_cache, np.dtype(dtype), context, on_batch)
 
 
 def _calibrator_class(trt: Any) -> type:
@@ -214,7 +212,8 @@ def _calibrator_class(trt: Any) -> type:
 
         def __init__(self, batches: Iterator[Batch], golden_input: str, sample_input: str,
                      batch_shape: Tuple[int, ...], cache_path: str, cache_header: Dict[str, Any],
-                     use_cache: bool, dtype: np.dtype, context: Any) -> None:
+                     use_cache: bool, dtype: np.dtype, context: Any,
+                     on_batch: Optional[Callable[[int], None]] = None) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = iter(batches)
             self.names = {"golden": golden_input, "sample": sample_input}
@@ -223,6 +222,7 @@ def _calibrator_class(trt: Any) -> type:
             self.cache_header = cache_header
             self.use_cache = use_cache
             self.context = context
+            self.on_batch = on_batch
             self.batches_fed = 0
             self.cache_written = False
             self.error: Optional[BaseException] = None
@@ -257,6 +257,8 @@ def _calibrator_class(trt: Any) -> type:
                                         expected=", ".join(sorted(by_name)), found=", ".join(missing))
                 return None
             self.batches_fed += 1
+            if self.on_batch is not None:
+                self.on_batch(self.batches_fed)
             return [int(by_name[n]) for n in names]
 
         def read_calibration_cache(self) -> Optional[bytes]:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError, missing_dependency
 from changenet_trt.runtime.base import Runner, Timing, now_ms
 
@@ -15,7 +16,6 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-DEFAULT_MAX_BATCH = 16
 
 
 def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
@@ -70,7 +70,7 @@ class OnnxRuntimeRunner(Runner):
                 )
             self._max_batch = static
         else:
-            self._max_batch = int(max_batch or DEFAULT_MAX_BATCH)
+            self._max_batch = int(max_batch or BATCH_SIZE)
             if self._max_batch < 1:
                 raise InputError("max_batch must be positive", found=max_batch)
         self.providers = providers

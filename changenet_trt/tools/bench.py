@@ -29,10 +29,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from changenet_trt.contract import ModelContract
+from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import ChangeNetError, InputError
 from changenet_trt.runtime.base import Runner, now_ms
 
-DEFAULT_BATCH = 16
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0)
 #: percentiles the JSON report always carries, whatever --percentile asks for
 JSON_PERCENTILES = (90.0, 95.0, 99.0)
@@ -578,7 +578,7 @@ def resolve_batch(runner: Runner, batch: Optional[int]) -> int:
     """The batch to run: the requested one, else the model's static batch, else 16."""
     static = runner.contract.static_batch
     if batch is None:
-        return static if static is not None else min(DEFAULT_BATCH, runner.batch_range[1])
+        return static if static is not None else min(BATCH_SIZE, runner.batch_range[1])
     if static is not None and batch != static:
         raise InputError("this model has a static batch; benchmark it at that batch",
                          expected="--batch {}".format(static), found=batch)
