@@ -419,6 +419,11 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--normalization", choices=("tao", "deepstream"),
                         help="preprocessing preset recorded in the metadata and used for calibration "
                         "(default: the model's, else tao)")
+    parser.add_argument("--version-compatible", action="store_true",
+                        help="engine that later TensorRT releases of the same major version load (TensorRT 8.6+)")
+    parser.add_argument("--exclude-lean-runtime", action="store_true",
+                        help="with --version-compatible: leave the lean runtime out of the engine (smaller; the "
+                        "runtime that loads it must bring its own)")
     group = parser.add_argument_group("INT8 calibration")
     group.add_argument("--calib-csv", metavar="CSV", help="TAO data set CSV whose pairs calibrate INT8")
     group.add_argument("--calib-images", metavar="DIR", help="images root of --calib-csv (default: its folder)")
@@ -455,7 +460,8 @@ def _build_options(args: argparse.Namespace):
         model=args.model, output=args.out, precision=args.precision, profile=BatchProfile.parse(args.batch),
         workspace_mib=args.workspace, timing_cache=args.timing_cache, use_timing_cache=not args.no_timing_cache,
         opt_level=args.opt_level, dla_core=args.dla_core, fp32_layers=read_layer_patterns(args.fp32_layers),
-        precision_constraints=args.precision_constraints, calib_csv=args.calib_csv, calib_images=args.calib_images,
+        precision_constraints=args.precision_constraints, version_compatible=args.version_compatible,
+        exclude_lean_runtime=args.exclude_lean_runtime, calib_csv=args.calib_csv, calib_images=args.calib_images,
         calib_batches=args.calib_batches, calib_cache=args.calib_cache, recalibrate=args.recalibrate,
         calib_layout=layout, normalization=args.normalization, sample_input=args.sample_input,
         golden_input=args.golden_input, output_name=args.output_name, output_kind=args.output_kind,
@@ -469,8 +475,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from changenet_trt.engine.build import build_engine_file, make_plan
 
     options = _build_options(args)
+    plan = make_plan(options, trt_version=args.trt_version)
     if args.dry_run or args.print_trtexec:
-        plan = make_plan(options, trt_version=args.trt_version)
         if args.dry_run:
             print("\n".join(plan.describe()))
         if args.print_trtexec:
@@ -481,7 +487,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 print("changenet-trt prepare {} -o {}".format(shlex.quote(args.model), shlex.quote(plan.prepared_onnx)))
             print(" ".join(shlex.quote(part) for part in plan.trtexec_command(args.trt_version)))
         return 0
-    result = build_engine_file(options)
+    result = build_engine_file(plan=plan)
     meta = result.metadata
     print("built {} in {:.1f} s ({}, batch {}:{}:{}, TensorRT {}, {})".format(
         result.engine_path, result.seconds, meta.precision, meta.profile["min"], meta.profile["opt"],

@@ -1,5 +1,6 @@
 """The engine builder against the strict TensorRT fake, in the 8.5 and 10.x API modes."""
 
+import io
 import json
 import os
 import warnings
@@ -187,20 +188,32 @@ def test_dla_core_with_gpu_fallback(fake_trt, fake_cuda, reference_models, workd
         build_engine_file(_options(reference_models["learnable_dynamic"], dla_core=2))
 
 
-def test_progress_monitor_in_10x_and_ticking_status_in_85(fake_trt_factory, fake_cuda, reference_models, workdir):
-    import io
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, so tqdm draws on it."""
 
+    def isatty(self) -> bool:
+        return True
+
+
+def test_build_progress_bars_on_a_terminal_only(fake_trt_factory, fake_cuda, reference_models, workdir):
     for mode in ("10.x", "8.5"):
         trt = fake_trt_factory(mode)
-        stream = io.StringIO()
-        build_engine_file(_options(reference_models["learnable_dynamic"], progress=True,
-                              output="engines/{}.engine".format(mode)), status_stream=stream)
-        progress = _last_build(trt)["progress"]
-        if mode == "10.x":
-            assert progress[0][0] == "start" and progress[-1][0] == "finish"
+        shown = {}
+        for name, stream, progress in (("terminal", _Terminal(), True), ("log file", io.StringIO(), True),
+                                       ("quiet", _Terminal(), False)):
+            build_engine_file(_options(reference_models["learnable_dynamic"], progress=progress,
+                                       output="engines/{}-{}.engine".format(mode, name.replace(" ", ""))),
+                              status_stream=stream)
+            shown[name] = stream.getvalue()
+        monitor = _last_build(trt)["progress"]
+        assert "building engine" in shown["terminal"]
+        assert shown["log file"] == "" and shown["quiet"] == ""
+        if mode == "10.x":  # TensorRT 10's progress monitor drives one bar per phase
+            assert monitor[0][0] == "start" and monitor[-1][0] == "finish"
+            steps = monitor[0][2]
+            assert "Building engine" in shown["terminal"] and "0/{}".format(steps) in shown["terminal"]
         else:
-            assert progress == []
-        assert "building engine" in stream.getvalue()
+            assert monitor == [] and "Building engine" not in shown["terminal"]
 
 
 def _calibration_arrays(model, count):

@@ -167,7 +167,7 @@ def test_every_tensorrt_name_the_package_names_exists_in_10x():
         if names:
             used[path] = names
     assert "engine/build.py" in used and "gpu/trt.py" in used
-    assert {"BuilderFlag", "FP16", "MemoryPoolType", "builder_optimization_level"} <= used["engine/build.py"]
+    assert {"BuilderFlag", "MemoryPoolType", "builder_optimization_level"} <= used["engine/build.py"]
     unknown = {path: sorted(n for n in names if n not in NAMES_10) for path, names in used.items()}
     assert {p: n for p, n in unknown.items() if n} == {}
 
