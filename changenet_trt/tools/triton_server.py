@@ -39,9 +39,10 @@ def _venv_python(venv: str) -> str:
 def _server_query(python: str) -> Dict[str, str]:
     """Ask the server venv's python where pytriton's server, libraries and libpython are."""
     code = (
-        "import sysconfig, sys, pathlib\n"
-        "import pytriton\n"
-        "root = pathlib.Path(pytriton.__file__).parent\n"
+        "import importlib.util, sysconfig, sys, pathlib\n"
+        "spec = importlib.util.find_spec('pytriton')\n"  # located, not imported: its deps are not installed
+        "assert spec is not None, 'nvidia-pytriton is not installed'\n"
+        "root = pathlib.Path(spec.origin).parent\n"
         "print(root / 'tritonserver')\n"
         "print(root.parent / 'nvidia_pytriton.libs')\n"
         "print(sysconfig.get_config_var('LIBDIR'))\n"
@@ -70,6 +71,10 @@ def find_server(venv: Optional[str] = None) -> Dict[str, str]:
             raise ServerUnavailable("nvidia-pytriton's tritonserver needs glibc >= 2.35", found="glibc " + version)
     venv = os.path.abspath(venv or os.environ.get(VENV_ENV) or DEFAULT_VENV)
     python = _venv_python(venv)
+    reason = os.path.join(venv, ".unavailable")
+    if os.path.exists(reason):
+        with open(reason) as handle:
+            raise ServerUnavailable(handle.read().strip())
     if not os.path.exists(python):
         raise ServerUnavailable("no server venv at {}".format(venv), expected="`make triton-venv` to create it")
     info = _server_query(python)
