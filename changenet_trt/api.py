@@ -22,7 +22,7 @@ from changenet_trt.data.preprocess import Normalization, get_normalization, prep
 from changenet_trt.errors import InputError
 from changenet_trt.runtime.base import Runner
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -54,11 +54,15 @@ class Prediction:
 
 
 def backend_for(path: str, backend: str = "auto") -> str:
-    """Which backend runs ``path``: by explicit choice, else by file suffix."""
+    """Which backend runs ``path``: by explicit choice, else by URL scheme or file suffix."""
+    from changenet_trt.runtime.triton import is_triton_url
+
     if backend not in BACKENDS:
         raise InputError("unknown backend", expected=" or ".join(BACKENDS), found=repr(backend))
     if backend != "auto":
         return backend
+    if is_triton_url(path):
+        return "triton"
     suffix = os.path.splitext(path)[1].lower()
     if suffix in ONNX_SUFFIXES:
         return "onnxruntime"
@@ -83,9 +87,25 @@ def make_runner(
     output_kind: Optional[str] = None,
     **options: Any
 ) -> Runner:
-    """Create (not activate) the runner for ``path``. ``options`` go to the backend."""
+    """Create (not activate) the runner for ``path``. ``options`` go to the backend.
+
+    ``path``: a model file, or Triton URLs (``grpc://HOST:8001/NAME``, ``http://HOST:8000/NAME``;
+    several as a list or comma-separated spread the batches over the servers).
+    """
+    if isinstance(path, (list, tuple)):
+        path = ",".join(os.fspath(p) for p in path)
     path = os.fspath(path)
     which = backend_for(path, backend)
+    if which == "triton":
+        from changenet_trt.runtime.triton import TritonRunner
+
+        allowed = {"shared_memory", "timeout_s", "slots"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise InputError("unknown option for the triton backend", expected=sorted(allowed), found=unknown)
+        return TritonRunner([u.strip() for u in path.split(",") if u.strip()], max_batch=batch_size,
+                            sample_input=sample_input, golden_input=golden_input, output=output,
+                            output_kind=output_kind, **options)
     if which == "onnxruntime":
         from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
 
@@ -304,7 +324,7 @@ class Classifier:
 
 
 def load(
-    path: Union[str, "os.PathLike[str]"],
+    path: Union[str, "os.PathLike[str]", Sequence[str]],
     cutoff: Optional[float] = None,
     backend: str = "auto",
     batch_size: Optional[int] = None,
@@ -324,10 +344,12 @@ def load(
     ``deepstream`` or a :class:`~changenet_trt.data.preprocess.Normalization`. Tensor names and the
     output kind override what is read from the model. ``options`` go to the backend
     (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``; tensorrt:
-    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``).
+    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``; triton, for
+    ``grpc://HOST:8001/NAME`` / ``http://HOST:8000/NAME`` URLs: ``shared_memory``, ``timeout_s``,
+    ``slots``).
     """
     runner = make_runner(
-        os.fspath(path),
+        path,
         backend=backend,
         batch_size=batch_size,
         sample_input=sample_input,

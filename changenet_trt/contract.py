@@ -29,7 +29,7 @@ DEFAULT_CUTOFF = 0.5
 META_CUTOFF = "changenet_trt.cutoff"
 META_PREPROCESS = "changenet_trt.data.preprocess"
 
-_SUPPORTED_DTYPES = ("float32", "float16")
+_SUPPORTED_DTYPES = ("float32", "float16", "uint8")
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class ModelContract:
     """The facts a runner needs about a ChangeNet model.
 
     ``input_shape`` is ``(C, H, W)`` of each image input; ``static_batch`` is the fixed batch
-    size or ``None`` when the batch is dynamic; ``input_dtype`` is ``"float32"`` or
-    ``"float16"``; ``output_shape`` has ``None`` in the batch position.
+    size or ``None`` when the batch is dynamic; ``input_dtype`` is ``"float32"``,
+    ``"float16"`` or ``"uint8"`` (RGB pixels; the graph normalises); ``output_shape`` has ``None`` in the batch position.
     """
 
     sample_input: str

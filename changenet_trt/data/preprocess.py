@@ -8,7 +8,9 @@ A model input ``[3, H, W]`` may be made of several *tiles*: one image per LED li
 resized to its tile and placed along H (``linear``, TAO's default: 4 x 128x128 -> 512x128) or
 in a grid. Every tile is decoded, converted and normalised straight into its window of the
 destination (a view of the runner's own input buffer, float32 or float16), one channel plane
-at a time: nothing bigger than one decoded light is ever allocated.
+at a time: nothing bigger than one decoded light is ever allocated. A model whose inputs are
+uint8 (normalisation moved into the graph by ``engine.prepare.add_uint8_input``) gets the RGB
+pixels themselves: the graph applies the same ``x * scale + offset`` in float32.
 
 Numerically the result equals TAO Deploy's loader (RGB, float32 resize with bilinear
 interpolation, ``(x / 255 - mean) / std``) to float32 rounding.
@@ -211,20 +213,24 @@ def write_normalized(
     bgr: bool = True,
     source: str = "image",
 ) -> None:
-    """Normalise one decoded image into ``dst`` ``[3, h, w]`` (float32 or float16, any strides).
+    """Normalise one decoded image into ``dst`` ``[3, h, w]`` (float32, float16 or uint8, any strides).
 
     ``image``: uint8/uint16 ``[H,W]``, ``[H,W,1]``, ``[H,W,3]`` or ``[H,W,4]``; ``bgr`` says
     the colour channels are in OpenCV's order (what :func:`decode_image` returns). An image of
     another size is resized to ``h x w`` in float32 with bilinear interpolation (as TAO
     Deploy does). Each output plane is ``x * scale + offset`` computed in float32.
+
+    A uint8 ``dst`` (a model that normalises in its graph) receives the RGB pixels unchanged;
+    ``normalization`` is then the graph's business. A resized image is rounded back to
+    uint8 there, so only images already at the tile size match the float path bit for bit.
     """
     import cv2
 
     norm = get_normalization(normalization)
     if dst.ndim != 3 or dst.shape[0] != 3:
         raise InputError("destination must be [3,H,W]", found=list(dst.shape))
-    if dst.dtype not in (np.float32, np.float16):
-        raise InputError("destination must be float32 or float16", found=str(dst.dtype))
+    if dst.dtype not in (np.float32, np.float16, np.uint8):
+        raise InputError("destination must be float32, float16 or uint8", found=str(dst.dtype))
     image = to_8bit(np.asarray(image), source)
     _check_layout(image, source)
     if image.ndim == 3 and image.shape[2] == 1:
@@ -234,6 +240,9 @@ def write_normalized(
         # TAO Deploy resizes the float32 image; resizing uint8 would round to integers first.
         channels = image if image.ndim == 2 or image.shape[2] == 3 else image[:, :, :3]
         image = cv2.resize(channels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    if dst.dtype == np.uint8:
+        _write_pixels(dst, image, bgr)
+        return
     scale, offset = _plane_constants(norm)
     direct = dst.dtype == np.float32
     for channel in range(3):
@@ -246,6 +255,16 @@ def write_normalized(
         np.add(out, offset[channel], out=out)
         if not direct:
             np.copyto(dst[channel], out, casting="same_kind")
+
+
+def _write_pixels(dst: np.ndarray, image: np.ndarray, bgr: bool) -> None:
+    """RGB planes of ``image`` (uint8, or float32 after a resize: rounded) into uint8 ``dst`` ``[3,h,w]``."""
+    for channel in range(3):
+        plane = image if image.ndim == 2 else image[:, :, 2 - channel if bgr else channel]
+        if plane.dtype == np.uint8:
+            np.copyto(dst[channel], plane)
+        else:
+            np.copyto(dst[channel], np.clip(np.rint(plane), 0, 255), casting="unsafe")
 
 
 def prepare_tiles(

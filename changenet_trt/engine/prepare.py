@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from changenet_trt.contract import ModelContract, load_onnx, read_contract
+from changenet_trt.contract import META_PREPROCESS, ModelContract, load_onnx, read_contract
 from changenet_trt.errors import BuildError
 
 BATCH_SYMBOL = "batch"
@@ -335,3 +335,171 @@ def prepare_model(
         contract=read_contract(prepared, sample_input=sample_input, golden_input=golden_input,
                                output=output_name, output_kind=output_kind),
     )
+
+
+# -- uint8 input: normalisation moved into the graph ------------------------------------------------
+#: metadata key of a model whose inputs are uint8 pixels: "mean=r,g,b std=r,g,b" it applies itself
+META_UINT8_NORMALIZATION = "changenet_trt.uint8_input"
+#: |uint8 model - float model| <= UINT8_ATOL + RTOL * |float model|: the graph's Cast/Mul/Add are the
+#: float path's own float32 operations, so the outputs agree to float32 rounding
+UINT8_ATOL = 1e-6
+
+
+@dataclass
+class Uint8Report:
+    """What :func:`add_uint8_input` wrote and how it proved it (worst output difference)."""
+
+    source: str
+    output: str
+    normalization: str
+    pairs: int
+    max_abs_diff: float
+    contract: Optional[ModelContract] = None
+
+    def summary_lines(self) -> List[str]:
+        return [
+            "{}: inputs are now uint8 RGB pixels [B,3,H,W]; the graph applies '{}' normalisation".format(
+                self.source, self.normalization),
+            "  proof on {} pairs: max |uint8 model - float model| = {:.3g}".format(self.pairs, self.max_abs_diff),
+            "  wrote {}".format(self.output),
+        ]
+
+
+def uint8_input_model(proto: Any, contract: ModelContract, normalization: Any) -> Any:
+    """A copy of ``proto`` whose two image inputs are uint8 ``[B,3,H,W]`` RGB pixels.
+
+    Each input gets ``Cast(float32) -> Mul(scale) -> Add(offset)`` in front (the same float32
+    operations as :func:`changenet_trt.data.preprocess.write_normalized`, ``scale = 1/(255 std)``,
+    ``offset = -mean/std``; then a Cast to float16 for a float16 model), and every node that read the
+    input reads the normalised tensor. The batch (static or dynamic) is kept.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from changenet_trt.data.preprocess import get_normalization
+
+    if contract.input_dtype not in ("float32", "float16"):
+        raise BuildError("the model's inputs are not float images", expected="float32 or float16 inputs",
+                         found=contract.input_dtype)
+    norm = get_normalization(normalization)
+    scale, offset = norm.scale_offset()
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    prefix = "uint8_input"
+    graph.initializer.extend([
+        numpy_helper.from_array(scale.reshape(1, 3, 1, 1), prefix + "/scale"),
+        numpy_helper.from_array(offset.reshape(1, 3, 1, 1), prefix + "/offset"),
+    ])
+    front = []
+    renamed = {}
+    for vi in graph.input:
+        if vi.name not in (contract.sample_input, contract.golden_input):
+            continue
+        name = vi.name
+        pixels, scaled, normalised = name + "/float", name + "/scaled", name + "/normalized"
+        front += [
+            helper.make_node("Cast", [name], [pixels], to=TensorProto.FLOAT, name=prefix + "/" + name + "/cast"),
+            helper.make_node("Mul", [pixels, prefix + "/scale"], [scaled], name=prefix + "/" + name + "/scale"),
+            helper.make_node("Add", [scaled, prefix + "/offset"], [normalised], name=prefix + "/" + name + "/offset"),
+        ]
+        if contract.input_dtype == "float16":
+            half = name + "/half"
+            front.append(helper.make_node("Cast", [normalised], [half], to=TensorProto.FLOAT16,
+                                          name=prefix + "/" + name + "/half"))
+            normalised = half
+        renamed[name] = normalised
+        vi.type.tensor_type.elem_type = TensorProto.UINT8
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                raise BuildError("cannot add a uint8 front to a model with subgraphs (If/Loop/Scan)",
+                                 found="node '{}' ({})".format(node.name, node.op_type))
+    nodes = front + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    props = {p.key: p.value for p in model.metadata_props}
+    props[META_UINT8_NORMALIZATION] = "mean={} std={}".format(
+        ",".join(repr(float(v)) for v in norm.mean), ",".join(repr(float(v)) for v in norm.std))
+    if isinstance(normalization, str):
+        props[META_PREPROCESS] = normalization
+    helper.set_model_props(model, props)
+    return model
+
+
+def add_uint8_input(
+    model: PathLike,
+    output: PathLike,
+    normalization: Any = "tao",
+    pairs: int = 8,
+    atol: float = UINT8_ATOL,
+    rtol: float = RTOL,
+    sample_input: Optional[str] = None,
+    golden_input: Optional[str] = None,
+    output_name: Optional[str] = None,
+    output_kind: Optional[str] = None,
+) -> Uint8Report:
+    """Write a copy of ``model`` that takes uint8 RGB pixels and normalises them in the graph.
+
+    ``normalization``: a preset name (``tao``, ``deepstream``) or a
+    :class:`~changenet_trt.data.preprocess.Normalization`. Clients then send uint8 NCHW (4x fewer
+    bytes than float32). Proven before writing: ``pairs`` random uint8 pairs through the new model
+    equal the original fed with the same pixels normalised on the host
+    (``|diff| <= atol + rtol * |original|``); BuildError otherwise. The output is written whole
+    or not at all.
+    """
+    import onnx
+
+    from changenet_trt.data.preprocess import get_normalization
+    from changenet_trt.files import atomic_write, check_output_file
+
+    source = os.fspath(model)
+    out_path = check_output_file(output, "uint8 model", inputs=[source])
+    proto = load_onnx(source)
+    names = dict(sample_input=sample_input, golden_input=golden_input, output=output_name, output_kind=output_kind)
+    contract = read_contract(proto, **names)
+    if contract.input_dtype == "uint8":
+        raise BuildError("{} already takes uint8 inputs".format(source), expected="a float32 or float16 model")
+    prepared = uint8_input_model(proto, contract, normalization)
+    try:
+        onnx.checker.check_model(prepared)
+    except Exception as exc:
+        raise BuildError("the uint8 model is not valid ONNX", found=str(exc).splitlines()[0]) from None
+    norm = get_normalization(normalization)
+    rng = np.random.default_rng(20240612)
+    shape = (pairs,) + tuple(contract.input_shape)
+    golden_px = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    sample_px = golden_px.copy()
+    sample_px[pairs // 2:] = rng.integers(0, 256, size=(pairs - pairs // 2,) + shape[1:], dtype=np.uint8)
+    scale, offset = norm.scale_offset()
+    float_dtype = np.dtype(contract.input_dtype)
+
+    def host_normalised(px: np.ndarray) -> np.ndarray:
+        return (px.astype(np.float32) * scale + offset).astype(float_dtype)
+
+    chunk = contract.static_batch or pairs
+    try:
+        reference = _run_chunks(_session(proto), contract, host_normalised(golden_px), host_normalised(sample_px), chunk)
+        result = _run_chunks(_session(prepared), contract, golden_px, sample_px, chunk)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError("onnxruntime cannot run the uint8 model",
+                         found="{}: {}".format(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")) from None
+    diff = np.abs(result.astype(np.float64) - reference.astype(np.float64))
+    limit = atol + rtol * np.abs(reference.astype(np.float64))
+    worst = float(diff.max()) if diff.size else 0.0
+    if not (diff <= limit).all():
+        raise BuildError(
+            "the uint8 model does not reproduce the float model on the same pixels",
+            expected="|diff| <= {:g} + {:g} * |original|".format(atol, rtol),
+            found="max |diff| {:.3g}".format(worst),
+        )
+    atomic_write(out_path, prepared.SerializeToString())
+    label = normalization if isinstance(normalization, str) else "mean {} std {}".format(norm.mean, norm.std)
+    return Uint8Report(source=source, output=out_path, normalization=label, pairs=pairs, max_abs_diff=worst,
+                       contract=read_contract(prepared, **names))
+
