@@ -10,8 +10,8 @@
 """
 
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -20,7 +20,7 @@ import numpy as np
 from changenet_trt.contract import ModelContract, read_contract, score
 from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
 from changenet_trt.errors import InputError
-from changenet_trt.runtime.base import Runner
+from changenet_trt.runtime.base import Runner, check_batch_size
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 ONNX_SUFFIXES = (".onnx",)
@@ -35,8 +35,9 @@ class Prediction:
     """Scores and decisions for N golden/sample pairs.
 
     ``scores``: float32 ``[N]`` (euclidean distance, or softmax probability of "defect");
-    ``defects``: bool ``[N]``, ``scores > cutoff``; ``raw``: the model's output ``[N, ...]``;
-    ``seconds``: wall time of the whole call.
+    ``defects``: bool ``[N]``, ``scores > cutoff`` or invalid; ``raw``: the model's output
+    ``[N, ...]``; ``seconds``: wall time of the whole call; ``invalid``: bool ``[N]``, pairs
+    whose model output is NaN or Inf (never a pass: they are counted in ``defects`` too).
     """
 
     scores: np.ndarray
@@ -44,9 +45,26 @@ class Prediction:
     cutoff: float
     raw: np.ndarray
     seconds: float
+    invalid: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.invalid is None:
+            self.invalid = ~np.isfinite(self.scores)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    @property
+    def decisions(self) -> List[str]:
+        """Per pair: ``"pass"``, ``"defect"`` (score > cutoff) or ``"invalid"`` (NaN/Inf output)."""
+        assert self.invalid is not None
+        return ["invalid" if bad else ("defect" if d else "pass") for bad, d in zip(self.invalid, self.defects)]
+
+    @property
+    def invalid_pairs(self) -> List[int]:
+        """Indexes of the pairs whose output is NaN or Inf."""
+        assert self.invalid is not None
+        return [int(i) for i in np.flatnonzero(self.invalid)]
 
     @property
     def pairs_per_s(self) -> float:
@@ -96,6 +114,7 @@ def make_runner(
         path = ",".join(os.fspath(p) for p in path)
     path = os.fspath(path)
     which = backend_for(path, backend)
+    batch_size = check_batch_size(batch_size)
     if which == "triton":
         from changenet_trt.runtime.triton import TritonRunner
 
@@ -134,11 +153,45 @@ def make_runner(
     )
 
 
+class _SlotPool:
+    """The runner's buffer slots, lent to one caller at a time (so concurrent callers never
+    write into, submit or fetch each other's slots)."""
+
+    def __init__(self, count: int) -> None:
+        self._free = list(range(count))
+        self._waiting = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, most: int) -> List[int]:
+        """Block until a slot is free; take up to ``most`` when nobody else is waiting."""
+        with self._cond:
+            self._waiting += 1
+            try:
+                while not self._free:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            take = most if self._waiting == 0 else 1
+            slots, self._free = self._free[:take], self._free[take:]
+            return slots
+
+    def release(self, slots: Sequence[int]) -> None:
+        with self._cond:
+            self._free.extend(slots)
+            self._cond.notify_all()
+
+
 class Classifier:
     """A loaded ChangeNet model with a cutoff: golden/sample pairs in, scores and decisions out.
 
     Use :func:`load` to make one. The runner is active while the classifier is open; close it
     (or use ``with``) to free the model and its buffers.
+
+    Thread safety: one classifier may be shared by any number of threads; each ``predict`` /
+    ``run_pipeline`` call gets its own scores. The runner's buffer slots are lent to one call
+    at a time, so two calls overlap (one preprocesses while the other infers; ONNX Runtime runs
+    float32 arrays of concurrent calls at the same time) and further calls wait for a slot.
+    ``close`` must not race with calls in flight.
     """
 
     def __init__(
@@ -152,6 +205,7 @@ class Classifier:
         self.normalization = get_normalization(
             normalization if normalization is not None else (self.contract.preprocess or "tao")
         )
+        self._slots = _SlotPool(runner.num_slots)
         self.runner.activate()
 
     @property
@@ -178,39 +232,88 @@ class Classifier:
         )
 
     # -- prediction -------------------------------------------------------------------------
-    def predict(self, golden: Any, sample: Any) -> Prediction:
+    def predict(self, golden: Any, sample: Any, check_inputs: bool = False) -> Prediction:
         """Score N golden/sample pairs.
 
         ``golden`` and ``sample`` are each either a float array ``[N, 3, H, W]`` already
         normalised (float32/float16/float64), or a sequence of N images: file paths or uint8
         RGB arrays ``[H, W, 3]`` (preprocessed with the classifier's normalisation and resized
         to H x W). Both must hold the same N >= 1.
+
+        Non-finite values: a pair whose model output is NaN or Inf is never a pass: it is
+        marked ``invalid`` (and counted in ``defects``). When such a pair's input array holds
+        NaN/Inf, the call raises InputError naming the pair instead. Arrays in the model's
+        dtype are not scanned on the way in (that would cost a full pass over the inputs);
+        the output is checked, which cannot see a NaN that the model itself hides (a ReLU, Max
+        or Clip can turn NaN into a number). ``check_inputs=True`` scans every input array
+        first. Arrays of a wider dtype (float64) are always scanned: values beyond the
+        model's dtype range are refused like NaN/Inf.
         """
         start = time.perf_counter()
-        golden_fill, n_golden = self._source(golden, "golden")
-        sample_fill, n_sample = self._source(sample, "sample")
-        if n_golden != n_sample:
-            raise InputError("golden and sample must hold the same number of images", found="{} golden, {} sample".format(n_golden, n_sample))
+        golden_src = self._source(golden, "golden", check_inputs)
+        sample_src = self._source(sample, "sample", check_inputs)
+        count = golden_src.count
+        if count != sample_src.count:
+            raise InputError("golden and sample must hold the same number of images",
+                             found="{} golden, {} sample".format(count, sample_src.count))
 
         def fill(golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
-            golden_fill(golden_dst, lo, hi)
-            sample_fill(sample_dst, lo, hi)
+            golden_src.fill(golden_dst, lo, hi)
+            sample_src.fill(sample_dst, lo, hi)
 
-        raw = self.run_pipeline(n_golden, fill)
+        raw = None
+        if golden_src.array is not None and sample_src.array is not None:
+            raw = self._run_arrays(golden_src.array, sample_src.array, fill)
+        if raw is None:
+            raw = self.run_pipeline(count, fill)
+        bad = ~np.isfinite(raw.reshape(count, -1)).all(axis=1)
+        if bad.any():
+            for src in (golden_src, sample_src):
+                if src.array is not None:
+                    rows = np.flatnonzero(bad)
+                    _refuse_rows(src.array[rows], src.role, rows, None)
         scores = score(raw, self.contract.output_kind)
-        return Prediction(scores, scores > self.cutoff, self.cutoff, raw, time.perf_counter() - start)
+        invalid = bad | ~np.isfinite(scores)
+        return Prediction(scores, (scores > self.cutoff) | invalid, self.cutoff, raw,
+                          time.perf_counter() - start, invalid)
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
-        """Defect decisions for scores: ``scores > cutoff`` (strictly greater)."""
-        return np.asarray(scores) > self.cutoff
+        """Defect decisions for scores: ``scores > cutoff`` (strictly greater); NaN/Inf is never a pass."""
+        scores = np.asarray(scores)
+        return (scores > self.cutoff) | ~np.isfinite(scores)
+
+    def _run_arrays(self, golden: np.ndarray, sample: np.ndarray, fill: FillFn) -> Optional[np.ndarray]:
+        """Feed the caller's arrays to the runner in place, batch by batch (None: it cannot).
+
+        A batch the runner cannot take in place (a static model's short last batch, which
+        needs padding) goes through the buffered pipeline.
+        """
+        runner = self.runner
+        count, step = golden.shape[0], runner.preferred_batch
+        names = (self.contract.golden_input, self.contract.sample_input)
+        outputs = []
+        for lo in range(0, count, step):
+            hi = min(lo + step, count)
+            out = runner.run_direct({names[0]: golden[lo:hi], names[1]: sample[lo:hi]})
+            if out is None:
+                if lo == 0:
+                    return None
+
+                def fill_tail(golden_dst: np.ndarray, sample_dst: np.ndarray, a: int, b: int, _lo: int = lo) -> None:
+                    fill(golden_dst, sample_dst, _lo + a, _lo + b)
+
+                out = self.run_pipeline(hi - lo, fill_tail)
+            outputs.append(out)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
 
     def run_pipeline(self, count: int, fill: FillFn, on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """Run ``count`` pairs through the runner in batches; return the raw output ``[count, ...]``.
 
         ``fill(golden_dst, sample_dst, lo, hi)`` writes pairs ``[lo, hi)`` into the runner's
-        input buffers (views ``[hi-lo, C, H, W]``). Batch k+1 is filled on a helper thread
-        while batch k is inferred (two buffer slots), so preprocessing overlaps inference.
-        ``on_batch(pairs_done)`` is called after each batch (for progress).
+        input buffers (views ``[hi-lo, C, H, W]``). With two buffer slots lent to this call,
+        batch k+1 is filled while batch k is inferred, so preprocessing overlaps inference;
+        with one (another thread holds the other), batches run one after the other.
+        ``on_batch(pairs_done)`` is called after each batch (for progress). Thread-safe.
         """
         if count < 1:
             raise InputError("nothing to predict", expected="at least one golden/sample pair", found=count)
@@ -219,47 +322,47 @@ class Classifier:
         step = runner.preferred_batch
         chunks = [(lo, min(lo + step, count)) for lo in range(0, count, step)]
         outputs = []
-
-        def fill_slot(index: int) -> None:
-            lo, hi = chunks[index]
-            buffers = runner.input_buffers(hi - lo, slot=index % runner.num_slots)
-            fill(buffers[golden_name], buffers[sample_name], lo, hi)
-
+        slots = self._slots.acquire(2 if len(chunks) > 1 else 1)
+        pipelined = len(slots) > 1
         in_flight: List[int] = []  # slots submitted and not yet fetched
 
-        def submit(index: int) -> None:
-            slot = index % runner.num_slots
-            runner.submit(chunks[index][1] - chunks[index][0], slot=slot)
+        def fill_and_submit(index: int) -> None:
+            lo, hi = chunks[index]
+            slot = slots[index % len(slots)]
+            buffers = runner.input_buffers(hi - lo, slot=slot)
+            fill(buffers[golden_name], buffers[sample_name], lo, hi)
+            runner.submit(hi - lo, slot=slot)
             in_flight.append(slot)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changenet-fill") as pool:
-            try:
-                fill_slot(0)
-                submit(0)
-                for index in range(len(chunks)):
-                    nxt = index + 1
-                    if nxt < len(chunks):
-                        # Fill batch k+1 (the slot fetched one round ago) while batch k runs,
-                        # then queue it behind k so the device never waits for the host.
-                        pool.submit(fill_slot, nxt).result()
-                        submit(nxt)
-                    slot = index % runner.num_slots
-                    outputs.append(runner.fetch(slot=slot))
-                    in_flight.remove(slot)
-                    if on_batch is not None:
-                        on_batch(chunks[index][1])
-            except BaseException:
-                # A bad image mid-run must not leave a batch queued: the runner stays usable.
-                for slot in in_flight:
-                    try:
-                        runner.fetch(slot=slot)
-                    except Exception:  # the original error is the one to report
-                        pass
-                raise
-        return np.concatenate(outputs, axis=0)
+        try:
+            fill_and_submit(0)
+            for index in range(len(chunks)):
+                nxt = index + 1
+                if pipelined and nxt < len(chunks):
+                    # fill batch k+1 (the slot fetched one round ago) while batch k runs,
+                    # then queue it behind k so the device never waits for the host
+                    fill_and_submit(nxt)
+                slot = slots[index % len(slots)]
+                outputs.append(runner.fetch(slot=slot))
+                in_flight.remove(slot)
+                if on_batch is not None:
+                    on_batch(chunks[index][1])
+                if not pipelined and nxt < len(chunks):
+                    fill_and_submit(nxt)
+        except BaseException:
+            # A bad image mid-run must not leave a batch queued: the runner stays usable.
+            for slot in in_flight:
+                try:
+                    runner.fetch(slot=slot)
+                except Exception:  # the original error is the one to report
+                    pass
+            raise
+        finally:
+            self._slots.release(slots)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
 
-    def _source(self, images: Any, role: str) -> "tuple":
-        """Return ``(fill(dst, lo, hi), N)`` for an array or a sequence of images."""
+    def _source(self, images: Any, role: str, check_inputs: bool = False) -> "_Source":
+        """How to fill one input from an array or a sequence of images."""
         shape = self.contract.input_shape
         if isinstance(images, np.ndarray) and images.dtype != np.uint8:
             array = images
@@ -277,16 +380,24 @@ class Classifier:
                 )
             if array.shape[0] == 0:
                 raise InputError("{} array is empty".format(role), expected="N >= 1", found=list(array.shape))
-            if not np.isfinite(array).all():
-                bad = int(np.flatnonzero(~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1))[0])
-                raise InputError("{} array holds NaN or Inf".format(role), found="first in pair {}".format(bad))
+            model_dtype = np.dtype(self.contract.input_dtype)
+            wider = array.dtype.itemsize > model_dtype.itemsize
+            if check_inputs or wider:
+                # a wider dtype is converted: values beyond the model's range would become Inf
+                _refuse_rows(array, role, None, float(np.finfo(model_dtype).max) if wider else None)
 
             def copy_rows(dst: np.ndarray, lo: int, hi: int) -> None:
                 np.copyto(dst, array[lo:hi], casting="same_kind")
 
-            return copy_rows, int(array.shape[0])
+            return _Source(role, int(array.shape[0]), copy_rows, array)
 
-        if isinstance(images, np.ndarray):  # uint8: [N,H,W,3] images or one [H,W,3]
+        if isinstance(images, np.ndarray):  # uint8: [N,H,W,C] images or one [H,W,C]
+            if images.ndim == 4 and images.shape[3] not in (1, 3, 4):
+                raise InputError(
+                    "{} is a uint8 array {}: uint8 arrays are read as images [N,H,W,3]".format(role, list(images.shape)),
+                    expected="uint8 [N,H,W,3] RGB images, or a normalised float array [N,{},{},{}]".format(*shape),
+                    found="{} channels last".format(images.shape[3]),
+                )
             items: Sequence[Any] = list(images) if images.ndim == 4 else [images]
         elif isinstance(images, (str, os.PathLike)):
             items = [images]
@@ -303,7 +414,8 @@ class Classifier:
             raise InputError("{} holds no images".format(role), expected="N >= 1")
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
-                if item.dtype not in (np.uint8, np.uint16) or item.ndim not in (2, 3):
+                if (item.dtype not in (np.uint8, np.uint16) or item.ndim not in (2, 3)
+                        or (item.ndim == 3 and item.shape[2] not in (1, 3, 4))):
                     raise InputError(
                         "{} image {} is not an image array".format(role, i),
                         expected="uint8 [H,W,3] RGB or [H,W] grayscale",
@@ -320,7 +432,36 @@ class Classifier:
         def prepare_rows(dst: np.ndarray, lo: int, hi: int) -> None:
             prepare_batch(items[lo:hi], dst, norm)
 
-        return prepare_rows, len(items)
+        return _Source(role, len(items), prepare_rows, None)
+
+
+@dataclass
+class _Source:
+    """One input of a ``predict`` call: ``fill(dst, lo, hi)`` writes its rows ``[lo, hi)``;
+    ``array`` is the caller's float array when it is one (it may be fed in place)."""
+
+    role: str
+    count: int
+    fill: Callable[[np.ndarray, int, int], None]
+    array: Optional[np.ndarray]
+
+
+def _refuse_rows(array: np.ndarray, role: str, rows: Optional[np.ndarray], limit: Optional[float]) -> None:
+    """Raise InputError naming the pairs of ``array`` ``[n, ...]`` holding NaN/Inf (or ``|x| > limit``).
+
+    ``rows``: the pair numbers of ``array``'s rows (default ``0..n-1``).
+    """
+    flat = array.reshape(array.shape[0], -1)
+    peak = np.abs(flat).max(axis=1)  # NaN propagates through max
+    bad = ~np.isfinite(peak) if limit is None else ~(peak <= limit)
+    if not bad.any():
+        return
+    pairs = np.flatnonzero(bad) if rows is None else np.asarray(rows)[bad]
+    listed = ", ".join(str(int(p)) for p in pairs[:10]) + (" ..." if len(pairs) > 10 else "")
+    what = "NaN or Inf" if limit is None else "NaN, Inf or values beyond the model's {} range (|x| > {:.6g})".format(
+        "float16" if limit < 1e5 else "float32", limit)
+    raise InputError("{} array holds {}".format(role, what),
+                     found="{} {}".format("pair" if len(pairs) == 1 else "{} pairs:".format(len(pairs)), listed))
 
 
 def load(

@@ -7,9 +7,12 @@ POSIX and Windows), so an interrupted run leaves the old file or the new one, ne
 """
 
 import contextlib
+import ctypes
+import fnmatch
 import os
+import shutil
 import tempfile
-from typing import IO, Iterator, Sequence, Union
+from typing import IO, Iterator, Optional, Sequence, Union
 
 from changenet_trt.errors import InputError
 
@@ -94,12 +97,16 @@ def check_output_file(path: PathLike, what: str = "output file", inputs: Sequenc
 
 
 def check_output_dir(path: PathLike, what: str = "output folder", inputs: Sequence[PathLike] = (),
-                     writes: Sequence[str] = ()) -> str:
+                     writes: Sequence[str] = (), owned: Optional[Sequence[str]] = None) -> str:
     """Refuse, before any work, an output folder that cannot be made or written, or would replace an input.
 
     The folder may exist or be missing (it is created later); it must not be a file. ``writes``
     names the files the run writes inside it; none may be one of ``inputs`` (a data set's
     ``scores.csv`` passed back as the input CSV, say).
+
+    ``owned`` (fnmatch patterns) says the run replaces the folder as a whole (see
+    :func:`atomic_dir`): then an existing folder may hold only entries matching ``owned``, no
+    input may lie inside it, and its parent must be writable (the swap happens there).
     """
     target = os.fspath(path)
     if not target:
@@ -111,10 +118,95 @@ def check_output_dir(path: PathLike, what: str = "output folder", inputs: Sequen
             raise InputError("the {} {} is not writable".format(what, target), expected="a folder you can write to")
     else:
         _check_writable_parent(target, what)
+    file_what = what[:-len("folder")] + "file" if what.endswith("folder") else what
     for name in writes:
-        check_output_file(os.path.join(target, name), what=what[:-len("folder")] + "file" if what.endswith("folder") else what,
-                          inputs=inputs)
+        check_output_file(os.path.join(target, name), what=file_what, inputs=inputs)
+    if owned is not None:
+        _check_replaceable(target, what, inputs, owned)
     return target
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or lies under it (symbolic links resolved)."""
+    real_path, real_folder = os.path.realpath(path), os.path.realpath(folder)
+    return real_path == real_folder or real_path.startswith(real_folder.rstrip(os.sep) + os.sep)
+
+
+def _check_replaceable(target: str, what: str, inputs: Sequence[PathLike], owned: Sequence[str]) -> None:
+    for source in inputs:
+        if source is not None and _inside(os.fspath(source), target):
+            raise InputError(
+                "the {} {} holds the input {}; the run replaces the folder as a whole".format(
+                    what, target, os.fspath(source)),
+                expected="an output folder outside every input",
+            )
+    if os.path.isdir(target):
+        foreign = sorted(name for name in os.listdir(target)
+                         if not any(fnmatch.fnmatch(name, pattern) for pattern in owned))
+        if foreign:
+            raise InputError(
+                "the {} {} holds files this run did not write; it replaces the folder as a whole".format(what, target),
+                expected="a new or empty folder, or one holding only {}".format(", ".join(owned)),
+                found=", ".join(foreign[:5]) + (" and {} more".format(len(foreign) - 5) if len(foreign) > 5 else ""),
+            )
+    parent = os.path.dirname(os.path.abspath(target))
+    _check_writable_parent(os.path.join(parent, "probe"), what)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return done == 0
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[str]:
+    """Write a set of files as one: yield a fresh staging folder next to ``path``; on a clean exit
+    it becomes ``path`` (the previous folder, stale files included, is removed).
+
+    The staging folder is ``.<name>.<random>.partial`` in ``path``'s parent. The swap is one
+    atomic ``renameat2(RENAME_EXCHANGE)`` on Linux, so ``path`` always holds the whole old set
+    or the whole new one. Elsewhere it is two renames: an interruption between them leaves no
+    ``path`` but the whole old set in ``.<name>.<random>.old`` next to it. On an exception the
+    staging folder is removed and ``path`` is untouched. Check ``path`` first with
+    :func:`check_output_dir` (``owned=...``): the old folder is deleted whole.
+    """
+    target = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="." + name + ".", suffix=".partial", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; results are ordinary folders
+        yield staging
+        for entry in os.scandir(staging):  # on disk before the swap makes them the results
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if not os.path.isdir(target):
+            os.rename(staging, target)
+            return
+        if _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the old set
+            return
+        old = staging[: -len(".partial")] + ".old"
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _check_writable_parent(target: str, what: str) -> None:

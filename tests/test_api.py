@@ -126,7 +126,23 @@ def test_nan_and_inf_are_refused_with_the_pair_index(reference_models):
             clf.predict(g, s)
         g[0, 0, 0, 0] = np.inf
         with pytest.raises(InputError, match="golden array holds NaN or Inf.*pair 0"):
+            clf.predict(g, g, check_inputs=True)
+        with pytest.raises(InputError, match="golden array holds NaN or Inf.*pair 0"):
+            clf.predict(g, g)  # found through the output, then named by scanning that pair
+
+
+def test_float64_beyond_float32_is_refused_like_nan(reference_models):
+    g = np.zeros((3, 3, 512, 128), np.float64)
+    s = g.copy()
+    s[1, 0, 5, 5] = 1e39
+    with changenet_trt.load(reference_models["learnable_dynamic"]) as clf:
+        with pytest.raises(InputError, match="sample array holds NaN, Inf or values beyond the model's float32 "
+                                             "range.*pair 1"):
+            clf.predict(g, s)
+        g[2, 2, 2, 2] = np.nan
+        with pytest.raises(InputError, match="golden array .*pair 2"):
             clf.predict(g, g)
+        assert clf.predict(g[:2], g[:2]).scores.shape == (2,)
 
 
 def test_missing_image_file_names_the_path(reference_models, tmp_path):

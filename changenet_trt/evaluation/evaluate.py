@@ -11,6 +11,11 @@ inferred (``Classifier.run_pipeline``) -> ``contract.score`` -> ``Classifier.dec
 * ``summary.json``: counts, rates, per-label rates, cutoff sweep, target cutoffs, skipped rows
 * ``sweep.csv``: counts and rates at every distinct cutoff
 * ``roc.png``, ``scores.png`` (score histograms by label class), ``scores_by_type.png``, ``sweep.png``
+
+The output folder is checked before any work and written as one set: the files go to a staging
+folder next to it that then replaces it whole (:func:`changenet_trt.files.atomic_dir`), so an
+interrupted run leaves the previous run's set untouched and a finished run leaves no stale file
+of an earlier one. A folder holding anything else (or an input) is refused.
 """
 
 import csv
@@ -35,10 +40,13 @@ from changenet_trt.evaluation.metrics import (
     per_label,
     sweep,
 )
+from changenet_trt.files import atomic_dir, check_output_dir
 from changenet_trt.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_LISTED_PROBLEMS = 20
+#: every name eval writes in its output folder (an existing folder may hold only these)
+OUTPUT_NAMES = ("scores.csv", "sweep.csv", "summary.json", "*.png")
 
 
 @dataclass
@@ -94,6 +102,9 @@ def evaluate(
     """
     from changenet_trt.api import load
 
+    if out_dir is not None:
+        inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
+        check_output_dir(out_dir, what="eval output folder", inputs=inputs, owned=OUTPUT_NAMES)
     log = log if log is not None else sys.stderr
     layout = layout or LightLayout()
     bar = None  # type: Optional[Progress]
@@ -124,9 +135,19 @@ def evaluate(
         seconds = time.perf_counter() - start
         all_scores = contract_score(raw, contract.output_kind)
         failed = loader.failed
+        unscored = ~np.isfinite(raw.reshape(raw.shape[0], -1)).all(axis=1) | ~np.isfinite(all_scores)
+        for index in np.flatnonzero(unscored).tolist():
+            if index in failed:
+                continue
+            pair = dataset.pairs[index]
+            item = RowProblem(pair.line, pair.object_name, "", "the model's output is NaN or Inf for this pair")
+            if strict:
+                raise DatasetError("{} (--strict stops at the first unusable row)".format(item))
+            failed[index] = item
+            report(item)
         scored = [i for i in range(len(dataset)) if i not in failed]
         if not scored:
-            raise DatasetError("no pair of {} could be decoded".format(dataset.csv_path),
+            raise DatasetError("no pair of {} could be decoded and scored".format(dataset.csv_path),
                                found=str(next(iter(failed.values()))))
         scores = all_scores[scored]
         decisions = clf.decide(scores)
@@ -214,9 +235,24 @@ def _sweep_row(c: Any) -> Dict[str, Any]:
 
 
 def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[str, str]:
-    """Write scores.csv, sweep.csv, summary.json and (``plots``) the PNGs into ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    summary = result.summary
+    """Write scores.csv, sweep.csv, summary.json and (``plots``) the PNGs as ``out_dir``, as one set.
+
+    The set is written into a staging folder that then replaces ``out_dir`` whole: after an
+    interruption ``out_dir`` holds the previous set or this one, never a mix.
+    """
+    check_output_dir(out_dir, what="eval output folder", owned=OUTPUT_NAMES)
+    with atomic_dir(out_dir) as staging:
+        files = _write_set(result, staging, plots)
+        final = {key: os.path.join(out_dir, os.path.basename(path)) for key, path in files.items()}
+        result.summary["files"] = dict(final)
+        with open(os.path.join(staging, "summary.json"), "w") as handle:
+            json.dump(result.summary, handle, indent=2)
+            handle.write("\n")
+    result.files = final
+    return final
+
+
+def _write_set(result: EvalResult, out_dir: str, plots: bool) -> Dict[str, str]:
     full = result.sweep
     files = {}  # type: Dict[str, str]
     pairs = [result.dataset.pairs[i] for i in result.scored]
@@ -243,11 +279,6 @@ def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[
     if plots:
         files.update(_plots(result, out_dir, full))
     files["summary_json"] = os.path.join(out_dir, "summary.json")
-    summary["files"] = dict(files)
-    with open(files["summary_json"], "w") as handle:
-        json.dump(summary, handle, indent=2)
-        handle.write("\n")
-    result.files = files
     return files
 
 

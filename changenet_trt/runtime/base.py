@@ -14,6 +14,7 @@ Life cycle (as Polygraphy's runners)::
 """
 
 import abc
+import os
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -128,6 +129,13 @@ class Runner(abc.ABC):
         is submitted again.
         """
 
+    def run_direct(self, feed: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
+        """Run the caller's own arrays ``{input name: [n, C, H, W]}`` in place, without copying
+        them into the runner's buffers, and return the raw output ``[n, ...]``; ``None`` when
+        this runner cannot (then use the buffers). Where it runs, it is safe to call from
+        several threads at once and uses no buffer slot. The default cannot."""
+        return None
+
     def run(self, batch: int, slot: int = 0, copy: bool = True) -> np.ndarray:
         """``submit`` then ``fetch``: one synchronous batch."""
         self.submit(batch, slot)
@@ -169,6 +177,47 @@ class Runner(abc.ABC):
         for name, array in feed.items():
             np.copyto(buffers[name], array, casting="same_kind")
         return {self.contract.output: self.run(batch, copy=copy)}
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (Linux ``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_buffer_memory(nbytes: int, batch: int, what: str) -> None:
+    """Refuse, before allocating, buffers of ``nbytes`` for ``batch`` pairs that this machine cannot hold.
+
+    ``nbytes`` counts the runner's own buffers only (the model's activations come on top), so
+    this refuses only the sizes that cannot work; it does nothing where free memory is unknown.
+    """
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise InputError(
+            "batch size {} needs {:.1f} GiB of {} buffers; this machine has {:.1f} GiB available".format(
+                batch, nbytes / 2.0 ** 30, what, free / 2.0 ** 30),
+            expected="a batch size whose buffers fit in memory (TAO's default is 16)",
+            found=batch,
+        )
+
+
+def check_batch_size(batch_size: object) -> Optional[int]:
+    """``None`` (the runner's default) or a positive integer; anything else is refused."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError("batch_size must be a positive integer", expected="1, 2, ... (default 16)",
+                         found=repr(batch_size))
+    return int(batch_size)
 
 
 def now_ms() -> float:

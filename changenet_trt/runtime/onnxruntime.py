@@ -9,7 +9,7 @@ import numpy as np
 from changenet_trt.contract import ModelContract, read_contract
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError, missing_dependency
-from changenet_trt.runtime.base import Runner, Timing, now_ms
+from changenet_trt.runtime.base import Runner, Timing, check_batch_size, check_buffer_memory, now_ms
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -61,6 +61,7 @@ class OnnxRuntimeRunner(Runner):
         self.model_path = os.fspath(model_path)
         super().__init__(contract if contract is not None else read_contract(self.model_path))
         static = self.contract.static_batch
+        max_batch = check_batch_size(max_batch)
         if static is not None:
             if max_batch is not None and max_batch != static:
                 raise InputError(
@@ -71,8 +72,8 @@ class OnnxRuntimeRunner(Runner):
             self._max_batch = static
         else:
             self._max_batch = int(max_batch or BATCH_SIZE)
-            if self._max_batch < 1:
-                raise InputError("max_batch must be positive", found=max_batch)
+        per_pair = int(np.prod(self.contract.input_shape)) * np.dtype(self.contract.input_dtype).itemsize
+        check_buffer_memory(2 * self.num_slots * self._max_batch * per_pair, self._max_batch, "input")
         self.providers = providers
         self.threads = threads
         self._session = None
@@ -129,6 +130,24 @@ class OnnxRuntimeRunner(Runner):
         raw = self._session.run([self.contract.output], feed)[0]  # type: ignore[union-attr]
         elapsed = now_ms() - start
         return raw[:batch], Timing(enqueue_ms=0.0, compute_ms=elapsed)
+
+    def run_direct(self, feed: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
+        """Run the caller's arrays with no copy when they fit: the model's dtype, C-contiguous, a
+        batch within ``max_batch`` that needs no padding. ONNX Runtime sessions accept
+        concurrent ``run`` calls, so threads calling this run at the same time."""
+        self._require_active()
+        arrays = [feed[name] for name in self.contract.input_names()]
+        batch = arrays[0].shape[0]
+        static = self.contract.static_batch
+        if (static is not None and batch != static) or not 1 <= batch <= self._max_batch:
+            return None
+        dtype = np.dtype(self.contract.input_dtype)
+        if any(a.dtype != dtype or not a.flags.c_contiguous or a.shape[0] != batch for a in arrays):
+            return None
+        start = now_ms()
+        raw = self._session.run([self.contract.output], feed)[0]  # type: ignore[union-attr]
+        self.last_timing = Timing(enqueue_ms=0.0, compute_ms=now_ms() - start)
+        return raw
 
     def submit(self, batch: int, slot: int = 0) -> None:
         """Queue the batch on the runner's worker thread (ONNX Runtime releases the GIL while
