@@ -152,23 +152,30 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             "--golden and --sample must name the same number of images",
             found="{} golden, {} sample".format(len(args.golden), len(args.sample)),
         )
+    from changenet_trt.files import atomic_open, check_output_file
+
+    if args.out:
+        check_output_file(args.out, what="--out CSV", inputs=[args.model] + args.golden + args.sample)
     with load_classifier(args) as clf:
         result = clf.predict(args.golden, args.sample)
-    rows = [
-        (golden, sample, float(s), bool(d))
-        for golden, sample, s, d in zip(args.golden, args.sample, result.scores, result.defects)
-    ]
-    for golden, sample, s, d in rows:
-        print("{:<8} score={:.6f}  golden={}  sample={}".format("DEFECT" if d else "pass", s, golden, sample))
+    rows = list(zip(args.golden, args.sample, result.scores.tolist(), result.decisions))
+    for golden, sample, s, decision in rows:
+        print("{:<8} score={:.6f}  golden={}  sample={}".format(
+            "pass" if decision == "pass" else decision.upper(), s, golden, sample))
     print("{} pairs, {} defects at cutoff {} ({:.1f} pairs/s)".format(
-        len(rows), int(result.defects.sum()), result.cutoff, result.pairs_per_s))
+        len(rows), int(result.defects.sum()) - len(result.invalid_pairs), result.cutoff, result.pairs_per_s))
     if args.out:
-        with open(args.out, "w", newline="") as handle:
+        with atomic_open(args.out, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["golden", "sample", "score", "defect"])
-            for golden, sample, s, d in rows:
-                writer.writerow([golden, sample, "{:.8g}".format(s), int(d)])
+            writer.writerow(["golden", "sample", "score", "decision"])
+            for golden, sample, s, decision in rows:
+                writer.writerow([golden, sample, "{:.8g}".format(s), decision])
         print("wrote {}".format(args.out))
+    if result.invalid_pairs:
+        print("error: {} pair(s) could not be scored (the model's output is NaN or Inf): {}".format(
+            len(result.invalid_pairs), "; ".join("golden={} sample={}".format(rows[i][0], rows[i][1])
+                                                 for i in result.invalid_pairs)), file=sys.stderr)
+        return 1
     return 0
 
 

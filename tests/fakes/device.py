@@ -35,17 +35,21 @@ class FakeStream:
         self.ops_run = 0
 
     def enqueue(self, op: Callable[[], None]) -> None:
-        if self.capturing is not None:
-            self.capturing.append(op)
-        else:
-            self._queue.append(op)
+        with self.device._lock:
+            if self.capturing is not None:
+                self.capturing.append(op)
+            else:
+                self._queue.append(op)
 
     def synchronize(self) -> None:
         self.device.require_context()
-        while self._queue:
-            op = self._queue.pop(0)
-            op()
-            self.ops_run += 1
+        # One GPU runs a stream's work in order, whichever host threads wait on it: draining is
+        # serialised device-wide (reentrant: a cross-stream wait drains the other stream here).
+        with self.device._lock:
+            while self._queue:
+                op = self._queue.pop(0)
+                op()
+                self.ops_run += 1
 
     def is_done(self) -> bool:
         return not self._queue
