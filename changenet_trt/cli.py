@@ -167,9 +167,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if args.out:
         with atomic_open(args.out, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["golden", "sample", "score", "decision"])
+            writer.writerow(["golden", "sample", "score", "defect", "decision"])
             for golden, sample, s, decision in rows:
-                writer.writerow([golden, sample, "{:.8g}".format(s), decision])
+                writer.writerow([golden, sample, "{:.8g}".format(s), int(decision != "pass"), decision])
         print("wrote {}".format(args.out))
     if result.invalid_pairs:
         print("error: {} pair(s) could not be scored (the model's output is NaN or Inf): {}".format(
@@ -208,8 +208,10 @@ def _cmd_reference_model(args: argparse.Namespace) -> int:
     if args.realistic:
         if args.fp16_overflow:
             raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
+        from changenet_trt.files import check_output_file
         from changenet_trt.models.realistic import build_realistic_model, model_gflops, save_model
 
+        check_output_file(args.out, what="model file")
         model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
         path = save_model(model, args.out)
         print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
@@ -718,7 +720,10 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from changenet_trt.evaluation import validate
+    from changenet_trt.files import check_output_file
 
+    if args.json_out:
+        check_output_file(args.json_out, what="validate JSON report", inputs=[args.engine, args.onnx, args.csv])
     report = validate.validate(
         args.engine, args.onnx, _pair_source_factory(args, validate.DEFAULT_PAIRS), cutoff=args.cutoff,
         atol=args.atol, rtol=args.rtol, max_flips=args.max_flips, backend=args.backend, batch_size=args.batch_size,
@@ -761,7 +766,12 @@ def _cmd_fp16_check(args: argparse.Namespace) -> int:
     from changenet_trt.contract import read_contract
     from changenet_trt.data.preprocess import get_normalization
     from changenet_trt.engine import fp16_check
+    from changenet_trt.files import check_output_file
 
+    for path, what in ((args.out or fp16_check.default_list_path(args.model), "float32 layer list"),
+                       (args.json_out, "fp16-check JSON report")):
+        if path:
+            check_output_file(path, what=what, inputs=[args.model])
     contract = read_contract(args.model, **contract_overrides(args))
     norm = get_normalization(_normalization_arg(args.normalization) or contract.preprocess or "tao")
     source = _pair_source_factory(args, 16)(contract, norm)

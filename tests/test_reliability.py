@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from test_tensorrt_runner import write_engine
 
 import changenet_trt
 from changenet_trt.cli import main
@@ -18,7 +19,6 @@ from changenet_trt.evaluation.evaluate import evaluate
 from changenet_trt.tools.demo import make_pairs
 
 from helpers import normalized
-from test_tensorrt_runner import write_engine
 
 THREADS = 8
 CALLS = 4

@@ -476,6 +476,9 @@ def synthesize(
     parameters and counts). ``lights`` empty writes one image per object (single-image mode).
     ``on_pair(done)`` reports progress.
     """
+    from changenet_trt.files import check_output_dir
+
+    check_output_dir(out_dir, what="synth output folder")
     if size < 32:
         raise InputError("image size too small", expected=">= 32", found=size)
     if not ext.startswith("."):

@@ -28,6 +28,7 @@ import numpy as np
 
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
 from changenet_trt.errors import InputError, ModelContractError, missing_dependency
+from changenet_trt.files import atomic_write, check_output_file
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14 = 6.1e-5
@@ -376,9 +377,7 @@ def write_layer_list(report: Fp16Report, path: str) -> str:
     Names are written literally; they are exact layer names, valid as patterns for
     ``build --fp32-layers @FILE``. An empty list (nothing flagged) holds only comments.
     """
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    path = check_output_file(path, what="float32 layer list", inputs=[report.model])
     lines = [
         "# float32 layers for {} (changenet-trt fp16-check on {} pairs)".format(
             os.path.basename(report.model), report.pairs
@@ -391,8 +390,7 @@ def write_layer_list(report: Fp16Report, path: str) -> str:
         for why in layer.reasons:
             lines.append("# {} ({}): {}".format(layer.layer, layer.op_type, why))
         lines.append(layer.layer)
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -464,9 +462,8 @@ def format_report(report: Fp16Report, top: int = 10) -> List[str]:
 
 
 def write_json(report: Fp16Report, path: str) -> str:
-    with open(path, "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    path = check_output_file(path, what="fp16-check JSON report", inputs=[report.model])
+    atomic_write(path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -286,8 +286,11 @@ def prepare_model(
     """
     import onnx
 
-    source = os.fspath(model)
-    proto = load_onnx(source)
+    from changenet_trt.files import check_output_file
+
+    source = os.fspath(model) if not isinstance(model, onnx.ModelProto) else ""
+    check_output_file(output, what="prepared ONNX file", inputs=[source] if source else [])
+    proto = load_onnx(model)
     contract = read_contract(proto, sample_input=sample_input, golden_input=golden_input,
                              output=output_name, output_kind=output_kind)
     batches = sorted({int(b) for b in batches})

@@ -12,7 +12,6 @@ of both when the pairs are labelled. :func:`validate` returns a :class:`Validati
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -235,9 +234,10 @@ class ValidationReport:
 
 
 def write_json(report: ValidationReport, path: str) -> str:
-    with open(os.fspath(path), "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    from changenet_trt.files import atomic_write, check_output_file
+
+    path = check_output_file(path, what="validate JSON report")
+    atomic_write(path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 

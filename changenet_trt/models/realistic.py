@@ -443,11 +443,11 @@ def write_realistic_model(path: Union[str, "os.PathLike[str]"], **kwargs) -> str
 
 def save_model(model, path: Union[str, "os.PathLike[str]"]) -> str:
     """Save an ``onnx.ModelProto`` to ``path`` (folders are created); return the path."""
-    import onnx
 
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    onnx.save(model, path)
+    from changenet_trt.files import atomic_write, check_output_file
+
+    path = check_output_file(path, what="model file")
+    atomic_write(path, model.SerializeToString())
     return path
 
 

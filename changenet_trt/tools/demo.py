@@ -57,8 +57,10 @@ def run_demo(
     """Run the pipeline; print FPR, defect capture, pairs/s and where the plots are. Returns 0."""
     from changenet_trt.data.synth import synthesize
     from changenet_trt.evaluation.evaluate import evaluate, format_summary
+    from changenet_trt.files import check_output_dir
     from changenet_trt.progress import Progress
 
+    check_output_dir(out_dir, what="demo output folder", inputs=[model] if model else [])
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     if model is None:
