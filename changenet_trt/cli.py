@@ -295,8 +295,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     from changenet_trt.data.dataset import parse_lights
     from changenet_trt.data.synth import synthesize
+    from changenet_trt.files import check_output_dir
     from changenet_trt.progress import Progress
 
+    check_output_dir(args.out, what="synth output folder")  # before the progress bar opens
     start = time.perf_counter()
     with Progress(args.pairs, label="synth", unit="pairs") as bar:
         result = synthesize(args.out, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,

@@ -113,8 +113,13 @@ def load_onnx(model: Union[str, "os.PathLike[str]", Any]) -> Any:
     if isinstance(model, onnx.ModelProto):
         return model
     path = os.fspath(model)
+    if os.path.isdir(path):
+        raise ModelContractError("model path is a folder, not an ONNX file: {}".format(path))
     if not os.path.isfile(path):
         raise ModelContractError("model file not found: {}".format(path))
+    if os.path.getsize(path) == 0:
+        raise ModelContractError("model file is empty: {}".format(path), expected="an ONNX model (.onnx)",
+                                 found="0 bytes")
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends

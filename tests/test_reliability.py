@@ -304,3 +304,59 @@ def test_swap_without_renameat2_also_leaves_a_whole_set(tmp_path, monkeypatch):
                     handle.write(version)
     assert sorted(os.listdir(tmp_path)) == ["set"]
     assert [(out / n).read_text() for n in ("a.csv", "b.json")] == ["new", "new"]
+
+
+# -- every writer checks its output before the work --------------------------------------------
+def test_every_command_checks_its_output_first(tmp_path, reference_models, monkeypatch, capsys):
+    from changenet_trt.engine import fp16_check, prepare
+    from changenet_trt.evaluation import validate
+
+    worked = []
+    for module, name in ((fp16_check, "check_model"), (validate, "validate"), (prepare, "make_dynamic")):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: worked.append(_n))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    under_file = str(a_file / "out")
+    model = reference_models["learnable_static16"]
+    commands = {
+        "reference-model": ["reference-model", under_file],
+        "reference-model --realistic": ["reference-model", str(tmp_path), "--realistic"],
+        "synth": ["synth", str(a_file), "--pairs", "2"],
+        "demo": ["demo", "--out", str(a_file), "--pairs", "2"],
+        "prepare": ["prepare", model, "-o", under_file],
+        "prepare onto its input": ["prepare", model, "-o", model],
+        "fp16-check --out": ["fp16-check", model, "--pairs", "1", "--out", str(tmp_path)],
+        "fp16-check --json": ["fp16-check", model, "--pairs", "1", "--out", str(tmp_path / "l.txt"),
+                              "--json", under_file],
+        "validate --json": ["validate", model, "--onnx", model, "--pairs", "1", "--json", under_file],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, err)
+    assert worked == [] and a_file.read_text() == "x"
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+@pytest.mark.parametrize("content", [None, b""])
+def test_model_path_that_is_a_folder_or_empty_says_so(tmp_path, content):
+    path = tmp_path / "m.onnx"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(changenet_trt.errors.ModelContractError, match="folder" if content is None else "empty.*0 bytes"):
+        changenet_trt.load(str(path))
+
+
+def test_image_path_that_is_a_folder_says_so(reference_models, tmp_path):
+    with changenet_trt.load(reference_models["learnable_dynamic"]) as clf:
+        with pytest.raises(InputError, match="image path is a folder"):
+            clf.predict([str(tmp_path)], [str(tmp_path)])
+
+
+def test_uint8_nchw_array_names_the_argument(reference_models):
+    with changenet_trt.load(reference_models["learnable_dynamic"]) as clf:
+        with pytest.raises(InputError, match=r"sample is a uint8 array \[2, 3, 512, 128\]"):
+            clf.predict(np.zeros((2, 512, 128, 3), np.uint8), np.zeros((2, 3, 512, 128), np.uint8))

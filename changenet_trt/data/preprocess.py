@@ -98,6 +98,9 @@ def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
 
     path = os.fspath(path)
     # Check first: imread on a missing file prints an OpenCV warning to stderr.
+    if os.path.isdir(path):
+        raise InputError("image path is a folder, not an image file: {}".format(path),
+                         expected="a PNG/JPEG/BMP/TIFF file")
     if not os.path.isfile(path):
         raise InputError("image file not found: {}".format(path))
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
