@@ -381,7 +381,7 @@ class Classifier:
             if array.shape[0] == 0:
                 raise InputError("{} array is empty".format(role), expected="N >= 1", found=list(array.shape))
             model_dtype = np.dtype(self.contract.input_dtype)
-            wider = array.dtype.itemsize > model_dtype.itemsize
+            wider = np.issubdtype(model_dtype, np.floating) and array.dtype.itemsize > model_dtype.itemsize
             if check_inputs or wider:
                 # a wider dtype is converted: values beyond the model's range would become Inf
                 _refuse_rows(array, role, None, float(np.finfo(model_dtype).max) if wider else None)
