@@ -20,6 +20,7 @@ from changenet_trt.runtime.tensorrt import TensorRTRunner
 from changenet_trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
 from changenet_trt.tools.demo import make_pairs
 
+from fakes.tensorrt import _plan as fake_plan
 from fakes.tensorrt import make_fake_engine
 from helpers import normalized, ort_output
 
@@ -50,8 +51,17 @@ def data():
     return golden, sample
 
 
-def write_engine(tmp_path, gpu, onnx_path, name="model", sidecar=True, fp16=False, **kwargs):
-    """A fake engine for ``onnx_path`` built by ``gpu``'s TensorRT for its GPU, with its sidecar."""
+def sidecar_tensors(plan):
+    """The sidecar's ``tensors`` and ``profile_shapes`` of a fake plan (as a build writes them)."""
+    header, _ = fake_plan.decode(plan)
+    tensors = [{"name": t["name"], "mode": t["mode"].lower(), "shape": list(t["shape"]), "dtype": t["dtype"]}
+               for t in header["tensors"]]
+    return tensors, {name: [list(s) for s in shapes] for name, shapes in header["profiles"][0].items()}
+
+
+def write_engine(tmp_path, gpu, onnx_path, name="model", sidecar=True, fp16=False, describe=True, **kwargs):
+    """A fake engine for ``onnx_path`` built by ``gpu``'s TensorRT for its GPU, with its sidecar
+    (``describe``: listing the engine's tensors, so a runner is made without deserializing)."""
     kwargs.setdefault("version", gpu.trt.__version__)
     plan = make_fake_engine(onnx_path, fp16=fp16, **kwargs)
     path = str(tmp_path / (name + ".engine"))
@@ -76,8 +86,12 @@ def write_engine(tmp_path, gpu, onnx_path, name="model", sidecar=True, fp16=Fals
             compute_capability=list(kwargs.get("compute_capability") or gpu.device.compute_capability),
             preprocess=contract.preprocess or "tao",
             engine_sha256=hashlib.sha256(plan).hexdigest(),
-            flags={"recommended_cutoff": contract.recommended_cutoff},
+            flags={"recommended_cutoff": contract.recommended_cutoff,
+                   "version_compatible": kwargs.get("version_compatible", False),
+                   "exclude_lean_runtime": kwargs.get("exclude_lean_runtime", False)},
         )
+        if describe:
+            meta.tensors, meta.profile_shapes = sidecar_tensors(plan)
         write_sidecar(path, meta)
     return path
 
@@ -573,8 +587,12 @@ def test_truncated_engine_is_refused(gpu, tmp_path, reference_models):
     data = open(engine, "rb").read()
     with open(engine, "wb") as handle:
         handle.write(data[: len(data) // 2])
+    runner = TensorRTRunner(engine)  # made from the sidecar: the bytes are read when it activates
     with pytest.raises(EngineError, match="not the one its metadata describes"):
-        TensorRTRunner(engine)
+        runner.activate()
+    assert not runner.is_active
+    with pytest.raises(EngineError, match="not the one its metadata describes"):
+        changenet_trt.load(engine)
     # without the sidecar TensorRT's own check still refuses it
     bare = tmp_path / "bare.engine"
     bare.write_bytes(data[:-100])
@@ -655,8 +673,243 @@ def test_engine_host_code_is_never_allowed(gpu10, tmp_path, reference_models, mo
             return super().deserialize_cuda_engine(data)
 
     monkeypatch.setattr(trt, "Runtime", PermissiveRuntime)
-    TensorRTRunner(engine)
+    TensorRTRunner(engine).activate().deactivate()
     assert seen == [False]
+
+
+def test_creating_deserializes_nothing_activating_does(gpu, tmp_path, reference_models, data):
+    onnx = reference_models["learnable_dynamic"]
+    engine = write_engine(tmp_path, gpu, onnx)
+    counters = gpu.trt._fake.counters
+    runner = TensorRTRunner(engine, max_batch=8)
+    assert counters["deserialize"] == 0 and gpu.device.summary()["device_allocations"] == 0
+    assert runner.contract.golden_input == "input_2" and runner.batch_range == (1, 8)
+    with runner:
+        assert counters["deserialize"] == 1
+        np.testing.assert_allclose(run_batch(runner, data[0][:3], data[1][:3]),
+                                   expected(onnx, data[0][:3], data[1][:3]), rtol=0, atol=1e-5)
+    with runner:  # deactivating frees the engine; activating again loads it again
+        assert counters["deserialize"] == 2
+    assert_clean(gpu)
+    # an engine without tensors in its sidecar (an older one) is read at creation
+    TensorRTRunner(write_engine(tmp_path, gpu, onnx, name="old", describe=False))
+    assert counters["deserialize"] == 3
+
+
+def test_an_engine_that_is_not_what_its_sidecar_says_is_refused_on_activation(gpu10, tmp_path, reference_models):
+    engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
+    meta = read_sidecar(engine)
+    for tensor in meta.tensors:  # says float16 I/O; the engine has float32
+        tensor["dtype"] = "float16"
+    write_sidecar(engine, meta)
+    runner = TensorRTRunner(engine)
+    with pytest.raises(EngineError, match="does not have the tensors its metadata describes"):
+        runner.activate()
+    assert_clean(gpu10)
+
+
+def test_a_junk_engine_with_a_sidecar_is_refused_with_tensorrts_reason_on_load(gpu10, tmp_path, reference_models):
+    engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
+    junk = b"this is not a TensorRT plan" * 10
+    with open(engine, "wb") as handle:
+        handle.write(junk)
+    meta = read_sidecar(engine)
+    meta.engine_sha256 = hashlib.sha256(junk).hexdigest()
+    write_sidecar(engine, meta)
+    with pytest.raises(EngineError) as info:
+        changenet_trt.load(engine)
+    assert "cannot load" in str(info.value) and "magic" in str(info.value)
+
+
+# -- one TensorRT logger per process ---------------------------------------------------------------
+def _refused_batch_error(runner):
+    """What the runner says when TensorRT refuses a shape (the profile check bypassed)."""
+    runner._context_batch = None
+    with pytest.raises(InputError) as info:
+        runner._set_batch(runner._high + 5)
+    return str(info.value)
+
+
+def test_every_runner_uses_the_one_registered_logger(gpu10, tmp_path, reference_models, caplog):
+    from changenet_trt.gpu import trt as trtlib
+
+    from fakes.tensorrt._runtime import registered_logger
+
+    engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            with TensorRTRunner(engine) as runner:
+                assert "does not satisfy any optimization profiles" in _refused_batch_error(runner)
+                assert "[37," in _refused_batch_error(runner)
+    assert registered_logger(gpu10.trt._fake) is trtlib.make_logger(gpu10.trt)
+    assert "differs from one already registered" not in caplog.text
+    assert not any("differs" in text for _, text in gpu10.trt._fake.log)
+
+
+def test_the_first_logger_outlives_the_first_runner(gpu10, tmp_path, reference_models):
+    """TensorRT logs every later runner's errors through the first logger it registered: that
+    logger must still exist when the runner that made it is gone."""
+    import gc
+    import weakref
+
+    from fakes.tensorrt._runtime import registered_logger
+
+    engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
+    first = TensorRTRunner(engine).activate()
+    logger = weakref.ref(registered_logger(gpu10.trt._fake))
+    first.deactivate()
+    del first
+    gc.collect()
+    assert logger() is not None
+    with TensorRTRunner(engine) as second:
+        assert "does not satisfy any optimization profiles" in _refused_batch_error(second)
+
+
+def test_a_logger_per_runner_would_log_through_a_freed_one(gpu10):
+    """The fake plays TensorRT: a second logger is ignored with a warning, and the first one is
+    what TensorRT uses, even once it was freed."""
+    import gc
+
+    from fakes.tensorrt import FakeTensorRTError
+
+    trt = gpu10.trt
+
+    class Quiet(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.seen = []
+
+        def log(self, severity, msg):
+            self.seen.append(msg)
+
+    first, second = Quiet(), Quiet()
+    runtime = trt.Runtime(first)
+    trt.Runtime(second)
+    assert any("differs from one already registered" in m for m in first.seen) and second.seen == []
+    del runtime, first
+    gc.collect()
+    with pytest.raises(FakeTensorRTError, match="freed"):
+        trt.Runtime(second).deserialize_cuda_engine(b"junk")
+
+
+def test_two_runners_in_parallel_each_report_their_own_errors(gpu10, tmp_path, reference_models):
+    engine = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"])
+    small = write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"], name="small", max_batch=8,
+                         opt_batch=4)
+    messages = {0: [], 1: []}
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def work(index, path):
+        try:
+            with TensorRTRunner(path) as runner:
+                barrier.wait()
+                for _ in range(30):
+                    messages[index].append(_refused_batch_error(runner))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(0, engine)), threading.Thread(target=work, args=(1, small))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    # each call's message names its own refused shape (37 = 32 + 5; 13 = 8 + 5) and nothing else
+    assert all("[37," in m and "[13," not in m for m in messages[0])
+    assert all("[13," in m and "[37," not in m for m in messages[1])
+
+
+# -- version-compatible engines on the lean and dispatch runtimes ---------------------------------
+@pytest.fixture
+def runtime_only(fake_trt_factory, fake_cuda, monkeypatch):
+    """Install a runtime-only fake (``runtime_only("tensorrt_lean")``) with no full ``tensorrt``."""
+    from fakes.tensorrt import make_module
+
+    fake_cuda.mode = "10.x"
+    fake_cuda.trt = fake_trt_factory("10.x")  # only to write engines and sidecars
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)
+    for name in ("tensorrt_lean", "tensorrt_lean_bindings", "tensorrt_dispatch", "tensorrt_dispatch_bindings"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)
+
+    def install(name):
+        module = make_module("10.x", name=name)
+        monkeypatch.setitem(__import__("sys").modules, name, module)
+        fake_cuda.runtime = module
+        return fake_cuda
+
+    return install
+
+
+@pytest.mark.parametrize("module", ["tensorrt_lean", "tensorrt_lean_bindings", "tensorrt_dispatch_bindings"])
+def test_version_compatible_engines_run_on_the_runtime_only_modules(runtime_only, tmp_path, reference_models, data,
+                                                                    module):
+    gpu = runtime_only(module)
+    assert not hasattr(gpu.runtime, "Builder")
+    onnx = reference_models["learnable_dynamic"]
+    engine = write_engine(tmp_path, gpu, onnx, version_compatible=True)
+    with TensorRTRunner(engine) as runner:
+        assert runner.version_compatible and runner._trt is gpu.runtime
+        np.testing.assert_allclose(run_batch(runner, data[0][:5], data[1][:5]),
+                                   expected(onnx, data[0][:5], data[1][:5]), rtol=0, atol=1e-5)
+    assert_clean(gpu)
+
+
+def test_an_engine_that_is_not_version_compatible_needs_the_full_tensorrt(runtime_only, tmp_path, reference_models):
+    gpu = runtime_only("tensorrt_lean")
+    engine = write_engine(tmp_path, gpu, reference_models["learnable_dynamic"])
+    with pytest.raises(DependencyError, match="'tensorrt'") as info:
+        TensorRTRunner(engine)
+    assert "lean" not in str(info.value)
+
+
+def test_without_any_tensorrt_a_version_compatible_engine_names_the_lean_extra(runtime_only, tmp_path,
+                                                                                reference_models):
+    gpu = runtime_only("tensorrt_lean")
+    engine = write_engine(tmp_path, gpu, reference_models["learnable_dynamic"], version_compatible=True,
+                          exclude_lean_runtime=True)
+    __import__("sys").modules["tensorrt_lean"] = None
+    with pytest.raises(DependencyError) as info:
+        TensorRTRunner(engine)
+    text = str(info.value)
+    assert "changenet-trt[lean]" in text and "tensorrt_lean_bindings" in text
+    assert "tensorrt_dispatch" not in text  # the dispatch runtime cannot run an engine without the lean runtime
+
+
+def test_the_dispatch_runtime_needs_the_embedded_lean_runtime(runtime_only, tmp_path, reference_models):
+    gpu = runtime_only("tensorrt_dispatch")
+    engine = write_engine(tmp_path, gpu, reference_models["learnable_dynamic"], version_compatible=True)
+    # host code (the embedded lean runtime) is allowed only for the bytes the sidecar describes
+    meta = read_sidecar(engine)
+    meta.engine_sha256 = ""
+    write_sidecar(engine, meta)
+    with pytest.raises(EngineError, match="host code"):
+        TensorRTRunner(engine).activate()
+
+
+def test_a_version_compatible_engine_runs_on_a_later_tensorrt_not_an_earlier_one(fake_trt_factory, fake_cuda, tmp_path,
+                                                                                 reference_models):
+    fake_cuda.trt = fake_trt_factory("10.x")
+    onnx = reference_models["learnable_dynamic"]
+    engine = write_engine(tmp_path, fake_cuda, onnx, version="8.6.2.3", version_compatible=True)
+    with TensorRTRunner(engine):
+        pass
+    fake_cuda.trt = fake_trt_factory("8.6")
+    newer = write_engine(tmp_path, fake_cuda, onnx, name="newer", version="10.3.0", version_compatible=True)
+    with pytest.raises(EngineError, match="too old"):
+        TensorRTRunner(newer)
+
+
+def test_no_runtime_is_made_without_a_working_cuda_driver(gpu10, tmp_path, reference_models):
+    from changenet_trt.gpu.cuda import CudaError
+
+    from fakes.libcuda import CUDA_ERROR_NO_DEVICE
+
+    runner = TensorRTRunner(write_engine(tmp_path, gpu10, reference_models["learnable_dynamic"]))
+    gpu10.libcuda.init_result = CUDA_ERROR_NO_DEVICE
+    with pytest.raises(CudaError, match="CUDA_ERROR_NO_DEVICE"):
+        runner.activate()
+    assert gpu10.trt._fake.counters["deserialize"] == 0
 
 
 # -- the API ---------------------------------------------------------------------------------------

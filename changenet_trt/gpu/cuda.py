@@ -322,6 +322,40 @@ def _open_driver_library() -> Any:
     raise GraphCaptureError("cannot load the CUDA driver library: {}".format("; ".join(errors)))
 
 
+def driver_problem() -> Optional[str]:
+    """Why CUDA cannot be used on this machine (no driver library, ``cuInit`` fails, no GPU), or
+    ``None`` when it can. Asked through the driver library with ctypes, so it answers without
+    pycuda or TensorRT, and before anything creates a TensorRT Runtime or Builder (which crash
+    the process when CUDA cannot initialise)."""
+    try:
+        lib = _open_driver_library()
+    except GraphCaptureError as exc:
+        return "no CUDA driver ({})".format(exc)
+    try:
+        init, count_devices = lib.cuInit, lib.cuDeviceGetCount
+    except AttributeError as exc:
+        return "the CUDA driver library is incomplete ({})".format(exc)
+    init.argtypes, init.restype = [ctypes.c_uint], ctypes.c_int
+    count_devices.argtypes, count_devices.restype = [ctypes.POINTER(ctypes.c_int)], ctypes.c_int
+    code = init(0)
+    if code != _CUDA_SUCCESS:
+        return "the CUDA driver does not initialise (cuInit: {})".format(_error_name(lib, code))
+    count = ctypes.c_int(0)
+    code = count_devices(ctypes.pointer(count))
+    if code != _CUDA_SUCCESS:
+        return "the CUDA driver cannot count GPUs (cuDeviceGetCount: {})".format(_error_name(lib, code))
+    if count.value < 1:
+        return "the CUDA driver sees no GPU"
+    return None
+
+
+def require_driver(feature: str = FEATURE) -> None:
+    """Raise :class:`CudaError` saying what is missing when CUDA cannot be used here."""
+    problem = driver_problem()
+    if problem is not None:
+        raise CudaError("{} needs an NVIDIA GPU with a working CUDA driver".format(feature), found=problem)
+
+
 def _driver_library() -> Any:
     global _DRIVER_LIBRARY
     with _DRIVER_LIBRARY_LOCK:

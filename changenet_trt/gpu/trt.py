@@ -6,18 +6,26 @@ than 8.5 are detected with ``hasattr``, versions compared with :mod:`packaging.v
 
 * :func:`import_tensorrt` -- the module, or :class:`~changenet_trt.errors.DependencyError`
 * :func:`version` / :func:`installed_version` -- TensorRT's version as a ``Version``
-* :func:`make_logger` -- a ``trt.ILogger`` that routes TensorRT's log to Python ``logging``
+* :func:`import_runtime` -- ``tensorrt``, or the lean/dispatch runtime for version-compatible engines
+* :func:`make_logger` -- the process's ``trt.ILogger`` (routes TensorRT's log to Python ``logging``;
+  ``capture()`` attributes errors to one call) and :func:`call` (a checked, attributed call)
+* :func:`subclass` -- one cached Python subclass of a TensorRT interface per module
+* :func:`create_runtime` / :func:`create_builder` -- only once the CUDA driver is known to work
 * :func:`to_numpy_dtype` / :func:`from_numpy_dtype` -- ``trt.DataType`` <-> numpy
 * :func:`network_flags`, :func:`has_feature`, :func:`check` -- small version-aware helpers
 """
 
+import importlib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from packaging.version import Version
 
-from changenet_trt.errors import ChangeNetError, EngineError, missing_dependency
+from changenet_trt.errors import TENSORRT_INSTALL_HINT, ChangeNetError, DependencyError, EngineError, missing_dependency
 
 #: logger that receives TensorRT's own messages (``-v`` shows INFO, ``-vv`` VERBOSE)
 TRT_LOGGER_NAME = "changenet_trt.tensorrt"
@@ -51,6 +59,58 @@ def import_tensorrt(feature: str = "this command") -> Any:
     except ImportError:
         raise missing_dependency("tensorrt", feature) from None
     return tensorrt
+
+
+#: runtime-only TensorRT modules (TensorRT 8.6+), each under its package's name and its bindings
+#: wheel's name: the lean runtime runs version-compatible engines; the dispatch runtime runs
+#: those that embed the lean runtime (built without --exclude-lean-runtime)
+LEAN_MODULES = ("tensorrt_lean", "tensorrt_lean_bindings")
+DISPATCH_MODULES = ("tensorrt_dispatch", "tensorrt_dispatch_bindings")
+LEAN_INSTALL_HINT = (
+    "for version-compatible engines the TensorRT lean runtime is enough: "
+    "`pip install 'changenet-trt[lean]'` on x86 Linux"
+)
+
+
+def _first_importable(names: Sequence[str]) -> Optional[Any]:
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def import_runtime(feature: str, version_compatible: bool = False, lean_runtime_embedded: bool = True) -> Any:
+    """The TensorRT module that runs an engine: ``tensorrt`` when installed, else (only for a
+    version-compatible engine) the lean runtime, else the dispatch runtime when the engine embeds
+    the lean runtime. DependencyError naming what would do when none is there."""
+    try:
+        return import_tensorrt(feature)
+    except DependencyError as exc:
+        if not version_compatible:
+            raise
+        missing = exc
+    module = _first_importable(LEAN_MODULES)
+    if module is None and lean_runtime_embedded:
+        module = _first_importable(DISPATCH_MODULES)
+    if module is None:
+        wanted = LEAN_MODULES + (DISPATCH_MODULES if lean_runtime_embedded else ())
+        raise DependencyError(
+            "{} needs TensorRT: neither 'tensorrt' nor a runtime-only module ({}) is installed ({}; {})".format(
+                feature, ", ".join(wanted), LEAN_INSTALL_HINT, TENSORRT_INSTALL_HINT)
+        ) from missing
+    return module
+
+
+def runtime_kind(trt: Any) -> str:
+    """``"lean"``, ``"dispatch"`` or ``"full"``: which TensorRT library module ``trt`` binds."""
+    name = str(getattr(trt, "__name__", ""))
+    if name.startswith("tensorrt_lean"):
+        return "lean"
+    if name.startswith("tensorrt_dispatch"):
+        return "dispatch"
+    return "full"
 
 
 def version(trt: Optional[Any] = None) -> Version:
@@ -90,46 +150,130 @@ def check(ok: Any, what: str, error: type = EngineError, logger: Any = None) -> 
     raise error("TensorRT failed: {}".format(what), found=found)
 
 
-_LOGGER_CLASSES: Dict[int, type] = {}
+# -- Python subclasses of TensorRT interfaces ---------------------------------------------------------
+# (id(module), factory) -> (weak reference to the module, the class). The module is held weakly, so a
+# reloaded or replaced module (tests install fresh fakes) gets its own class and never a stale one.
+_SUBCLASSES: Dict[Tuple[int, Callable[[Any], type]], Tuple["weakref.ReferenceType[Any]", type]] = {}
+_SUBCLASSES_LOCK = threading.Lock()
+
+
+def subclass(trt: Any, factory: Callable[[Any], type]) -> type:
+    """The class ``factory(trt)`` builds (a Python subclass of a TensorRT interface such as
+    ``trt.ILogger``, ``trt.IInt8EntropyCalibrator2`` or ``trt.IProgressMonitor``), built once per
+    TensorRT module and factory: the interfaces only exist once a module is imported, and
+    ``tensorrt``, ``tensorrt_lean`` and ``tensorrt_dispatch`` each have their own."""
+    key = (id(trt), factory)
+    with _SUBCLASSES_LOCK:
+        entry = _SUBCLASSES.get(key)
+        if entry is None or entry[0]() is not trt:
+            entry = _SUBCLASSES[key] = (weakref.ref(trt), factory(trt))
+        return entry[1]
+
+
+# -- the process-wide TensorRT logger -----------------------------------------------------------------
+# TensorRT keeps the first logger given to a Builder, Runtime or Refitter for the whole process and
+# ignores later ones (with a warning), so a logger per runner would send later runners' errors to an
+# earlier runner's logger, possibly already freed. One logger per TensorRT module, never freed.
+_LOGGERS: Dict[int, Tuple["weakref.ReferenceType[Any]", Any]] = {}
+_LOGGERS_LOCK = threading.Lock()
 
 
 def make_logger(trt: Any, name: str = TRT_LOGGER_NAME) -> Any:
-    """A ``trt.ILogger`` instance that forwards every message to ``logging.getLogger(name)``.
+    """The process's ``trt.ILogger`` for module ``trt``: it forwards every message to
+    ``logging.getLogger(name)`` and attributes errors to calls (``capture()``).
 
-    It also keeps the last error messages (``last_errors()``), so failures can be explained
-    in one line. The subclass is built on first use because ``trt.ILogger`` only exists once
-    TensorRT is imported.
+    Every call returns the same object for the same module (``name`` only matters for the
+    first call), as TensorRT itself only ever uses the first logger it was given.
     """
-    cls = _LOGGER_CLASSES.get(id(trt))
-    if cls is None or cls.__bases__[0] is not trt.ILogger:
-        cls = _build_logger_class(trt)
-        _LOGGER_CLASSES[id(trt)] = cls
-    return cls(name)
+    with _LOGGERS_LOCK:
+        entry = _LOGGERS.get(id(trt))
+        if entry is None or entry[0]() is not trt:
+            entry = _LOGGERS[id(trt)] = (weakref.ref(trt), subclass(trt, _logger_class)(name))
+        return entry[1]
 
 
-def _build_logger_class(trt: Any) -> type:
+def _logger_class(trt: Any) -> type:
     class PythonLogger(trt.ILogger):  # type: ignore[misc, name-defined]
-        """Routes TensorRT's log to Python logging; remembers the last errors."""
+        """Routes TensorRT's log to Python logging; attributes errors to the call that caused them."""
 
         def __init__(self, name: str) -> None:
             trt.ILogger.__init__(self)  # pybind11 requires the base __init__
             self.logger = logging.getLogger(name)
             self._errors: List[str] = []
+            self._captures: List[List[str]] = []
+            self._errors_lock = threading.Lock()
+            self._call_lock = threading.RLock()
 
         def log(self, severity: Any, msg: str) -> None:
             level = _SEVERITY_LEVELS.get(getattr(severity, "name", str(severity)), logging.WARNING)
             if level >= logging.ERROR:
-                self._errors = (self._errors + [str(msg).strip()])[-3:]
+                text = str(msg).strip()
+                with self._errors_lock:
+                    self._errors = (self._errors + [text])[-3:]
+                    for errors in self._captures:
+                        errors.append(text)
             if self.logger.isEnabledFor(level):
                 self.logger.log(level, "%s", str(msg).rstrip())
 
+        @contextmanager
+        def capture(self) -> Iterator[List[str]]:
+            """``with logger.capture() as errors: call()``: ``errors`` receives the errors TensorRT
+            logs during the block and nothing else (one attributed call at a time per process)."""
+            with self._call_lock:
+                errors: List[str] = []
+                with self._errors_lock:
+                    self._captures.append(errors)
+                try:
+                    yield errors
+                finally:
+                    with self._errors_lock:
+                        self._captures.remove(errors)
+
         def last_errors(self) -> List[str]:
-            return list(self._errors)
+            """The last three errors logged in this process (by any call; see ``capture``)."""
+            with self._errors_lock:
+                return list(self._errors)
 
         def clear_errors(self) -> None:
-            self._errors = []
+            with self._errors_lock:
+                self._errors = []
 
     return PythonLogger
+
+
+def call(logger: Any, what: str, function: Callable[..., Any], *args: Any, error: type = EngineError) -> Any:
+    """``function(*args)`` (a TensorRT call that reports failure with False/None), its errors
+    attributed through ``logger.capture()``; raise ``error`` naming ``what`` and TensorRT's reason."""
+    with logger.capture() as errors:
+        result = function(*args)
+    if not result:
+        found = "; ".join(errors[-3:]) if errors else "TensorRT reported failure (run with -v for its log)"
+        raise error("TensorRT failed: {}".format(what), found=found)
+    return result
+
+
+def create_runtime(trt: Any, feature: str, allow_host_code: bool = False) -> Any:
+    """A ``trt.Runtime`` on the process logger, made only once the CUDA driver has been found to
+    work (CudaError saying what is missing otherwise: a Runtime made without one crashes).
+
+    ``allow_host_code``: let it run the host code a version-compatible engine embeds (its lean
+    runtime, which the dispatch runtime needs); every other runtime refuses host code.
+    """
+    from changenet_trt.gpu.cuda import require_driver
+
+    require_driver(feature)
+    runtime = trt.Runtime(make_logger(trt))
+    if has_feature(runtime, "engine_host_code_allowed"):
+        runtime.engine_host_code_allowed = bool(allow_host_code)
+    return runtime
+
+
+def create_builder(trt: Any, feature: str = "building a TensorRT engine") -> Any:
+    """A ``trt.Builder`` on the process logger, made only once the CUDA driver works."""
+    from changenet_trt.gpu.cuda import require_driver
+
+    require_driver(feature)
+    return trt.Builder(make_logger(trt))
 
 
 def to_numpy_dtype(dtype: Any) -> np.dtype:

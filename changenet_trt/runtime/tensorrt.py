@@ -10,6 +10,12 @@ it accepts. A batch goes::
             -> D2H rows [:n]                              all async on the slot's stream
     fetch:  one wait on the slot's last event -> raw output [n, ...] (a copy unless copy=False)
 
+Creating a runner reads the engine's sidecar (contract, profile, the TensorRT and GPU it was
+built for) and deserializes nothing; ``activate`` deserializes the engine (its bytes checked
+against the sidecar) and allocates. An engine without a sidecar is deserialized at creation, as
+only it knows its tensors. A version-compatible engine (sidecar ``version_compatible``) also runs
+on a newer TensorRT, or with the lean or dispatch runtime when the full ``tensorrt`` is absent.
+
 CUDA events around each stage give ``last_timing`` (``h2d_ms``, ``compute_ms``, ``d2h_ms``; GPU
 time) and ``enqueue_ms`` is the host time of ``submit``. TensorRT and pycuda are imported
 lazily (through :mod:`changenet_trt.gpu.trt` and :mod:`changenet_trt.gpu.cuda`).
@@ -22,6 +28,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from packaging.version import InvalidVersion, Version
 
 from changenet_trt.contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
 from changenet_trt.errors import EngineError, InputError
@@ -48,12 +55,11 @@ class _Slot:
         self.enqueue_ms = 0.0
 
 
-def _read_engine_bytes(path: str) -> bytes:
+def _check_engine_file(path: str) -> None:
+    """Refuse what cannot be an engine before anything is loaded: no file, no bytes, an ONNX model."""
     if not os.path.isfile(path):
         raise EngineError("engine file not found: {}".format(path))
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if not data:
+    if os.path.getsize(path) == 0:
         raise EngineError("engine file is empty: {}".format(path), expected="a serialized TensorRT engine", found="0 bytes")
     if os.path.splitext(path)[1].lower() in _ONNX_SUFFIXES:
         raise EngineError(
@@ -61,7 +67,23 @@ def _read_engine_bytes(path: str) -> bytes:
             expected="an engine built from it (changenet-trt build), or the onnxruntime backend",
             found="an .onnx file",
         )
-    return data
+
+
+def _read_engine_bytes(path: str) -> bytes:
+    _check_engine_file(path)
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _sidecar_flag(meta: Optional[Any], name: str) -> bool:
+    """A build setting the sidecar records (``version_compatible``, ``exclude_lean_runtime``), as a
+    field or in its ``flags``; False when absent (older sidecars, engines without one)."""
+    if meta is None:
+        return False
+    value = getattr(meta, name, None)
+    if value is None:
+        value = (getattr(meta, "flags", None) or {}).get(name)
+    return bool(value)
 
 
 class TensorRTRunner(Runner):
@@ -101,7 +123,13 @@ class TensorRTRunner(Runner):
         self.zero_copy = bool(zero_copy)
         self.data_transfers = bool(data_transfers)
         self._lock = threading.RLock()
-        self._trt = trtlib.import_tensorrt(FEATURE)
+        _check_engine_file(self.model_path)
+        self._sidecar = self._read_sidecar()
+        #: the engine runs on a newer TensorRT, or on the lean/dispatch runtime (TensorRT 8.6+)
+        self.version_compatible = _sidecar_flag(self._sidecar, "version_compatible")
+        self._lean_embedded = not _sidecar_flag(self._sidecar, "exclude_lean_runtime")
+        self._trt = trtlib.import_runtime(FEATURE, self.version_compatible, self._lean_embedded)
+        self._logger = trtlib.make_logger(self._trt)
         self._ctx = cudalib.primary_context(device)
         if self.zero_copy and not self._ctx.can_map_host_memory:
             raise InputError(
@@ -111,13 +139,11 @@ class TensorRTRunner(Runner):
             )
         if self.zero_copy and not self._ctx.integrated:
             LOG.warning("zero_copy on a discrete GPU (%s): every access crosses PCIe; expect it to be slower", self._ctx.name)
-        self._plan = _read_engine_bytes(self.model_path)
-        self._sidecar = self._check_sidecar()
-        self._logger = trtlib.make_logger(self._trt)
+        self._check_sidecar()
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
-        self._load_engine()
+        self._io, self._profile_shapes = self._describe_engine()
         contract = self._read_contract(sample_input, golden_input, output, output_kind)
         super().__init__(contract)
         self._inputs: List[str] = list(contract.input_names())
@@ -133,32 +159,64 @@ class TensorRTRunner(Runner):
         self._graphs: Dict[Tuple[int, int], cudalib.CudaGraph] = {}
 
     # -- loading ----------------------------------------------------------------------------
-    def _check_sidecar(self) -> Optional[Any]:
-        """Refuse an engine whose sidecar names another TensorRT, another GPU or other bytes.
-
-        Returns the sidecar's metadata, or ``None`` when the engine has none (an engine from
-        trtexec): TensorRT's own version and device checks still refuse a foreign engine.
-        """
-        import hashlib
-
+    def _read_sidecar(self) -> Optional[Any]:
+        """The engine's metadata, or ``None`` when it has none (an engine from trtexec)."""
         from changenet_trt import sidecar
 
         if not os.path.isfile(sidecar.sidecar_path(self.model_path)):
             LOG.warning("%s has no metadata file (%s); relying on TensorRT's own checks", self.model_path,
                         sidecar.sidecar_path(self.model_path))
             return None
-        meta = sidecar.read_sidecar(self.model_path)
+        return sidecar.read_sidecar(self.model_path)
+
+    def _check_sidecar(self) -> None:
+        """Refuse an engine whose sidecar names another TensorRT or another GPU (its bytes are
+        checked against it when they are loaded). Without a sidecar TensorRT's own version and
+        device checks still refuse a foreign engine when it is deserialized."""
+        from changenet_trt import sidecar
+
+        meta = self._sidecar
+        if meta is None:
+            return
+        here = trtlib.version(self._trt)
+        trt_version: Optional[str] = str(here)
+        if self.version_compatible:
+            # a version-compatible engine loads in the release that built it and in later ones
+            try:
+                built: Optional[Version] = Version(str(meta.trt_version))
+            except InvalidVersion:
+                built = None
+            if built is not None and here < built:
+                raise EngineError(
+                    "{} is a version-compatible engine of TensorRT {}, which this TensorRT {} is too old "
+                    "to run".format(self.model_path, meta.trt_version, here),
+                    expected="TensorRT {} or later".format(meta.trt_version),
+                    found=str(here),
+                )
+            trt_version = None
         verdict = sidecar.check_compatible(
-            meta,
-            trt_version=str(self._trt.__version__),
-            gpu_name=self._ctx.name,
-            compute_capability=self._ctx.compute_capability,
-            engine_sha256=hashlib.sha256(self._plan).hexdigest(),
+            meta, trt_version=trt_version, gpu_name=self._ctx.name, compute_capability=self._ctx.compute_capability
         )
         for warning in verdict.warnings:
             LOG.warning("%s: %s", self.model_path, warning)
         verdict.raise_for_problems(self.model_path)
-        return meta
+
+    def _describe_engine(self) -> Tuple[List[Dict[str, Any]], Dict[str, Tuple[Tuple[int, ...], ...]]]:
+        """The engine's I/O tensors and its inputs' profile-0 shapes ``(min, opt, max)``.
+
+        They come from the sidecar, so creating a runner deserializes nothing (activation
+        does); an engine without them in a sidecar is deserialized now, as only it knows them.
+        """
+        meta = self._sidecar
+        tensors = [dict(t) for t in (meta.tensors if meta is not None else [])]
+        inputs = [t["name"] for t in tensors if t.get("mode") == "input"]
+        shapes = dict(meta.profile_shapes) if meta is not None else {}
+        if tensors and inputs and all(name in shapes for name in inputs):
+            return tensors, {name: tuple(trtlib.dims(s) for s in shapes[name]) for name in inputs}
+        self._load_engine()
+        tensors = trtlib.io_tensors(self._engine)
+        inputs = [t["name"] for t in tensors if t["mode"] == "input"]
+        return tensors, {name: trtlib.profile_shapes(self._engine, name, 0) for name in inputs}
 
     def _model_metadata(self) -> Dict[str, str]:
         """The ONNX-style metadata (recommended cutoff, preprocessing) the sidecar carries."""
@@ -172,29 +230,39 @@ class TensorRTRunner(Runner):
         return out
 
     def _load_engine(self) -> None:
+        """Read the engine file (checked against its sidecar's sha256) and deserialize it."""
+        import hashlib
+
+        from changenet_trt import sidecar
+
+        plan = _read_engine_bytes(self.model_path)
+        if self._sidecar is not None:
+            sidecar.check_compatible(self._sidecar, engine_sha256=hashlib.sha256(plan).hexdigest()).raise_for_problems(
+                self.model_path
+            )
         trt = self._trt
+        # the dispatch runtime runs the lean runtime the engine carries (host code); it is only
+        # allowed for an engine whose bytes are the ones its sidecar describes as built so
+        host_code = (trtlib.runtime_kind(trt) == "dispatch" and self.version_compatible and self._lean_embedded
+                     and bool(self._sidecar is not None and self._sidecar.engine_sha256))
         with self._ctx.activate():
-            runtime = trt.Runtime(self._logger)
-            if trtlib.has_feature(runtime, "engine_host_code_allowed"):
-                # version-compatible engines can carry host code: never run code from a file
-                runtime.engine_host_code_allowed = False
-            engine = runtime.deserialize_cuda_engine(self._plan)
+            runtime = trtlib.create_runtime(trt, FEATURE, allow_host_code=host_code)
+            with self._logger.capture() as errors:
+                engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
-                errors = self._logger.last_errors()
                 raise EngineError(
                     "cannot load {} as a TensorRT engine".format(self.model_path),
                     expected="an engine serialized by TensorRT {} for this GPU ({}), complete and unaltered".format(
                         trtlib.version(trt), self._ctx.name
                     ),
-                    found="; ".join(errors) if errors else "TensorRT could not deserialize it ({} bytes)".format(len(self._plan)),
+                    found="; ".join(errors[-3:]) if errors else "TensorRT could not deserialize it ({} bytes)".format(
+                        len(plan)),
                 )
         self._runtime, self._engine = runtime, engine
 
     def _read_contract(
         self, sample_input: Optional[str], golden_input: Optional[str], output: Optional[str], output_kind: Optional[str]
     ) -> ModelContract:
-        self._io = trtlib.io_tensors(self._engine)
-
         def info(tensor: Dict[str, Any]) -> TensorInfo:
             shape = tuple(None if int(d) < 0 else int(d) for d in tensor["shape"])
             return TensorInfo(tensor["name"], shape, tensor["dtype"])
@@ -220,7 +288,7 @@ class TensorRTRunner(Runner):
             return static, static, static
         low, opt, high = 1, None, None
         for name in self._inputs:
-            shapes = trtlib.profile_shapes(self._engine, name, 0)
+            shapes = self._profile_shapes[name]
             low = max(low, shapes[0][0])
             high = shapes[2][0] if high is None else min(high, shapes[2][0])
             opt = shapes[1][0] if opt is None else opt
@@ -286,11 +354,13 @@ class TensorRTRunner(Runner):
             with ctx.activate():
                 if self._engine is None:
                     self._load_engine()
-                context = self._engine.create_execution_context()
+                    self._check_tensors()
+                with self._logger.capture() as errors:
+                    context = self._engine.create_execution_context()
                 if context is None:
                     raise EngineError(
                         "TensorRT could not create an execution context for {}".format(self.model_path),
-                        found="; ".join(self._logger.last_errors()) or "out of device memory?",
+                        found="; ".join(errors[-3:]) or "out of device memory?",
                     )
                 self._context = context
                 shapes = self._set_batch(self._max_batch)
@@ -315,15 +385,28 @@ class TensorRTRunner(Runner):
             self._release()
             raise
 
+    def _check_tensors(self) -> None:
+        """The deserialized engine must have the tensors its sidecar promised (the contract and
+        buffer sizes were made from them)."""
+        found = trtlib.io_tensors(self._engine)
+        if found != self._io:
+            raise EngineError(
+                "{} does not have the tensors its metadata describes".format(self.model_path),
+                expected=self._io,
+                found=found,
+            )
+
     def _set_batch(self, batch: int) -> Dict[str, Tuple[int, ...]]:
         """``set_input_shape`` for every input at ``batch``; return every I/O tensor's shape."""
         for name in self._inputs:
             shape = (batch,) + tuple(self.contract.input_shape)
-            trtlib.check(
-                self._context.set_input_shape(name, shape),
+            trtlib.call(
+                self._logger,
                 "set_input_shape('{}', {})".format(name, list(shape)),
+                self._context.set_input_shape,
+                name,
+                shape,
                 error=InputError,
-                logger=self._logger,
             )
         self._context_batch = batch
         shapes = {}
@@ -429,11 +512,8 @@ class TensorRTRunner(Runner):
             self._set_batch(batch)
         if self._bound_slot != slot:
             for name, address in state.addresses.items():
-                trtlib.check(
-                    self._context.set_tensor_address(name, address),
-                    "set_tensor_address('{}')".format(name),
-                    logger=self._logger,
-                )
+                trtlib.call(self._logger, "set_tensor_address('{}')".format(name), self._context.set_tensor_address,
+                            name, address)
             self._bound_slot = slot
         self._execute(stream)
         if self.cuda_graph:
@@ -447,11 +527,8 @@ class TensorRTRunner(Runner):
                 )
 
     def _execute(self, stream: cudalib.CudaStream) -> None:
-        trtlib.check(
-            self._context.execute_async_v3(stream.handle),
-            "execute_async_v3 on {}".format(self.model_path),
-            logger=self._logger,
-        )
+        trtlib.call(self._logger, "execute_async_v3 on {}".format(self.model_path), self._context.execute_async_v3,
+                    stream.handle)
 
     def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
         """Wait for ``slot``'s batch (one event wait); return its raw output ``[batch, ...]``."""

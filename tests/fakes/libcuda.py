@@ -17,6 +17,7 @@ from fakes.device import DEVICE, FakeCudaError
 
 CUDA_SUCCESS = 0
 CUDA_ERROR_INVALID_VALUE = 1
+CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_CONTEXT = 201
 CUDA_ERROR_INVALID_HANDLE = 400
 CUDA_ERROR_ILLEGAL_STATE = 401
@@ -27,6 +28,7 @@ CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908
 _NAMES = {
     CUDA_SUCCESS: "CUDA_SUCCESS",
     CUDA_ERROR_INVALID_VALUE: "CUDA_ERROR_INVALID_VALUE",
+    CUDA_ERROR_NO_DEVICE: "CUDA_ERROR_NO_DEVICE",
     CUDA_ERROR_INVALID_CONTEXT: "CUDA_ERROR_INVALID_CONTEXT",
     CUDA_ERROR_INVALID_HANDLE: "CUDA_ERROR_INVALID_HANDLE",
     CUDA_ERROR_ILLEGAL_STATE: "CUDA_ERROR_ILLEGAL_STATE",
@@ -69,7 +71,11 @@ class FakeDriverLibrary:
         self.graph_execs: Dict[int, List[Callable[[], None]]] = {}
         self._capture_threads: Dict[int, threading.Thread] = {}
         self.captures_begun = 0
+        #: what ``cuInit`` returns (CUDA_ERROR_NO_DEVICE plays a machine whose driver finds no GPU)
+        self.init_result = CUDA_SUCCESS
         for name in (
+            "cuInit",
+            "cuDeviceGetCount",
             "cuStreamBeginCapture_v2",
             "cuStreamEndCapture",
             "cuGraphInstantiateWithFlags",
@@ -90,6 +96,17 @@ class FakeDriverLibrary:
             return DEVICE.stream(_value(handle))
         except FakeCudaError:
             return None
+
+    def _cuInit(self, flags: Any) -> int:
+        if _value(flags) != 0:
+            return CUDA_ERROR_INVALID_VALUE
+        return self.init_result
+
+    def _cuDeviceGetCount(self, count_out: Any) -> int:
+        if self.init_result != CUDA_SUCCESS:
+            return self.init_result
+        _store(count_out, 1)
+        return CUDA_SUCCESS
 
     def _cuStreamBeginCapture_v2(self, handle: Any, mode: Any) -> int:
         if DEVICE.current_context() is None:

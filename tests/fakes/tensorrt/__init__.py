@@ -72,16 +72,27 @@ _CLASSES = [
 ]
 
 
-def make_module(mode: str = "10.x", version: Optional[str] = None) -> RecordingModule:
+#: what the runtime-only modules (``tensorrt_lean``, ``tensorrt_dispatch``) lack: everything that builds
+_BUILDER_SIDE = {"ITensor", "ILayer", "INetworkDefinition", "ParserError", "OnnxParser", "IBuilderConfig", "Builder",
+                 "IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator"}
+RUNTIME_ONLY_MODULES = ("tensorrt_lean", "tensorrt_lean_bindings", "tensorrt_dispatch", "tensorrt_dispatch_bindings")
+
+
+def make_module(mode: str = "10.x", version: Optional[str] = None, name: str = "tensorrt") -> RecordingModule:
     """A fresh fake ``tensorrt`` module playing ``mode`` (``"8.5"``, ``"8.6"``, ``"10.x"``).
 
     ``version`` overrides the reported ``__version__`` (e.g. ``"10.0.1"``); its major/minor
-    decide which members exist.
+    decide which members exist. ``name`` ``"tensorrt_lean"`` or ``"tensorrt_dispatch"`` (or their
+    ``_bindings`` names) plays a runtime-only module: no builder, parser or calibrators, and
+    only version-compatible engines deserialize.
     """
     if mode not in MODES:
         raise ValueError("mode must be one of {}, not {!r}".format(sorted(MODES), mode))
+    if name != "tensorrt" and name not in RUNTIME_ONLY_MODULES:
+        raise ValueError("name must be tensorrt or one of {}, not {!r}".format(RUNTIME_ONLY_MODULES, name))
+    runtime_only = name != "tensorrt"
     api = Api(version or MODES[mode])
-    module = RecordingModule("tensorrt", "Fake TensorRT {} (tests only)".format(api.version_string))
+    module = RecordingModule(name, "Fake TensorRT {} (tests only)".format(api.version_string))
     api.module = module
     module.__version__ = api.version_string
     module._fake = api
@@ -90,6 +101,8 @@ def make_module(mode: str = "10.x", version: Optional[str] = None) -> RecordingM
             setattr(module, name, make_enum(api, name, members))
     # Classes: per-module subclasses, so an object of another fake module is refused.
     for base, since, until in _CLASSES:
+        if runtime_only and base.__name__ in _BUILDER_SIDE:
+            continue
         if api.has(since, until):
             setattr(module, base.__name__, api.specialise(base))
     module.IHostMemory = type("IHostMemory", (_runtime.IHostMemory,), {"_api": api, "__module__": "tensorrt"})
@@ -131,13 +144,16 @@ def make_fake_engine(
     version: str = MODES["10.x"],
     fp16: bool = True,
     compute_capability: Optional[Sequence[int]] = None,
+    version_compatible: bool = False,
+    exclude_lean_runtime: bool = False,
 ) -> bytes:
     """Serialized fake engine bytes for an ONNX file, without going through the builder.
 
     One profile ``min/opt/max_batch`` on the batch dimension of every input; ``fp16_io``
     makes every I/O tensor float16 (as an engine built with FP16 I/O formats); ``fp16``
     marks the engine built with the FP16 flag (outputs rounded through float16);
-    ``version``/``compute_capability`` default to what the fake device and 10.x mode play.
+    ``version``/``compute_capability`` default to what the fake device and 10.x mode play;
+    ``version_compatible``/``exclude_lean_runtime`` mark it built with those builder flags.
     """
     with open(onnx_path, "rb") as handle:
         onnx_bytes = handle.read()
@@ -156,7 +172,8 @@ def make_fake_engine(
         DEVICE.name,
         [profile],
         io_dtypes=io_dtypes,
-        flags=["FP16"] if fp16 else [],
+        flags=(["FP16"] if fp16 else []) + (["VERSION_COMPATIBLE"] if version_compatible else [])
+        + (["EXCLUDE_LEAN_RUNTIME"] if exclude_lean_runtime else []),
         num_layers=0,
     )
     return _plan.encode(header, onnx_bytes)

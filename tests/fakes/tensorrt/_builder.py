@@ -17,7 +17,7 @@ import numpy as np
 from ..device import DEVICE, FakeCudaError
 from . import _plan
 from ._api import FakeTensorRTError, Strict
-from ._runtime import Dims, dla_cores, require_logger
+from ._runtime import Dims, dla_cores, register_logger, require_logger
 
 # ONNX op -> TensorRT layer type (what the real parser mostly produces)
 _LAYER_TYPES = {
@@ -677,8 +677,7 @@ class IBuilderConfig(Strict):
 # -- builder -----------------------------------------------------------------------------------
 class Builder(Strict):
     def __init__(self, logger: Any) -> None:
-        require_logger(self._api, logger, "Builder")
-        self._logger = logger
+        self._logger = register_logger(self._api, logger, "createInferBuilder")
         self._max_threads = 1
 
     @property

@@ -5,9 +5,11 @@ that reads the input bytes from device memory, runs the embedded ONNX model with
 Runtime and writes the output bytes back -- when the stream is synchronised, not before.
 """
 
+import weakref
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+from packaging.version import Version
 
 from ..device import DEVICE, FakeCudaError
 from . import _plan
@@ -63,6 +65,52 @@ def require_logger(api: Any, logger: Any, who: str) -> None:
         raise TypeError("tensorrt.ILogger.__init__() must be called when overriding __init__")
 
 
+# Api -> weak reference to the first logger given to a Builder, Runtime or Refitter of that module.
+_REGISTERED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+class RegisteredLogger:
+    """What every Builder, Runtime and Refitter after the first logs through: the logger TensorRT
+    registered first. TensorRT holds it as a raw pointer, so it is held weakly here, and logging
+    after it was freed raises (where the real library would crash or print through freed memory)."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def log(self, severity: Any, msg: str) -> None:
+        logger = _REGISTERED[self._api]()
+        if logger is None:
+            raise FakeTensorRTError("TensorRT logged '{}' through the first logger it registered, which was freed "
+                                    "(the real library uses freed memory here)".format(msg))
+        logger.log(severity, msg)
+
+
+def register_logger(api: Any, logger: Any, who: str) -> Any:
+    """TensorRT keeps the first logger given to a Builder, Runtime or Refitter for the process and
+    ignores later ones with a warning. Returns what the new object logs through: ``logger`` when it
+    is the registered one (kept alive with the object, as pybind11's keep_alive does), else the
+    registered logger."""
+    require_logger(api, logger, who.replace("createInfer", ""))
+    with api.lock:
+        first = _REGISTERED.get(api)
+        if first is None:
+            _REGISTERED[api] = weakref.ref(logger)
+            return logger
+    if first() is logger:
+        return logger
+    registered = RegisteredLogger(api)
+    api.emit(registered, "WARNING", "The logger passed into {} differs from one already registered for an existing "
+             "builder, runtime, or refitter. So the current new logger is ignored, and TensorRT will use the logger "
+             "already registered.".format(who))
+    return registered
+
+
+def registered_logger(api: Any) -> Any:
+    """The logger TensorRT registered first for ``api``'s module (None: none yet, or freed)."""
+    ref = _REGISTERED.get(api)
+    return ref() if ref is not None else None
+
+
 class IHostMemory(bytes):
     """Serialized data returned by TensorRT; supports the buffer protocol, ``nbytes``, ``dtype``."""
 
@@ -83,8 +131,8 @@ class Runtime(Strict):
     _versions = {"engine_host_code_allowed": ("8.6", None)}
 
     def __init__(self, logger: Any) -> None:
-        require_logger(self._api, logger, "Runtime")
-        self._logger = logger
+        self._logger = register_logger(self._api, logger, "createInferRuntime")
+        self._given_logger = logger
         self._dla_core = -1
         self._host_code = False
 
@@ -98,7 +146,7 @@ class Runtime(Strict):
 
     @property
     def logger(self) -> Any:
-        return self._logger
+        return self._given_logger
 
     @property
     def num_DLA_cores(self) -> int:
@@ -126,11 +174,10 @@ class Runtime(Strict):
             api.emit(self._logger, "ERROR", "1: [runtime.cpp::parsePlan::314] Error Code 1: Serialization "
                      "(Serialization assertion failed: {}.)".format(exc))
             return None
-        if header["trt_version"] != api.version_string:
+        problem = self._version_problem(header)
+        if problem is not None:
             api.count("deserialize_failed")
-            api.emit(self._logger, "ERROR", "6: The engine plan file is not compatible with this version of "
-                     "TensorRT, expecting library version {} got {}, please rebuild.".format(
-                         api.version_string, header["trt_version"]))
+            api.emit(self._logger, "ERROR", problem)
             return None
         if tuple(header["compute_capability"]) != tuple(DEVICE.compute_capability):
             api.count("deserialize_failed")
@@ -140,6 +187,38 @@ class Runtime(Strict):
                          header["compute_capability"][0], header["compute_capability"][1]))
             return None
         return api.cls("ICudaEngine")(header, onnx_bytes, data, self._logger)
+
+
+    def _version_problem(self, header: Dict[str, Any]) -> Optional[str]:
+        """Why this runtime cannot run the plan's TensorRT version (None when it can).
+
+        A version-compatible plan (8.6+) runs in its release and later ones; the lean runtime only
+        runs version-compatible plans, the dispatch runtime only those that embed the lean runtime,
+        and only when it may run the host code they carry."""
+        api = self._api
+        flags = header.get("flags") or []
+        built = header["trt_version"]
+        kind = getattr(api.module, "__name__", "tensorrt")
+        if "VERSION_COMPATIBLE" not in flags:
+            if kind != "tensorrt":
+                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the {} runtime only "
+                        "runs version-compatible engines; this engine was built without version compatibility.)"
+                        .format(kind))
+            if built != api.version_string:
+                return ("6: The engine plan file is not compatible with this version of TensorRT, expecting library "
+                        "version {} got {}, please rebuild.".format(api.version_string, built))
+            return None
+        if Version(built) > api.version:
+            return ("6: The engine plan file is not compatible with this version of TensorRT, expecting library "
+                    "version {} or later got {}, please rebuild.".format(api.version_string, built))
+        if kind.startswith("tensorrt_dispatch"):
+            if "EXCLUDE_LEAN_RUNTIME" in flags:
+                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine excludes the "
+                        "lean runtime, which the dispatch runtime needs.)")
+            if not self._host_code:
+                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine carries host "
+                        "code (its lean runtime) and engine_host_code_allowed is false.)")
+        return None
 
 
 def dla_cores(api: Any) -> int:
