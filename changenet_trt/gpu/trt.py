@@ -25,7 +25,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from packaging.version import Version
 
-from changenet_trt.errors import TENSORRT_INSTALL_HINT, ChangeNetError, DependencyError, EngineError, missing_dependency
+from changenet_trt.errors import (
+    TENSORRT_INSTALL_HINT,
+    ChangeNetError,
+    DependencyError,
+    EngineError,
+    missing_dependency,
+)
 
 #: logger that receives TensorRT's own messages (``-v`` shows INFO, ``-vv`` VERBOSE)
 TRT_LOGGER_NAME = "changenet_trt.tensorrt"
