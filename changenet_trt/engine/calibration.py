@@ -172,9 +172,6 @@ def dataset_batches(
 
 
 # -- the TensorRT calibrator ---------------------------------------------------------------------------
-_CLASSES: Dict[int, type] = {}
-
-
 def make_calibrator(
     trt: Any,
     batches: Iterator[Batch],
@@ -195,9 +192,9 @@ def make_calibrator(
     exception raised while producing a batch (TensorRT itself only prints those).
     ``on_batch(batches_fed)`` is called after each batch handed to TensorRT (for progress).
     """
-    cls = _CLASSES.get(id(trt))
-    if cls is None or cls.__bases__[0] is not trt.IInt8EntropyCalibrator2:
-        cls = _CLASSES[id(trt)] = _calibrator_class(trt)
+    from changenet_trt.gpu.trt import subclass
+
+    cls = subclass(trt, _calibrator_class)
     if context is None:
         from changenet_trt.gpu.cuda import primary_context
 
