@@ -172,6 +172,33 @@ def test_gpu_without_tensorrt_fails_and_says_how_to_install(tmp_path, monkeypatc
     assert [c.status for c in checks[1:]] == ["SKIP"] * len(doctor.DEVICE_CHECKS)
 
 
+def test_gpu_with_pycuda_and_without_tensorrt_runs_the_cuda_checks(no_tensorrt, fake_cuda, tmp_path):
+    checks = doctor.device_checks(str(tmp_path), FAKE_GPU)
+    status = {c.name: c for c in checks}
+    assert status["TensorRT and pycuda"].status == "FAIL" and "tensorrt not installed" in status["TensorRT and pycuda"].detail
+    assert "pycuda" not in status["TensorRT and pycuda"].detail.split("(")[0]
+    assert status["CUDA context"].status == "PASS" and "Fake GPU (Orin)" in status["CUDA context"].detail
+    assert status["CUDA copies"].status == "PASS" and "unchanged (whole and first 7 rows)" in status["CUDA copies"].detail
+    assert [status[name].status for name in doctor.TENSORRT_CHECKS] == ["SKIP"] * 4
+    assert {status[name].detail for name in doctor.TENSORRT_CHECKS} == {"needs TensorRT"}
+    assert fake_cuda.device.summary() == {"device_allocations": 0, "pinned_buffers": 0, "streams": 0}
+
+
+def test_cuda_copies_fail_when_bytes_change(fake_cuda, monkeypatch):
+    from changenet_trt.gpu import cuda
+
+    real = cuda.DeviceBuffer.download
+
+    def corrupt(self, host, stream):
+        real(self, host, stream)
+        stream.synchronize()
+        host.reshape(-1)[0] += 1
+
+    monkeypatch.setattr(cuda.DeviceBuffer, "download", corrupt)
+    check = doctor.check_cuda_copies()
+    assert check.status == "FAIL" and "whole batch differs" in check.detail
+
+
 def test_cpu_only_skips_device_checks(tmp_path):
     gpu = doctor.GpuInfo(0, "Tesla T4", "7.5", 15000, False)
     checks = doctor.device_checks(str(tmp_path), doctor.CudaInfo(gpus=[gpu]), enabled=False)
@@ -227,8 +254,8 @@ def test_failed_engine_build_fails_that_check_and_skips_the_rest(fake_trt, fake_
 
     monkeypatch.setattr(doctor, "_build", refuse)
     checks = doctor.device_checks(str(tmp_path), FAKE_GPU, bench_seconds=0.2)
-    assert [c.status for c in checks] == ["PASS", "FAIL", "SKIP", "SKIP", "SKIP"]
-    assert "TensorRT refused the network" in checks[1].detail
+    assert [c.status for c in checks] == ["PASS", "PASS", "FAIL", "SKIP", "SKIP", "SKIP"]
+    assert "TensorRT refused the network" in checks[2].detail
 
 
 def test_engine_that_disagrees_with_onnxruntime_fails(fake_trt, fake_cuda, tmp_path, monkeypatch):

@@ -7,10 +7,12 @@ reads "not found", never an exception), then checks, each PASS, FAIL or SKIP:
   computation of the same graph; image files are decoded and normalised exactly as the
   formula says, in RGB order; the reference model's decisions on made-up pairs, from image
   files through the whole pipeline, are right.
-* device checks (a GPU with TensorRT and pycuda): build the reference model's engine, run it
-  through the TensorRT runner, compare it with ONNX Runtime on the same pairs, and run a short
-  benchmark. Without a GPU they are skipped with the reason; with a GPU but without TensorRT
-  or pycuda they fail and say what to install.
+* CUDA checks (a GPU with pycuda; no TensorRT needed): the primary context, and pinned and
+  device buffers round-tripping full and partial batches, timed with CUDA events.
+* TensorRT checks (TensorRT too): build the reference model's engine, run it through the
+  TensorRT runner, compare it with ONNX Runtime on the same pairs, and run a short benchmark.
+  Without a GPU they are skipped with the reason; with a GPU but without TensorRT or pycuda
+  they fail and say what to install, and whatever can still run does.
 
 The exit status is 0 when every check that applies passes.
 """
@@ -244,7 +246,9 @@ def dla_cores() -> str:
     except ChangeNetError:
         return NOT_FOUND + " (needs TensorRT)"
     try:
-        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        from changenet_trt.gpu.trt import create_builder
+
+        builder = create_builder(trt, "counting DLA cores")  # checks the CUDA driver first
         return str(int(builder.num_DLA_cores))
     except Exception as exc:
         return "{} ({}: {})".format(NOT_FOUND, type(exc).__name__, exc)
@@ -515,29 +519,41 @@ def write_json(report: DoctorReport, path: str) -> str:
 
 
 # -- device checks ----------------------------------------------------------------------------
-DEVICE_CHECKS = ("CUDA context", "TensorRT engine build", "engine vs onnxruntime", "float32 layers", "benchmark")
+CUDA_CHECKS = ("CUDA context", "CUDA copies")
+TENSORRT_CHECKS = ("TensorRT engine build", "engine vs onnxruntime", "float32 layers", "benchmark")
+DEVICE_CHECKS = CUDA_CHECKS + TENSORRT_CHECKS
 #: pairs the device checks compare on, and the batch profile of the engines they build
 DEVICE_PAIRS = 32
 DEVICE_PROFILE = (1, 16, 16)
 
 
 def device_checks(workdir: str, cuda: CudaInfo, enabled: bool = True, bench_seconds: float = 1.0) -> List[Check]:
-    """Build, run, compare and benchmark the reference engine on the GPU (or say why not)."""
+    """The CUDA checks whenever pycuda works on a GPU; then build, run, compare and benchmark
+    the reference engine when TensorRT is there too (or say why not)."""
     if not enabled:
         return [Check(name, SKIP, "device checks turned off (--cpu-only)") for name in DEVICE_CHECKS]
     if not cuda.gpus:
         why = "no GPU: {}".format(cuda.error or "the CUDA driver reports no device")
         return [Check(name, SKIP, why if i == 0 else "no GPU") for i, name in enumerate(DEVICE_CHECKS)]
-    missing = [name for name in ("tensorrt", "pycuda") if module_version(name) == NOT_FOUND]
-    broken = [name for name in ("tensorrt", "pycuda") if module_version(name).startswith("broken")]
-    if missing or broken:
+    state = {name: module_version(name) for name in ("tensorrt", "pycuda")}
+    usable = {name: value != NOT_FOUND and not value.startswith("broken") for name, value in state.items()}
+    checks: List[Check] = []
+    if not all(usable.values()):
         from changenet_trt.errors import TENSORRT_INSTALL_HINT
 
-        what = ", ".join(["{} not installed".format(m) for m in missing] + ["{} fails to import".format(b) for b in broken])
-        return [Check("TensorRT and pycuda", FAIL, "a GPU is present but {} ({})".format(what, TENSORRT_INSTALL_HINT))] + [
-            Check(name, SKIP, "needs TensorRT and pycuda") for name in DEVICE_CHECKS
-        ]
-    return _run_device_checks(workdir, bench_seconds)
+        what = ", ".join(["{} not installed".format(m) for m, v in state.items() if v == NOT_FOUND]
+                         + ["{} fails to import".format(m) for m, v in state.items() if v.startswith("broken")])
+        checks.append(Check("TensorRT and pycuda", FAIL, "a GPU is present but {} ({})".format(what, TENSORRT_INSTALL_HINT)))
+    if not usable["pycuda"]:
+        return checks + [Check(name, SKIP, "needs pycuda" if name in CUDA_CHECKS else "needs TensorRT and pycuda")
+                         for name in DEVICE_CHECKS]
+    checks.append(_guarded(check_cuda_context, "CUDA context"))
+    if checks[-1].failed:
+        return _skip_rest(checks, "needs a CUDA context")
+    checks.append(_guarded(check_cuda_copies, "CUDA copies"))
+    if not usable["tensorrt"]:
+        return _skip_rest(checks, "needs TensorRT")
+    return checks + _run_tensorrt_checks(workdir, bench_seconds)
 
 
 def _skip_rest(checks: List[Check], why: str) -> List[Check]:
@@ -553,6 +569,51 @@ def check_cuda_context() -> Check:
     cc = ".".join(str(v) for v in ctx.compute_capability)
     return Check("CUDA context", PASS, "{} (compute capability {}{}, {} MiB)".format(
         ctx.name, cc, ", integrated" if ctx.integrated else "", ctx.total_memory >> 20))
+
+
+def check_cuda_copies(batch: int = 16, rows: int = 7) -> Check:
+    """A batch of float32 pairs ``[batch, 3, 512, 128]`` pinned -> device -> pinned, whole and its
+    first ``rows`` rows, on one stream; the bytes must come back unchanged. Reports the
+    host-to-device rate measured with CUDA events (GB/s)."""
+    from changenet_trt.gpu.cuda import primary_context
+
+    ctx = primary_context(0)
+    shape = (batch, 3, 512, 128)
+    host_in = ctx.pinned(shape, np.float32)
+    host_out = ctx.pinned(shape, np.float32)
+    device = ctx.device_buffer(host_in.nbytes)
+    stream = ctx.stream()
+    start, mid = ctx.event(), ctx.event()
+    try:
+        assert host_in.array is not None and host_out.array is not None
+        host_in.array[...] = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        host_out.array[...] = 0
+        start.record(stream)
+        device.upload(host_in.array, stream)
+        mid.record(stream)
+        device.download(host_out.array, stream)
+        stream.synchronize()
+        h2d_ms = mid.ms_since(start)
+        whole = bool(np.array_equal(host_out.array, host_in.array))
+        host_in.array[:rows] += 1.0
+        host_out.array[...] = 0
+        device.upload(host_in.array[:rows], stream)
+        device.download(host_out.array[:rows], stream)
+        stream.synchronize()
+        partial = bool(np.array_equal(host_out.array[:rows], host_in.array[:rows])
+                       and not host_out.array[rows:].any())
+    finally:
+        for item in (start, mid):
+            item.close()
+        stream.close()
+        for buffer in (device, host_in, host_out):
+            buffer.free()
+    if not (whole and partial):
+        return Check("CUDA copies", FAIL, "bytes changed on the way: whole batch {}, first {} rows {}".format(
+            "ok" if whole else "differs", rows, "ok" if partial else "differ"))
+    rate = "{:.1f} GB/s".format(host_in.nbytes / (h2d_ms * 1e6)) if h2d_ms > 0 else "not measurable"
+    return Check("CUDA copies", PASS, "{} MiB pinned <-> device unchanged (whole and first {} rows); host-to-device "
+                 "{}".format(host_in.nbytes >> 20, rows, rate))
 
 
 def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] = ()) -> Any:
@@ -577,14 +638,12 @@ def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
         DEVICE_PAIRS, contract.input_shape, norm, seed=1), backend="tensorrt")
 
 
-def _run_device_checks(workdir: str, bench_seconds: float) -> List[Check]:
+def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
     """Build the reference engine (FP16, batch 1..16), run it against ONNX Runtime, check that
     ``--fp32-layers`` from fp16-check keeps a planted overflow out of FP16, benchmark at 16."""
     from changenet_trt.models.reference import write_reference_model
 
-    checks = [_guarded(check_cuda_context, "CUDA context")]
-    if checks[-1].failed:
-        return _skip_rest(checks, "needs a CUDA context")
+    checks: List[Check] = []
 
     onnx_path = write_reference_model(os.path.join(workdir, "doctor_device_reference.onnx"), kind="learnable")
     built: List[Any] = []
@@ -599,7 +658,7 @@ def _run_device_checks(workdir: str, bench_seconds: float) -> List[Check]:
 
     checks.append(_guarded(build_check, "TensorRT engine build"))
     if checks[-1].failed:
-        return _skip_rest(checks, "needs the engine")
+        return [c for c in _skip_rest(checks, "needs the engine") if c.name in TENSORRT_CHECKS]
     engine = built[0].engine_path
 
     def compare_check() -> Check:
