@@ -1,8 +1,10 @@
-"""The runner checks of test_tensorrt_runner.py against a real GPU, TensorRT and pycuda.
+"""The TensorRT tier of ``pytest -m gpu``: the runner checks of test_tensorrt_runner.py against a
+real GPU, TensorRT and pycuda, and the realistic (FAN-size) model through validate and bench.
 
-Skipped cleanly without them (every development and CI machine); on a Jetson or a GPU host
-run ``pytest -m gpu``. Engines are built once per module from the reference models with
-``changenet_trt.engine.build``; memory is checked with the driver's free-memory counter.
+Skipped with the reason without them (every development and CI machine; see gpu_tiers.py); on
+a Jetson or a GPU host run ``scripts/gpu-check.sh`` or ``pytest -m gpu``. Engines are built once
+per module with ``changenet_trt.engine.build``; memory is checked with the driver's free-memory
+counter.
 """
 
 import json
@@ -11,27 +13,14 @@ import threading
 import numpy as np
 import pytest
 
+from gpu_tiers import tensorrt_tier_reason
+
 pytestmark = pytest.mark.gpu
 
 
-def _gpu_available():
-    try:
-        import pycuda.driver as driver
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install (missing libcuda)
-        return "TensorRT and pycuda are not importable ({}: {})".format(type(exc).__name__, exc)
-    try:
-        driver.init()
-        if driver.Device.count() < 1:
-            return "no CUDA device"
-    except Exception as exc:
-        return "CUDA is not usable ({}: {})".format(type(exc).__name__, exc)
-    return None
-
-
-_REASON = _gpu_available()
+_REASON = tensorrt_tier_reason()
 if _REASON is not None:
-    pytest.skip("needs an NVIDIA GPU with TensorRT and pycuda: " + _REASON, allow_module_level=True)
+    pytest.skip(_REASON, allow_module_level=True)
 
 import changenet_trt  # noqa: E402
 from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
@@ -181,3 +170,25 @@ def test_threads_and_the_api(engines, reference_models):
     assert errors == []
     for scores in results.values():
         np.testing.assert_allclose(scores, want, rtol=1e-2, atol=1e-2)
+
+
+def test_realistic_model_fp16_through_validate_and_bench(tmp_path):
+    """The FAN-size realistic model built at FP16: validate against ONNX Runtime, then the
+    trtexec-style benchmark (its numbers are printed for the check's report)."""
+    from changenet_trt.evaluation.validate import synthetic_source, validate
+    from changenet_trt.models.realistic import write_realistic_model
+    from changenet_trt.tools.bench import BenchOptions, run_benchmark
+
+    onnx = write_realistic_model(str(tmp_path / "realistic.onnx"))
+    options = BuildOptions(model=onnx, output=str(tmp_path / "realistic_fp16.engine"), precision="fp16",
+                           profile=BatchProfile(1, 16, 16), engines_dir=str(tmp_path), progress=False)
+    engine = build_engine_file(options).engine_path
+    report = validate(engine, onnx, lambda contract, norm: synthetic_source(64, contract.input_shape, norm, seed=3),
+                      backend="tensorrt")
+    assert report.passed, report.failures
+    result = run_benchmark(engine, BenchOptions(batch=16, duration_s=2.0, warmup_ms=200.0, iterations=10),
+                           backend="tensorrt")
+    assert result.fps > 0
+    latency = result.stats("latency")
+    print("\nrealistic FP16: max |diff| {:.3g} raw, {} flips; {:.1f} pairs/s, latency median {:.3g} ms".format(
+        report.raw.abs_max, report.flips.count, result.fps, latency.median))
