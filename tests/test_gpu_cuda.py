@@ -31,6 +31,8 @@ _REASON = cuda_tier_reason()
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
 
+from test_tensorrt_runner import write_engine  # noqa: E402
+
 import changenet_trt  # noqa: E402
 from changenet_trt.gpu import cuda  # noqa: E402
 from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402
@@ -39,7 +41,6 @@ from changenet_trt.tools.demo import make_pairs  # noqa: E402
 from fakes.tensorrt import _runtime as fake_runtime  # noqa: E402
 from fakes.tensorrt import make_module  # noqa: E402
 from helpers import ort_output  # noqa: E402
-from test_tensorrt_runner import write_engine  # noqa: E402
 
 MIB = 1 << 20
 PAIR_SHAPE = (3, 512, 128)
