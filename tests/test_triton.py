@@ -109,7 +109,10 @@ def served(tmp_path_factory, reference_models):
     root = tmp_path_factory.mktemp("triton")
     repo = str(root / "repo")
     model = reference_models["learnable_static16"]
-    write_model_repository(model, repo, name="cn", platform="python", max_batch=16, ort_threads=1)
+    # the queue delay lets the batcher wait for the parallel clients of the batching test, so the
+    # merge it checks does not depend on how busy this machine is
+    write_model_repository(model, repo, name="cn", platform="python", max_batch=16, ort_threads=1,
+                           queue_delay_us=300000)
     write_model_repository(model, repo, name="cn8", platform="python", max_batch=16, uint8_input=True, ort_threads=1)
     try:
         server = LocalTritonServer(repo)
@@ -170,12 +173,14 @@ def test_dynamic_batching_merges_parallel_clients(served):
         start = before.statistics()[0]["model_stats"][0]
     rng = np.random.default_rng(0)
     barrier = threading.Barrier(4)
+    # 3 pairs a request is no preferred batch size (4, 8, 16), so the scheduler holds each request
+    # for the queue delay and merges what the other clients sent meanwhile
     errors = []
 
     def client(seed):
         try:
-            with TritonRunner(url, max_batch=4) as runner:
-                feed = {n: rng.normal(size=(4, 3, 512, 128)).astype(np.float32) for n in runner.contract.input_names()}
+            with TritonRunner(url, max_batch=3) as runner:
+                feed = {n: rng.normal(size=(3, 3, 512, 128)).astype(np.float32) for n in runner.contract.input_names()}
                 barrier.wait()
                 for _ in range(3):
                     runner.infer(feed)
@@ -195,7 +200,7 @@ def test_dynamic_batching_merges_parallel_clients(served):
     assert requests == 12
     assert executions < requests  # the scheduler ran several clients' requests as one batch
     sizes = {int(b["batch_size"]) for b in end["batch_stats"]}
-    assert any(size > 4 for size in sizes), sizes
+    assert any(size > 3 for size in sizes), sizes
 
 
 @pytest.mark.triton
