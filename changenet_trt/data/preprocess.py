@@ -56,14 +56,14 @@ PRESETS = {
 
 
 def get_normalization(preset: Union[str, Normalization, None]) -> Normalization:
-    """A preset name (``tao``, ``deepstream``), a :class:`Normalization`, or ``None`` (= tao)."""
+    """A preset name (``tao``, ``deepstream``), custom ``"m_r,m_g,m_b/s_r,s_g,s_b"`` text (see
+    :func:`parse_normalization`; an engine's sidecar records it so), a :class:`Normalization`,
+    or ``None`` (= tao)."""
     if preset is None:
         return PRESETS["tao"]
     if isinstance(preset, Normalization):
         return preset
-    if preset in PRESETS:
-        return PRESETS[preset]
-    raise InputError("unknown normalisation preset", expected=" or ".join(sorted(PRESETS)), found=repr(preset))
+    return parse_normalization(preset)
 
 
 def parse_normalization(text: str) -> Normalization:
@@ -82,7 +82,7 @@ def parse_normalization(text: str) -> Normalization:
     if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
         raise InputError(
             "cannot read the normalisation",
-            expected="tao, deepstream, or three means / three positive stds like 0.5,0.5,0.5/0.25,0.25,0.25",
+            expected="a preset (tao, deepstream) or three means / three positive stds like 0.5,0.5,0.5/0.25,0.25,0.25",
             found=repr(text),
         )
     return Normalization(mean, std)  # type: ignore[arg-type]

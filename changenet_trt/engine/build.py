@@ -160,12 +160,10 @@ def _prepare(plan: BuildPlan) -> Tuple[Any, ModelContract]:
     opts = plan.options
     report = None
     if plan.rewrite_batch is not None:
-        report = prepare_model(opts.model, plan.prepared_onnx, sample_input=opts.sample_input,
-                               golden_input=opts.golden_input, output_name=opts.output_name,
-                               output_kind=opts.output_kind)
+        report = prepare_model(opts.model, plan.prepared_onnx, contract_overrides=opts.contract_overrides)
         for line in report.summary_lines():
             log.info("%s", line)
-    return report, read_contract(plan.prepared_onnx, **opts.contract_overrides())
+    return report, read_contract(plan.prepared_onnx, **opts.contract_overrides)
 
 
 def _parse_network(trt: Any, logger: Any, builder: Any, onnx_path: str) -> Any:

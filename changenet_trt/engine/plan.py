@@ -144,10 +144,8 @@ class BuildOptions:
     recalibrate: bool = False
     calib_layout: Any = None
     normalization: Optional[str] = None
-    sample_input: Optional[str] = None
-    golden_input: Optional[str] = None
-    output_name: Optional[str] = None
-    output_kind: Optional[str] = None
+    #: read_contract's keywords: sample_input, golden_input, output (the tensor), output_kind
+    contract_overrides: Dict[str, Optional[str]] = field(default_factory=dict)
     engines_dir: str = ENGINES_DIR
     progress: bool = True
 
@@ -170,10 +168,6 @@ class BuildOptions:
         if self.exclude_lean_runtime and not self.version_compatible:
             raise InputError("--exclude-lean-runtime only applies to version-compatible engines",
                              expected="--version-compatible with it", found="--exclude-lean-runtime alone")
-
-    def contract_overrides(self) -> Dict[str, Optional[str]]:
-        return {"sample_input": self.sample_input, "golden_input": self.golden_input,
-                "output": self.output_name, "output_kind": self.output_kind}
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -397,7 +391,7 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     from changenet_trt.gpu.trt import installed_version
 
     model = os.fspath(options.model)
-    contract = read_contract(model, **options.contract_overrides())
+    contract = read_contract(model, **options.contract_overrides)
     onnx_sha256 = file_sha256(model)
     if trt_version is None:
         installed = installed_version()

@@ -273,16 +273,14 @@ def prepare_model(
     batches: Sequence[int] = DEFAULT_PROOF_BATCHES,
     atol: float = ATOL,
     rtol: float = RTOL,
-    sample_input: Optional[str] = None,
-    golden_input: Optional[str] = None,
-    output_name: Optional[str] = None,
-    output_kind: Optional[str] = None,
+    contract_overrides: Optional[Dict[str, Optional[str]]] = None,
 ) -> PrepareReport:
     """Check the contract, make the batch dynamic if it is static, prove it, write ``output``.
 
     A model that is already dynamic is proven the same way (against itself at batch 16) and
     written unchanged. Raises ModelContractError (not a ChangeNet model) or BuildError (the
-    batch cannot be made dynamic, with the reason).
+    batch cannot be made dynamic, with the reason). ``contract_overrides`` holds
+    :func:`read_contract`'s keywords (``sample_input``, ``golden_input``, ``output``, ``output_kind``).
     """
     import onnx
 
@@ -291,8 +289,7 @@ def prepare_model(
     source = os.fspath(model) if not isinstance(model, onnx.ModelProto) else ""
     check_output_file(output, what="prepared ONNX file", inputs=[source] if source else [])
     proto = load_onnx(model)
-    contract = read_contract(proto, sample_input=sample_input, golden_input=golden_input,
-                             output=output_name, output_kind=output_kind)
+    contract = read_contract(proto, **(contract_overrides or {}))
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise BuildError("proof batches must be positive", found=list(batches))
@@ -335,8 +332,7 @@ def prepare_model(
         checks=checks,
         atol=atol,
         rtol=rtol,
-        contract=read_contract(prepared, sample_input=sample_input, golden_input=golden_input,
-                               output=output_name, output_kind=output_kind),
+        contract=read_contract(prepared, **(contract_overrides or {})),
     )
 
 

@@ -1,0 +1,59 @@
+"""``changenet-trt <command>``: a thin command-line layer over the library.
+
+:mod:`changenet_trt.cli.args` declares the argument groups the commands share (data set,
+contract names, normalisation, runtime, ...) once; :mod:`changenet_trt.cli.commands` holds one
+class per command. User errors (:class:`ChangeNetError`) print one ``error:`` line to stderr and
+exit 2 without a traceback.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from changenet_trt import __version__
+from changenet_trt.cli.commands import all_commands
+from changenet_trt.errors import ChangeNetError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="changenet-trt",
+        description="TensorRT edge inference for Visual ChangeNet-Classification: compare golden and "
+        "sample images of PCB components and score defects. Runs on ONNX Runtime (CPU) everywhere "
+        "and on TensorRT on NVIDIA GPUs.",
+    )
+    parser.add_argument("--version", action="version", version="changenet-trt " + __version__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in all_commands():
+        command.add_to(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._command.run(args) or 0)
+    except ChangeNetError as exc:
+        print("error: {}".format(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `changenet-trt ... | head`: stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

@@ -1,0 +1,721 @@
+"""The commands of ``changenet-trt``, one class each.
+
+A command names its help and description, declares its own arguments in ``add_arguments``,
+lists the shared argument groups of :mod:`changenet_trt.cli.args` it takes, and runs in
+``run(args) -> exit code``. ``run`` parses the groups first, so bad values are reported
+before any work starts.
+"""
+
+import abc
+import argparse
+import csv
+import json
+import os
+import shlex
+import time
+from typing import Any, List, Sequence
+
+from changenet_trt.cli.args import (
+    ContractNamesArgs,
+    DataSetArgs,
+    JsonReportArgs,
+    NormalizationArgs,
+    PairSourceArgs,
+    ProgressArgs,
+    RuntimeArgs,
+    RuntimeOptions,
+    non_negative_float,
+    percentile_list,
+    positive_int,
+    rate,
+)
+from changenet_trt.defaults import ENGINE_PROFILE
+from changenet_trt.errors import InputError
+
+
+class Command(abc.ABC):
+    """One ``changenet-trt <name>`` command."""
+
+    name = ""
+    help = ""
+    description = ""
+
+    def groups(self) -> Sequence[Any]:
+        """The shared argument groups that get their own section in ``--help``, in order. (A group
+        whose options join one of the command's sections is added in ``add_arguments``.)"""
+        return ()
+
+    @abc.abstractmethod
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the command's own arguments on ``parser``."""
+
+    def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(self.name, help=self.help, description=self.description)
+        self.add_arguments(parser)
+        for group in self.groups():
+            group.add_to(parser)
+        parser.set_defaults(_command=self)
+        return parser
+
+    @abc.abstractmethod
+    def run(self, args: argparse.Namespace) -> int:
+        """Run with the parsed arguments; returns the exit code."""
+
+
+def load_classifier(model: str, runtime: RuntimeOptions, normalization: Any, names: dict) -> Any:
+    """``changenet_trt.load`` with the parsed runtime, normalisation and contract-name values."""
+    from changenet_trt.api import load
+
+    return load(model, cutoff=runtime.cutoff, backend=runtime.backend, batch_size=runtime.batch_size,
+                normalization=normalization, **dict(names, **runtime.backend_options))
+
+
+# -- inspect -----------------------------------------------------------------------------------
+class Inspect(Command):
+    name = "inspect"
+    help = "show the ChangeNet contract of an ONNX model (inputs, output kind, batch)"
+    description = ("Read an ONNX model and report how changenet-trt sees it: which input is the "
+                   "sample and which the golden image, their shape, the batch (static or dynamic), the output "
+                   "and how its values become a score.")
+
+    def __init__(self) -> None:
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.names,)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="ONNX file")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.contract import read_contract
+
+        contract = read_contract(args.model, **self.names.parse(args))
+        if args.json:
+            print(json.dumps(contract.to_dict(), indent=2, sort_keys=True))
+            return 0
+        c, h, w = contract.input_shape
+        batch = "dynamic" if contract.static_batch is None else "static {}".format(contract.static_batch)
+        score_text = ("the value (embedding distance)" if contract.output_kind == "euclidean"
+                      else "softmax(logits)[:, 1]")
+        output_shape = ",".join("B" if d is None else str(d) for d in contract.output_shape)
+        print("model:         {}".format(args.model))
+        print("opset:         {}".format(contract.opset))
+        print("sample input:  {}  [B,{},{},{}] {}".format(contract.sample_input, c, h, w, contract.input_dtype))
+        print("golden input:  {}  [B,{},{},{}] {}".format(contract.golden_input, c, h, w, contract.input_dtype))
+        print("batch:         {}".format(batch))
+        print("output:        {}  [{}]".format(contract.output, output_shape))
+        print("output kind:   {}  (score = {})".format(contract.output_kind, score_text))
+        print("cutoff:        {}{}".format(
+            contract.cutoff, "" if contract.recommended_cutoff is not None else " (default; the model recommends none)"))
+        if contract.preprocess:
+            print("preprocessing: {}".format(contract.preprocess))
+        return 0
+
+
+# -- infer -------------------------------------------------------------------------------------
+class Infer(Command):
+    name = "infer"
+    help = "score golden/sample image pairs"
+    description = ("Score golden/sample pairs: the i-th --golden image is compared with the i-th "
+                   "--sample image. Images are preprocessed as the model expects (RGB, resized to its H x W, "
+                   "normalised).")
+
+    def __init__(self) -> None:
+        self.runtime = RuntimeArgs()
+        self.normalization = NormalizationArgs()
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.runtime, self.normalization, self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+        parser.add_argument("--golden", nargs="+", required=True, metavar="PATH", help="golden (reference) images")
+        parser.add_argument("--sample", nargs="+", required=True, metavar="PATH",
+                            help="sample (test) images, same count")
+        parser.add_argument("--out", metavar="CSV", help="also write golden,sample,score,defect rows to this CSV")
+
+    def run(self, args: argparse.Namespace) -> int:
+        runtime, norm, names = self.runtime.parse(args), self.normalization.parse(args), self.names.parse(args)
+        if len(args.golden) != len(args.sample):
+            raise InputError(
+                "--golden and --sample must name the same number of images",
+                found="{} golden, {} sample".format(len(args.golden), len(args.sample)),
+            )
+        with load_classifier(args.model, runtime, norm, names) as clf:
+            result = clf.predict(args.golden, args.sample)
+        rows = [
+            (golden, sample, float(s), bool(d))
+            for golden, sample, s, d in zip(args.golden, args.sample, result.scores, result.defects)
+        ]
+        for golden, sample, s, d in rows:
+            print("{:<8} score={:.6f}  golden={}  sample={}".format("DEFECT" if d else "pass", s, golden, sample))
+        print("{} pairs, {} defects at cutoff {} ({:.1f} pairs/s)".format(
+            len(rows), int(result.defects.sum()), result.cutoff, result.pairs_per_s))
+        if args.out:
+            with open(args.out, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["golden", "sample", "score", "defect"])
+                for golden, sample, s, d in rows:
+                    writer.writerow([golden, sample, "{:.8g}".format(s), int(d)])
+            print("wrote {}".format(args.out))
+        return 0
+
+
+# -- reference-model ---------------------------------------------------------------------------
+class ReferenceModel(Command):
+    name = "reference-model"
+    help = "write a small reference ChangeNet ONNX model (TAO tensor names, 512x128 inputs)"
+    description = ("Write a deterministic reference ChangeNet-Classification ONNX model with TAO's "
+                   "interface (input_1 sample, input_2 golden, [B,3,512,128], output). Its scores really "
+                   "separate changed from unchanged pairs; use it to try the pipeline without a trained model.")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("out", help="ONNX file to write")
+        parser.add_argument("--kind", choices=("learnable", "euclidean"), default="learnable",
+                            help="learnable: [B,2] logits; euclidean: [B] distance (default: learnable)")
+        parser.add_argument("--batch", type=positive_int, metavar="N",
+                            help="static batch N, as TAO's default export (16); default: dynamic")
+        parser.add_argument("--opset", type=int, choices=(12, 17), default=17, help="ONNX opset (default: 17)")
+        parser.add_argument("--realistic", action="store_true",
+                            help="write the compute-realistic FAN-hybrid-small-like model instead (random weights, "
+                            "about 60 GFLOPs per pair learnable / 37 euclidean, a 260-310 MB file): for benchmarks")
+        parser.add_argument("--seed", type=int, default=0, help="weights seed of --realistic (default: 0)")
+        parser.add_argument("--fp16-overflow", action="store_true",
+                            help="plant an intermediate tensor that overflows float16 (same float32 output): "
+                            "a test case for fp16-check and build --fp32-layers")
+
+    def run(self, args: argparse.Namespace) -> int:
+        batch_text = "static {}".format(args.batch) if args.batch else "dynamic"
+        if args.realistic:
+            if args.fp16_overflow:
+                raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
+            from changenet_trt.models.realistic import build_realistic_model, model_gflops, save_model
+
+            model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
+            path = save_model(model, args.out)
+            print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
+                  "per pair)".format(path, args.kind, batch_text, args.opset, model_gflops(model)))
+            return 0
+        from changenet_trt.models.reference import write_reference_model
+
+        path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset,
+                                     fp16_overflow=args.fp16_overflow)
+        print("wrote {} ({} output, {} batch, opset {}{})".format(
+            path, args.kind, batch_text, args.opset, ", planted float16 overflow" if args.fp16_overflow else ""))
+        return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+class Demo(Command):
+    name = "demo"
+    help = "run the whole CPU pipeline: reference model, synthetic PCB data, eval, plots"
+    description = ("Write a reference model (or use --model), synthesise a PCB data set in TAO's "
+                   "layout, evaluate the model on it with ONNX Runtime and print the false-positive rate, the "
+                   "defect capture, pairs/s and where the plots are.")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", default="demo-output", help="working folder (default: demo-output)")
+        parser.add_argument("--model", help="evaluate this ONNX model instead of the reference model")
+        parser.add_argument("--kind", choices=("learnable", "euclidean"), default="learnable",
+                            help="which reference model to write (default: learnable)")
+        parser.add_argument("--pairs", type=positive_int, default=400, help="synthetic pairs (default: 400)")
+        parser.add_argument("--defect-rate", type=rate, default=0.3, metavar="R",
+                            help="share of defect pairs (default: 0.3)")
+        parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.tools.demo import run_demo
+
+        return run_demo(args.out, model=args.model, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
+                        kind=args.kind)
+
+
+# -- synth -------------------------------------------------------------------------------------
+class Synth(Command):
+    name = "synth"
+    help = "write a synthetic PCB data set (golden/sample pairs under 4 lights) in TAO's layout"
+    description = ("Synthesise golden/sample images of PCB components (resistors, capacitors, diodes, "
+                   "ICs) under TAO's four lights, with PASS nuisance and labelled defects (MISSING, SHIFTED, "
+                   "ROTATED, TOMBSTONE, POLARITY, BRIDGE, FOREIGN), plus the CSV. Deterministic by seed.")
+
+    def __init__(self) -> None:
+        self.data_set = DataSetArgs(title="data layout (TAO's defaults)", csv=None, tiles=False,
+                                    workers="render threads")
+        self.progress = ProgressArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.data_set, self.progress)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("out", help="output folder (gets dataset.csv, images/, synth.json)")
+        parser.add_argument("--pairs", type=positive_int, default=400, help="number of pairs (default: 400)")
+        parser.add_argument("--defect-rate", type=rate, default=0.3, metavar="R",
+                            help="share of defect pairs (default: 0.3)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        parser.add_argument("--size", type=positive_int, default=128,
+                            help="light image size in pixels (default: 128)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from changenet_trt.data.synth import synthesize
+
+        data, show = self.data_set.parse(args), self.progress.parse(args)
+        start = time.perf_counter()
+        # disable=None: a bar on a terminal, nothing in a log file
+        with tqdm(total=args.pairs, desc="synth", unit="pairs", disable=None if show else True) as bar:
+            def on_pair(done: int) -> None:
+                bar.update(done - bar.n)  # synthesize reports the absolute count
+
+            result = synthesize(args.out, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
+                                lights=data.layout.lights, ext=data.layout.ext, size=args.size,
+                                workers=data.workers, on_pair=on_pair)
+        counts = ", ".join("{} {}".format(k, v) for k, v in result.counts.items())
+        print("wrote {} pairs to {} in {:.1f} s: {}".format(args.pairs, args.out, time.perf_counter() - start, counts))
+        print("  csv:    {}".format(result.csv_path))
+        print("  images: {}".format(os.path.join(args.out, "images")))
+        print("evaluate a model on it with: changenet-trt eval MODEL --csv {}".format(result.csv_path))
+        return 0
+
+
+# -- eval --------------------------------------------------------------------------------------
+class Eval(Command):
+    name = "eval"
+    help = "score a TAO-layout data set: FPR, defect capture, cutoff sweep, plots"
+    description = ("Score every golden/sample pair of a TAO ChangeNet-Classification CSV (columns "
+                   "input_path, golden_path, label, object_name; label PASS = good, anything else = a defect of "
+                   "that type) and write scores.csv, summary.json, sweep.csv and PNG plots. Light files are "
+                   "<images>/<input_path|golden_path>/<object_name>_<Light><ext>. A row with a missing or "
+                   "unreadable file is reported with its CSV line and path and skipped (or, with --strict, stops "
+                   "the run).")
+
+    def __init__(self) -> None:
+        self.data_set = DataSetArgs(csv_required=True, strict=True)
+        self.runtime = RuntimeArgs()
+        self.normalization = NormalizationArgs()
+        self.progress = ProgressArgs()
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.data_set, self.runtime, self.normalization, self.progress, self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+        parser.add_argument("--out", default="eval-output", metavar="DIR", help="output folder (default: eval-output)")
+        parser.add_argument("--target-fpr", type=rate, metavar="F",
+                            help="also report the cutoff with the most capture at FPR <= F")
+        parser.add_argument("--target-capture", type=rate, metavar="T",
+                            help="also report the highest cutoff with defect capture >= T")
+        parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.evaluation.evaluate import evaluate, format_summary
+
+        data, runtime = self.data_set.parse(args), self.runtime.parse(args)
+        norm, names, show = self.normalization.parse(args), self.names.parse(args), self.progress.parse(args)
+        with load_classifier(args.model, runtime, norm, names) as clf:
+            result = evaluate(args.model, data.csv, images_dir=data.images, out_dir=args.out, layout=data.layout,
+                              strict=data.strict, target_fpr=args.target_fpr, target_capture=args.target_capture,
+                              plots=not args.no_plots, workers=data.workers, progress=show, classifier=clf)
+        print(format_summary(result))
+        return 0
+
+
+# -- prepare -----------------------------------------------------------------------------------
+class Prepare(Command):
+    name = "prepare"
+    help = "make a static-batch ONNX (TAO's default 16) dynamic, proven equal with onnxruntime"
+    description = ("Check the ChangeNet contract; when the batch is static, rewrite the inputs, the output "
+                   "and the Reshape constants that carry it to a dynamic 'batch', then prove it: the same pairs "
+                   "through the original at its own batch and through the result at batches 1, 7 and 32 must "
+                   "give the same output rows (|new-old| <= 1e-5 + 1e-4*|old|). Refuses, with the reason, when "
+                   "that cannot be proven (e.g. a graph that mixes rows across the batch).")
+
+    def __init__(self) -> None:
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.names,)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="ONNX file")
+        parser.add_argument("-o", "--out", required=True, metavar="OUT.onnx", help="prepared ONNX file to write")
+        parser.add_argument("--proof-batches", default="1,7,32", metavar="LIST",
+                            help="batches to prove at, comma separated (default: 1,7,32)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.engine.prepare import prepare_model
+
+        names = self.names.parse(args)
+        try:
+            batches = [int(b) for b in args.proof_batches.split(",") if b.strip()]
+        except ValueError:
+            raise InputError("--proof-batches must be integers", found=repr(args.proof_batches)) from None
+        report = prepare_model(args.model, args.out, batches=batches, contract_overrides=names)
+        print("\n".join(report.summary_lines()))
+        return 0
+
+
+# -- build -------------------------------------------------------------------------------------
+class Build(Command):
+    name = "build"
+    help = "build a TensorRT engine (FP16 by default, dynamic batch 1:16:32) with its JSON metadata"
+    description = ("Prepare the ONNX (static batch -> dynamic, proven with onnxruntime), then build a "
+                   "TensorRT engine with one optimisation profile shared by both inputs. The engine lands under "
+                   "engines/ with a name that encodes model, precision, batch profile, GPU and TensorRT version, "
+                   "next to a .json sidecar the runner checks before loading. Works with TensorRT 8.5 to 10.x. "
+                   "--dry-run and --print-trtexec need no TensorRT.")
+
+    def __init__(self) -> None:
+        self.normalization = NormalizationArgs("preprocessing recorded in the metadata and used for calibration")
+        self.calibration_data = DataSetArgs(
+            csv="--calib-csv", csv_help="TAO data set CSV whose pairs calibrate INT8", workers=None)
+        self.progress = ProgressArgs()
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.normalization, self.progress, self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="ONNX file exported by TAO (static or dynamic batch)")
+        parser.add_argument("-o", "--out", metavar="ENGINE",
+                            help="engine path (default: engines/<generated name>.engine)")
+        precision = parser.add_mutually_exclusive_group()
+        precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                               help="FP16 with FP32 fallback (default)")
+        precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
+                               help="FP32 (TF32 allowed)")
+        precision.add_argument("--int8", dest="precision", action="store_const", const="int8",
+                               help="INT8 with FP16 fallback, entropy calibration on real pairs")
+        parser.set_defaults(precision="fp16")
+        profile = ":".join(str(b) for b in ENGINE_PROFILE)
+        parser.add_argument("--batch", default=profile, metavar="MIN:OPT:MAX",
+                            help="batch profile in pairs, 1 <= MIN <= OPT <= MAX (default: {})".format(profile))
+        parser.add_argument("--workspace", type=positive_int, metavar="MIB", help="workspace memory pool limit in MiB")
+        parser.add_argument("--opt-level", type=int, choices=range(0, 6), metavar="0-5",
+                            help="builder optimisation level (TensorRT 8.6+; default 3; higher builds longer)")
+        parser.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N with GPU fallback (Jetson)")
+        parser.add_argument("--fp32-layers", nargs="+", default=[], metavar="PATTERN",
+                            help="keep layers whose names match these fnmatch patterns in FP32 (or @FILE, one per "
+                            "line, as written by fp16-check), with precision constraints")
+        parser.add_argument("--precision-constraints", choices=("obey", "prefer"), default="obey",
+                            help="for --fp32-layers: obey (fail if impossible) or prefer (default: obey)")
+        parser.add_argument("--timing-cache", metavar="FILE",
+                            help="timing cache to load and save (default: engines/timing_<gpu>_<trt>.cache)")
+        parser.add_argument("--no-timing-cache", action="store_true", help="do not load or save a timing cache")
+        parser.add_argument("--version-compatible", action="store_true",
+                            help="engine that later TensorRT releases of the same major version load (TensorRT 8.6+)")
+        parser.add_argument("--exclude-lean-runtime", action="store_true",
+                            help="with --version-compatible: leave the lean runtime out of the engine (smaller; the "
+                            "runtime that loads it must bring its own)")
+        group = parser.add_argument_group("INT8 calibration (data in TAO's layout)")
+        self.calibration_data.add_to_group(group)
+        group.add_argument("--calib-batches", type=positive_int, default=32, metavar="N",
+                           help="at most N batches of OPT pairs (default: 32)")
+        group.add_argument("--calib-cache", metavar="FILE",
+                           help="calibration cache (default: calibration/<model>-<sha>.cache; reused when it matches)")
+        group.add_argument("--recalibrate", action="store_true", help="ignore an existing calibration cache")
+        out = parser.add_argument_group("without building")
+        out.add_argument("--dry-run", action="store_true", help="print the plan and exit (no TensorRT needed)")
+        out.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+        out.add_argument("--trt-version", metavar="X.Y.Z",
+                         help="TensorRT version for --print-trtexec/--dry-run (default: the installed one)")
+
+    def options(self, args: argparse.Namespace) -> Any:
+        """The :class:`~changenet_trt.engine.build.BuildOptions` of the parsed arguments."""
+        from changenet_trt.engine.build import BatchProfile, BuildOptions, read_layer_patterns
+
+        calibration = self.calibration_data.parse(args)
+        return BuildOptions(
+            model=args.model, output=args.out, precision=args.precision, profile=BatchProfile.parse(args.batch),
+            workspace_mib=args.workspace, timing_cache=args.timing_cache, use_timing_cache=not args.no_timing_cache,
+            opt_level=args.opt_level, dla_core=args.dla_core, fp32_layers=read_layer_patterns(args.fp32_layers),
+            precision_constraints=args.precision_constraints, version_compatible=args.version_compatible,
+            exclude_lean_runtime=args.exclude_lean_runtime, calib_csv=calibration.csv,
+            calib_images=calibration.images, calib_batches=args.calib_batches, calib_cache=args.calib_cache,
+            recalibrate=args.recalibrate, calib_layout=calibration.layout if calibration.csv else None,
+            normalization=self.normalization.parse(args), contract_overrides=self.names.parse(args),
+            progress=self.progress.parse(args),
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.engine.build import build_engine_file, make_plan
+
+        plan = make_plan(self.options(args), trt_version=args.trt_version)
+        if args.dry_run or args.print_trtexec:
+            if args.dry_run:
+                print("\n".join(plan.describe()))
+            if args.print_trtexec:
+                if args.dry_run:
+                    print()
+                if plan.rewrite_batch is not None and not os.path.isfile(plan.prepared_onnx):
+                    print("# the model has a static batch {}; make the dynamic ONNX first:".format(plan.rewrite_batch))
+                    print("changenet-trt prepare {} -o {}".format(shlex.quote(args.model),
+                                                                  shlex.quote(plan.prepared_onnx)))
+                print(" ".join(shlex.quote(part) for part in plan.trtexec_command(args.trt_version)))
+            return 0
+        result = build_engine_file(plan=plan)
+        meta = result.metadata
+        print("built {} in {:.1f} s ({}, batch {}:{}:{}, TensorRT {}, {})".format(
+            result.engine_path, result.seconds, meta.precision, meta.profile["min"], meta.profile["opt"],
+            meta.profile["max"], meta.trt_version, meta.gpu_name))
+        print("metadata: {}".format(result.sidecar_path))
+        if result.plan.rewrite_batch is not None:
+            print("prepared ONNX (static batch {} made dynamic): {}".format(result.plan.rewrite_batch,
+                                                                            result.plan.prepared_onnx))
+        return 0
+
+
+# -- bench -------------------------------------------------------------------------------------
+class Bench(Command):
+    name = "bench"
+    help = "trtexec-style throughput/latency benchmark (engine on TensorRT, .onnx on onnxruntime)"
+    description = ("Benchmark a model the way trtexec does: warm up, then run queries (one query = one "
+                   "batch of golden/sample pairs) until both --iterations and --duration are met; print Throughput, "
+                   "Latency, Enqueue Time, H2D Latency, GPU Compute Time, D2H Latency, Total Host Walltime, Total "
+                   "GPU Compute Time, trtexec's warnings, and FPS = qps x batch (pairs/s). Uses the same runner as "
+                   "predict.")
+
+    def __init__(self) -> None:
+        self.json_report = JsonReportArgs(
+            "the summary (batch, qps, fps, latency_ms {min,max,mean,median,p90,p95,p99}, ...)")
+        self.runtime = RuntimeArgs(batch_size=False, cutoff=False)  # the batch is trtexec's --batch
+        self.data_set = DataSetArgs(csv_help="TAO data set CSV (needed by --end-to-end)")
+        self.normalization = NormalizationArgs("with --end-to-end, input normalisation")
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.runtime, self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="TensorRT engine (.engine/.plan) or ONNX file")
+        group = parser.add_argument_group("trtexec flags")
+        group.add_argument("--batch", type=positive_int, metavar="N",
+                           help="pairs per query (default: the model's static batch, else 16)")
+        group.add_argument("--warmUp", dest="warmup", type=non_negative_float, default=200.0, metavar="MS",
+                           help="warm-up time in ms before timing starts (default: 200)")
+        group.add_argument("--duration", type=non_negative_float, default=3.0, metavar="S",
+                           help="minimum timed run in seconds (default: 3)")
+        group.add_argument("--iterations", type=positive_int, default=10, metavar="N",
+                           help="minimum number of timed queries (default: 10)")
+        group.add_argument("--avgRuns", dest="avg_runs", type=positive_int, default=10, metavar="N",
+                           help="report trace averages over N consecutive queries (default: 10)")
+        group.add_argument("--percentile", type=percentile_list, default=(90.0, 95.0, 99.0), metavar="P1,P2",
+                           help="latency percentiles to report (default: 90,95,99)")
+        group.add_argument("--useCudaGraph", dest="cuda_graph", action="store_true",
+                           help="TensorRT: capture the enqueue in a CUDA graph and launch that")
+        group.add_argument("--noDataTransfers", dest="no_data_transfers", action="store_true",
+                           help="TensorRT: skip the H2D/D2H copies (GPU compute only)")
+        group.add_argument("--useSpinWait", dest="spin_wait", action="store_true",
+                           help="TensorRT: spin on events instead of blocking (more stable timings)")
+        group.add_argument("--streams", "--infStreams", dest="streams", type=positive_int, default=1, metavar="N",
+                           help="N independent runners in N threads; the report aggregates them (default: 1)")
+        group.add_argument("--exposeDMA", dest="expose_dma", action="store_true",
+                           help="one query in flight instead of two (serialises the transfers with compute)")
+        group.add_argument("--exportTimes", dest="export_times", metavar="FILE",
+                           help="write every timed query's times as JSON (trtexec's format)")
+        self.json_report.add_to(group)
+        group.add_argument("--histogram", metavar="PNG", help="write a latency histogram of the timed queries")
+        e2e = parser.add_argument_group("end to end (decode + preprocess + inference on a TAO data set)")
+        e2e.add_argument("--end-to-end", action="store_true",
+                         help="time whole batches of a data set through the eval pipeline instead of random inputs")
+        self.data_set.add_to_group(e2e)
+        self.normalization.add_to_group(e2e)
+
+    @staticmethod
+    def bench_options(args: argparse.Namespace) -> Any:
+        from changenet_trt.tools.bench import BenchOptions
+
+        return BenchOptions(
+            batch=args.batch, warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
+            avg_runs=args.avg_runs, percentiles=tuple(args.percentile), cuda_graph=args.cuda_graph,
+            no_data_transfers=args.no_data_transfers, spin_wait=args.spin_wait, streams=args.streams,
+            expose_dma=args.expose_dma,
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.tools import bench
+
+        runtime, names, data = self.runtime.parse(args), self.names.parse(args), self.data_set.parse(args)
+        norm, json_out = self.normalization.parse(args), self.json_report.parse(args)
+        if args.end_to_end:
+            if not data.csv:
+                raise InputError("--end-to-end needs a data set", expected="--csv CSV [--images DIR]")
+            result = bench.run_end_to_end(
+                args.model, data.csv, data.images, self.bench_options(args), layout=data.layout,
+                normalization=norm, workers=data.workers, backend=runtime.backend,
+                contract_overrides=names, backend_options=runtime.backend_options,
+            )
+        else:
+            if data.csv:
+                raise InputError("--csv is only used with --end-to-end", expected="--end-to-end --csv CSV")
+            result = bench.run_benchmark(
+                args.model, self.bench_options(args), backend=runtime.backend,
+                contract_overrides=names, backend_options=runtime.backend_options,
+            )
+        print(bench.format_report(result), end="")
+        if json_out:
+            print("wrote {}".format(bench.write_json(result, json_out)))
+        if args.export_times:
+            print("wrote {}".format(bench.export_times(result, args.export_times)))
+        if args.histogram:
+            print("wrote {}".format(bench.latency_histogram_png(result, args.histogram)))
+        return 0
+
+
+# -- validate ----------------------------------------------------------------------------------
+class Validate(Command):
+    name = "validate"
+    help = "check an engine against its ONNX model on real pairs: errors, decision flips, FPR/capture"
+    description = ("Run the engine (TensorRT) and the ONNX model (onnxruntime, float32) on the same "
+                   "preprocessed pairs; report per-output error statistics, the decisions that flip at the cutoff "
+                   "and, for labelled pairs, FPR and defect capture of both. Exits 1 when an output value differs "
+                   "by more than atol + rtol * |onnx| or more than --max-flips decisions flip.")
+
+    def __init__(self) -> None:
+        from changenet_trt.evaluation.validate import DEFAULT_PAIRS
+
+        self.pairs = PairSourceArgs(DEFAULT_PAIRS)
+        self.runtime = RuntimeArgs()  # the engine side; the ONNX side is always onnxruntime on CPU
+        self.normalization = NormalizationArgs()
+        self.json_report = JsonReportArgs()
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.pairs, self.runtime, self.normalization, self.json_report, self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from changenet_trt.evaluation.validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_RTOL
+
+        parser.add_argument("engine", help="TensorRT engine (.engine/.plan), or any model --backend runs")
+        parser.add_argument("--onnx", required=True, metavar="MODEL", help="the ONNX model the engine was built from")
+        parser.add_argument("--show-flips", type=int, default=10, metavar="K",
+                            help="flipped pairs to list (default: 10)")
+        group = parser.add_argument_group("tolerances")
+        group.add_argument("--atol", type=non_negative_float, default=DEFAULT_ATOL,
+                           help="absolute tolerance on raw output values (default: {:g})".format(DEFAULT_ATOL))
+        group.add_argument("--rtol", type=non_negative_float, default=DEFAULT_RTOL,
+                           help="relative tolerance, times |onnx value| (default: {:g})".format(DEFAULT_RTOL))
+        group.add_argument("--max-flips", type=int, default=DEFAULT_MAX_FLIPS, metavar="K",
+                           help="decision flips allowed at the cutoff (default: {})".format(DEFAULT_MAX_FLIPS))
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.evaluation import validate
+
+        make_source, runtime = self.pairs.parse(args), self.runtime.parse(args)
+        norm, names, json_out = self.normalization.parse(args), self.names.parse(args), self.json_report.parse(args)
+        report = validate.validate(
+            args.engine, args.onnx, make_source, cutoff=runtime.cutoff, atol=args.atol, rtol=args.rtol,
+            max_flips=args.max_flips, backend=runtime.backend, batch_size=runtime.batch_size, normalization=norm,
+            contract_overrides=names, engine_options=runtime.backend_options,
+        )
+        print("\n".join(validate.format_report(report, show_flips=args.show_flips)))
+        if json_out:
+            print("wrote {}".format(validate.write_json(report, json_out)))
+        return 0 if report.passed else 1
+
+
+# -- fp16-check --------------------------------------------------------------------------------
+class Fp16Check(Command):
+    name = "fp16-check"
+    help = "find tensors that overflow or lose precision in float16 (CPU); write a --fp32-layers list"
+    description = ("Run the ONNX model with onnxruntime (float32, CPU) with every intermediate tensor exposed, "
+                   "on real pairs. Report tensors beyond the float16 range (|x| > 65504) and those losing most to "
+                   "float16 rounding or underflow, with their producing nodes and op types, and write the layers to "
+                   "keep in float32 as a file for `build --fp32-layers @FILE`. Exits 1 when some layer needs "
+                   "float32, 0 otherwise.")
+    default_pairs = 16
+
+    def __init__(self) -> None:
+        self.pairs = PairSourceArgs(self.default_pairs)
+        # onnxruntime on CPU with every activation exposed: only the thread count is a choice
+        self.runtime = RuntimeArgs(backend=False, batch_size=False, cutoff=False, providers=False)
+        self.normalization = NormalizationArgs()
+        self.json_report = JsonReportArgs("every tensor's statistics")
+        self.names = ContractNamesArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.pairs, self.runtime, self.normalization, self.json_report, self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR
+
+        parser.add_argument("model", help="ONNX file")
+        parser.add_argument("--out", metavar="FILE",
+                            help="float32 layer list to write (default: <model>.fp32-layers.txt next to the model)")
+        parser.add_argument("--max-rel-error", type=float, default=DEFAULT_MAX_REL_ERROR, metavar="X",
+                            help="also keep a tensor's layers in float32 when its float16 relative L2 error exceeds "
+                            "X (default: {:g}; plain rounding gives about 3e-4)".format(DEFAULT_MAX_REL_ERROR))
+        parser.add_argument("--top", type=positive_int, default=10, metavar="K",
+                            help="tensors to list by precision lost (default: 10)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.contract import read_contract
+        from changenet_trt.data.preprocess import get_normalization
+        from changenet_trt.engine import fp16_check
+
+        make_source, runtime = self.pairs.parse(args), self.runtime.parse(args)
+        norm, names, json_out = self.normalization.parse(args), self.names.parse(args), self.json_report.parse(args)
+        contract = read_contract(args.model, **names)
+        source = make_source(contract, get_normalization(norm or contract.preprocess))
+        try:
+            batch = contract.static_batch or 1  # every activation is held at once: keep it to one pair
+            report = fp16_check.check_model(
+                args.model, fp16_check.source_batches(source, batch, contract.input_shape), contract=contract,
+                max_rel_error=args.max_rel_error, threads=runtime.backend_options.get("threads"),
+            )
+        finally:
+            source.close()
+        print("pairs: {}".format(source.description))
+        print("\n".join(fp16_check.format_report(report, top=args.top)))
+        out = args.out or fp16_check.default_list_path(args.model)
+        fp16_check.write_layer_list(report, out)
+        print("wrote {} ({} layer{}){}".format(
+            out, len(report.layers), "" if len(report.layers) == 1 else "s",
+            ": build with --fp32-layers @{}".format(out) if report.layers else ""))
+        if json_out:
+            print("wrote {}".format(fp16_check.write_json(report, json_out)))
+        return 1 if report.layers else 0
+
+
+# -- doctor ------------------------------------------------------------------------------------
+class Doctor(Command):
+    name = "doctor"
+    help = "report the environment and prove the stack on this machine (CPU checks; GPU checks on a device)"
+    description = ("Print Python, numpy, OpenCV, onnxruntime, TensorRT, pycuda, CUDA driver, GPU and compute "
+                   "capability, DLA cores, and on a Jetson the board, JetPack and power mode. Then run checks, each "
+                   "PASS, FAIL or SKIP: onnxruntime vs numpy on the reference model, preprocessing, pipeline "
+                   "decisions; on a GPU also build the reference engine, compare it with onnxruntime and run a short "
+                   "benchmark. Exits 0 when every check that applies passes.")
+
+    def __init__(self) -> None:
+        self.json_report = JsonReportArgs()
+
+    def groups(self) -> Sequence[Any]:
+        return (self.json_report,)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--cpu-only", action="store_true", help="skip the GPU checks even when a GPU is present")
+        parser.add_argument("--workdir", metavar="DIR",
+                            help="keep the files the checks write here (default: a temporary folder)")
+        parser.add_argument("--bench-seconds", type=non_negative_float, default=1.0, metavar="S",
+                            help="duration of the short benchmark (default: 1)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.tools import doctor
+
+        json_out = self.json_report.parse(args)
+        report = doctor.run_doctor(workdir=args.workdir, device=not args.cpu_only, bench_seconds=args.bench_seconds)
+        print("\n".join(doctor.format_report(report)))
+        if json_out:
+            print("wrote {}".format(doctor.write_json(report, json_out)))
+        return 0 if report.ok else 1
+
+
+def all_commands() -> List[Command]:
+    """A fresh instance of every command, in ``--help`` order."""
+    return [Inspect(), Infer(), ReferenceModel(), Demo(), Synth(), Eval(), Prepare(), Build(), Bench(), Validate(),
+            Fp16Check(), Doctor()]
