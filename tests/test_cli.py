@@ -1,3 +1,4 @@
+import argparse
 import csv
 import json
 import os
@@ -6,7 +7,9 @@ import sys
 
 import pytest
 
-from changenet_trt.cli import main
+from changenet_trt.cli import build_parser, main
+from changenet_trt.data.preprocess import get_normalization, parse_normalization
+from changenet_trt.errors import ChangeNetError
 from changenet_trt.tools.demo import make_pairs
 
 
@@ -43,16 +46,22 @@ def test_inspect_with_overrides(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["output"] == "logits"
 
 
-def test_infer_writes_csv(reference_models, tmp_path, capsys):
+def write_pairs(folder, count, seed=5):
+    """``(golden paths, sample paths, truth)`` of ``count`` synthetic pairs written as PNG."""
     import cv2
 
-    golden, sample, truth = make_pairs(4, seed=5)
+    golden, sample, truth = make_pairs(count, seed=seed)
     gp, sp = [], []
-    for i in range(4):
-        gp.append(str(tmp_path / "g{}.png".format(i)))
-        sp.append(str(tmp_path / "s{}.png".format(i)))
+    for i in range(count):
+        gp.append(str(folder / "g{}.png".format(i)))
+        sp.append(str(folder / "s{}.png".format(i)))
         cv2.imwrite(gp[-1], golden[i][:, :, ::-1])
         cv2.imwrite(sp[-1], sample[i][:, :, ::-1])
+    return gp, sp, truth
+
+
+def test_infer_writes_csv(reference_models, tmp_path, capsys):
+    gp, sp, truth = write_pairs(tmp_path, 4)
     out_csv = str(tmp_path / "scores.csv")
     code = main(["infer", reference_models["learnable_dynamic"], "--golden"] + gp + ["--sample"] + sp + ["--out", out_csv])
     assert code == 0
@@ -84,13 +93,34 @@ def test_user_errors_print_one_line_without_traceback(reference_models, tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
 
 
+def subcommands():
+    """``{name: parser}`` of every command, read off the real parser (not a list kept here)."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
 def test_help_lists_every_command():
+    names = list(subcommands())
+    assert len(names) >= 12 and "fp16-check" in names and "doctor" in names
     rc, out, err = run_cli("--help")
-    assert rc == 0
-    for command in ("inspect", "infer", "reference-model", "demo"):
-        assert command in out
-    rc, out, _ = run_cli("infer", "--help")
-    assert rc == 0 and "--golden" in out and "--cutoff" in out
+    assert rc == 0, err
+    listed = out.split("COMMAND", 2)[-1]
+    for name in names:
+        assert "\n    {} ".format(name) in listed or "\n    {}\n".format(name) in listed, name
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_command_has_help_naming_all_its_options(name, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([name, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: changenet-trt {} ".format(name))
+    options = [s for a in subcommands()[name]._actions if a.help != argparse.SUPPRESS for s in a.option_strings]
+    assert "--help" in options
+    for option in options:
+        assert option in out, option
 
 
 def test_no_command_prints_help_and_fails():
@@ -121,3 +151,148 @@ def test_reference_model_with_planted_fp16_overflow(tmp_path, capsys):
 
     assert any(node.name.startswith("overflow/") for node in onnx.load(out).graph.node)
     assert main(["reference-model", out, "--realistic", "--fp16-overflow"]) == 2
+
+
+# -- normalisation: one option, presets or custom mean/std, in every command that preprocesses ------
+class Captured(ChangeNetError):
+    """Raised by the stand-ins below once they have recorded what the command handed the library."""
+
+
+def _record(monkeypatch, module, attr, pick):
+    """Replace ``module.attr`` with a stand-in that records ``pick(args, kwargs)`` and stops the command."""
+    import importlib
+
+    seen = []
+
+    def stand_in(*args, **kwargs):
+        seen.append(pick(args, kwargs))
+        raise Captured("recorded")
+
+    monkeypatch.setattr(importlib.import_module(module), attr, stand_in)
+    return seen
+
+
+# command -> (its arguments without --normalization, the library call it preprocesses with,
+#             how to read the normalisation off that call)
+NORMALIZATION_CALLS = {
+    "infer": (["MODEL", "--golden", "g.png", "--sample", "s.png"], "changenet_trt.api", "load",
+              lambda a, kw: kw["normalization"]),
+    "eval": (["MODEL", "--csv", "set.csv"], "changenet_trt.api", "load", lambda a, kw: kw["normalization"]),
+    "bench": (["MODEL", "--end-to-end", "--csv", "set.csv"], "changenet_trt.tools.bench", "run_end_to_end",
+              lambda a, kw: kw["normalization"]),
+    "validate": (["MODEL", "--onnx", "MODEL"], "changenet_trt.evaluation.validate", "validate",
+                 lambda a, kw: kw["normalization"]),
+    "fp16-check": (["MODEL", "--pairs", "2"], "changenet_trt.evaluation.validate", "synthetic_source",
+                   lambda a, kw: a[2]),
+    "build": (["MODEL", "--dry-run"], "changenet_trt.engine.build", "make_plan", lambda a, kw: a[0].normalization),
+}
+
+
+def test_every_command_that_preprocesses_takes_normalization():
+    with_option = {name for name, parser in subcommands().items()
+                   if any("--normalization" in a.option_strings for a in parser._actions)}
+    assert with_option == set(NORMALIZATION_CALLS)
+
+
+@pytest.mark.parametrize("value", ["tao", "deepstream", "0.5,0.5,0.5/0.25,0.25,0.25", " 0.1,0.2,0.3/1,2,3 "])
+@pytest.mark.parametrize("name", sorted(NORMALIZATION_CALLS))
+def test_normalization_reaches_the_library(name, value, reference_models, monkeypatch, capsys):
+    argv, module, attr, pick = NORMALIZATION_CALLS[name]
+    seen = _record(monkeypatch, module, attr, pick)
+    argv = [reference_models["learnable_dynamic"] if a == "MODEL" else a for a in argv]
+    assert main([name] + argv + ["--normalization", value]) == 2
+    assert capsys.readouterr().err.strip() == "error: recorded"
+    assert len(seen) == 1 and get_normalization(seen[0]) == parse_normalization(value)
+
+
+@pytest.mark.parametrize("value", ["imagenet", "0.5,0.5/0.5,0.5,0.5", "0.5,0.5,0.5/0,1,1", "0.5,0.5,0.5"])
+@pytest.mark.parametrize("name", sorted(NORMALIZATION_CALLS))
+def test_malformed_normalization_is_one_error_line(name, value, reference_models, monkeypatch, capsys):
+    argv, module, attr, pick = NORMALIZATION_CALLS[name]
+    seen = _record(monkeypatch, module, attr, pick)
+    argv = [reference_models["learnable_dynamic"] if a == "MODEL" else a for a in argv]
+    assert main([name] + argv + ["--normalization", value]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read the normalisation"), lines
+    assert repr(value) in lines[0] and not seen
+
+
+def test_malformed_normalization_from_the_console_script(reference_models):
+    rc, out, err = run_cli("bench", reference_models["learnable_dynamic"], "--normalization", "tao/deepstream")
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: cannot read the normalisation")
+
+
+def test_custom_normalization_scores_like_the_equal_preset(reference_models, tmp_path, capsys):
+    gp, sp, _ = write_pairs(tmp_path, 4)
+    model = reference_models["learnable_dynamic"]
+
+    def scores(normalization):
+        out_csv = str(tmp_path / "scores.csv")
+        argv = ["infer", model, "--golden"] + gp + ["--sample"] + sp + ["--out", out_csv]
+        assert main(argv + ["--normalization", normalization]) == 0
+        with open(out_csv) as handle:
+            return [float(row["score"]) for row in csv.DictReader(handle)]
+
+    deepstream = scores("deepstream")
+    assert scores("0.5,0.5,0.5/0.5,0.5,0.5") == deepstream
+    assert scores("0.485,0.456,0.406/0.229,0.224,0.225") == scores("tao") != deepstream
+
+
+def test_build_records_a_custom_normalization(reference_models, capsys):
+    assert main(["build", reference_models["learnable_dynamic"], "--dry-run",
+                 "--normalization", "0.5,0.5,0.5/0.25,0.25,0.25"]) == 0
+    assert "preprocessing:  0.5,0.5,0.5/0.25,0.25,0.25" in capsys.readouterr().out
+
+
+# -- contract names: one group, the same value in every command that reads a model ------------------
+RENAMED = ["--sample-input", "test", "--golden-input", "ref", "--output", "logits", "--output-kind", "learnable"]
+
+
+def test_contract_names_parse_to_one_value_in_every_command():
+    from changenet_trt.cli.args import ContractNamesArgs
+
+    with_group = {name: parser for name, parser in subcommands().items()
+                  if any("--sample-input" in a.option_strings for a in parser._actions)}
+    assert {"inspect", "infer", "eval", "prepare", "build", "bench", "validate", "fp16-check"} <= set(with_group)
+    for name, parser in with_group.items():
+        positionals = [a for a in parser._actions if not a.option_strings]
+        required = [s for a in parser._actions if a.required and a.option_strings for s in (a.option_strings[0], "X")]
+        args = parser.parse_args(["X"] * len(positionals) + required + RENAMED)
+        assert ContractNamesArgs().parse(args) == {
+            "sample_input": "test", "golden_input": "ref", "output": "logits", "output_kind": "learnable"}, name
+        args = parser.parse_args(["X"] * len(positionals) + required)
+        assert ContractNamesArgs().parse(args) == {}, name
+
+
+@pytest.fixture(scope="module")
+def renamed_model(tmp_path_factory):
+    """A static-batch reference model whose tensors are not TAO's names."""
+    from changenet_trt.models.reference import write_reference_model
+
+    path = str(tmp_path_factory.mktemp("renamed") / "renamed.onnx")
+    return write_reference_model(path, batch=4, sample_input="test", golden_input="ref", output="logits")
+
+
+@pytest.mark.parametrize("command", ["inspect", "prepare", "infer"])
+def test_contract_names_work_the_same_in_commands(command, renamed_model, tmp_path, capsys):
+    if command == "infer":
+        golden, sample, _ = write_pairs(tmp_path, 4)
+        extra = ["--golden"] + golden + ["--sample"] + sample
+    else:
+        extra = {"inspect": ["--json"], "prepare": ["-o", str(tmp_path / "dynamic.onnx"), "--proof-batches", "1,3"]}[command]
+    assert main([command, renamed_model] + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "'test'" in err and len(err.splitlines()) == 1
+    assert main([command, renamed_model] + extra + RENAMED) == 0
+    out = capsys.readouterr().out
+    if command == "prepare":
+        from changenet_trt.contract import read_contract
+
+        prepared = read_contract(str(tmp_path / "dynamic.onnx"), sample_input="test", golden_input="ref",
+                                 output="logits")
+        assert prepared.static_batch is None and prepared.output == "logits"
+    elif command == "inspect":
+        assert json.loads(out)["sample_input"] == "test"
+    else:
+        assert "4 pairs, 2 defects" in out

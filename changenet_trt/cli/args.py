@@ -311,3 +311,9 @@ class JsonReportArgs:
 
     def parse(self, args: argparse.Namespace) -> Optional[str]:
         return args.json_out
+
+    def write(self, args: argparse.Namespace, report: Any, write_json: Callable[[Any, str], str]) -> None:
+        """With ``--json FILE``: ``write_json(report, FILE)`` and say where it went."""
+        path = self.parse(args)
+        if path:
+            print("wrote {}".format(write_json(report, path)))

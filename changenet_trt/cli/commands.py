@@ -40,10 +40,10 @@ class Command(abc.ABC):
     help = ""
     description = ""
 
-    def groups(self) -> Sequence[Any]:
-        """The shared argument groups that get their own section in ``--help``, in order. (A group
-        whose options join one of the command's sections is added in ``add_arguments``.)"""
-        return ()
+    def __init__(self, *groups: Any) -> None:
+        #: the shared argument groups that get their own section in ``--help``, in order (a group
+        #: whose options join one of the command's sections is added in ``add_arguments``)
+        self.groups: Sequence[Any] = groups
 
     @abc.abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ class Command(abc.ABC):
     def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(self.name, help=self.help, description=self.description)
         self.add_arguments(parser)
-        for group in self.groups():
+        for group in self.groups:
             group.add_to(parser)
         parser.set_defaults(_command=self)
         return parser
@@ -80,9 +80,7 @@ class Inspect(Command):
 
     def __init__(self) -> None:
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.names,)
+        super().__init__(self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file")
@@ -126,9 +124,7 @@ class Infer(Command):
         self.runtime = RuntimeArgs()
         self.normalization = NormalizationArgs()
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.runtime, self.normalization, self.names)
+        super().__init__(self.runtime, self.normalization, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file (or TensorRT engine)")
@@ -245,9 +241,7 @@ class Synth(Command):
         self.data_set = DataSetArgs(title="data layout (TAO's defaults)", csv=None, tiles=False,
                                     workers="render threads")
         self.progress = ProgressArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.data_set, self.progress)
+        super().__init__(self.data_set, self.progress)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("out", help="output folder (gets dataset.csv, images/, synth.json)")
@@ -298,9 +292,7 @@ class Eval(Command):
         self.normalization = NormalizationArgs()
         self.progress = ProgressArgs()
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.data_set, self.runtime, self.normalization, self.progress, self.names)
+        super().__init__(self.data_set, self.runtime, self.normalization, self.progress, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file (or TensorRT engine)")
@@ -336,9 +328,7 @@ class Prepare(Command):
 
     def __init__(self) -> None:
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.names,)
+        super().__init__(self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file")
@@ -375,9 +365,7 @@ class Build(Command):
             csv="--calib-csv", csv_help="TAO data set CSV whose pairs calibrate INT8", workers=None)
         self.progress = ProgressArgs()
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.normalization, self.progress, self.names)
+        super().__init__(self.normalization, self.progress, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file exported by TAO (static or dynamic batch)")
@@ -486,9 +474,7 @@ class Bench(Command):
         self.data_set = DataSetArgs(csv_help="TAO data set CSV (needed by --end-to-end)")
         self.normalization = NormalizationArgs("with --end-to-end, input normalisation")
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.runtime, self.names)
+        super().__init__(self.runtime, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="TensorRT engine (.engine/.plan) or ONNX file")
@@ -540,7 +526,7 @@ class Bench(Command):
         from changenet_trt.tools import bench
 
         runtime, names, data = self.runtime.parse(args), self.names.parse(args), self.data_set.parse(args)
-        norm, json_out = self.normalization.parse(args), self.json_report.parse(args)
+        norm = self.normalization.parse(args)
         if args.end_to_end:
             if not data.csv:
                 raise InputError("--end-to-end needs a data set", expected="--csv CSV [--images DIR]")
@@ -557,8 +543,7 @@ class Bench(Command):
                 contract_overrides=names, backend_options=runtime.backend_options,
             )
         print(bench.format_report(result), end="")
-        if json_out:
-            print("wrote {}".format(bench.write_json(result, json_out)))
+        self.json_report.write(args, result, bench.write_json)
         if args.export_times:
             print("wrote {}".format(bench.export_times(result, args.export_times)))
         if args.histogram:
@@ -583,9 +568,7 @@ class Validate(Command):
         self.normalization = NormalizationArgs()
         self.json_report = JsonReportArgs()
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.pairs, self.runtime, self.normalization, self.json_report, self.names)
+        super().__init__(self.pairs, self.runtime, self.normalization, self.json_report, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from changenet_trt.evaluation.validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_RTOL
@@ -606,15 +589,14 @@ class Validate(Command):
         from changenet_trt.evaluation import validate
 
         make_source, runtime = self.pairs.parse(args), self.runtime.parse(args)
-        norm, names, json_out = self.normalization.parse(args), self.names.parse(args), self.json_report.parse(args)
+        norm, names = self.normalization.parse(args), self.names.parse(args)
         report = validate.validate(
             args.engine, args.onnx, make_source, cutoff=runtime.cutoff, atol=args.atol, rtol=args.rtol,
             max_flips=args.max_flips, backend=runtime.backend, batch_size=runtime.batch_size, normalization=norm,
             contract_overrides=names, engine_options=runtime.backend_options,
         )
         print("\n".join(validate.format_report(report, show_flips=args.show_flips)))
-        if json_out:
-            print("wrote {}".format(validate.write_json(report, json_out)))
+        self.json_report.write(args, report, validate.write_json)
         return 0 if report.passed else 1
 
 
@@ -636,9 +618,7 @@ class Fp16Check(Command):
         self.normalization = NormalizationArgs()
         self.json_report = JsonReportArgs("every tensor's statistics")
         self.names = ContractNamesArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.pairs, self.runtime, self.normalization, self.json_report, self.names)
+        super().__init__(self.pairs, self.runtime, self.normalization, self.json_report, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR
@@ -658,7 +638,7 @@ class Fp16Check(Command):
         from changenet_trt.engine import fp16_check
 
         make_source, runtime = self.pairs.parse(args), self.runtime.parse(args)
-        norm, names, json_out = self.normalization.parse(args), self.names.parse(args), self.json_report.parse(args)
+        norm, names = self.normalization.parse(args), self.names.parse(args)
         contract = read_contract(args.model, **names)
         source = make_source(contract, get_normalization(norm or contract.preprocess))
         try:
@@ -676,8 +656,7 @@ class Fp16Check(Command):
         print("wrote {} ({} layer{}){}".format(
             out, len(report.layers), "" if len(report.layers) == 1 else "s",
             ": build with --fp32-layers @{}".format(out) if report.layers else ""))
-        if json_out:
-            print("wrote {}".format(fp16_check.write_json(report, json_out)))
+        self.json_report.write(args, report, fp16_check.write_json)
         return 1 if report.layers else 0
 
 
@@ -693,9 +672,7 @@ class Doctor(Command):
 
     def __init__(self) -> None:
         self.json_report = JsonReportArgs()
-
-    def groups(self) -> Sequence[Any]:
-        return (self.json_report,)
+        super().__init__(self.json_report)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--cpu-only", action="store_true", help="skip the GPU checks even when a GPU is present")
@@ -707,11 +684,9 @@ class Doctor(Command):
     def run(self, args: argparse.Namespace) -> int:
         from changenet_trt.tools import doctor
 
-        json_out = self.json_report.parse(args)
         report = doctor.run_doctor(workdir=args.workdir, device=not args.cpu_only, bench_seconds=args.bench_seconds)
         print("\n".join(doctor.format_report(report)))
-        if json_out:
-            print("wrote {}".format(doctor.write_json(report, json_out)))
+        self.json_report.write(args, report, doctor.write_json)
         return 0 if report.ok else 1
 
 
