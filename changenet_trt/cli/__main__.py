@@ -4,4 +4,5 @@ import sys
 
 from changenet_trt.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (as the import tests do) runs nothing
+    sys.exit(main())
