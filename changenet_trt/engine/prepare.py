@@ -436,10 +436,7 @@ def add_uint8_input(
     pairs: int = 8,
     atol: float = UINT8_ATOL,
     rtol: float = RTOL,
-    sample_input: Optional[str] = None,
-    golden_input: Optional[str] = None,
-    output_name: Optional[str] = None,
-    output_kind: Optional[str] = None,
+    contract_overrides: Optional[Dict[str, Optional[str]]] = None,
 ) -> Uint8Report:
     """Write a copy of ``model`` that takes uint8 RGB pixels and normalises them in the graph.
 
@@ -448,7 +445,7 @@ def add_uint8_input(
     bytes than float32). Proven before writing: ``pairs`` random uint8 pairs through the new model
     equal the original fed with the same pixels normalised on the host
     (``|diff| <= atol + rtol * |original|``); BuildError otherwise. The output is written whole
-    or not at all.
+    or not at all. ``contract_overrides``: as :func:`prepare_model`'s.
     """
     import onnx
 
@@ -458,8 +455,7 @@ def add_uint8_input(
     source = os.fspath(model)
     out_path = check_output_file(output, "uint8 model", inputs=[source])
     proto = load_onnx(source)
-    names = dict(sample_input=sample_input, golden_input=golden_input, output=output_name, output_kind=output_kind)
-    contract = read_contract(proto, **names)
+    contract = read_contract(proto, **(contract_overrides or {}))
     if contract.input_dtype == "uint8":
         raise BuildError("{} already takes uint8 inputs".format(source), expected="a float32 or float16 model")
     prepared = uint8_input_model(proto, contract, normalization)
@@ -500,5 +496,5 @@ def add_uint8_input(
     atomic_write(out_path, prepared.SerializeToString())
     label = normalization if isinstance(normalization, str) else "mean {} std {}".format(norm.mean, norm.std)
     return Uint8Report(source=source, output=out_path, normalization=label, pairs=pairs, max_abs_diff=worst,
-                       contract=read_contract(prepared, **names))
+                       contract=read_contract(prepared, **(contract_overrides or {})))
 

@@ -324,16 +324,13 @@ def write_model_repository(
 
             original = read_contract(source, **names)
             prepared = os.path.join(staging, "prepared.onnx")
-            report = prepare_model(source, prepared, sample_input=sample_input, golden_input=golden_input,
-                                   output_name=output, output_kind=output_kind)
+            report = prepare_model(source, prepared, contract_overrides=names)
             if report.rewritten:
                 notes.append("static batch {} made dynamic (proven at batches {})".format(
                     report.original_batch, ", ".join(str(c.batch) for c in report.checks)))
             preprocess = normalization or original.preprocess or "tao"
             if uint8_input:
-                add_uint8_input(prepared, model_path, normalization=preprocess, **{
-                    "sample_input": sample_input, "golden_input": golden_input, "output_name": output,
-                    "output_kind": output_kind})
+                add_uint8_input(prepared, model_path, normalization=preprocess, contract_overrides=names)
                 os.unlink(prepared)
                 notes.append("inputs are uint8 RGB pixels; the graph applies '{}' normalisation".format(preprocess))
             else:
