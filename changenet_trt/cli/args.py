@@ -19,7 +19,7 @@ user error. Constructor arguments say which of a group's options a command offer
 import argparse
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError
@@ -311,6 +311,14 @@ class JsonReportArgs:
 
     def parse(self, args: argparse.Namespace) -> Optional[str]:
         return args.json_out
+
+    def check(self, args: argparse.Namespace, what: str, inputs: Sequence[Optional[str]]) -> None:
+        """With ``--json FILE``: check FILE can be written (and is none of ``inputs``) before the work."""
+        from changenet_trt.files import check_output_file
+
+        path = self.parse(args)
+        if path:
+            check_output_file(path, what=what, inputs=[p for p in inputs if p])
 
     def write(self, args: argparse.Namespace, report: Any, write_json: Callable[[Any, str], str]) -> None:
         """With ``--json FILE``: ``write_json(report, FILE)`` and say where it went."""

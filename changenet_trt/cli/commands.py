@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import shlex
+import sys
 import time
 from typing import Any, List, Sequence
 
@@ -140,23 +141,30 @@ class Infer(Command):
                 "--golden and --sample must name the same number of images",
                 found="{} golden, {} sample".format(len(args.golden), len(args.sample)),
             )
+        from changenet_trt.files import atomic_open, check_output_file
+
+        if args.out:
+            check_output_file(args.out, what="--out CSV", inputs=[args.model] + args.golden + args.sample)
         with load_classifier(args.model, runtime, norm, names) as clf:
             result = clf.predict(args.golden, args.sample)
-        rows = [
-            (golden, sample, float(s), bool(d))
-            for golden, sample, s, d in zip(args.golden, args.sample, result.scores, result.defects)
-        ]
-        for golden, sample, s, d in rows:
-            print("{:<8} score={:.6f}  golden={}  sample={}".format("DEFECT" if d else "pass", s, golden, sample))
+        rows = list(zip(args.golden, args.sample, result.scores.tolist(), result.decisions))
+        for golden, sample, s, decision in rows:
+            print("{:<8} score={:.6f}  golden={}  sample={}".format(
+                "pass" if decision == "pass" else decision.upper(), s, golden, sample))
         print("{} pairs, {} defects at cutoff {} ({:.1f} pairs/s)".format(
-            len(rows), int(result.defects.sum()), result.cutoff, result.pairs_per_s))
+            len(rows), int(result.defects.sum()) - len(result.invalid_pairs), result.cutoff, result.pairs_per_s))
         if args.out:
-            with open(args.out, "w", newline="") as handle:
+            with atomic_open(args.out, "w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["golden", "sample", "score", "defect"])
-                for golden, sample, s, d in rows:
-                    writer.writerow([golden, sample, "{:.8g}".format(s), int(d)])
+                writer.writerow(["golden", "sample", "score", "defect", "decision"])
+                for golden, sample, s, decision in rows:
+                    writer.writerow([golden, sample, "{:.8g}".format(s), int(decision != "pass"), decision])
             print("wrote {}".format(args.out))
+        if result.invalid_pairs:
+            print("error: {} pair(s) could not be scored (the model's output is NaN or Inf): {}".format(
+                len(result.invalid_pairs), "; ".join("golden={} sample={}".format(rows[i][0], rows[i][1])
+                                                     for i in result.invalid_pairs)), file=sys.stderr)
+            return 1
         return 0
 
 
@@ -188,8 +196,10 @@ class ReferenceModel(Command):
         if args.realistic:
             if args.fp16_overflow:
                 raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
+            from changenet_trt.files import check_output_file
             from changenet_trt.models.realistic import build_realistic_model, model_gflops, save_model
 
+            check_output_file(args.out, what="model file")
             model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
             path = save_model(model, args.out)
             print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
@@ -256,8 +266,10 @@ class Synth(Command):
         from tqdm import tqdm
 
         from changenet_trt.data.synth import synthesize
+        from changenet_trt.files import check_output_dir
 
         data, show = self.data_set.parse(args), self.progress.parse(args)
+        check_output_dir(args.out, what="synth output folder")  # before the progress bar opens
         start = time.perf_counter()
         # disable=None: a bar on a terminal, nothing in a log file
         with tqdm(total=args.pairs, desc="synth", unit="pairs", disable=None if show else True) as bar:
@@ -590,6 +602,7 @@ class Validate(Command):
 
         make_source, runtime = self.pairs.parse(args), self.runtime.parse(args)
         norm, names = self.normalization.parse(args), self.names.parse(args)
+        self.json_report.check(args, "validate JSON report", inputs=[args.engine, args.onnx, args.csv])
         report = validate.validate(
             args.engine, args.onnx, make_source, cutoff=runtime.cutoff, atol=args.atol, rtol=args.rtol,
             max_flips=args.max_flips, backend=runtime.backend, batch_size=runtime.batch_size, normalization=norm,
@@ -636,9 +649,13 @@ class Fp16Check(Command):
         from changenet_trt.contract import read_contract
         from changenet_trt.data.preprocess import get_normalization
         from changenet_trt.engine import fp16_check
+        from changenet_trt.files import check_output_file
 
         make_source, runtime = self.pairs.parse(args), self.runtime.parse(args)
         norm, names = self.normalization.parse(args), self.names.parse(args)
+        out = args.out or fp16_check.default_list_path(args.model)
+        check_output_file(out, what="float32 layer list", inputs=[args.model])
+        self.json_report.check(args, "fp16-check JSON report", inputs=[args.model])
         contract = read_contract(args.model, **names)
         source = make_source(contract, get_normalization(norm or contract.preprocess))
         try:
@@ -651,7 +668,6 @@ class Fp16Check(Command):
             source.close()
         print("pairs: {}".format(source.description))
         print("\n".join(fp16_check.format_report(report, top=args.top)))
-        out = args.out or fp16_check.default_list_path(args.model)
         fp16_check.write_layer_list(report, out)
         print("wrote {} ({} layer{}){}".format(
             out, len(report.layers), "" if len(report.layers) == 1 else "s",
