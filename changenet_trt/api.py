@@ -171,6 +171,13 @@ def _check_model_file(path: str, backend: str) -> None:
         raise error("{} file not found: {}".format(kind, path), expected=what)
     if os.path.getsize(path) == 0:
         raise error("{} file is empty: {}".format(kind, path), expected=what, found="0 bytes")
+    suffix = os.path.splitext(path)[1].lower()
+    if backend == "tensorrt" and suffix in ONNX_SUFFIXES:
+        raise error("{} is an ONNX model, not a TensorRT engine".format(path),
+                    expected="an engine built from it (changenet-trt build), or the onnxruntime backend")
+    if backend == "onnxruntime" and suffix in ENGINE_SUFFIXES:
+        raise error("{} is a TensorRT engine (by its name), not an ONNX model".format(path),
+                    expected="the ONNX model it was built from, or the tensorrt backend")
 
 
 def _checked_cutoff(cutoff: Any, output_kind: str) -> float:

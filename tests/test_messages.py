@@ -250,6 +250,18 @@ def test_eval_warns_once_about_a_square_model_read_linear_and_pass_labels(tmp_pa
     assert "4 row(s) labelled 'pass'" in printed[0] and "--concat grid" in printed[1]
 
 
+def test_a_light_stretched_out_of_shape_is_warned_once(tmp_path, reference_models):
+    names = ["n{}".format(i) for i in range(3)]
+    write_images(str(tmp_path), [n + "_LowAngleLight" for n in names], size=128)
+    csv_path = write_csv(tmp_path / "d.csv", ["sample,golden,PASS,{}\n".format(n) for n in names])
+    log = io.StringIO()
+    result = evaluate(reference_models["learnable_dynamic"], csv_path, out_dir=None, progress=False, log=log,
+                      layout=LightLayout(lights=("LowAngleLight",), ext=".png"))
+    assert len(result.summary["warnings"]) == 1 and log.getvalue().count("warning:") == 1
+    assert "128x128" in result.summary["warnings"][0] and "512x128 tile" in result.summary["warnings"][0]
+    assert "stretched 4.0x" in result.summary["warnings"][0]
+
+
 # -- 6. eval with a shared classifier leaves its cutoff alone -----------------------------------------
 def test_eval_with_a_cutoff_does_not_change_the_callers_classifier(set_with_problems, reference_models):
     with changenet_trt.load(reference_models["learnable_dynamic"], cutoff=0.25) as clf:
@@ -291,6 +303,10 @@ def test_missing_engine_is_named_without_tensorrt(no_tensorrt, tmp_path, capsys)
     empty.write_bytes(b"")
     with pytest.raises(EngineError, match="engine file is empty"):
         changenet_trt.load(str(empty))
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"x")
+    with pytest.raises(EngineError, match="is an ONNX model, not a TensorRT engine"):
+        changenet_trt.load(str(onnx_file), backend="tensorrt")
     code = main(["infer", str(tmp_path / "missing.engine"), "--golden", "g.png", "--sample", "s.png"])
     err = capsys.readouterr().err
     assert code == 2 and "engine file not found" in err and "tensorrt" not in err.lower().replace(

@@ -48,6 +48,9 @@ PASS_LABEL = "PASS"
 #: labels that a user probably meant as good parts (TAO reads only the exact "PASS" as good)
 _GOOD_LOOKING_LABELS = ("PASS", "PASSED", "OK", "GOOD", "NORMAL")
 _MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: a light image whose aspect ratio differs this much from its tile's is reported (stretched)
+STRETCH_WARNING = 3.0
 _log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -348,6 +351,13 @@ def _explain_missing(
     folder listing.
     """
     folder = os.path.dirname(missing[0])
+    stem, ext = os.path.splitext(object_name)
+    if ext.lower() in _IMAGE_SUFFIXES:
+        return "object_name {!r} ends with a file extension; TAO's object_name has none (files are {})".format(
+            object_name, layout.file_names(stem)[0])
+    if "\\" in os.path.relpath(folder, images_dir) and os.sep != "\\":
+        return "the CSV's paths use backslashes (Windows): {} is not a folder here".format(
+            os.path.relpath(folder, images_dir))
     if not os.path.isdir(folder):
         relative = os.path.relpath(folder, images_dir)
         for root in (os.path.dirname(os.path.abspath(csv_path)), os.path.dirname(os.path.abspath(images_dir))):
@@ -445,9 +455,11 @@ class PairLoader:
         self.pairs = list(pairs)
         self.layout = layout
         self.boxes = layout.boxes(int(input_shape[1]), int(input_shape[2]))
+        self._warn = on_warning or _log.warning
         self.warnings = [text for text in [layout_warning(layout, int(input_shape[1]), int(input_shape[2]))] if text]
         for text in self.warnings:
-            (on_warning or _log.warning)(text)
+            self._warn(text)
+        self._stretch_checked = bool(self.warnings)  # one warning about the layout is enough
         self.normalization = get_normalization(normalization)
         self.strict = strict
         self.on_problem = on_problem
@@ -477,6 +489,8 @@ class PairLoader:
             for files, dst in ((pair.golden_files, golden_dst), (pair.sample_files, sample_dst)):
                 for path, (top, left, h, w) in zip(files, self.boxes):
                     image = decode_image(path)
+                    if not self._stretch_checked:
+                        self._check_stretch(image, path, h, w)
                     write_normalized(dst[:, top:top + h, left:left + w], image, self.normalization, source=path)
         except ChangeNetError as exc:
             golden_dst[...] = 0
@@ -488,6 +502,23 @@ class PairLoader:
                 self.failed[index] = item
             if self.on_problem is not None:
                 self.on_problem(item)
+
+    def _check_stretch(self, image: np.ndarray, path: str, tile_h: int, tile_w: int) -> None:
+        """Warn once when the first decoded light is stretched well out of shape into its tile."""
+        with self._lock:
+            if self._stretch_checked:
+                return
+            self._stretch_checked = True
+        height, width = image.shape[:2]
+        stretch = (tile_h / tile_w) / (height / width)
+        if max(stretch, 1.0 / stretch) < STRETCH_WARNING:
+            return
+        text = ("the light images are {}x{} (HxW, e.g. {}) but each fills a {}x{} tile of the model input ({}), "
+                "stretched {:.1f}x out of shape: the model probably takes other lights (--lights) or another "
+                "layout (--concat)".format(height, width, path, tile_h, tile_w, self.layout.describe(),
+                                          max(stretch, 1.0 / stretch)))
+        self.warnings.append(text)
+        self._warn(text)
 
     def _run(self, start: int, stop: int, lo: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
         for i in range(start, stop):

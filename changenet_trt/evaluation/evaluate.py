@@ -126,7 +126,10 @@ def evaluate(
 
     def warn(text: str) -> None:
         warned.append(text)
-        log.write("warning: {}\n".format(text))
+        if bar is not None and progress:  # printed above a live bar
+            bar.write("warning: " + text)
+        else:
+            log.write("warning: {}\n".format(text))
 
     dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
                            on_warning=warn)
