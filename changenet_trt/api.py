@@ -9,6 +9,8 @@
         res.defects   # bool [N], score > cutoff
 """
 
+import copy
+import logging
 import os
 import threading
 import time
@@ -19,9 +21,10 @@ import numpy as np
 
 from changenet_trt.contract import ModelContract, read_contract, score
 from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
-from changenet_trt.errors import InputError
+from changenet_trt.errors import EngineError, InputError, ModelContractError
 from changenet_trt.runtime.base import Runner, check_batch_size
 
+_log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -115,6 +118,9 @@ def make_runner(
     path = os.fspath(path)
     which = backend_for(path, backend)
     batch_size = check_batch_size(batch_size)
+    if which != "triton":
+        # before the backend's import: a missing file is the thing to fix, not a missing TensorRT
+        _check_model_file(path, which)
     if which == "triton":
         from changenet_trt.runtime.triton import TritonRunner
 
@@ -151,6 +157,41 @@ def make_runner(
         output_kind=output_kind,
         **options
     )
+
+
+def _check_model_file(path: str, backend: str) -> None:
+    """Refuse a model path that is missing, a folder or empty, naming what the backend wanted."""
+    if backend == "tensorrt":
+        error, kind, what = EngineError, "engine", "a TensorRT engine (.engine/.plan)"
+    else:
+        error, kind, what = ModelContractError, "model", "an ONNX model (.onnx)"
+    if os.path.isdir(path):
+        raise error("{} path is a folder, not a file: {}".format(kind, path), expected=what)
+    if not os.path.isfile(path):
+        raise error("{} file not found: {}".format(kind, path), expected=what)
+    if os.path.getsize(path) == 0:
+        raise error("{} file is empty: {}".format(kind, path), expected=what, found="0 bytes")
+    suffix = os.path.splitext(path)[1].lower()
+    if backend == "tensorrt" and suffix in ONNX_SUFFIXES:
+        raise error("{} is an ONNX model, not a TensorRT engine".format(path),
+                    expected="an engine built from it (changenet-trt build), or the onnxruntime backend")
+    if backend == "onnxruntime" and suffix in ENGINE_SUFFIXES:
+        raise error("{} is a TensorRT engine (by its name), not an ONNX model".format(path),
+                    expected="the ONNX model it was built from, or the tensorrt backend")
+
+
+def _checked_cutoff(cutoff: Any, output_kind: str) -> float:
+    """``cutoff`` as a float; refused when not finite, a warning when no score can cross it."""
+    value = float(cutoff)
+    if not np.isfinite(value):
+        raise InputError("cutoff must be a finite number", found=cutoff)
+    if value < 0.0:
+        _log.warning("cutoff %g is below every score (%s scores are >= 0): every pair is a defect",
+                     value, output_kind)
+    elif output_kind == "learnable" and value >= 1.0:
+        _log.warning("cutoff %g is not below 1: learnable scores are probabilities in [0, 1], so no pair is "
+                     "a defect (a cutoff in percent? 3%% is 0.03)", value)
+    return value
 
 
 class _SlotPool:
@@ -199,14 +240,22 @@ class Classifier:
     ) -> None:
         self.runner = runner
         self.contract: ModelContract = runner.contract
-        self.cutoff = float(self.contract.cutoff if cutoff is None else cutoff)
-        if not np.isfinite(self.cutoff):
-            raise InputError("cutoff must be a finite number", found=cutoff)
+        self.cutoff = _checked_cutoff(self.contract.cutoff if cutoff is None else cutoff, self.contract.output_kind)
         self.normalization = get_normalization(
             normalization if normalization is not None else (self.contract.preprocess or "tao")
         )
         self._slots = _SlotPool(runner.num_slots)
         self.runner.activate()
+
+    def with_cutoff(self, cutoff: float) -> "Classifier":
+        """This classifier with another cutoff; ``self`` is left as it is.
+
+        The copy shares the loaded model (and is as thread-safe): use it while ``self`` is
+        open, and close only one of them.
+        """
+        other = copy.copy(self)
+        other.cutoff = _checked_cutoff(cutoff, self.contract.output_kind)
+        return other
 
     @property
     def batch_size(self) -> int:

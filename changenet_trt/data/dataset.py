@@ -18,11 +18,13 @@ reason): it is skipped, or, with ``strict``, the run stops with a DatasetError.
 """
 
 import csv
+import logging
 import os
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -43,6 +45,13 @@ TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
 TAO_EXT = ".jpg"
 REQUIRED_COLUMNS = ("input_path", "golden_path", "label", "object_name")
 PASS_LABEL = "PASS"
+#: labels that a user probably meant as good parts (TAO reads only the exact "PASS" as good)
+_GOOD_LOOKING_LABELS = ("PASS", "PASSED", "OK", "GOOD", "NORMAL")
+_MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: a light image whose aspect ratio differs this much from its tile's is reported (stretched)
+STRETCH_WARNING = 3.0
+_log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -158,7 +167,7 @@ class RowProblem:
 
 @dataclass
 class Dataset:
-    """Usable pairs of a CSV plus the rows that were set aside (``problems``)."""
+    """Usable pairs of a CSV plus the rows that were set aside (``problems``) and one-line ``warnings`` about it."""
 
     csv_path: str
     images_dir: str
@@ -166,6 +175,7 @@ class Dataset:
     pairs: List[Pair]
     problems: List[RowProblem] = field(default_factory=list)
     rows: int = 0
+    warnings: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -182,20 +192,30 @@ class Dataset:
 
 def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]]], List[str]]:
     """Header column indexes of the required columns, the data rows with their line numbers, the header."""
+    if os.path.isdir(csv_path):
+        inside = sorted(n for n in os.listdir(csv_path) if n.lower().endswith(".csv"))
+        raise DatasetError("CSV path is a folder, not a CSV file: {}".format(csv_path),
+                           expected="the data set's CSV{}".format(
+                               " (it holds {})".format(", ".join(inside[:5])) if inside else ""))
     if not os.path.isfile(csv_path):
         raise DatasetError("CSV file not found: {}".format(csv_path))
+    if os.path.splitext(csv_path)[1].lower() in _MODEL_SUFFIXES:
+        raise DatasetError("{} is a model file, not a CSV".format(csv_path),
+                           expected="the data set's CSV (the model is the first argument)")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = None  # type: Optional[List[str]]
             rows = []  # type: List[Tuple[int, List[str]]]
+            end = 0  # the line the previous record ended on (csv.reader's line_num is a record's last line)
             for values in reader:
+                start, end = end + 1, reader.line_num
                 if not any(v.strip() for v in values):
                     continue  # blank line
                 if header is None:
                     header = values
                     continue
-                rows.append((reader.line_num, values))
+                rows.append((start, values))
     except UnicodeDecodeError as exc:
         raise DatasetError("cannot read {} as text".format(csv_path), expected="a UTF-8 CSV file", found=str(exc)) from None
     except csv.Error as exc:
@@ -213,8 +233,10 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
             columns[column] = names.index(column)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
+        separator = next((sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None)
         raise DatasetError(
-            "CSV {} lacks the column(s) {}".format(csv_path, ", ".join(missing)),
+            "CSV {} lacks the column(s) {}{}".format(csv_path, ", ".join(missing), "" if separator is None else
+                                                    " (its fields are separated by {!r}: save it with commas)".format(separator)),
             expected="a header with {} (TAO's layout; other columns are ignored)".format(", ".join(REQUIRED_COLUMNS)),
             found="header {}".format(", ".join(repr(h) for h in header)),
         )
@@ -228,15 +250,22 @@ def load_dataset(
     check_files: bool = True,
     strict: bool = False,
     on_problem: Optional[Callable[[RowProblem], None]] = None,
+    on_warning: Optional[Callable[[str], None]] = None,
 ) -> Dataset:
     """Read a TAO CSV and resolve every row's light files.
 
     ``images_dir`` defaults to the CSV's folder. ``check_files`` tests that every file exists
     (a cheap ``stat`` per file), so rows with missing lights are known before any decoding.
     Rows with a missing file, too few fields or an empty name/label become ``problems``
-    (reported through ``on_problem`` as they are found); with ``strict`` the first one raises
-    DatasetError instead. Raises DatasetError for an unreadable/empty CSV, a wrong header, or
-    when no row is usable.
+    (reported through ``on_problem`` once the first usable row is found, then as they come: a
+    data set with no usable row raises one error instead of reporting every row); with
+    ``strict`` the first one raises DatasetError instead. Raises DatasetError for an
+    unreadable/empty CSV, a wrong header, or when no row is usable (saying, where it can tell,
+    which extension, lights or images folder the files do have).
+
+    Labels that look like a good part but are not exactly ``PASS`` (``pass``, ``Pass``, ``OK``)
+    are counted as defects, as TAO counts them; they are reported once, with counts, through
+    ``on_warning`` (default: this module's logger) and kept in ``Dataset.warnings``.
     """
     csv_path = os.fspath(csv_path)
     layout = layout or LightLayout()
@@ -249,12 +278,13 @@ def load_dataset(
     width = max(columns.values()) + 1
     pairs = []  # type: List[Pair]
     problems = []  # type: List[RowProblem]
+    first_missing = None  # type: Optional[Tuple[str, List[str]]]
 
     def problem(item: RowProblem) -> None:
         if strict:
             raise DatasetError("{} (--strict stops at the first unusable row)".format(item))
         problems.append(item)
-        if on_problem is not None:
+        if on_problem is not None and pairs:
             on_problem(item)
 
     for index, (line, values) in enumerate(rows):
@@ -277,17 +307,125 @@ def load_dataset(
         if check_files:
             missing = [p for p in sample_files + golden_files if not os.path.isfile(p)]
             if missing:
+                if first_missing is None:
+                    first_missing = (object_name, missing)
                 more = " (and {} more)".format(len(missing) - 1) if len(missing) > 1 else ""
                 problem(RowProblem(line, object_name, missing[0], "missing file{}".format(more)))
                 continue
+        if not pairs and on_problem is not None:
+            for item in problems:  # held back until a row proved usable
+                on_problem(item)
         pairs.append(Pair(index, line, object_name, input_path, golden_path, label, sample_files, golden_files))
     if not pairs:
+        hint = None
+        if first_missing is not None and len(problems) == len(rows):
+            hint = _explain_missing(first_missing[0], first_missing[1], layout, images_dir, csv_path)
         raise DatasetError(
-            "no usable pair in {} ({} rows, all set aside)".format(csv_path, len(rows)),
+            "no usable pair in {} ({} rows, all set aside){}".format(
+                csv_path, len(rows), "" if hint is None else ": " + hint),
             expected="rows whose light files exist under {} as {}".format(images_dir, layout.describe()),
             found=str(problems[0]) if problems else "nothing",
         )
-    return Dataset(csv_path, images_dir, layout, pairs, problems, rows=len(rows))
+    warnings = _label_warnings(pairs)
+    for text in warnings:
+        (on_warning or _log.warning)(text)
+    return Dataset(csv_path, images_dir, layout, pairs, problems, rows=len(rows), warnings=warnings)
+
+
+def _label_warnings(pairs: Sequence[Pair]) -> List[str]:
+    """One line naming, with counts, the labels that look like a good part but are not ``PASS``."""
+    lookalike = Counter(p.label for p in pairs if p.label != PASS_LABEL and p.label.upper() in _GOOD_LOOKING_LABELS)
+    if not lookalike:
+        return []
+    counts = ", ".join("{} row(s) labelled {!r}".format(n, label) for label, n in sorted(lookalike.items()))
+    return ["{} count as defects: only the label {} (upper case) is a good part, as TAO reads it; "
+            "relabel them {} if they are good parts".format(counts, PASS_LABEL, PASS_LABEL)]
+
+
+def _explain_missing(
+    object_name: str, missing: Sequence[str], layout: LightLayout, images_dir: str, csv_path: str
+) -> Optional[str]:
+    """Why one row's files are not where ``layout`` looks (another extension or lights, a wrong images folder).
+
+    Called when no row at all is usable, with the first row's missing files: a clue worth one
+    folder listing.
+    """
+    folder = os.path.dirname(missing[0])
+    stem, ext = os.path.splitext(object_name)
+    if ext.lower() in _IMAGE_SUFFIXES:
+        return "object_name {!r} ends with a file extension; TAO's object_name has none (files are {})".format(
+            object_name, layout.file_names(stem)[0])
+    if "\\" in os.path.relpath(folder, images_dir) and os.sep != "\\":
+        return "the CSV's paths use backslashes (Windows): {} is not a folder here".format(
+            os.path.relpath(folder, images_dir))
+    if not os.path.isdir(folder):
+        relative = os.path.relpath(folder, images_dir)
+        for root in (os.path.dirname(os.path.abspath(csv_path)), os.path.dirname(os.path.abspath(images_dir))):
+            if os.path.isdir(os.path.join(root, relative)) and os.path.abspath(root) != os.path.abspath(images_dir):
+                return "the folder {} does not exist, but {} does: the CSV's paths are relative to {} (--images {})".format(
+                    folder, os.path.join(root, relative), root, root)
+        return "the folder {} does not exist (the CSV's paths are relative to the images folder {})".format(
+            folder, images_dir)
+    listings = {}  # type: Dict[str, List[str]]
+
+    def names_in(path: str) -> List[str]:
+        if path not in listings:
+            try:
+                listings[path] = sorted(os.listdir(path))
+            except OSError:
+                listings[path] = []
+        return listings[path]
+
+    # the same names with another extension (.png, or .JPG on a case-sensitive file system)
+    common: Optional[Set[str]] = None
+    for path in missing:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        found = {os.path.splitext(n)[1] for n in names_in(os.path.dirname(path)) if os.path.splitext(n)[0] == stem}
+        common = found if common is None else common & found
+        if not common:
+            break
+    if common:
+        ext = sorted(common)[0]
+        return "no file has the extension {}, but they exist as {} (--ext {})".format(layout.ext, ext, ext)
+    # the object's files under other light names, or as one image
+    own = [n for n in names_in(folder) if os.path.splitext(n)[0] == object_name
+           or n.startswith(object_name + "_")]
+    if not own:
+        return None
+    single = [n for n in own if os.path.splitext(n)[0] == object_name]
+    if single and layout.lights:
+        ext = os.path.splitext(single[0])[1]
+        return "{} holds {} (one image, no lights): --lights none{}".format(
+            folder, single[0], "" if ext == layout.ext else " --ext " + ext)
+    lights = sorted({os.path.splitext(n)[0][len(object_name) + 1:] for n in own if n not in single})
+    exts = sorted({os.path.splitext(n)[1] for n in own if n not in single})
+    return "{} holds {}: its lights are {} (--lights {} in the model's order{})".format(
+        folder, ", ".join(own[:6]) + (", ..." if len(own) > 6 else ""), ", ".join(lights), ",".join(lights),
+        "" if exts == [layout.ext] else "; --ext " + exts[0])
+
+
+def layout_warning(layout: LightLayout, height: int, width: int) -> Optional[str]:
+    """Why ``layout`` is probably not what a ``height x width`` model input was trained with (None: it fits).
+
+    TAO resizes every light to a square tile: 4 lights stacked along H make 512x128 (128x128
+    tiles), the same 4 in a 2x2 grid make 256x256. A layout whose tiles are not square, where the
+    other concatenation would make them square, stretches every light (a 256x256 model read
+    with 4 linear lights gets 64x256 tiles) and still runs, with scores that mean little.
+    """
+    if layout.count < 2:
+        return None
+    try:
+        tile_h, tile_w = layout.boxes(height, width)[0][2:]
+        other = "grid" if layout.concat == "linear" else "linear"
+        other_h, other_w = tile_boxes(layout.count, height, width, other)[0][2:]
+    except ChangeNetError:
+        return None
+    if tile_h == tile_w or other_h != other_w:
+        return None
+    return ("the model input is {}x{} (HxW) and {} lights {} make {}x{} tiles, each light stretched; "
+            "the {} layout makes square {}x{} tiles: did you mean --concat {}?".format(
+                height, width, layout.count, "stacked along H (linear)" if layout.concat == "linear" else "in a grid",
+                tile_h, tile_w, other, other_h, other_w, other))
 
 
 class PairLoader:
@@ -298,7 +436,9 @@ class PairLoader:
     each) straight into the ``[hi-lo, 3, H, W]`` views. A pair whose files cannot be decoded is recorded in
     ``failed`` (index -> RowProblem, reported through ``on_problem``) and its rows are
     zero-filled so the batch still runs; drop its score afterwards. With ``strict`` the first
-    such pair raises DatasetError.
+    such pair raises DatasetError. A layout that probably does not fit the model
+    (:func:`layout_warning`) is reported once through ``on_warning`` (default: this module's
+    logger) and kept in ``warnings``.
     """
 
     def __init__(
@@ -310,10 +450,16 @@ class PairLoader:
         workers: Optional[int] = None,
         strict: bool = False,
         on_problem: Optional[Callable[[RowProblem], None]] = None,
+        on_warning: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.pairs = list(pairs)
         self.layout = layout
         self.boxes = layout.boxes(int(input_shape[1]), int(input_shape[2]))
+        self._warn = on_warning or _log.warning
+        self.warnings = [text for text in [layout_warning(layout, int(input_shape[1]), int(input_shape[2]))] if text]
+        for text in self.warnings:
+            self._warn(text)
+        self._stretch_checked = bool(self.warnings)  # one warning about the layout is enough
         self.normalization = get_normalization(normalization)
         self.strict = strict
         self.on_problem = on_problem
@@ -343,6 +489,8 @@ class PairLoader:
             for files, dst in ((pair.golden_files, golden_dst), (pair.sample_files, sample_dst)):
                 for path, (top, left, h, w) in zip(files, self.boxes):
                     image = decode_image(path)
+                    if not self._stretch_checked:
+                        self._check_stretch(image, path, h, w)
                     write_normalized(dst[:, top:top + h, left:left + w], image, self.normalization, source=path)
         except ChangeNetError as exc:
             golden_dst[...] = 0
@@ -354,6 +502,23 @@ class PairLoader:
                 self.failed[index] = item
             if self.on_problem is not None:
                 self.on_problem(item)
+
+    def _check_stretch(self, image: np.ndarray, path: str, tile_h: int, tile_w: int) -> None:
+        """Warn once when the first decoded light is stretched well out of shape into its tile."""
+        with self._lock:
+            if self._stretch_checked:
+                return
+            self._stretch_checked = True
+        height, width = image.shape[:2]
+        stretch = (tile_h / tile_w) / (height / width)
+        if max(stretch, 1.0 / stretch) < STRETCH_WARNING:
+            return
+        text = ("the light images are {}x{} (HxW, e.g. {}) but each fills a {}x{} tile of the model input ({}), "
+                "stretched {:.1f}x out of shape: the model probably takes other lights (--lights) or another "
+                "layout (--concat)".format(height, width, path, tile_h, tile_w, self.layout.describe(),
+                                          max(stretch, 1.0 / stretch)))
+        self.warnings.append(text)
+        self._warn(text)
 
     def _run(self, start: int, stop: int, lo: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
         for i in range(start, stop):

@@ -18,10 +18,11 @@ interpolation, ``(x / 255 - mean) / std``) to float32 rounding.
 
 import os
 import threading
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -89,31 +90,121 @@ def parse_normalization(text: str) -> Normalization:
 
 
 # -- decoding ----------------------------------------------------------------------------------
+_JPEG_START = b"\xff\xd8\xff"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_complete(data: bytes) -> Optional[Tuple[str, str]]:
+    """``(fault, detail)`` when the bytes of a JPEG or PNG file are cut short or corrupt, else None.
+
+    Decoders print such faults to stderr without the file's name (libjpeg's "Premature end of
+    JPEG file", libpng's "IDAT: CRC error") and may still return a partly grey image, so they are
+    found here first. JPEG: the main image's last scan (SOS, ``FF DA``) must be followed by the
+    end-of-image marker ``FF D9`` (entropy-coded data never holds ``FF D9``; a thumbnail or an
+    image appended after EOI keeps its own pair). PNG: every chunk must be whole, pass its
+    CRC-32, and ``IEND`` must come.
+    """
+    if data.startswith(_JPEG_START):
+        scan = data.rfind(b"\xff\xda")
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            return "truncated JPEG", "no end-of-image marker FFD9 after the last scan ({} bytes)".format(len(data))
+        return None
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        kind = bytes(view[pos + 4:pos + 8]).decode("latin-1")
+        end = pos + 12 + length
+        if end > len(data):
+            return "truncated PNG", "chunk {} ends at byte {}, the file at byte {}".format(kind, end, len(data))
+        if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
+            return "corrupt PNG", "chunk {} at byte {} fails its CRC check".format(kind, pos)
+        if kind == "IEND":
+            return None
+        pos = end
+    return "truncated PNG", "no IEND chunk in {} bytes".format(len(data))
+
+
+class _QuietOpenCV:
+    """Silences OpenCV's own log (``[ WARN:0@...] global grfmt_png.cpp ...``) while any thread decodes.
+
+    OpenCV's log level is process-wide: it is lowered when the first decode starts and restored
+    when the last one ends, so another thread's OpenCV warnings in that window are not shown.
+    A decode that fails raises an error naming the file instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = None  # type: Optional[int]
+
+    @staticmethod
+    def _logging() -> Any:
+        import cv2
+
+        return getattr(getattr(cv2, "utils", None), "logging", None)
+
+    def __enter__(self) -> None:
+        log = self._logging()
+        if log is None:
+            return
+        with self._lock:
+            if self._depth == 0:
+                self._saved = log.getLogLevel()
+                log.setLogLevel(log.LOG_LEVEL_SILENT)
+            self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        log = self._logging()
+        if log is None:
+            return
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._saved is not None:
+                log.setLogLevel(self._saved)
+
+
+_QUIET_OPENCV = _QuietOpenCV()
+
+
 def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
     """Decode an image file as OpenCV stores it: uint8/uint16 ``[H,W]``, ``[H,W,3]`` BGR or ``[H,W,4]`` BGRA.
 
-    Raises InputError naming the file when it is missing, empty or not an image.
+    Raises InputError naming the file when it is missing, empty, cut short (JPEG, PNG), corrupt
+    (a PNG chunk failing its CRC) or not an image. The bytes are read here and decoded with
+    ``cv2.imdecode`` while OpenCV's log is silenced, so no unattributed decoder line is printed
+    for these faults (libjpeg still prints its own warnings about corrupt data inside a whole
+    JPEG, which it decodes anyway).
     """
     import cv2
 
     path = os.fspath(path)
-    # Check first: imread on a missing file prints an OpenCV warning to stderr.
     if os.path.isdir(path):
         raise InputError("image path is a folder, not an image file: {}".format(path),
                          expected="a PNG/JPEG/BMP/TIFF file")
-    if not os.path.isfile(path):
-        raise InputError("image file not found: {}".format(path))
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise InputError("image file not found: {}".format(path)) from None
+    except OSError as exc:
+        raise InputError("cannot read image file {}".format(path), found=exc.strerror or str(exc)) from None
+    if not data:
+        raise InputError("cannot decode image {}".format(path), expected="a PNG/JPEG/BMP/TIFF file",
+                         found="an empty file (0 bytes)")
+    fault = check_complete(data)
+    if fault is not None:
+        raise InputError("cannot decode image {}: {}".format(path, fault[0]), expected="a whole image file", found=fault[1])
+    with _QUIET_OPENCV:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        # imread refuses some paths (non-ASCII on Windows); imdecode reads any bytes.
-        data = np.fromfile(path, dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if image is None:
-            raise InputError(
-                "cannot decode image {}".format(path),
-                expected="a PNG/JPEG/BMP/TIFF file",
-                found="{} bytes that OpenCV cannot read".format(data.size),
-            )
+        raise InputError(
+            "cannot decode image {}".format(path),
+            expected="a PNG/JPEG/BMP/TIFF file",
+            found="{} bytes that OpenCV cannot read".format(len(data)),
+        )
     return image
 
 

@@ -96,9 +96,13 @@ def evaluate(
     model's input split by the layout (512x128 with 4 linear lights -> 128x128). ``strict``:
     stop at the first unusable row instead of skipping it. ``target_fpr``/``target_capture``:
     also report the cutoff meeting these rates. ``log``: where warnings and the progress bar go
-    (default stderr). ``classifier``: an already loaded Classifier (else ``load(model,
-    cutoff=cutoff, **load_options)`` is opened and closed here). Raises DatasetError for an
-    unusable data set; rows are reported with their CSV line and path.
+    (default stderr). ``progress``: the progress bar and a line per skipped row as it is found
+    (False, the CLI's ``--quiet``: neither; skipped rows are still counted and listed in the
+    summary). Warnings about the whole run (labels like ``pass`` counted as defects, a layout
+    that stretches the lights) are always written, once each, and kept in ``summary["warnings"]``.
+    ``classifier``: an already loaded Classifier, left as it is (``cutoff`` applies to this
+    run only; else ``load(model, cutoff=cutoff, **load_options)`` is opened and closed here).
+    Raises DatasetError for an unusable data set; rows are reported with their CSV line and path.
     """
     from changenet_trt.api import load
 
@@ -109,22 +113,34 @@ def evaluate(
     layout = layout or LightLayout()
     bar = None  # type: Optional[Progress]
 
+    warned = []  # type: List[str]  # warnings about the whole run, once each
+
     def report(item: RowProblem) -> None:
+        if not progress:  # --quiet: counted and listed in the summary only
+            return
         text = "warning: {}; row skipped".format(item)
         if bar is not None:
             bar.write(text)
         else:
             log.write(text + "\n")
 
-    dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report)
+    def warn(text: str) -> None:
+        warned.append(text)
+        if bar is not None and progress:  # printed above a live bar
+            bar.write("warning: " + text)
+        else:
+            log.write("warning: {}\n".format(text))
+
+    dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
+                           on_warning=warn)
     own = classifier is None
     clf = load(os.fspath(model), cutoff=cutoff, **load_options) if own else classifier
     try:
         if cutoff is not None and not own:
-            clf.cutoff = float(cutoff)
+            clf = clf.with_cutoff(cutoff)  # the caller's classifier keeps its own cutoff
         contract = clf.contract
         loader = PairLoader(dataset.pairs, layout, contract.input_shape, clf.normalization, workers=workers,
-                            strict=strict, on_problem=report)
+                            strict=strict, on_problem=report, on_warning=warn)
         bar = Progress(len(dataset), label="eval", unit="pairs", stream=log, quiet=not progress)
         start = time.perf_counter()
         try:
@@ -155,6 +171,7 @@ def evaluate(
         full = sweep(scores, dataset.is_defect[scored])
         summary = _summarize(dataset, scored, scores, decisions, full, clf, seconds, target_fpr, target_capture,
                              problems=problems, model=os.fspath(model), workers=loader.workers)
+        summary["warnings"] = warned
     finally:
         if own:
             clf.close()
