@@ -185,6 +185,11 @@ NORMALIZATION_CALLS = {
     "fp16-check": (["MODEL", "--pairs", "2"], "changenet_trt.evaluation.validate", "synthetic_source",
                    lambda a, kw: a[2]),
     "build": (["MODEL", "--dry-run"], "changenet_trt.engine.build", "make_plan", lambda a, kw: a[0].normalization),
+    # with --uint8-input, the normalisation goes into the model's graph
+    "prepare": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.engine.prepare", "add_uint8_input",
+                lambda a, kw: kw["normalization"]),
+    "triton-repo": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.engine.triton_repo",
+                    "write_model_repository", lambda a, kw: kw["normalization"]),
 }
 
 
@@ -196,10 +201,11 @@ def test_every_command_that_preprocesses_takes_normalization():
 
 @pytest.mark.parametrize("value", ["tao", "deepstream", "0.5,0.5,0.5/0.25,0.25,0.25", " 0.1,0.2,0.3/1,2,3 "])
 @pytest.mark.parametrize("name", sorted(NORMALIZATION_CALLS))
-def test_normalization_reaches_the_library(name, value, reference_models, monkeypatch, capsys):
+def test_normalization_reaches_the_library(name, value, reference_models, monkeypatch, capsys, tmp_path):
     argv, module, attr, pick = NORMALIZATION_CALLS[name]
     seen = _record(monkeypatch, module, attr, pick)
     argv = [reference_models["learnable_dynamic"] if a == "MODEL" else a for a in argv]
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
     assert main([name] + argv + ["--normalization", value]) == 2
     assert capsys.readouterr().err.strip() == "error: recorded"
     assert len(seen) == 1 and get_normalization(seen[0]) == parse_normalization(value)
@@ -207,10 +213,11 @@ def test_normalization_reaches_the_library(name, value, reference_models, monkey
 
 @pytest.mark.parametrize("value", ["imagenet", "0.5,0.5/0.5,0.5,0.5", "0.5,0.5,0.5/0,1,1", "0.5,0.5,0.5"])
 @pytest.mark.parametrize("name", sorted(NORMALIZATION_CALLS))
-def test_malformed_normalization_is_one_error_line(name, value, reference_models, monkeypatch, capsys):
+def test_malformed_normalization_is_one_error_line(name, value, reference_models, monkeypatch, capsys, tmp_path):
     argv, module, attr, pick = NORMALIZATION_CALLS[name]
     seen = _record(monkeypatch, module, attr, pick)
     argv = [reference_models["learnable_dynamic"] if a == "MODEL" else a for a in argv]
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
     assert main([name] + argv + ["--normalization", value]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot read the normalisation"), lines
@@ -296,3 +303,77 @@ def test_contract_names_work_the_same_in_commands(command, renamed_model, tmp_pa
         assert json.loads(out)["sample_input"] == "test"
     else:
         assert "4 pairs, 2 defects" in out
+
+
+def test_prepare_uint8_input_writes_a_dynamic_uint8_model_equal_to_host_normalisation(reference_models, tmp_path, capsys):
+    import numpy as np
+
+    import changenet_trt
+
+    out = str(tmp_path / "u8.onnx")
+    assert main(["prepare", reference_models["learnable_static16"], "-o", out, "--uint8-input",
+                 "--normalization", "deepstream"]) == 0
+    text = capsys.readouterr().out
+    assert "the graph applies 'deepstream' normalisation" in text and str(tmp_path) not in text.replace(out, "")
+    contract = changenet_trt.read_contract(out)
+    assert contract.dynamic_batch and contract.input_dtype == "uint8"
+    golden, sample = make_pairs(5, seed=3)[:2]
+    with changenet_trt.load(out) as u8, changenet_trt.load(reference_models["learnable_static16"],
+                                                          normalization="deepstream") as ref:
+        assert np.allclose(u8.predict(golden, sample).scores, ref.predict(golden, sample).scores, atol=1e-5)
+
+
+def test_prepare_normalization_without_uint8_input_is_refused(reference_models, tmp_path, capsys):
+    assert main(["prepare", reference_models["learnable_static16"], "-o", str(tmp_path / "x.onnx"),
+                 "--normalization", "tao"]) == 2
+    assert "--uint8-input" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_triton_repo_writes_a_strictly_valid_config(reference_models, tmp_path, capsys):
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient (the triton extra) is not installed")
+    from changenet_trt.engine.triton_repo import parse_config
+
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", reference_models["euclidean_dynamic"], "-o", str(repo), "--name", "cn",
+                 "--platform", "onnxruntime_onnx", "--max-batch", "8", "--instances", "2"]) == 0
+    config = parse_config((repo / "cn" / "config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+    assert config.instance_group[0].count == 2
+    assert (repo / "cn" / "1" / "model.onnx").exists()
+    capsys.readouterr()
+    assert main(["triton-repo", reference_models["euclidean_dynamic"], "-o", str(repo), "--name", "cn"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_abbreviated_options_are_refused_not_guessed(reference_models, tmp_path):
+    # `--out` on inspect (which has --output, a tensor name) once silently meant --output
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["inspect", reference_models["learnable_static16"], "--out", "x"])
+    assert exc.value.code == 2
+
+
+def test_runtime_group_passes_triton_options(monkeypatch):
+    from changenet_trt.cli.args import RuntimeArgs
+
+    parser = argparse.ArgumentParser()
+    RuntimeArgs().add_to(parser)
+    options = RuntimeArgs().parse(parser.parse_args(["--triton-timeout", "2.5", "--no-shared-memory"]))
+    assert options.backend_options == {"timeout_s": 2.5, "shared_memory": False}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--triton-timeout", "0"])
+
+
+def test_library_warnings_print_as_warning_lines():
+    code, out, err = run_cli("reference-model", os.devnull + "/x.onnx")
+    assert code == 2 and err.startswith("error: ")
+    proc = subprocess.run([sys.executable, "-c",
+                           "import logging, sys\n"
+                           "from changenet_trt.cli import main\n"
+                           "sys.argv = ['x']\n"
+                           "import changenet_trt.cli as cli\n"
+                           "h = logging.StreamHandler(); h.setFormatter(cli._UserFormatter(False))\n"
+                           "logging.getLogger().addHandler(h)\n"
+                           "logging.getLogger('changenet_trt.api').warning('cutoff 3 is above every score')\n"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip() == "warning: cutoff 3 is above every score"

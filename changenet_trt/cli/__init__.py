@@ -19,6 +19,19 @@ from changenet_trt.errors import ChangeNetError
 __all__ = ["build_parser", "main"]
 
 
+class _UserFormatter(logging.Formatter):
+    """``warning: message``, as the commands print their own warnings; ``-v`` adds the logger name."""
+
+    def __init__(self, with_names: bool) -> None:
+        super().__init__()
+        self.with_names = with_names
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)  # the message, plus any traceback
+        prefix = record.levelname.lower()
+        return "{} ({}): {}".format(prefix, record.name, text) if self.with_names else "{}: {}".format(prefix, text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="changenet-trt",
@@ -37,10 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_UserFormatter(with_names=args.verbose > 0))
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), handlers=[handler])
     if not args.command:
         parser.print_help()
         return 2

@@ -28,7 +28,7 @@ log = logging.getLogger("changenet_trt")
 
 #: the tensor-name and output-kind overrides, keyed by ``read_contract``'s keyword names
 ContractNames = Dict[str, str]
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 # -- argparse types ------------------------------------------------------------------------------
@@ -60,6 +60,16 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError("expected a number >= 0, found {!r}".format(text)) from None
     if not value >= 0.0:
         raise argparse.ArgumentTypeError("expected a number >= 0, found {}".format(value))
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number > 0, found {!r}".format(text)) from None
+    if not value > 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("expected a finite number > 0, found {}".format(value))
     return value
 
 
@@ -146,7 +156,12 @@ class RuntimeArgs:
         group = parser.add_argument_group("runtime")
         if self.backend:
             group.add_argument("--backend", default="auto", choices=BACKENDS,
-                               help="auto: .onnx -> onnxruntime, .engine/.plan -> tensorrt (default: auto)")
+                               help="auto: .onnx -> onnxruntime, .engine/.plan -> tensorrt, grpc:// or http:// "
+                               "URL -> triton (default: auto)")
+            group.add_argument("--triton-timeout", type=positive_float, metavar="S",
+                               help="Triton URLs: seconds a request may take before it is an error")
+            group.add_argument("--no-shared-memory", action="store_true",
+                               help="Triton URLs: send tensors over the network even to a server on this host")
         if self.batch_size:
             group.add_argument("--batch-size", type=positive_int, metavar="N",
                                help="pairs per batch for dynamic-batch models (default: {})".format(BATCH_SIZE))
@@ -172,6 +187,10 @@ class RuntimeArgs:
             options["providers"] = listed
         if getattr(args, "threads", None):
             options["threads"] = args.threads
+        if getattr(args, "triton_timeout", None):
+            options["timeout_s"] = args.triton_timeout
+        if getattr(args, "no_shared_memory", False):
+            options["shared_memory"] = False
         return RuntimeOptions(backend=getattr(args, "backend", "auto"), batch_size=getattr(args, "batch_size", None),
                               cutoff=getattr(args, "cutoff", None), backend_options=options)
 
@@ -293,7 +312,8 @@ class ProgressArgs:
     """``--quiet``: no progress bar (the bar shows only on a terminal anyway)."""
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        parser.add_argument("--quiet", action="store_true",
+                            help="no progress bar and no per-row lines (the summary still counts skipped rows)")
 
     def parse(self, args: argparse.Namespace) -> bool:
         """Whether to show progress."""

@@ -30,7 +30,7 @@ from changenet_trt.cli.args import (
     positive_int,
     rate,
 )
-from changenet_trt.defaults import ENGINE_PROFILE
+from changenet_trt.defaults import BATCH_SIZE, ENGINE_PROFILE
 from changenet_trt.errors import InputError
 
 
@@ -51,7 +51,8 @@ class Command(abc.ABC):
         """Declare the command's own arguments on ``parser``."""
 
     def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(self.name, help=self.help, description=self.description)
+        parser = subparsers.add_parser(self.name, help=self.help, description=self.description,
+                                       allow_abbrev=False)  # `--out` must never be read as `--output`
         self.add_arguments(parser)
         for group in self.groups:
             group.add_to(parser)
@@ -340,6 +341,7 @@ class Prepare(Command):
 
     def __init__(self) -> None:
         self.names = ContractNamesArgs()
+        self.normalization = NormalizationArgs("with --uint8-input, the normalisation put in the graph")
         super().__init__(self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -347,6 +349,11 @@ class Prepare(Command):
         parser.add_argument("-o", "--out", required=True, metavar="OUT.onnx", help="prepared ONNX file to write")
         parser.add_argument("--proof-batches", default="1,7,32", metavar="LIST",
                             help="batches to prove at, comma separated (default: 1,7,32)")
+        uint8 = parser.add_argument_group("uint8 input")
+        uint8.add_argument("--uint8-input", action="store_true",
+                           help="the written model takes uint8 RGB pixels and normalises them in its graph "
+                           "(4x fewer bytes to send; proven equal to host normalisation before writing)")
+        self.normalization.add_to_group(uint8)
 
     def run(self, args: argparse.Namespace) -> int:
         from changenet_trt.engine.prepare import prepare_model
@@ -356,7 +363,80 @@ class Prepare(Command):
             batches = [int(b) for b in args.proof_batches.split(",") if b.strip()]
         except ValueError:
             raise InputError("--proof-batches must be integers", found=repr(args.proof_batches)) from None
-        report = prepare_model(args.model, args.out, batches=batches, contract_overrides=names)
+        normalization = self.normalization.parse(args)
+        if normalization is not None and not args.uint8_input:
+            raise InputError("--normalization in prepare only says what --uint8-input puts in the graph",
+                             expected="--uint8-input with it, or no --normalization")
+        if not args.uint8_input:
+            report = prepare_model(args.model, args.out, batches=batches, contract_overrides=names)
+            print("\n".join(report.summary_lines()))
+            return 0
+        import tempfile
+
+        from changenet_trt.engine.prepare import add_uint8_input
+        from changenet_trt.files import check_output_file
+
+        check_output_file(args.out, "prepared model", inputs=[args.model])
+        with tempfile.TemporaryDirectory(prefix="changenet-prepare-") as work:
+            dynamic = os.path.join(work, "dynamic.onnx")
+            report = prepare_model(args.model, dynamic, batches=batches, contract_overrides=names)
+            uint8 = add_uint8_input(dynamic, args.out, normalization=normalization or "tao",
+                                    contract_overrides=names)
+            # the dynamic-batch model is an intermediate step: name it as such, not by its temporary path
+            for line in report.summary_lines() + uint8.summary_lines():
+                print(line.replace("wrote " + dynamic, "made the dynamic-batch model").replace(
+                    dynamic, "the dynamic-batch model"))
+        return 0
+
+
+# -- triton-repo -------------------------------------------------------------------------------
+class TritonRepo(Command):
+    name = "triton-repo"
+    help = "write a Triton Inference Server model repository for an ONNX model or engine"
+    description = ("Write REPO/NAME/config.pbtxt and REPO/NAME/1/<model> for NVIDIA Triton Inference Server: "
+                   "both inputs by name, dynamic batching, instance groups and the ChangeNet contract as "
+                   "parameters. A static-batch ONNX is made dynamic first (as prepare does). The config is "
+                   "checked strictly against Triton's own ModelConfig schema before anything is written. "
+                   "Serve it with NVIDIA's tritonserver container; load it with changenet_trt.load('grpc://HOST:8001/NAME').")
+
+    def __init__(self) -> None:
+        self.names = ContractNamesArgs()
+        self.normalization = NormalizationArgs("with --uint8-input, the normalisation put in the graph")
+        super().__init__(self.names)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from changenet_trt.engine.triton_repo import PLATFORMS
+
+        parser.add_argument("model", help="ONNX file, or a TensorRT engine with its sidecar (tensorrt_plan)")
+        parser.add_argument("-o", "--out", required=True, metavar="REPO", help="model repository folder")
+        parser.add_argument("--name", default="changenet", help="model name in the repository (default: changenet)")
+        parser.add_argument("--platform", default="python", choices=PLATFORMS,
+                            help="tensorrt_plan (an engine, GPU), onnxruntime_onnx, or python (ONNX Runtime on "
+                            "CPU inside Triton's python backend) (default: python)")
+        parser.add_argument("--max-batch", type=positive_int, default=BATCH_SIZE, metavar="N",
+                            help="Triton's max_batch_size (default: {})".format(BATCH_SIZE))
+        parser.add_argument("--instances", type=positive_int, default=1, metavar="N",
+                            help="model instances that run in parallel (default: 1)")
+        parser.add_argument("--ort-threads", type=int, default=0, metavar="N",
+                            help="python platform: ONNX Runtime threads per instance (default: its own)")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing REPO/NAME")
+        uint8 = parser.add_argument_group("uint8 input")
+        uint8.add_argument("--uint8-input", action="store_true",
+                           help="clients send uint8 RGB pixels; the normalisation is put in the model's graph "
+                           "(ONNX platforms)")
+        self.normalization.add_to_group(uint8)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from changenet_trt.engine.triton_repo import write_model_repository
+
+        names = self.names.parse(args)
+        normalization = self.normalization.parse(args)
+        if args.ort_threads < 0:
+            raise InputError("--ort-threads must be 0 (ONNX Runtime's default) or more", found=args.ort_threads)
+        report = write_model_repository(
+            args.model, args.out, name=args.name, platform=args.platform, max_batch=args.max_batch,
+            instances=args.instances, uint8_input=args.uint8_input, normalization=normalization,
+            overwrite=args.overwrite, ort_threads=args.ort_threads, **names)
         print("\n".join(report.summary_lines()))
         return 0
 
@@ -709,4 +789,4 @@ class Doctor(Command):
 def all_commands() -> List[Command]:
     """A fresh instance of every command, in ``--help`` order."""
     return [Inspect(), Infer(), ReferenceModel(), Demo(), Synth(), Eval(), Prepare(), Build(), Bench(), Validate(),
-            Fp16Check(), Doctor()]
+            Fp16Check(), TritonRepo(), Doctor()]
