@@ -16,10 +16,12 @@ from changenet_trt.data.synth import synthesize
 from changenet_trt.errors import DatasetError, InputError
 from changenet_trt.evaluation import plots
 from changenet_trt.evaluation.evaluate import evaluate, format_summary
-from changenet_trt.progress import Progress
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
+PLOT_LEFT, PLOT_TOP = plots.MARGIN_LEFT, plots.MARGIN_TOP
+PLOT_RIGHT, PLOT_BOTTOM = plots.WIDTH - plots.MARGIN_RIGHT, plots.HEIGHT - plots.MARGIN_BOTTOM
+LEGEND_EDGE = (160, 160, 160)
 SUMMARY_KEYS = {"pairs", "skipped", "tp", "fp", "tn", "fn", "fpr", "defect_capture", "tao_false_alarm", "cutoff",
                 "pairs_per_s", "per_defect_type_capture", "sweep", "target_fpr", "target_capture", "skipped_rows"}
 
@@ -59,6 +61,92 @@ def tao_style_scores(model, csv_path, images_dir, kind):
             else:
                 scores[line] = float(np.ravel(raw)[0])
     return scores
+
+
+def read_plot(path):
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape == (plots.HEIGHT, plots.WIDTH, 3)
+    return image
+
+
+def legend_box(image):
+    """(x0, y0, x1, y1) of the legend's grey frame, or None."""
+    edge = np.all(image == LEGEND_EDGE, axis=2)
+    # the frame's sides are long runs of that grey; anti-aliased text may hold a few stray pixels
+    rows = np.flatnonzero(edge.sum(axis=1) >= 20)
+    cols = np.flatnonzero(edge.sum(axis=0) >= 20)
+    return (cols.min(), rows.min(), cols.max(), rows.max()) if rows.size and cols.size else None
+
+
+def colour_mask(image, bgr, tolerance=3):
+    """bool [H, W]: pixels inside the plot area (frame and legend excluded) within ``tolerance`` of ``bgr``."""
+    mask = np.all(np.abs(image.astype(int) - np.array(bgr)) <= tolerance, axis=2)
+    inside = np.zeros_like(mask)
+    inside[PLOT_TOP + 1:PLOT_BOTTOM, PLOT_LEFT + 1:PLOT_RIGHT] = True
+    box = legend_box(image)
+    if box is not None:
+        inside[box[1]:box[3] + 1, box[0]:box[2] + 1] = False
+    return mask & inside
+
+
+def check_histogram(image, series, bins, markers=()):
+    """Assert ``image`` shows the overlaid histograms of ``series`` (a list, series i in colour i):
+    every bin that only one series fills has its bar top at the row its count maps to, empty bins
+    have no bar, and each marker is a dashed black line at its x."""
+    values = [np.asarray(v, dtype=np.float64) for v in series]
+    everything = np.concatenate(values + [np.asarray(markers, dtype=np.float64)])
+    low, high = everything.min(), everything.max()
+    pad = (high - low) * 0.02
+    edges = np.linspace(low, high, bins + 1)
+    counts = [np.histogram(v, bins=edges)[0] for v in values]
+    y_max = max(int(c.max()) for c in counts) * 1.08
+
+    def px(x):
+        return PLOT_LEFT + (x - (low - pad)) / (high - low + 2 * pad) * (PLOT_RIGHT - PLOT_LEFT)
+
+    def py(count):
+        return PLOT_BOTTOM - count / y_max * (PLOT_BOTTOM - PLOT_TOP)
+
+    xs = np.round(px(edges)).astype(int)
+    box = legend_box(image)
+    checked = 0
+    for index, count in enumerate(counts):
+        fill = tuple(int(round(0.45 * c + 0.55 * 255)) for c in plots.color(index))
+        mask = colour_mask(image, plots.color(index)) | colour_mask(image, fill)
+        for i, n in enumerate(count):
+            if any(counts[k][i] for k in range(len(counts)) if k != index):
+                continue  # two series blended in this bin
+            top = int(round(py(n)))
+            if box is not None and xs[i + 1] >= box[0] and xs[i] <= box[2] and top <= box[3] + 1:
+                continue  # the bar's top is under the legend
+            rows = np.flatnonzero(mask[:, xs[i] + 2:xs[i + 1] - 1].any(axis=1))
+            if n == 0:
+                assert rows.size == 0, "series {} has a bar in empty bin {}".format(index, i)
+            else:
+                assert rows.size and abs(int(rows.min()) - top) <= 1, \
+                    "series {} bin {}: bar top {} expected at row {}".format(index, i, rows.min() if rows.size else None, top)
+                checked += 1
+    assert checked >= 3
+    black = colour_mask(image, plots.BLACK, tolerance=40)
+    for x in markers:
+        column = black[:, int(round(px(x))) - 1:int(round(px(x))) + 2].any(axis=1)
+        assert column.sum() >= 0.3 * (PLOT_BOTTOM - PLOT_TOP), "no dashed line at {}".format(x)
+
+
+def curve_coverage(image, xs, ys, xlim, ylim, bgr):
+    """Fraction of points sampled along the polyline ``(xs, ys)`` (data units on axes ``xlim`` x
+    ``ylim``) that have a pixel of colour ``bgr`` within one pixel."""
+    mask = colour_mask(image, bgr)
+    found = total = 0
+    for a, b, c, d in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
+        for t in np.linspace(0.0, 1.0, 12):
+            x = (a + (c - a) * t - xlim[0]) / (xlim[1] - xlim[0])
+            y = (b + (d - b) * t - ylim[0]) / (ylim[1] - ylim[0])
+            col = int(round(PLOT_LEFT + x * (PLOT_RIGHT - PLOT_LEFT)))
+            row = int(round(PLOT_BOTTOM - y * (PLOT_BOTTOM - PLOT_TOP)))
+            total += 1
+            found += bool(mask[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].any())
+    return found / total
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +204,18 @@ def test_eval_skips_broken_rows_and_matches_a_tao_style_pipeline(tmp_path, broke
     assert written["target_fpr"]["fpr"] <= 0.05 and written["target_capture"]["defect_capture"] >= 0.9
     assert set(written["per_defect_type_capture"]) == {r.label for r in broken_set["rows"]} - {"PASS"}
     assert written["pairs_per_s"] > 0
-    for key in ("roc_png", "scores_png", "sweep_png"):
-        image = cv2.imread(written["files"][key])
-        assert image is not None and image.shape == (plots.HEIGHT, plots.WIDTH, 3)
+    truth = result.dataset.is_defect[result.scored]
+    check_histogram(read_plot(written["files"]["scores_png"]), [result.scores[~truth], result.scores[truth]], 50,
+                    markers=[summary["cutoff"]])
+    roc = read_plot(written["files"]["roc_png"])
+    assert curve_coverage(roc, result.sweep.fpr[::-1], result.sweep.capture[::-1], (0, 1), (0, 1.02),
+                          plots.color(0)) >= 0.9
+    sweep_png = read_plot(written["files"]["sweep_png"])
+    cutoffs = result.sweep.cutoffs
+    finite = np.isfinite(cutoffs)
+    limits = (cutoffs[finite].min(), cutoffs[finite].max())
+    for index, rate in enumerate((result.sweep.fpr, result.sweep.capture)):
+        assert curve_coverage(sweep_png, cutoffs[finite], rate[finite], limits, (0, 1.02), plots.color(index)) >= 0.9
     assert "skipped    2 row(s):" in format_summary(result)
 
 
@@ -198,35 +295,67 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     assert summary["pairs"] == 40 and summary["defect_pairs"] == 12
 
 
-def test_progress_bar_is_quiet_off_a_terminal():
-    stream = io.StringIO()
-    with Progress(10, label="eval", unit="pairs", stream=stream) as bar:
-        bar.update(5)
-        bar.write("warning: something")
-        bar.update(10)
-    lines = stream.getvalue().splitlines()
-    assert lines[0] == "warning: something"
-    assert lines[1].startswith("eval: 10 pairs in") and len(lines) == 2
-    live = io.StringIO()
-    bar = Progress(4, stream=live, enabled=True, min_interval=0)
-    bar.advance(2)
-    bar.close()
-    assert "\r" in live.getvalue() and "2/4" in live.getvalue()
-    silent = io.StringIO()
-    with Progress(3, stream=silent, quiet=True) as bar:
-        bar.update(3)
-        bar.write("x")
-    assert silent.getvalue() == ""
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal, as stderr does in an interactive shell."""
+
+    def isatty(self):
+        return True
 
 
-def test_plots(tmp_path):
+def test_eval_progress_bar_only_on_a_terminal(broken_set, reference_models):
+    model = reference_models["learnable_dynamic"]
+    terminal = Terminal()
+    evaluate(model, broken_set["csv"], out_dir=None, log=terminal)
+    text = terminal.getvalue()
+    assert "\r" in text and "eval" in text and "39/39" in text  # row 5 was set aside before the run
+    assert "line 5" in text and "line 11" in text  # warnings are printed above the bar, not lost
+    log_file = io.StringIO()
+    evaluate(model, broken_set["csv"], out_dir=None, log=log_file)
+    assert "\r" not in log_file.getvalue() and "eval" not in log_file.getvalue()
+    assert [line.startswith("warning: ") for line in log_file.getvalue().splitlines()] == [True, True]
+    quiet = Terminal()
+    evaluate(model, broken_set["csv"], out_dir=None, log=quiet, progress=False)
+    assert quiet.getvalue() == ""  # --quiet: skipped rows are only counted and listed in the summary
+
+
+def test_histogram_png_draws_each_series_where_its_values_are(tmp_path):
     rng = np.random.default_rng(1)
-    path = plots.histogram_png({"a": rng.normal(0, 1, 100), "b": np.array([np.nan, 1.0, 2.0])}, tmp_path / "h.png",
-                               "title", "x", bins=20, markers={"cutoff": 0.5})
-    assert cv2.imread(path).shape == (plots.HEIGHT, plots.WIDTH, 3)
-    plots.histogram_png({"latency": rng.lognormal(0, 1, 50)}, tmp_path / "log.png", "t", "ms", log_x=True)
-    plots.histogram_png({"same": np.ones(5)}, tmp_path / "flat.png", "t", "x")
-    plots.roc_png(np.array([0, 0.1, 1.0]), np.array([0, 0.8, 1.0]), tmp_path / "r.png", max_fpr=0.05)
+    low = rng.normal(0.2, 0.05, 300)
+    high = rng.normal(0.8, 0.05, 120)
+    path = plots.histogram_png({"PASS": low, "defect": np.append(high, np.nan)}, tmp_path / "h.png", "title", "x",
+                               bins=40, markers={"cutoff": 0.5})
+    image = read_plot(path)
+    check_histogram(image, [low, high], 40, markers=[0.5])
+    # the same check fails on a blank canvas and on another distribution's plot
+    with pytest.raises(AssertionError):
+        check_histogram(np.full_like(image, 255), [low, high], 40, markers=[0.5])
+    moved = plots.histogram_png({"PASS": low + 0.1, "defect": high}, tmp_path / "h2.png", "title", "x", bins=40,
+                                markers={"cutoff": 0.5})
+    other = read_plot(moved)
+    assert not np.array_equal(image, other)
+    check_histogram(other, [low + 0.1, high], 40, markers=[0.5])
+    with pytest.raises(AssertionError):
+        check_histogram(other, [low, high], 40, markers=[0.5])
+
+
+def test_roc_png_draws_the_curve(tmp_path):
+    fpr, tpr = np.array([0.0, 0.05, 0.2, 0.5, 1.0]), np.array([0.0, 0.7, 0.9, 0.97, 1.0])
+    image = read_plot(plots.roc_png(fpr, tpr, tmp_path / "r.png", auc=0.93))
+    assert curve_coverage(image, fpr, tpr, (0, 1), (0, 1.02), plots.color(0)) >= 0.95
+    assert curve_coverage(image, fpr, fpr, (0, 1), (0, 1.02), plots.color(0)) < 0.3  # not the chance line
+    assert curve_coverage(np.full_like(image, 255), fpr, tpr, (0, 1), (0, 1.02), plots.color(0)) == 0
+    zoom = read_plot(plots.roc_png(fpr, tpr, tmp_path / "z.png", max_fpr=0.1))
+    # the curve is cut at the window's edge: (0, 0) -> (0.05, 0.7) -> (0.1, 0.7)
+    assert curve_coverage(zoom, [0.0, 0.05, 0.1], [0.0, 0.7, 0.7], (0, 0.1), (0, 1.02), plots.color(0)) >= 0.95
+
+
+def test_plots_edge_cases(tmp_path):
+    rng = np.random.default_rng(1)
+    latency = rng.lognormal(0, 1, 50)
+    image = read_plot(plots.histogram_png({"latency": latency}, tmp_path / "log.png", "t", "ms", log_x=True))
+    check_histogram(image, [np.log10(latency)], 50)
+    flat = read_plot(plots.histogram_png({"same": np.ones(5)}, tmp_path / "flat.png", "t", "x"))
+    assert colour_mask(flat, plots.color(0)).any()
     with pytest.raises(InputError):
         plots.histogram_png({}, tmp_path / "e.png", "t", "x")
     with pytest.raises(InputError):

@@ -1,8 +1,10 @@
 """Synthetic PCB data: deterministic, in TAO's layout, and separated by the reference models."""
 
 import filecmp
+import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -59,6 +61,28 @@ def test_output_is_a_tao_data_set(tmp_path):
         meta = json.load(handle)
     assert meta["seed"] == 1 and sum(meta["counts"].values()) == 12
     assert result.counts == meta["counts"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_when_asked_and_on_a_terminal(tmp_path, monkeypatch):
+    done = []
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    synth.synthesize(str(tmp_path / "a"), pairs=40, seed=1, progress=True, on_pair=done.append)
+    assert done == [32, 40]
+    assert "\r" in terminal.getvalue() and "synth" in terminal.getvalue() and "40/40" in terminal.getvalue()
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    synth.synthesize(str(tmp_path / "b"), pairs=5, seed=1)  # progress defaults to off (library use)
+    assert quiet.getvalue() == ""
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log_file)
+    synth.synthesize(str(tmp_path / "c"), pairs=5, seed=1, progress=True)  # not a terminal: silent
+    assert log_file.getvalue() == ""
 
 
 def test_single_image_png_variant(tmp_path):

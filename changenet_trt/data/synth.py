@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from changenet_trt.data.dataset import TAO_LIGHTS
 from changenet_trt.data.preprocess import default_workers, wait_all
@@ -467,6 +468,7 @@ def synthesize(
     size: int = 128,
     workers: Optional[int] = None,
     on_pair: Optional[Callable[[int], None]] = None,
+    progress: bool = False,
 ) -> SynthResult:
     """Write ``pairs`` golden/sample pairs in TAO's layout under ``out_dir``.
 
@@ -474,7 +476,8 @@ def synthesize(
     component``; images folder = ``out_dir``), ``out_dir/images/golden/board_NNN/<object>_<Light><ext>``
     and ``out_dir/images/inspect/board_NNN/...``, plus ``out_dir/synth.json`` (the
     parameters and counts). ``lights`` empty writes one image per object (single-image mode).
-    ``on_pair(done)`` reports progress.
+    ``on_pair(done)`` reports the pairs written so far; ``progress`` shows a bar on stderr when
+    stderr is a terminal.
     """
     from changenet_trt.files import check_output_dir
 
@@ -508,12 +511,14 @@ def synthesize(
             else:
                 _write(os.path.join(folder, row.object_name + ext), images[0], params)
 
-    done = 0
-    with ThreadPoolExecutor(max_workers=int(workers or default_workers())) as pool:
+    # disable=None: a live bar only when stderr is a terminal (silent in logs and CI)
+    with ThreadPoolExecutor(max_workers=int(workers or default_workers())) as pool, \
+            tqdm(total=len(rows), desc="synth", unit="pairs", disable=None if progress else True) as bar:
         chunk = 32
         for start in range(0, len(rows), chunk):
             wait_all([pool.submit(one, row) for row in rows[start:start + chunk]])
             done = min(start + chunk, len(rows))
+            bar.update(done - start)
             if on_pair is not None:
                 on_pair(done)
     csv_path = os.path.join(out_dir, CSV_NAME)

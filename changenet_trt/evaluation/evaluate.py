@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Dict, List, Optional, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from changenet_trt.contract import score as contract_score
 from changenet_trt.data.dataset import Dataset, LightLayout, PairLoader, RowProblem, load_dataset
@@ -41,7 +42,6 @@ from changenet_trt.evaluation.metrics import (
     sweep,
 )
 from changenet_trt.files import atomic_dir, check_output_dir
-from changenet_trt.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_LISTED_PROBLEMS = 20
@@ -96,9 +96,9 @@ def evaluate(
     model's input split by the layout (512x128 with 4 linear lights -> 128x128). ``strict``:
     stop at the first unusable row instead of skipping it. ``target_fpr``/``target_capture``:
     also report the cutoff meeting these rates. ``log``: where warnings and the progress bar go
-    (default stderr). ``progress``: the progress bar and a line per skipped row as it is found
-    (False, the CLI's ``--quiet``: neither; skipped rows are still counted and listed in the
-    summary). Warnings about the whole run (labels like ``pass`` counted as defects, a layout
+    (default stderr). ``progress``: the progress bar (shown only when ``log`` is a terminal)
+    and a line per skipped row as it is found (False, the CLI's ``--quiet``: neither; skipped
+    rows are still counted and listed in the summary). Warnings about the whole run (labels like ``pass`` counted as defects, a layout
     that stretches the lights) are always written, once each, and kept in ``summary["warnings"]``.
     ``classifier``: an already loaded Classifier, left as it is (``cutoff`` applies to this
     run only; else ``load(model, cutoff=cutoff, **load_options)`` is opened and closed here).
@@ -111,25 +111,18 @@ def evaluate(
         check_output_dir(out_dir, what="eval output folder", inputs=inputs, owned=OUTPUT_NAMES)
     log = log if log is not None else sys.stderr
     layout = layout or LightLayout()
-    bar = None  # type: Optional[Progress]
 
     warned = []  # type: List[str]  # warnings about the whole run, once each
 
     def report(item: RowProblem) -> None:
         if not progress:  # --quiet: counted and listed in the summary only
             return
-        text = "warning: {}; row skipped".format(item)
-        if bar is not None:
-            bar.write(text)
-        else:
-            log.write(text + "\n")
+        # tqdm.write clears a live bar, prints the line and redraws the bar below it
+        tqdm.write("warning: {}; row skipped".format(item), file=log)
 
     def warn(text: str) -> None:
         warned.append(text)
-        if bar is not None and progress:  # printed above a live bar
-            bar.write("warning: " + text)
-        else:
-            log.write("warning: {}\n".format(text))
+        tqdm.write("warning: " + text, file=log)  # above a live bar, if there is one
 
     dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
                            on_warning=warn)
@@ -141,10 +134,11 @@ def evaluate(
         contract = clf.contract
         loader = PairLoader(dataset.pairs, layout, contract.input_shape, clf.normalization, workers=workers,
                             strict=strict, on_problem=report, on_warning=warn)
-        bar = Progress(len(dataset), label="eval", unit="pairs", stream=log, quiet=not progress)
+        # disable=None: a live bar only when ``log`` is a terminal (silent in logs and CI)
+        bar = tqdm(total=len(dataset), desc="eval", unit="pairs", file=log, disable=None if progress else True)
         start = time.perf_counter()
         try:
-            raw = clf.run_pipeline(len(dataset), loader.fill, on_batch=bar.update)
+            raw = clf.run_pipeline(len(dataset), loader.fill, on_batch=lambda done: bar.update(done - bar.n))
         finally:
             loader.close()
             bar.close()

@@ -7,7 +7,7 @@ same label keeps its colour across plots.
 
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -361,21 +361,3 @@ def lines_png(
     axes.legend()
     return axes.save(path)
 
-
-def grid_png(images: Sequence[np.ndarray], path: PathLike, columns: int = 8) -> str:
-    """Tile uint8 RGB images of one size into a contact sheet PNG (for looking at data)."""
-    import cv2
-
-    if not images:
-        raise InputError("grid_png needs at least one image")
-    h, w = images[0].shape[:2]
-    rows = (len(images) + columns - 1) // columns
-    sheet = np.full((rows * (h + 4) + 4, min(columns, len(images)) * (w + 4) + 4, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        sheet[4 + r * (h + 4):4 + r * (h + 4) + h, 4 + c * (w + 4):4 + c * (w + 4) + w] = image[:h, :w]
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise InputError("cannot write {}".format(path))
-    return path

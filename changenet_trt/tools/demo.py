@@ -58,7 +58,6 @@ def run_demo(
     from changenet_trt.data.synth import synthesize
     from changenet_trt.evaluation.evaluate import evaluate, format_summary
     from changenet_trt.files import check_output_dir
-    from changenet_trt.progress import Progress
 
     check_output_dir(out_dir, what="demo output folder", inputs=[model] if model else [])
     started = time.perf_counter()
@@ -72,9 +71,7 @@ def run_demo(
 
     data_dir = os.path.join(out_dir, "data")
     t0 = time.perf_counter()
-    bar = Progress(pairs, label="synth", unit="pairs", quiet=not progress)
-    with bar:
-        data = synthesize(data_dir, pairs=pairs, defect_rate=defect_rate, seed=seed, on_pair=bar.update)
+    data = synthesize(data_dir, pairs=pairs, defect_rate=defect_rate, seed=seed, progress=progress)
     counts = data.counts
     defects = sum(v for k, v in counts.items() if k != "PASS")
     print("[2/3] data: {} synthetic pairs ({} PASS, {} defect: {}) in {:.1f} s -> {}".format(
