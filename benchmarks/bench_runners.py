@@ -242,6 +242,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write every measurement to this JSON file")
     parser.add_argument("--plots", help="folder for the batch-16 exported times and latency histograms")
     args = parser.parse_args()
+    if not os.path.exists(polygraphy_command("", 0)[0]):
+        parser.error("polygraphy is not installed in this environment; install the bench extra: "
+                     "{} -m pip install -e '.[bench]'".format(sys.executable))
     from changenet_trt.tools.bench import machine_info
 
     machine = machine_info("onnxruntime")
