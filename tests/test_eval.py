@@ -318,29 +318,6 @@ def test_eval_progress_bar_only_on_a_terminal(broken_set, reference_models):
     assert quiet.getvalue() == ""  # --quiet: skipped rows are only counted and listed in the summary
 
 
-def test_progress_bar_is_quiet_off_a_terminal():
-    from changenet_trt.progress import Progress  # the CLI's synth bar, until it moves to tqdm
-
-    stream = io.StringIO()
-    with Progress(10, label="eval", unit="pairs", stream=stream) as bar:
-        bar.update(5)
-        bar.write("warning: something")
-        bar.update(10)
-    lines = stream.getvalue().splitlines()
-    assert lines[0] == "warning: something"
-    assert lines[1].startswith("eval: 10 pairs in") and len(lines) == 2
-    live = io.StringIO()
-    bar = Progress(4, stream=live, enabled=True, min_interval=0)
-    bar.advance(2)
-    bar.close()
-    assert "\r" in live.getvalue() and "2/4" in live.getvalue()
-    silent = io.StringIO()
-    with Progress(3, stream=silent, quiet=True) as bar:
-        bar.update(3)
-        bar.write("x")
-    assert silent.getvalue() == ""
-
-
 def test_histogram_png_draws_each_series_where_its_values_are(tmp_path):
     rng = np.random.default_rng(1)
     low = rng.normal(0.2, 0.05, 300)
