@@ -66,14 +66,15 @@ def test_resolve_refuses_names_that_do_not_exist():
 
 
 def package_tree():
-    """{group: [module stems]}: group "" holds the top-level modules, else a subpackage's name."""
+    """{group: [module stems]}: group "" holds the top-level modules, else a subpackage's name
+    (``__init__`` and ``__main__`` left out)."""
     tree = {"": []}
     for name in sorted(os.listdir(PACKAGE_DIR)):
         path = os.path.join(PACKAGE_DIR, name)
         if name.endswith(".py") and name != "__init__.py":
             tree[""].append(name[:-3])
         elif os.path.isfile(os.path.join(path, "__init__.py")):
-            tree[name] = sorted(n[:-3] for n in os.listdir(path) if n.endswith(".py") and n != "__init__.py")
+            tree[name] = sorted(n[:-3] for n in os.listdir(path) if n.endswith(".py") and not n.startswith("__"))
     return tree
 
 
