@@ -4,7 +4,10 @@
   PyPI's ``tensorrt-cu12-bindings`` wheel by ``extract_names.py`` (with a short supplement of
   names the extraction cannot see, each with its source line);
 * ``names-8.5.txt``: the TensorRT 8.5 names the fake plays in its 8.5 mode, each with the
-  file of NVIDIA's 8.5.3 Python bindings source that binds it.
+  file of NVIDIA's 8.5.3 Python bindings source that binds it;
+* ``names-11.x.txt``: the names of the TensorRT 11.4 module (the same extraction from
+  ``tensorrt-cu12-bindings`` 11.4.0, plus its supplement), which dropped every builder-side
+  precision control.
 
 Every public name of the fake (module attributes, class members, enum members) must be in
 the list of the version it plays; every TensorRT name the package uses (statically: chains
@@ -47,6 +50,12 @@ def _read_names(filename: str) -> Dict[str, str]:
 
 NAMES_10 = set(_read_names("names-10.x.txt")) | set(_read_names("names-10.x-supplement.txt"))
 NAMES_85 = _read_names("names-8.5.txt")
+NAMES_11 = set(_read_names("names-11.x.txt")) | set(_read_names("names-11.x-supplement.txt"))
+#: what TensorRT 11 removed (builder-side precision, calibrators, implicit batch leftovers)
+REMOVED_IN_11 = ("FP16", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "precision",
+                 "set_output_type", "reset_precision", "IInt8Calibrator", "IInt8EntropyCalibrator2",
+                 "IInt8MinMaxCalibrator", "CalibrationAlgoType", "int8_calibrator", "set_calibration_profile",
+                 "set_dynamic_range", "platform_has_fast_fp16", "platform_has_fast_int8", "EXPLICIT_BATCH")
 
 
 def fake_public_names(module) -> Set[str]:
@@ -92,14 +101,44 @@ def test_names_list_is_the_real_10x_module():
         assert name not in NAMES_10, name
 
 
+def test_names_list_is_the_real_11x_module():
+    with open(os.path.join(NAMES_DIR, "names-11.x.txt")) as handle:
+        head = handle.read(600)
+    assert "tensorrt_cu12_bindings-11." in head and "sha256" in head
+    assert len(NAMES_11) > 2000
+    for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape", "set_tensor_address",
+                 "execute_async_v3", "build_serialized_network", "set_memory_pool_limit", "IProgressMonitor",
+                 "builder_optimization_level", "get_tensor_profile_shape", "STRONGLY_TYPED", "INT8", "HALF"):
+        assert name in NAMES_11, name
+    for name in REMOVED_IN_10 + REMOVED_IN_11:
+        assert name not in NAMES_11, name
+
+
 def test_supplement_entries_are_justified():
     for name, note in _read_names("names-10.x-supplement.txt").items():
         assert "python/src/" in note and "v10." in note, name
+    for name, note in _read_names("names-11.x-supplement.txt").items():
+        assert "python/src/" in note and "11.4" in note, name
 
 
 def test_fake_binds_only_real_10x_names():
     missing = sorted(fake_public_names(make_module("10.x")) - NAMES_10)
     assert missing == [], "the fake binds names the real TensorRT 10 module does not: {}".format(missing)
+
+
+def test_fake_binds_only_real_11x_names():
+    missing = sorted(fake_public_names(make_module("11.x")) - NAMES_11)
+    assert missing == [], "the fake binds names the real TensorRT 11 module does not: {}".format(missing)
+
+
+def test_fake_11x_has_nothing_tensorrt_11_removed():
+    trt = make_module("11.x")
+    bound = fake_public_names(trt)
+    assert sorted(n for n in REMOVED_IN_11 if n in bound) == []
+    assert not hasattr(trt.BuilderFlag, "INT8") and not hasattr(trt.BuilderFlag, "BF16")
+    assert hasattr(trt.DataType, "INT8") and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    # the same members are there in 10.x, so the 11.x mode really removes them
+    assert {"FP16", "int8_calibrator", "platform_has_fast_fp16", "set_output_type"} <= fake_public_names(make_module("10.x"))
 
 
 def test_fake_86_binds_names_of_85_or_10():
@@ -197,3 +236,65 @@ def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, fake_tr
     assert {"Builder", "OnnxParser", "build_serialized_network", "set_shape", "int8_calibrator"} <= touched
     reference = set(NAMES_85) if mode == "8.5" else NAMES_10
     assert sorted(touched - reference) == []
+
+
+# -- strongly typed builds ------------------------------------------------------------------------------
+def _build(trt, onnx_path, network_flags=0, builder_flags=()):
+    """Build ``onnx_path`` straight through the fake module, as the package's builder does."""
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as handle:
+        assert parser.parse(handle.read())
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 28)
+    for flag in builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = builder.create_optimization_profile()
+    for name in ("input_1", "input_2"):
+        profile.set_shape(name, (1, 3, 512, 128), (2, 3, 512, 128), (4, 3, 512, 128))
+    config.add_optimization_profile(profile)
+    return builder.build_serialized_network(network, config)
+
+
+@pytest.fixture(scope="module")
+def typed_models(tmp_path_factory):
+    """A float16 reference model (float32 I/O) made by engine/precision.py."""
+    import onnx
+
+    from changenet_trt.engine.precision import convert_fp16
+    from changenet_trt.models.reference import build_reference_model
+
+    root = tmp_path_factory.mktemp("typed")
+    fp16 = str(root / "fp16.onnx")
+    onnx.save(convert_fp16(build_reference_model(kind="learnable")), fp16)
+    return {"fp16": fp16}
+
+
+def test_11x_builds_strongly_typed_from_the_onnx_types_with_no_precision_hint(fake_trt_factory, fake_cuda,
+                                                                                typed_models):
+    trt = fake_trt_factory("11.x")
+    plan = _build(trt, typed_models["fp16"])
+    assert plan is not None
+    record = trt._fake.builds[-1]
+    assert record["result"] == "ok" and record["strongly_typed"]
+    assert record["typed_precision"] == {"float16": True, "qdq": False}
+    assert not {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} & set(record["flags"])
+    assert record["calibrator_calls"] == [] and record["precision_constraints"] == {}
+    engine = trt.Runtime(make_logger(trt)).deserialize_cuda_engine(bytes(plan))
+    assert [t["dtype"] for t in io_tensors(engine)] == ["float32", "float32", "float32"]  # typed model keeps float32 I/O
+    profile_shapes(engine, "input_1")
+    assert sorted(trt._fake.accessed - NAMES_11) == []
+
+
+def test_10x_strongly_typed_network_refuses_the_fp16_flag(fake_trt_factory, typed_models):
+    trt = fake_trt_factory("10.x")
+    strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert _build(trt, typed_models["fp16"], strongly, ["FP16"]) is None
+    assert "cannot be set for a strongly typed network" in trt._fake.builds[-1]["result"]
+    assert _build(trt, typed_models["fp16"], strongly) is not None
+    assert trt._fake.builds[-1]["typed_precision"]["float16"]
+    # a weakly typed 10.x network still takes the flag
+    assert _build(trt, typed_models["fp16"], 0, ["FP16"]) is not None
+    assert not trt._fake.builds[-1]["strongly_typed"]

@@ -1,13 +1,17 @@
-"""A strict fake of the ``tensorrt`` Python module (name-based API of TensorRT 8.5 - 10.x).
+"""A strict fake of the ``tensorrt`` Python module (name-based API of TensorRT 8.5 - 11.x).
 
 Tests never import this as ``tensorrt`` directly: :func:`make_module` builds a fresh module
-object that plays one version (``"8.5"``, ``"8.6"`` or ``"10.x"``), and the fixture in
-``tests/fakes/trt_fixture.py`` installs it as ``sys.modules["tensorrt"]``.
+object that plays one version (``"8.5"``, ``"8.6"``, ``"10.x"`` or ``"11.x"``), and the fixture
+in ``tests/fakes/trt_fixture.py`` installs it as ``sys.modules["tensorrt"]``.
 
-What it binds is a subset of the real module (checked against the committed name list of
-the 10.x wheel by tests/test_tensorrt_names.py): nothing removed in TensorRT 10 exists in
+What it binds is a subset of the real module (checked against the committed name lists of
+the 10.x and 11.x wheels by tests/test_tensorrt_names.py): nothing removed in TensorRT 10 exists in
 any mode (no bindings API, ``execute_async_v2``, ``build_engine``, ``max_workspace_size``),
-and 8.6+ members are absent when it plays 8.5. ``module._fake`` (an :class:`Api`) holds what
+8.6+ members are absent when it plays 8.5, and in 11.x mode nothing TensorRT 11 removed exists:
+no FP16/INT8/BF16/FP8 builder flags, no OBEY/PREFER_PRECISION_CONSTRAINTS, no
+``layer.precision`` or ``set_output_type``, no INT8 calibrators or ``int8_calibrator``, no
+``platform_has_fast_*``, no EXPLICIT_BATCH. Every 11.x network is strongly typed: the engine
+runs in the types of its ONNX graph (float16 tensors, Q/DQ). ``module._fake`` (an :class:`Api`) holds what
 tests read: ``builds`` (one record per build), ``counters``, ``log`` and ``settings``.
 """
 
@@ -29,23 +33,24 @@ _ENUMS: Dict[str, List[tuple]] = {
     "MemoryPoolType": [("WORKSPACE", None, None), ("DLA_MANAGED_SRAM", None, None), ("DLA_LOCAL_DRAM", None, None),
                        ("DLA_GLOBAL_DRAM", None, None), ("TACTIC_DRAM", "8.6", None),
                        ("TACTIC_SHARED_MEMORY", "10.0", None)],
-    "BuilderFlag": [("FP16", None, None), ("INT8", None, None), ("DEBUG", None, None), ("GPU_FALLBACK", None, None),
+    # TensorRT 11 removed every builder-side precision control: networks are strongly typed
+    "BuilderFlag": [("FP16", None, "11.0"), ("INT8", None, "11.0"), ("DEBUG", None, None), ("GPU_FALLBACK", None, None),
                     ("STRICT_TYPES", None, "8.6"), ("REFIT", None, None), ("DISABLE_TIMING_CACHE", None, None),
                     ("TF32", None, None), ("SPARSE_WEIGHTS", None, None), ("SAFETY_SCOPE", None, None),
-                    ("OBEY_PRECISION_CONSTRAINTS", None, None), ("PREFER_PRECISION_CONSTRAINTS", None, None),
-                    ("DIRECT_IO", None, None), ("REJECT_EMPTY_ALGORITHMS", None, None),
+                    ("OBEY_PRECISION_CONSTRAINTS", None, "11.0"), ("PREFER_PRECISION_CONSTRAINTS", None, "11.0"),
+                    ("DIRECT_IO", None, None), ("REJECT_EMPTY_ALGORITHMS", None, "11.0"),
                     ("ENABLE_TACTIC_HEURISTIC", None, "8.6"), ("VERSION_COMPATIBLE", "8.6", None),
-                    ("EXCLUDE_LEAN_RUNTIME", "8.6", None), ("FP8", "8.6", None), ("BF16", "10.0", None),
+                    ("EXCLUDE_LEAN_RUNTIME", "8.6", None), ("FP8", "8.6", "11.0"), ("BF16", "10.0", "11.0"),
                     ("ERROR_ON_TIMING_CACHE_MISS", "10.0", None), ("DISABLE_COMPILATION_CACHE", "10.0", None),
                     ("STRIP_PLAN", "10.0", None), ("WEIGHT_STREAMING", "10.0", None)],
     "DeviceType": [("GPU", None, None), ("DLA", None, None)],
     "ProfilingVerbosity": [("LAYER_NAMES_ONLY", None, None), ("NONE", None, None), ("DETAILED", None, None)],
-    "NetworkDefinitionCreationFlag": [("EXPLICIT_BATCH", None, None), ("EXPLICIT_PRECISION", None, "10.0"),
+    "NetworkDefinitionCreationFlag": [("EXPLICIT_BATCH", None, "11.0"), ("EXPLICIT_PRECISION", None, "10.0"),
                                       ("STRONGLY_TYPED", "10.0", None)],
-    "CalibrationAlgoType": [("LEGACY_CALIBRATION", None, None), ("ENTROPY_CALIBRATION", None, None),
-                            ("ENTROPY_CALIBRATION_2", None, None), ("MINMAX_CALIBRATION", None, None)],
+    "CalibrationAlgoType": [("LEGACY_CALIBRATION", None, "11.0"), ("ENTROPY_CALIBRATION", None, "11.0"),
+                            ("ENTROPY_CALIBRATION_2", None, "11.0"), ("MINMAX_CALIBRATION", None, "11.0")],
     "HardwareCompatibilityLevel": [("NONE", "8.6", None), ("AMPERE_PLUS", "8.6", None)],
-    "ErrorCode": [("SUCCESS", None, None), ("INTERNAL_ERROR", None, None), ("MEM_ALLOC_FAILED", None, None),
+    "ErrorCode": [("SUCCESS", None, None), ("INTERNAL_ERROR", None, None), ("MEM_ALLOC_FAILED", None, "11.0"),
                   ("MODEL_DESERIALIZE_FAILED", None, None), ("INVALID_VALUE", None, None),
                   ("INVALID_GRAPH", None, None), ("INVALID_NODE", None, None), ("UNSUPPORTED_GRAPH", None, None),
                   ("UNSUPPORTED_NODE", None, None)],
@@ -66,8 +71,8 @@ _CLASSES = [
     (_builder.ITensor, None, None), (_builder.ILayer, None, None), (_builder.INetworkDefinition, None, None),
     (_builder.ParserError, None, None), (_builder.OnnxParser, None, None),
     (_builder.IOptimizationProfile, None, None), (_builder.ITimingCache, None, None),
-    (_builder.IInt8Calibrator, None, None), (_builder.IInt8EntropyCalibrator2, None, None),
-    (_builder.IInt8EntropyCalibrator, None, None), (_builder.IInt8MinMaxCalibrator, None, None),
+    (_builder.IInt8Calibrator, None, "11.0"), (_builder.IInt8EntropyCalibrator2, None, "11.0"),
+    (_builder.IInt8EntropyCalibrator, None, "11.0"), (_builder.IInt8MinMaxCalibrator, None, "11.0"),
     (_builder.IProgressMonitor, "10.0", None), (_builder.IBuilderConfig, None, None), (_builder.Builder, None, None),
 ]
 
@@ -79,7 +84,7 @@ RUNTIME_ONLY_MODULES = ("tensorrt_lean", "tensorrt_lean_bindings", "tensorrt_dis
 
 
 def make_module(mode: str = "10.x", version: Optional[str] = None, name: str = "tensorrt") -> RecordingModule:
-    """A fresh fake ``tensorrt`` module playing ``mode`` (``"8.5"``, ``"8.6"``, ``"10.x"``).
+    """A fresh fake ``tensorrt`` module playing ``mode`` (``"8.5"``, ``"8.6"``, ``"10.x"``, ``"11.x"``).
 
     ``version`` overrides the reported ``__version__`` (e.g. ``"10.0.1"``); its major/minor
     decide which members exist. ``name`` ``"tensorrt_lean"`` or ``"tensorrt_dispatch"`` (or their

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from packaging.version import Version
 
 #: mode name -> the ``__version__`` string the fake reports
-MODES = {"8.5": "8.5.2.2", "8.6": "8.6.2.3", "10.x": "10.3.0"}
+MODES = {"8.5": "8.5.2.2", "8.6": "8.6.2.3", "10.x": "10.3.0", "11.x": "11.4.0"}
 
 
 class FakeTensorRTError(RuntimeError):

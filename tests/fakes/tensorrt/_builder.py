@@ -96,7 +96,14 @@ class ITensor(Strict):
         return self._api.module.TensorLocation.DEVICE
 
 
+_REMOVED_IN_11 = (None, "11.0")
+
+
 class ILayer(Strict):
+    # TensorRT 11: precision comes from the tensor types of a strongly typed network
+    _versions = {name: _REMOVED_IN_11 for name in ("precision", "precision_is_set", "reset_precision",
+                                                   "set_output_type", "output_type_is_set", "reset_output_type")}
+
     def __init__(self, name: str, layer_type: Any, inputs: List[ITensor], outputs: List[ITensor], op: str) -> None:
         self._name = name
         self._type = layer_type
@@ -205,6 +212,14 @@ class INetworkDefinition(Strict):
     @property
     def num_outputs(self) -> int:
         return len(self._outputs)
+
+    @property
+    def _strongly_typed(self) -> bool:
+        """TensorRT 11: always; 10.x: when created with NetworkDefinitionCreationFlag.STRONGLY_TYPED."""
+        if self._api.at_least("11.0"):
+            return True
+        flag = getattr(self._api.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        return flag is not None and bool(self._flags & (1 << int(flag)))
 
     @property
     def has_implicit_batch_dimension(self) -> bool:
@@ -466,6 +481,9 @@ class IBuilderConfig(Strict):
         "hardware_compatibility_level": ("8.6", None),
         "max_aux_streams": ("8.6", None),
         "progress_monitor": ("10.0", None),
+        "int8_calibrator": _REMOVED_IN_11,
+        "set_calibration_profile": _REMOVED_IN_11,
+        "get_calibration_profile": _REMOVED_IN_11,
     }
 
     def __init__(self) -> None:
@@ -676,6 +694,10 @@ class IBuilderConfig(Strict):
 
 # -- builder -----------------------------------------------------------------------------------
 class Builder(Strict):
+    # TensorRT 11 dropped these; a caller decides from the compute capability
+    _versions = {name: _REMOVED_IN_11 for name in ("platform_has_fast_fp16", "platform_has_fast_int8",
+                                                   "platform_has_tf32")}
+
     def __init__(self, logger: Any) -> None:
         self._logger = register_logger(self._api, logger, "createInferBuilder")
         self._max_threads = 1
@@ -754,6 +776,8 @@ class Builder(Strict):
             "calibrator_calls": [],
             "calibration_batches": 0,
             "progress": [],
+            "strongly_typed": network._strongly_typed,
+            "typed_precision": None,
             "result": None,
         }
         api.builds.append(record)
@@ -806,6 +830,20 @@ class Builder(Strict):
                         return None
 
         flags = set(record["flags"])
+        if network._strongly_typed:
+            # the ONNX tensor types decide; TensorRT 10 refuses precision hints on such a network
+            weak = sorted(flags & {"FP16", "INT8", "BF16", "FP8", "OBEY_PRECISION_CONSTRAINTS",
+                                   "PREFER_PRECISION_CONSTRAINTS"})
+            if weak:
+                fail("4: [network.cpp::validate] Error Code 4: API Usage Error (BuilderFlag::k{} cannot be set "
+                     "for a strongly typed network.)".format(weak[0]))
+                return None
+            hinted = [layer.name for layer in network._layers if layer._precision_set or layer._output_types]
+            if hinted:
+                fail("4: Error Code 4: API Usage Error (layer {}: setPrecision/setOutputType are not allowed in a "
+                     "strongly typed network.)".format(hinted[0]))
+                return None
+            record["typed_precision"] = _plan.typed_precision(network._onnx)
         if "FP16" in flags and not self.platform_has_fast_fp16:
             api.emit(self._logger, "WARNING", "Half2 support requested on hardware without native FP16 support, "
                      "performance will be negatively affected.")
@@ -878,7 +916,9 @@ class Builder(Strict):
             record["progress"].append(("finish", phase))
 
         # -- timing cache ---------------------------------------------------------------------------
-        precision = "int8" if "INT8" in flags else "fp16" if "FP16" in flags else "fp32"
+        typed = record["typed_precision"] or {}
+        precision = ("int8" if "INT8" in flags or typed.get("qdq") else
+                     "fp16" if "FP16" in flags or typed.get("float16") else "fp32")
         keys = ["{}|{}|{}".format(layer._type.name, layer.name, precision) for layer in network._layers]
         cache = config._timing_cache
         if cache is not None and "DISABLE_TIMING_CACHE" not in flags:
@@ -908,6 +948,7 @@ class Builder(Strict):
             num_layers=len(network._layers),
             workspace=config._pools.get("WORKSPACE"),
         )
+        header["strongly_typed"] = network._strongly_typed
         record["result"] = "ok"
         api.emit(self._logger, "INFO", "Engine generation completed")
         return api.cls("IHostMemory")(_plan.encode(header, network._onnx))

@@ -101,6 +101,22 @@ def run(onnx_bytes: bytes, feeds: Dict[str, np.ndarray], fp16_compute: bool) -> 
     return result
 
 
+def typed_precision(onnx_bytes: bytes) -> Dict[str, bool]:
+    """What a strongly typed network runs in, read off the ONNX graph: ``float16`` (any float16
+    weight, Cast to float16 or Constant) and ``qdq`` (any QuantizeLinear/DequantizeLinear)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    half = onnx.TensorProto.FLOAT16
+    float16 = any(init.data_type == half for init in model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if (attr.name == "to" and attr.i == half) or (attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == half):
+                float16 = True
+    qdq = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+    return {"float16": float16, "qdq": qdq}
+
+
 def volume(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:

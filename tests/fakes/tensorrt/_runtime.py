@@ -233,6 +233,7 @@ class ICudaEngine(Strict):
 
     _versions = {
         "device_memory_size_v2": ("10.1", None),
+        "device_memory_size": (None, "11.0"),
         "hardware_compatibility_level": ("8.6", None),
     }
 
