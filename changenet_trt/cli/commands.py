@@ -10,6 +10,7 @@ import abc
 import argparse
 import csv
 import json
+import logging
 import os
 import shlex
 import sys
@@ -33,6 +34,7 @@ from changenet_trt.cli.args import (
 from changenet_trt.defaults import BATCH_SIZE, ENGINE_PROFILE
 from changenet_trt.errors import InputError
 
+log = logging.getLogger("changenet_trt")
 
 class Command(abc.ABC):
     """One ``changenet-trt <name>`` command."""
@@ -332,28 +334,90 @@ class Eval(Command):
 # -- prepare -----------------------------------------------------------------------------------
 class Prepare(Command):
     name = "prepare"
-    help = "make a static-batch ONNX (TAO's default 16) dynamic, proven equal with onnxruntime"
+    help = ("make a static-batch ONNX (TAO's default 16) dynamic, proven equal with onnxruntime; optionally "
+            "float16 or INT8 (Q/DQ) in the graph, or uint8 input")
     description = ("Check the ChangeNet contract; when the batch is static, rewrite the inputs, the output "
                    "and the Reshape constants that carry it to a dynamic 'batch', then prove it: the same pairs "
                    "through the original at its own batch and through the result at batches 1, 7 and 32 must "
                    "give the same output rows (|new-old| <= 1e-5 + 1e-4*|old|). Refuses, with the reason, when "
-                   "that cannot be proven (e.g. a graph that mixes rows across the batch).")
+                   "that cannot be proven (e.g. a graph that mixes rows across the batch). With --precision the "
+                   "dynamic model is then made float16 (the layers fp16-check flags stay float32; refused when a "
+                   "decision flips) or INT8 (explicit Q/DQ calibrated with onnxruntime on --calib-csv pairs) and "
+                   "compared with the float32 model; with --uint8-input a normalising front is added last. Each "
+                   "step is proven before the file is written.")
 
     def __init__(self) -> None:
         self.names = ContractNamesArgs()
-        self.normalization = NormalizationArgs("with --uint8-input, the normalisation put in the graph")
+        self.normalization = NormalizationArgs(
+            "with --uint8-input, the normalisation put in the graph; with --precision, that of the calibration "
+            "and proof pairs")
+        self.calibration_data = DataSetArgs(
+            csv="--calib-csv",
+            csv_help="TAO data set CSV: int8 calibrates on its first --calib-batches batches and is compared with "
+            "float32 on the rest; fp16's fp16-check and proof run on all its pairs (default: synthetic pairs)")
         super().__init__(self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES
+        from changenet_trt.engine.precision import DEFAULT_PROOF_PAIRS, INT8_METHODS
+
         parser.add_argument("model", help="ONNX file")
         parser.add_argument("-o", "--out", required=True, metavar="OUT.onnx", help="prepared ONNX file to write")
         parser.add_argument("--proof-batches", default="1,7,32", metavar="LIST",
-                            help="batches to prove at, comma separated (default: 1,7,32)")
+                            help="batches to prove the dynamic batch at, comma separated (default: 1,7,32)")
+        precision = parser.add_argument_group("precision in the graph (TensorRT 10+ builds it strongly typed)")
+        precision.add_argument("--precision", choices=("fp16", "int8"),
+                               help="fp16: float16 weights and activations, float32 inputs/outputs and float32 "
+                               "islands where fp16-check finds overflow; int8: explicit symmetric Q/DQ on "
+                               "Conv/MatMul/Gemm inputs, per-channel weights (default: keep the model's types)")
+        precision.add_argument("--fp32-layers", nargs="+", default=[], metavar="PATTERN",
+                               help="fp16: also keep these nodes float32 (names or fnmatch patterns, or @FILE with "
+                               "one per line as fp16-check writes it); a pattern matching no node is an error")
+        precision.add_argument("--force", action="store_true",
+                               help="fp16: write the float16 model even when a decision flips against float32")
+        precision.add_argument("--proof-pairs", type=positive_int, metavar="N",
+                               help="synthetic pairs to prove and compare on when no data-set pairs are left for "
+                               "it: fp16 without --calib-csv, int8 when calibration used every pair "
+                               "(default: {})".format(DEFAULT_PROOF_PAIRS))
+        pairs = parser.add_argument_group("pairs for --precision (a TAO data set)")
+        self.calibration_data.add_to_group(pairs)
+        pairs.add_argument("--calib-batches", type=positive_int, metavar="N",
+                           help="int8: calibrate on at most N batches of {} pairs (default: {})".format(
+                               BATCH_SIZE, DEFAULT_CALIB_BATCHES))
+        pairs.add_argument("--calib-method", choices=INT8_METHODS,
+                           help="int8: activation ranges by entropy or by the 99.999th percentile of |x| "
+                           "(default: entropy)")
         uint8 = parser.add_argument_group("uint8 input")
         uint8.add_argument("--uint8-input", action="store_true",
                            help="the written model takes uint8 RGB pixels and normalises them in its graph "
-                           "(4x fewer bytes to send; proven equal to host normalisation before writing)")
+                           "(4x fewer bytes to send; proven equal to host normalisation before writing; with "
+                           "--precision it is added to the float16/INT8 model)")
         self.normalization.add_to_group(uint8)
+
+    @staticmethod
+    def check_combination(args: argparse.Namespace, calib_csv: Any, normalization: Any) -> None:
+        """Refuse options that do nothing with the others given (before any work)."""
+        chosen = "--precision {}".format(args.precision) if args.precision else "no --precision"
+        if normalization is not None and not (args.uint8_input or args.precision):
+            raise InputError("--normalization in prepare says what --uint8-input puts in the graph, or how "
+                             "--precision's pairs are normalised", expected="--uint8-input or --precision with it, "
+                             "or no --normalization")
+        for flag, given in (("--fp32-layers", args.fp32_layers), ("--force", args.force)):
+            if given and args.precision != "fp16":
+                raise InputError("{} applies to a float16 model".format(flag), expected="--precision fp16",
+                                 found=chosen)
+        for flag, given in (("--calib-batches", args.calib_batches), ("--calib-method", args.calib_method)):
+            if given and args.precision != "int8":
+                raise InputError("{} applies to INT8 calibration".format(flag), expected="--precision int8",
+                                 found=chosen)
+        if args.precision is None:
+            for flag, given in (("--calib-csv", calib_csv), ("--proof-pairs", args.proof_pairs)):
+                if given:
+                    raise InputError("{} gives pairs for --precision".format(flag),
+                                     expected="--precision fp16 or int8", found=chosen)
+        if args.precision == "int8" and not calib_csv:
+            raise InputError("--precision int8 calibrates on real pairs",
+                             expected="--calib-csv CSV [--calib-images DIR] (a TAO data set)", found="no --calib-csv")
 
     def run(self, args: argparse.Namespace) -> int:
         from changenet_trt.engine.prepare import prepare_model
@@ -364,29 +428,146 @@ class Prepare(Command):
         except ValueError:
             raise InputError("--proof-batches must be integers", found=repr(args.proof_batches)) from None
         normalization = self.normalization.parse(args)
-        if normalization is not None and not args.uint8_input:
-            raise InputError("--normalization in prepare only says what --uint8-input puts in the graph",
-                             expected="--uint8-input with it, or no --normalization")
-        if not args.uint8_input:
+        data = self.calibration_data.parse(args)
+        self.check_combination(args, data.csv, normalization)
+        if not args.uint8_input and not args.precision:
             report = prepare_model(args.model, args.out, batches=batches, contract_overrides=names)
             print("\n".join(report.summary_lines()))
             return 0
         import tempfile
 
-        from changenet_trt.engine.prepare import add_uint8_input
+        from changenet_trt.contract import read_contract
+        from changenet_trt.engine.plan import read_layer_patterns
         from changenet_trt.files import check_output_file
 
-        check_output_file(args.out, "prepared model", inputs=[args.model])
+        check_output_file(args.out, "prepared model", inputs=[p for p in (args.model, data.csv) if p])
+        contract = read_contract(args.model, **names)
+        # the model's own preprocessing unless told otherwise: pairs and uint8 front agree
+        normalization = normalization or contract.preprocess
+        patterns = read_layer_patterns(args.fp32_layers)
+        if patterns:
+            import onnx
+
+            from changenet_trt.engine.precision import match_nodes, name_nodes
+
+            match_nodes(name_nodes(onnx.load(args.model)), patterns)  # a typo fails here, not after the proofs
+        calibration = self.calibration(args, data, contract, normalization) if args.precision == "int8" else None
         with tempfile.TemporaryDirectory(prefix="changenet-prepare-") as work:
             dynamic = os.path.join(work, "dynamic.onnx")
+            labels = {dynamic: "{} (dynamic batch)".format(args.model)}
             report = prepare_model(args.model, dynamic, batches=batches, contract_overrides=names)
-            uint8 = add_uint8_input(dynamic, args.out, normalization=normalization or "tao",
-                                    contract_overrides=names)
-            # the dynamic-batch model is an intermediate step: name it as such, not by its temporary path
-            for line in report.summary_lines() + uint8.summary_lines():
-                print(line.replace("wrote " + dynamic, "made the dynamic-batch model").replace(
-                    dynamic, "the dynamic-batch model"))
+            lines = report.summary_lines()
+            current = dynamic
+            if args.precision:
+                typed = args.out
+                if args.uint8_input:  # a step on the way: the uint8 front is added to it
+                    typed = os.path.join(work, args.precision + ".onnx")
+                    labels[typed] = "the {} model".format("float16" if args.precision == "fp16" else "INT8")
+                lines += [""] + self.make_typed(args, current, typed, patterns, data, calibration, normalization,
+                                                names)
+                if not args.uint8_input:
+                    lines.append("  wrote {}".format(typed))
+                current = typed
+            if args.uint8_input:
+                from changenet_trt.engine.prepare import add_uint8_input
+
+                uint8 = add_uint8_input(current, args.out, normalization=normalization or "tao",
+                                        contract_overrides=names)
+                lines += [""] + uint8.summary_lines()
+            # the intermediate models are steps: name them as such, not by their temporary paths
+            for line in lines:
+                line = line.replace("wrote " + dynamic, "made the dynamic-batch model")
+                for path, label in labels.items():
+                    line = line.replace(path, label)
+                print(line)
         return 0
+
+    @staticmethod
+    def calibration(args: argparse.Namespace, data: Any, contract: Any, normalization: Any) -> Any:
+        """``(batches, pairs)``: the INT8 calibration batches of the data set (read lazily; the
+        CSV and its files are checked now) and how many of its pairs they use."""
+        from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES, dataset_batches
+
+        count, batches = dataset_batches(
+            data.csv, contract.input_shape, BATCH_SIZE, max_batches=args.calib_batches or DEFAULT_CALIB_BATCHES,
+            images_dir=data.images, layout=data.layout, normalization=normalization, workers=data.workers)
+        return batches, count * BATCH_SIZE
+
+    @staticmethod
+    def make_typed(args: argparse.Namespace, model: str, out: str, patterns: List[str], data: Any, calibration: Any,
+                   normalization: Any, names: dict) -> List[str]:
+        """Write the float16 (``patterns`` kept float32) or INT8 model of ``model`` to ``out``; the
+        lines of its report."""
+        from changenet_trt.engine import precision
+        from changenet_trt.evaluation.validate import dataset_source, synthetic_source
+
+        proof_pairs = args.proof_pairs or precision.DEFAULT_PROOF_PAIRS
+        described: List[str] = []
+
+        def synthetic(contract: Any, norm: Any) -> Any:
+            return synthetic_source(proof_pairs, contract.input_shape, norm, layout=data.layout)
+
+        def from_data_set(skip: int) -> Any:
+            def make(contract: Any, norm: Any) -> Any:
+                source = dataset_source(data.csv, data.images, contract.input_shape, norm, layout=data.layout,
+                                        on_problem=lambda item: log.warning("set aside: %s", item))
+                return held_back(source, skip) if skip else source
+
+            return make
+
+        def recorded(make: Any, note: str) -> Any:
+            def make_and_record(contract: Any, norm: Any) -> Any:
+                source = make(contract, norm)
+                if not described:
+                    described.append("pairs: {}{}".format(source.description, note))
+                return source
+
+            return make_and_record
+
+        if args.precision == "fp16":
+            make = (recorded(from_data_set(0), "") if data.csv else
+                    recorded(synthetic, " (no --calib-csv: give a data set to prove on your own pairs)"))
+            report = precision.to_fp16(model, out, fp32_nodes=patterns, make_source=make,
+                                       force=args.force, normalization=normalization, contract_overrides=names,
+                                       origin=args.model)
+        else:
+            batches, used = calibration
+            left = count_pairs(data) - used
+            make = (recorded(from_data_set(used), "") if left > 0 else
+                    recorded(synthetic, " (calibration used every pair of {}; none held back)".format(data.csv)))
+            report = precision.to_int8(model, out, batches, method=args.calib_method or "entropy", make_source=make,
+                                       normalization=normalization, contract_overrides=names, origin=args.model)
+        lines = described + report.summary_lines()
+        if args.precision == "int8":
+            if report.flips:
+                lines.append("  written although INT8 changes {} decision(s) on these pairs: check it with "
+                             "validate on your data before deploying".format(report.flips))
+            elif report.validation.raw.beyond_tolerance:
+                lines.append("  (INT8 rounds the raw outputs beyond float tolerances by design; the decisions, "
+                             "FPR and capture above are what to compare)")
+        return lines
+
+
+def count_pairs(data: Any) -> int:
+    """Usable pairs of the data set ``data`` (a :class:`DataSetOptions` with a CSV)."""
+    from changenet_trt.data.dataset import load_dataset
+
+    return len(load_dataset(data.csv, images_dir=data.images, layout=data.layout).pairs)
+
+
+def held_back(source: Any, skip: int) -> Any:
+    """The pairs of ``source`` (a PairSource) after its first ``skip``: those calibration did not see."""
+    from changenet_trt.evaluation.validate import PairSource
+
+    def fill(golden: Any, sample: Any, lo: int, hi: int) -> None:
+        source.fill(golden, sample, lo + skip, hi + skip)
+
+    return PairSource(
+        count=source.count - skip, fill=fill,
+        description="{} held back from calibration (after the first {} of {})".format(
+            source.count - skip, skip, source.description),
+        labels=None if source.labels is None else source.labels[skip:], ids=list(source.ids[skip:]),
+        failed=lambda: [i - skip for i in source.failed() if i >= skip], close=source.close)
 
 
 # -- triton-repo -------------------------------------------------------------------------------

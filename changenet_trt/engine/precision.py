@@ -201,6 +201,15 @@ def _set_meta(proto: Any, made: Dict[str, Any]) -> None:
     entry.value = json.dumps(made, sort_keys=True)
 
 
+def _provenance(source: str, origin: Optional[PathLike]) -> Dict[str, str]:
+    """The sha256 of the model converted and, when it was itself made from another file (a
+    static-batch original made dynamic first), that file's sha256 too."""
+    made = {"source_sha256": _sha256(source)}
+    if origin is not None:
+        made["origin_sha256"] = _sha256(os.fspath(origin))
+    return made
+
+
 def read_made(model: Any) -> Optional[Dict[str, Any]]:
     """How a typed model was made (the JSON :func:`to_fp16` / :func:`to_int8` stored), or None."""
     proto = _load(model)
@@ -339,6 +348,7 @@ def to_fp16(
     batch_size: Optional[int] = None,
     contract_overrides: Optional[Dict[str, Any]] = None,
     threads: Optional[int] = None,
+    origin: Optional[PathLike] = None,
 ) -> PrecisionReport:
     """Write a float16 version of ``model_path`` to ``out_path`` after proving it on real pairs.
 
@@ -351,7 +361,8 @@ def to_fp16(
     cutoff the model is refused (BuildError naming the pairs) unless ``force``. The proof runs
     twice: with float16 storage emulated (:func:`emulate_fp16`; ONNX Runtime's CPU kernels
     would otherwise compute most float16 ops in float32 and hide overflow) and on the float16
-    file itself.
+    file itself. ``origin``: the file ``model_path`` was made from (e.g. the static-batch
+    original of a dynamic model); its sha256 is recorded beside the source's.
     """
     import onnx
 
@@ -386,8 +397,8 @@ def to_fp16(
     converted = convert_fp16(original, keep)
     check_typed(converted, "float16 model")
     made = {"precision": "fp16", "fp32_nodes": keep, "flagged": sorted(flagged), "user": list(fp32_nodes),
-            "source_sha256": _sha256(source), "min_positive": FP16_MIN_SUBNORMAL, "max_finite": FP16_MAX,
-            "io": "float32"}
+            "min_positive": FP16_MIN_SUBNORMAL, "max_finite": FP16_MAX, "io": "float32"}
+    made.update(_provenance(source, origin))
     _set_meta(converted, made)
     payload = converted.SerializeToString()
     workdir = tempfile.mkdtemp(prefix="changenet-fp16-")
@@ -570,6 +581,7 @@ def to_int8(
     batch_size: Optional[int] = None,
     contract_overrides: Optional[Dict[str, Any]] = None,
     threads: Optional[int] = None,
+    origin: Optional[PathLike] = None,
 ) -> PrecisionReport:
     """Write an explicitly quantized (QDQ) version of ``model_path`` to ``out_path``.
 
@@ -580,7 +592,8 @@ def to_int8(
     float; ``op_types`` get Q/DQ (never Softmax/Reshape/Transpose); the 3-channel stem
     convolution(s) stay float with ``keep_stem_float``, and ``exclude`` (names or patterns) too.
     The result is compared with the float32 model on ``make_source``'s held-back pairs
-    (default: 64 synthetic pairs) and reported; it is written either way.
+    (default: 64 synthetic pairs) and reported; it is written either way. ``origin``: as
+    :func:`to_fp16`'s.
     """
     import onnx
 
@@ -649,8 +662,9 @@ def to_int8(
         check_typed(quantized, "INT8 model")
         made = {"precision": "int8", "format": "QDQ", "method": method, "calibration_batches": reader.count,
                 "calibration_pairs": reader.pairs, "op_types": list(op_types), "float_nodes": excluded,
-                "stem_float": stems, "opset": main_opset(quantized), "source_sha256": _sha256(source),
-                "symmetric": True, "per_channel": True, "bias_quantized": False}
+                "stem_float": stems, "opset": main_opset(quantized), "symmetric": True, "per_channel": True,
+                "bias_quantized": False}
+        made.update(_provenance(source, origin))
         if method == "percentile":
             made["percentile"] = float(percentile)
         _set_meta(quantized, made)
