@@ -103,6 +103,42 @@ def test_power_mode_parsing():
     assert doctor.power_mode(_no_commands) == "not found"
 
 
+# -- which precision path the installed TensorRT takes ------------------------------------------------
+@pytest.mark.parametrize("fake_trt, version, path, says", [
+    ("8.5", "8.5.2.2", doctor.PATH_DERIVED_FLAGS, "builder flags derived from the typed graph"),
+    ("8.6", "8.6.2.3", doctor.PATH_DERIVED_FLAGS, "FP16 when it holds float16 tensors, INT8 when it holds Q/DQ"),
+    ("10.x", "10.3.0", doctor.PATH_TYPED_MODEL, "calibrator still exist but are deprecated"),
+    ("11.x", "11.4.0", doctor.PATH_STRONGLY_TYPED, "no precision flags, no calibrators"),
+], indirect=["fake_trt"])
+def test_environment_names_the_precision_path_of_each_tensorrt(fake_trt, version, path, says, tmp_path):
+    env = dict(doctor.environment(str(tmp_path), _no_commands, NO_GPU))
+    assert env["TensorRT"] == version
+    assert env["TensorRT precision"] == "TensorRT {}: {}".format(version, path)
+    assert says in path
+    assert ("strongly typed" in path) == (version[:2] in ("10", "11"))
+
+
+def test_precision_path_follows_what_the_module_binds_not_its_version_string(fake_trt_factory):
+    # a 10.x point release reads as 10.x: the path comes from the bindings, the version only names it
+    assert doctor.precision_path(fake_trt_factory("10.x", "10.12.0")) == "TensorRT 10.12.0: " + doctor.PATH_TYPED_MODEL
+    assert doctor.precision_path(fake_trt_factory("11.x", "11.0.0")) == "TensorRT 11.0.0: " + doctor.PATH_STRONGLY_TYPED
+
+
+def test_precision_path_without_tensorrt(no_tensorrt, tmp_path):
+    env = dict(doctor.environment(str(tmp_path), _no_commands, NO_GPU))
+    assert env["TensorRT"] == "not found"
+    assert env["TensorRT precision"].startswith("not found (prepare --precision")
+
+
+@pytest.mark.parametrize("fake_trt", ["11.x"], indirect=True)
+def test_cli_doctor_reports_the_precision_path(fake_trt, capsys, monkeypatch):
+    monkeypatch.setattr(doctor, "probe_cuda", lambda *a: NO_GPU)
+    for name in ("check_onnxruntime_vs_numpy", "check_preprocessing", "check_decisions"):  # CPU checks run elsewhere
+        monkeypatch.setattr(doctor, name, lambda workdir, name=name: doctor.Check(name, "PASS", "stand-in"))
+    assert main(["doctor", "--cpu-only"]) == 0
+    assert "\n  TensorRT precision  TensorRT 11.4.0: strongly typed" in capsys.readouterr().out
+
+
 # -- checks -------------------------------------------------------------------------------------
 def test_cpu_path_passes_and_skips_device_checks(tmp_path):
     report = doctor.run_doctor(workdir=str(tmp_path), root=str(tmp_path), run=_no_commands, cuda=NO_GPU)

@@ -1,7 +1,8 @@
 """``changenet-trt doctor``: what this machine has, and proof that the stack works on it.
 
 First an environment report (every probe is defensive: a missing library, file or command
-reads "not found", never an exception), then checks, each PASS, FAIL or SKIP:
+reads "not found", never an exception), including the precision path the installed TensorRT
+builds with (:func:`precision_path`), then checks, each PASS, FAIL or SKIP:
 
 * CPU checks (always): the reference model through ONNX Runtime equals a direct numpy
   computation of the same graph; image files are decoded and normalised exactly as the
@@ -275,6 +276,7 @@ def environment(root: str = "/", run: RunFn = run_command, cuda: Optional[CudaIn
             pass
     rows.append(("onnxruntime", ort_version))
     rows.append(("TensorRT", module_version("tensorrt")))
+    rows.append(("TensorRT precision", installed_precision_path()))
     rows.append(("pycuda", module_version("pycuda", "VERSION_TEXT")))
     rows.append(("CUDA driver", cuda.driver or NOT_FOUND))
     if cuda.gpus:
@@ -294,6 +296,52 @@ def environment(root: str = "/", run: RunFn = run_command, cuda: Optional[CudaIn
     rows.append(("JetPack", jetpack_version(root, run)))
     rows.append(("power mode", power_mode(run) if model else NOT_FOUND + " (not a Jetson)"))
     return rows
+
+
+# -- which precision path TensorRT takes ---------------------------------------------------------
+PATH_STRONGLY_TYPED = ("strongly typed: precision from the ONNX graph only (float16 tensors, Q/DQ from prepare "
+                       "--precision); no precision flags, no calibrators")
+PATH_TYPED_MODEL = ("strongly typed build of the typed model (prepare --precision); the FP16/INT8 flags and the INT8 "
+                    "calibrator still exist but are deprecated")
+PATH_DERIVED_FLAGS = ("builder flags derived from the typed graph: FP16 when it holds float16 tensors, INT8 when "
+                      "it holds Q/DQ, its float32 nodes kept float32 with precision constraints (no strong typing)")
+
+
+def precision_path(trt: Any) -> str:
+    """Which precision path the TensorRT module ``trt`` builds with, read from what it binds
+    (feature detection) and named with its version:
+
+    * 11.x (no FP16 builder flag, STRONGLY_TYPED networks): :data:`PATH_STRONGLY_TYPED`;
+    * 10.x (STRONGLY_TYPED beside the legacy flags and calibrators): :data:`PATH_TYPED_MODEL`;
+    * 8.5/8.6 (no STRONGLY_TYPED): :data:`PATH_DERIVED_FLAGS`.
+    """
+    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    strongly_typed = creation is not None and hasattr(creation, "STRONGLY_TYPED")
+    flags = hasattr(getattr(trt, "BuilderFlag", None), "FP16")
+    version = str(getattr(trt, "__version__", "unknown version"))
+    if strongly_typed and not flags:
+        path = PATH_STRONGLY_TYPED
+    elif strongly_typed:
+        path = PATH_TYPED_MODEL
+    elif flags:
+        path = PATH_DERIVED_FLAGS
+    else:
+        return "TensorRT {} binds neither strongly typed networks nor precision flags".format(version)
+    return "TensorRT {}: {}".format(version, path)
+
+
+def installed_precision_path() -> str:
+    """:func:`precision_path` of the installed TensorRT, or why there is none; never raises."""
+    from changenet_trt.errors import ChangeNetError
+    from changenet_trt.gpu.trt import import_tensorrt
+
+    try:
+        trt = import_tensorrt("the doctor's precision report")
+    except ChangeNetError:
+        return NOT_FOUND + " (prepare --precision still makes float16/INT8 models on the CPU)"
+    except Exception as exc:  # a module that is there but fails to import (bad install)
+        return "broken ({}: {})".format(type(exc).__name__, exc)
+    return precision_path(trt)
 
 
 # -- CPU checks -----------------------------------------------------------------------------
