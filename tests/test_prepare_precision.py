@@ -137,6 +137,8 @@ BAD = {
     "force without fp16": (["--force"], "--precision fp16"),
     "calibration options with fp16": (["--precision", "fp16", "--calib-batches", "2"], "--precision int8"),
     "data set without precision": (["--calib-csv", "CSV"], "--precision"),
+    "synthetic and data-set proof pairs": (["--precision", "fp16", "--calib-csv", "CSV", "--proof-pairs", "8"],
+                                           "--proof-pairs"),
     "too few pairs for a batch": (["--precision", "int8", "--calib-csv", "SMALL"], "calibration batch"),
 }
 

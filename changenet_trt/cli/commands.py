@@ -415,6 +415,9 @@ class Prepare(Command):
                 if given:
                     raise InputError("{} gives pairs for --precision".format(flag),
                                      expected="--precision fp16 or int8", found=chosen)
+        if args.precision == "fp16" and calib_csv and args.proof_pairs:
+            raise InputError("--proof-pairs sets the synthetic pairs fp16 proves on without a data set",
+                             expected="--calib-csv or --proof-pairs", found="both")
         if args.precision == "int8" and not calib_csv:
             raise InputError("--precision int8 calibrates on real pairs",
                              expected="--calib-csv CSV [--calib-images DIR] (a TAO data set)", found="no --calib-csv")
