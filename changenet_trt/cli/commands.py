@@ -629,32 +629,38 @@ class TritonRepo(Command):
 class Build(Command):
     name = "build"
     help = "build a TensorRT engine (FP16 by default, dynamic batch 1:16:32) with its JSON metadata"
-    description = ("Prepare the ONNX (static batch -> dynamic, proven with onnxruntime), then build a "
-                   "TensorRT engine with one optimisation profile shared by both inputs. The engine lands under "
-                   "engines/ with a name that encodes model, precision, batch profile, GPU and TensorRT version, "
-                   "next to a .json sidecar the runner checks before loading. Works with TensorRT 8.5 to 10.x. "
-                   "--dry-run and --print-trtexec need no TensorRT.")
+    description = ("Prepare the ONNX (static batch -> dynamic, proven with onnxruntime) and its typed model "
+                   "(precision in the graph: float16 with float32 islands, or INT8 Q/DQ calibrated on real pairs; "
+                   "made on the CPU, cached next to the engine), then build a TensorRT engine with one "
+                   "optimisation profile shared by both inputs. TensorRT 10 and 11 build it strongly typed; "
+                   "TensorRT 8.5/8.6 get the FP16/INT8 flags and FP32 layers derived from the typed model. The "
+                   "engine lands under engines/ with a name that encodes model, precision, batch profile, GPU and "
+                   "TensorRT version, next to a .json sidecar the runner checks before loading. "
+                   "--dry-run, --print-trtexec and --typed-only need no TensorRT.")
 
     def __init__(self) -> None:
-        self.normalization = NormalizationArgs("preprocessing recorded in the metadata and used for calibration")
+        self.normalization = NormalizationArgs("preprocessing recorded in the metadata and used for the pairs")
         self.calibration_data = DataSetArgs(
-            csv="--calib-csv", csv_help="TAO data set CSV whose pairs calibrate INT8", workers=None)
+            csv="--calib-csv", csv_help="TAO data set CSV: INT8 calibration pairs, or --fp16's fp16-check/proof pairs",
+            workers=None)
         self.progress = ProgressArgs()
         self.names = ContractNamesArgs()
         super().__init__(self.normalization, self.progress, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="ONNX file exported by TAO (static or dynamic batch)")
+        parser.add_argument("model", help="ONNX file exported by TAO (static or dynamic batch), or a typed model "
+                            "(float16 / Q/DQ) made by `prepare --precision`")
         parser.add_argument("-o", "--out", metavar="ENGINE",
                             help="engine path (default: engines/<generated name>.engine)")
         precision = parser.add_mutually_exclusive_group()
         precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
-                               help="FP16 with FP32 fallback (default)")
+                               help="float16 model with float32 inputs/outputs and the layers fp16-check flags kept "
+                               "float32, proven on pairs (default)")
         precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
                                help="FP32 (TF32 allowed)")
         precision.add_argument("--int8", dest="precision", action="store_const", const="int8",
-                               help="INT8 with FP16 fallback, entropy calibration on real pairs")
-        parser.set_defaults(precision="fp16")
+                               help="INT8 Q/DQ model calibrated with onnxruntime on --calib-csv pairs")
+        parser.set_defaults(precision=None)
         profile = ":".join(str(b) for b in ENGINE_PROFILE)
         parser.add_argument("--batch", default=profile, metavar="MIN:OPT:MAX",
                             help="batch profile in pairs, 1 <= MIN <= OPT <= MAX (default: {})".format(profile))
@@ -663,10 +669,15 @@ class Build(Command):
                             help="builder optimisation level (TensorRT 8.6+; default 3; higher builds longer)")
         parser.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N with GPU fallback (Jetson)")
         parser.add_argument("--fp32-layers", nargs="+", default=[], metavar="PATTERN",
-                            help="keep layers whose names match these fnmatch patterns in FP32 (or @FILE, one per "
-                            "line, as written by fp16-check), with precision constraints")
+                            help="keep nodes whose names match these fnmatch patterns float32 in the typed model (or "
+                            "@FILE, one per line, as written by fp16-check)")
         parser.add_argument("--precision-constraints", choices=("obey", "prefer"), default="obey",
-                            help="for --fp32-layers: obey (fail if impossible) or prefer (default: obey)")
+                            help="TensorRT 8.x: how the float32 layers are held, obey (fail if impossible) or prefer "
+                            "(default: obey)")
+        parser.add_argument("--proof-pairs", type=positive_int, default=64, metavar="N",
+                            help="--fp16 without --calib-csv: synthetic pairs for fp16-check and the proof (default: 64)")
+        parser.add_argument("--force-fp16", action="store_true",
+                            help="keep a float16 model whose decisions flip on the proof pairs")
         parser.add_argument("--timing-cache", metavar="FILE",
                             help="timing cache to load and save (default: engines/timing_<gpu>_<trt>.cache)")
         parser.add_argument("--no-timing-cache", action="store_true", help="do not load or save a timing cache")
@@ -679,14 +690,23 @@ class Build(Command):
         self.calibration_data.add_to_group(group)
         group.add_argument("--calib-batches", type=positive_int, default=32, metavar="N",
                            help="at most N batches of OPT pairs (default: 32)")
-        group.add_argument("--calib-cache", metavar="FILE",
-                           help="calibration cache (default: calibration/<model>-<sha>.cache; reused when it matches)")
-        group.add_argument("--recalibrate", action="store_true", help="ignore an existing calibration cache")
+        group.add_argument("--calib-method", choices=("entropy", "percentile"), default="entropy",
+                           help="how the Q/DQ model's activation ranges are chosen (default: entropy)")
+        group.add_argument("--int8-calibrator", action="store_true",
+                           help="legacy path, TensorRT 8.5-10.x only (deprecated in 10.1, removed in 11): TensorRT's "
+                           "entropy calibrator on the float32 model instead of the Q/DQ model")
+        group.add_argument("--calib-cache", metavar="FILE", help="with --int8-calibrator: calibration cache (default: "
+                           "calibration/<model>-<sha>.cache; reused when it matches)")
+        group.add_argument("--recalibrate", action="store_true",
+                           help="with --int8-calibrator: ignore an existing calibration cache")
         out = parser.add_argument_group("without building")
         out.add_argument("--dry-run", action="store_true", help="print the plan and exit (no TensorRT needed)")
         out.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+        out.add_argument("--typed-only", action="store_true",
+                         help="make (or reuse) the typed model the build parses and exit (CPU only; for trtexec)")
         out.add_argument("--trt-version", metavar="X.Y.Z",
-                         help="TensorRT version for --print-trtexec/--dry-run (default: the installed one)")
+                         help="TensorRT version the plan is for (--dry-run, --print-trtexec, --typed-only; default: "
+                         "the installed one, else 10.3.0)")
 
     def options(self, args: argparse.Namespace) -> Any:
         """The :class:`~changenet_trt.engine.build.BuildOptions` of the parsed arguments."""
@@ -702,27 +722,34 @@ class Build(Command):
             calib_images=calibration.images, calib_batches=args.calib_batches, calib_cache=args.calib_cache,
             recalibrate=args.recalibrate, calib_layout=calibration.layout if calibration.csv else None,
             normalization=self.normalization.parse(args), contract_overrides=self.names.parse(args),
-            progress=self.progress.parse(args),
+            progress=self.progress.parse(args), int8_calibrator=args.int8_calibrator,
+            calib_method=args.calib_method, proof_pairs=args.proof_pairs, force_fp16=args.force_fp16,
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from changenet_trt.engine.build import build_engine_file, make_plan
+        from changenet_trt.engine.build import build_engine_file, make_plan, prepare_typed
 
         plan = make_plan(self.options(args), trt_version=args.trt_version)
+        if args.typed_only:
+            typed = prepare_typed(plan)
+            print("\n".join(typed.summary_lines()))
+            return 0
         if args.dry_run or args.print_trtexec:
             if args.dry_run:
                 print("\n".join(plan.describe()))
             if args.print_trtexec:
                 if args.dry_run:
                     print()
-                if plan.rewrite_batch is not None and not os.path.isfile(plan.prepared_onnx):
-                    print("# the model has a static batch {}; make the dynamic ONNX first:".format(plan.rewrite_batch))
-                    print("changenet-trt prepare {} -o {}".format(shlex.quote(args.model),
-                                                                  shlex.quote(plan.prepared_onnx)))
+                if not os.path.isfile(plan.typed_onnx):
+                    print("# {} is made on the CPU first: run this command with --typed-only instead of "
+                          "--print-trtexec{}".format(plan.typed_onnx, " (TensorRT 8.x: then again, for its float32 "
+                                                    "layers)" if plan.fp32_layers is None else ""))
                 print(" ".join(shlex.quote(part) for part in plan.trtexec_command(args.trt_version)))
             return 0
         result = build_engine_file(plan=plan)
         meta = result.metadata
+        if result.typed is not None:
+            print("\n".join(result.typed.summary_lines()))
         print("built {} in {:.1f} s ({}, batch {}:{}:{}, TensorRT {}, {})".format(
             result.engine_path, result.seconds, meta.precision, meta.profile["min"], meta.profile["opt"],
             meta.profile["max"], meta.trt_version, meta.gpu_name))

@@ -1,19 +1,22 @@
-"""ONNX -> TensorRT engine, one code path for TensorRT 8.5 through 10.x.
+"""ONNX -> TensorRT engine, one code path for TensorRT 8.5 through 11.x.
 
 :func:`changenet_trt.engine.plan.make_plan` resolves everything a build does without TensorRT
 (``build --dry-run``, ``build --print-trtexec``); :func:`build_engine_file` executes that plan
 in short steps:
 
-1. **prepare** the ONNX (static batch -> dynamic, proven with ONNX Runtime: :mod:`.prepare`)
-   and parse it with TensorRT's ONNX parser;
+1. **prepare** the ONNX (static batch -> dynamic, proven with ONNX Runtime: :mod:`.prepare`) and
+   the typed model (:func:`prepare_typed`: precision in the graph, made on the CPU by
+   :mod:`.precision` and cached next to the engine), then parse it with TensorRT's ONNX parser
+   (TensorRT 10+: a strongly typed network);
 2. **configure** the builder config with exactly the plan's settings (:func:`configure`: its
    builder flags in one loop, memory pools, the one optimisation profile, optimisation level,
-   DLA, layers kept in FP32, the timing cache);
-3. **calibrate** (INT8 only): attach an entropy calibrator fed by real pairs, or its cache;
+   DLA, TensorRT 8.x's layers kept in FP32, the timing cache);
+3. **calibrate** (the legacy ``int8_calibrator`` path only, TensorRT 8.5-10.x): attach an
+   entropy calibrator fed by real pairs, or its cache;
 4. **serialize** the network, with tqdm progress bars on a terminal (TensorRT 10's
    IProgressMonitor adds one bar per build phase);
 5. **write** the engine, the timing cache and the JSON sidecar (:mod:`changenet_trt.sidecar`),
-   which records what :func:`configure` applied.
+   which records what :func:`configure` applied and the typed model (sha256, how it was made).
 """
 
 import contextlib
@@ -52,8 +55,8 @@ from changenet_trt.sidecar import EngineMetadata, file_sha256, write_sidecar
 # The plan's names, importable from here as before the plan had its own module.
 __all__ = [
     "CONSTRAINT_MODES", "PRECISIONS", "BatchProfile", "BuildOptions", "BuildPlan", "BuildProgress", "BuildResult",
-    "Configured", "GpuInfo", "build_engine_file", "configure", "detect_gpu", "layer_matches", "make_plan",
-    "match_layers", "read_layer_patterns",
+    "Configured", "GpuInfo", "TypedModel", "build_engine_file", "configure", "detect_gpu", "layer_matches",
+    "make_plan", "match_layers", "prepare_typed", "read_layer_patterns",
 ]
 
 log = logging.getLogger("changenet_trt.engine.build")
@@ -70,7 +73,9 @@ class BuildProgress:
     through tqdm so they do not tear the bars.
     """
 
-    def __init__(self, stream: Optional[IO[str]] = None, enabled: bool = True, refresh_s: float = 0.5) -> None:
+    def __init__(self, stream: Optional[IO[str]] = None, enabled: bool = True, refresh_s: float = 0.5,
+                 desc: str = "building engine") -> None:
+        self.desc = desc
         self.stream = stream if stream is not None else sys.stderr
         self.disable: Optional[bool] = None if enabled else True
         self.refresh_s = refresh_s
@@ -107,7 +112,7 @@ class BuildProgress:
                 self.bar.refresh()
 
     def __enter__(self) -> "BuildProgress":
-        self.bar = tqdm(desc="building engine", total=None, file=self.stream, disable=self.disable, leave=False,
+        self.bar = tqdm(desc=self.desc, total=None, file=self.stream, disable=self.disable, leave=False,
                         bar_format="{desc}: {elapsed} elapsed")
         if not self.bar.disable:
             self._exit.enter_context(logging_redirect_tqdm())
@@ -126,55 +131,191 @@ class BuildProgress:
         self._exit.close()
 
 
-_MONITOR_CLASSES: Dict[int, type] = {}
+def _monitor_class(trt: Any) -> type:
+    class Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        """TensorRT 10's build progress callback, feeding a :class:`BuildProgress`."""
+
+        def __init__(self, progress: BuildProgress) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.progress = progress
+
+        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+            self.progress.phase_start(phase_name, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            self.progress.step(phase_name, step + 1)
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            self.progress.phase_finish(phase_name)
+
+    return Monitor
 
 
 def _progress_monitor(trt: Any, progress: BuildProgress) -> Any:
     """A ``trt.IProgressMonitor`` (TensorRT 10+) that feeds ``progress``."""
-    cls = _MONITOR_CLASSES.get(id(trt))
-    if cls is None or cls.__bases__[0] is not trt.IProgressMonitor:
-        class Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
-            def __init__(self, progress: BuildProgress) -> None:
-                trt.IProgressMonitor.__init__(self)
-                self.progress = progress
+    from changenet_trt.gpu.trt import subclass
 
-            def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
-                self.progress.phase_start(phase_name, num_steps)
-
-            def step_complete(self, phase_name: str, step: int) -> bool:
-                self.progress.step(phase_name, step + 1)
-                return True
-
-            def phase_finish(self, phase_name: str) -> None:
-                self.progress.phase_finish(phase_name)
-
-        cls = _MONITOR_CLASSES[id(trt)] = Monitor
-    return cls(progress)
+    return subclass(trt, _monitor_class)(progress)
 
 
 # -- step 1: prepare and parse ---------------------------------------------------------------------------
-def _prepare(plan: BuildPlan) -> Tuple[Any, ModelContract]:
-    """Make the dynamic-batch ONNX the plan builds from (CPU: proven before the GPU is touched)."""
+@dataclass
+class TypedModel:
+    """The model TensorRT parses, as :func:`prepare_typed` left it.
+
+    ``path``/``sha256``: the typed ONNX; ``made``: how it was made (:func:`~changenet_trt.engine.precision.read_made`,
+    None for a float32 model); ``reused``: a cached model with the same inputs was used;
+    ``report``: the :class:`~changenet_trt.engine.precision.PrecisionReport` when it was made now;
+    ``pairs``: what its pairs were (fp16-check/proof or calibration); ``prepare_report``: the
+    static -> dynamic batch preparation's report, if any.
+    """
+
+    path: str
+    sha256: str
+    made: Optional[Dict[str, Any]]
+    reused: bool = False
+    report: Any = None
+    pairs: Optional[str] = None
+    prepare_report: Any = None
+
+    def summary_lines(self) -> List[str]:
+        if self.made is None:
+            return ["model: {} (float32)".format(self.path)]
+        head = "typed model: {} ({}, {})".format(self.path, self.made.get("precision"),
+                                                 "reused: made from the same inputs" if self.reused else "made now")
+        lines = [head]
+        if self.pairs:
+            lines.append("  pairs: {}".format(self.pairs))
+        if self.report is not None:
+            lines += ["  " + line for line in self.report.summary_lines()[1:]]
+        return lines
+
+
+def _batch_source(plan: BuildPlan) -> Any:
+    """``make_source(contract, normalization)`` of the pairs the typed model is checked on."""
+    opts = plan.options
+    if opts.calib_csv:
+        def from_data_set(contract: Any, normalization: Any) -> Any:
+            from changenet_trt.evaluation.validate import dataset_source
+
+            return dataset_source(opts.calib_csv, opts.calib_images, contract.input_shape, normalization,
+                                  layout=opts.calib_layout)
+
+        return from_data_set
+
+    def synthetic(contract: Any, normalization: Any) -> Any:
+        from changenet_trt.evaluation.validate import synthetic_source
+
+        return synthetic_source(opts.proof_pairs, contract.input_shape, normalization, seed=0)
+
+    return synthetic
+
+
+def _make_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]], progress: BuildProgress) -> Any:
+    """Write ``plan.typed_onnx`` from the prepared float32 model (to_fp16 / to_int8); its report."""
+    from changenet_trt.engine import precision as precisions
+
+    opts = plan.options
+    overrides = {k: v for k, v in opts.contract_overrides.items() if v is not None}
+    inputs = dict(plan.typed_inputs or {})
+    origin = opts.model if plan.rewrite_batch is not None else None  # the static-batch original
+    if plan.precision == "fp16":
+        return precisions.to_fp16(
+            plan.prepared_onnx, plan.typed_onnx, fp32_nodes=list(opts.fp32_layers), make_source=_batch_source(plan),
+            force=opts.force_fp16, normalization=plan.preprocess, contract_overrides=overrides, origin=origin,
+            extra_made={"build_inputs": inputs})
+    contract = read_contract(plan.prepared_onnx, **overrides)
+    count: Optional[int] = None
+    if calibration_batches is not None:
+        batches: Any = calibration_batches
+        inputs["calibration"] = "batches given by the caller"  # never matches a later plan: remade each time
+    elif opts.calib_csv:
+        from changenet_trt.engine.calibration import dataset_batches
+
+        count, batches = dataset_batches(opts.calib_csv, contract.input_shape, plan.profile.opt, opts.calib_batches,
+                                         images_dir=opts.calib_images, layout=opts.calib_layout,
+                                         normalization=plan.preprocess)
+    else:
+        raise InputError("an INT8 build calibrates its Q/DQ model on real pairs",
+                         expected="--calib-csv CSV (TAO layout), or a typed model cached from the same inputs "
+                                  "({})".format(plan.typed_onnx), found="neither")
+    bar = progress.bar_for("calibrating (onnxruntime)", count, "batch")
+
+    def counted() -> Iterator[Any]:
+        for batch in batches:
+            bar.update(1)
+            yield batch
+
+    try:
+        return precisions.to_int8(
+            plan.prepared_onnx, plan.typed_onnx, counted(), method=opts.calib_method, exclude=list(opts.fp32_layers),
+            normalization=plan.preprocess, contract_overrides=overrides, origin=origin,
+            extra_made={"build_inputs": inputs})
+    finally:
+        bar.close()
+
+
+def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] = None,
+                  status_stream: Optional[IO[str]] = None) -> TypedModel:
+    """Make (or reuse) everything the build parses, on the CPU: the dynamic-batch ONNX, then
+    the typed model (float16 / INT8 Q/DQ) cached as ``plan.typed_onnx``; completes ``plan`` from
+    what the typed model holds (:meth:`BuildPlan.apply_typed_model`). No TensorRT needed.
+
+    ``calibration_batches``: (golden, sample) preprocessed arrays to calibrate the INT8 model
+    from instead of ``--calib-csv`` (the API path; the model is then always remade).
+    """
+    from changenet_trt.engine.precision import graph_precision, read_made
     from changenet_trt.engine.prepare import prepare_model
 
     opts = plan.options
-    report = None
+    prepare_report = None
     if plan.rewrite_batch is not None:
-        report = prepare_model(opts.model, plan.prepared_onnx, contract_overrides=opts.contract_overrides)
-        for line in report.summary_lines():
+        prepare_report = prepare_model(opts.model, plan.prepared_onnx, contract_overrides=opts.contract_overrides)
+        for line in prepare_report.summary_lines():
             log.info("%s", line)
-    return report, read_contract(plan.prepared_onnx, **opts.contract_overrides)
+    report = None
+    reused = False
+    pairs = None
+    if plan.makes_typed_model:
+        fresh_batches = calibration_batches is not None and plan.precision == "int8"
+        if plan.typed_ready and not fresh_batches:
+            reused = True
+            log.info("reusing the typed model %s (made from the same inputs)", plan.typed_onnx)
+        else:
+            pairs = "calibration batches given by the caller" if fresh_batches else plan.pairs_description()
+            what = "making the float16 model" if plan.precision == "fp16" else "making the INT8 Q/DQ model"
+            with BuildProgress(stream=status_stream, enabled=opts.progress, desc=what) as progress:
+                report = _make_typed(plan, calibration_batches, progress)
+            for line in report.summary_lines():
+                log.info("%s", line)
+        plan.apply_typed_model(graph_precision(plan.typed_onnx))
+    elif plan.typed_source == "input":
+        plan.apply_typed_model(graph_precision(plan.typed_onnx))
+    made = read_made(plan.typed_onnx) if plan.typed_source != "float32" else None
+    return TypedModel(plan.typed_onnx, file_sha256(plan.typed_onnx), made, reused, report, pairs, prepare_report)
 
 
-def _parse_network(trt: Any, logger: Any, builder: Any, onnx_path: str) -> Any:
+def _parse_network(trt: Any, logger: Any, builder: Any, plan: BuildPlan) -> Any:
+    """The network of the typed model: strongly typed from TensorRT 10 (its precision is the
+    ONNX types), weakly typed on 8.x and for the legacy calibrator."""
     from changenet_trt.gpu.trt import network_flags
 
-    network = builder.create_network(network_flags(trt))
+    flags = network_flags(trt)
+    if plan.strongly_typed:
+        creation = trt.NetworkDefinitionCreationFlag
+        if not hasattr(creation, "STRONGLY_TYPED"):
+            raise BuildError("TensorRT {} cannot make a strongly typed network".format(trt.__version__),
+                             expected="TensorRT 10 or newer (see `build --dry-run`)")
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(onnx_path):
+    with logger.capture() as logged:
+        parsed = parser.parse_from_file(plan.typed_onnx)
+    if not parsed:
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
-        raise BuildError("TensorRT's ONNX parser rejected {}".format(onnx_path),
-                         found="; ".join(errors) or "no error recorded (run with -v)")
+        raise BuildError("TensorRT's ONNX parser rejected {}".format(plan.typed_onnx),
+                         found="; ".join(errors or logged[-3:]) or "no error recorded (run with -v)")
     # keep the parser alive as long as the network: it owns the weights
     return network, parser
 
@@ -195,26 +336,23 @@ class Configured:
     timing_cache_hit: bool = False
 
 
-def fast_precisions(builder: Any, gpu: GpuInfo) -> Dict[str, Optional[bool]]:
-    """Does this GPU run FP16 / INT8 fast? ``None`` when neither TensorRT nor the GPU says.
+def fast_precisions(gpu: GpuInfo) -> Dict[str, Optional[bool]]:
+    """Does this GPU run FP16 / INT8 fast? ``None`` when the GPU is unknown.
 
-    ``builder.platform_has_fast_fp16/int8`` where TensorRT still binds them (TensorRT 11
-    removed them); otherwise the compute capability: fast FP16 from sm_53 except sm_61 (Pascal
-    GeForce), fast INT8 from sm_61.
+    Decided from the compute capability (TensorRT 11 dropped ``builder.platform_has_fast_*``):
+    fast FP16 from sm_53 except sm_61 (Pascal GeForce), fast INT8 from sm_61.
     """
+    if not gpu.known:
+        return {"fp16": None, "int8": None}
     cc = tuple(gpu.compute_capability)
-    fallback = {"fp16": cc >= (5, 3) and cc != (6, 1), "int8": cc >= (6, 1)} if gpu.known else {}
-    out: Dict[str, Optional[bool]] = {}
-    for precision, attribute in (("fp16", "platform_has_fast_fp16"), ("int8", "platform_has_fast_int8")):
-        out[precision] = bool(getattr(builder, attribute)) if hasattr(builder, attribute) else fallback.get(precision)
-    return out
+    return {"fp16": cc >= (5, 3) and cc != (6, 1), "int8": cc >= (6, 1)}
 
 
-def _warn_slow_precisions(builder: Any, plan: BuildPlan) -> None:
-    fast = fast_precisions(builder, plan.gpu)
-    if "FP16" in plan.flags and fast["fp16"] is False:
+def _warn_slow_precisions(plan: BuildPlan) -> None:
+    fast = fast_precisions(plan.gpu)
+    if plan.precision == "fp16" and fast["fp16"] is False:
         log.warning("this GPU has no fast FP16; the engine will be slow in FP16 (consider --fp32)")
-    if "INT8" in plan.flags and fast["int8"] is False:
+    if plan.precision == "int8" and fast["int8"] is False:
         log.warning("this GPU has no fast INT8 support")
 
 
@@ -259,7 +397,7 @@ def configure(trt: Any, builder: Any, network: Any, config: Any, plan: BuildPlan
     BuildError when this TensorRT or device cannot do what the plan says (a flag it lacks, a
     DLA core it does not have, a refused profile).
     """
-    _warn_slow_precisions(builder, plan)
+    _warn_slow_precisions(plan)
     flags: List[str] = []
     for name in plan.flags:
         if not hasattr(trt.BuilderFlag, name):
@@ -290,8 +428,9 @@ def configure(trt: Any, builder: Any, network: Any, config: Any, plan: BuildPlan
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(plan.dla_core)
     fp32_layers: List[str] = []
-    if plan.fp32_patterns:
-        fp32_layers = _keep_layers_fp32(trt, network, plan.fp32_patterns)
+    if plan.fp32_layers and not plan.strongly_typed:
+        # TensorRT 8.x (or the legacy calibrator): the typed graph's float32 nodes become layer precision
+        fp32_layers = _keep_layers_fp32(trt, network, plan.fp32_layers)
         log.info("keeping %d layer(s) in FP32 (%s precision constraints): %s", len(fp32_layers),
                  plan.precision_constraints, ", ".join(fp32_layers))
     hit = False
@@ -316,7 +455,7 @@ class _Calibration:
 
 def _calibrate(trt: Any, builder: Any, config: Any, plan: BuildPlan, contract: ModelContract,
                calibration_batches: Optional[Iterator[Any]], progress: BuildProgress) -> _Calibration:
-    """Attach an entropy calibrator (INT8 plans) fed by real pairs, or by a matching cache."""
+    """The legacy path (TensorRT 8.5-10.x): attach an entropy calibrator fed by real pairs, or by a matching cache."""
     from changenet_trt.engine.calibration import (
         check_cache,
         dataset_batches,
@@ -324,7 +463,7 @@ def _calibrate(trt: Any, builder: Any, config: Any, plan: BuildPlan, contract: M
         preprocess_description,
     )
 
-    if plan.precision != "int8":
+    if not plan.legacy_calibrator:
         return _Calibration()
     opts = plan.options
     preprocess = preprocess_description(plan.preprocess, opts.calib_layout if opts.calib_csv else None)
@@ -381,7 +520,8 @@ def _serialize(trt: Any, builder: Any, network: Any, config: Any, logger: Any, c
         config.progress_monitor = _progress_monitor(trt, progress)
     log.info("building the engine (this takes minutes on a Jetson)")
     try:
-        serialized = builder.build_serialized_network(network, config)
+        with logger.capture() as errors:
+            serialized = builder.build_serialized_network(network, config)
     finally:
         calibration.close()
     calibrator = calibration.calibrator
@@ -392,7 +532,7 @@ def _serialize(trt: Any, builder: Any, network: Any, config: Any, logger: Any, c
         raise BuildError("reading calibration data failed", found="{}: {}".format(type(error).__name__, error))
     if serialized is None:
         raise BuildError("TensorRT could not build the engine",
-                         found="; ".join(logger.last_errors()) or "no error message (run with -v)")
+                         found="; ".join(errors[-3:]) or "no error message (run with -v)")
     if calibrator is not None:
         calibration.record.update({"batches": calibrator.batches_fed, "written": calibrator.cache_written})
     return bytes(memoryview(serialized))
@@ -401,16 +541,12 @@ def _serialize(trt: Any, builder: Any, network: Any, config: Any, logger: Any, c
 # -- step 5: write ----------------------------------------------------------------------------------------
 def _engine_io(trt: Any, logger: Any, data: bytes, plan: BuildPlan) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Deserialize what was just built (so a bad engine never gets written); its I/O tensors and profile."""
-    from changenet_trt.gpu.trt import io_tensors, profile_shapes
+    from changenet_trt.gpu.trt import call, create_runtime, io_tensors, profile_shapes
 
-    runtime = trt.Runtime(logger)
-    if "VERSION_COMPATIBLE" in plan.flags and hasattr(runtime, "engine_host_code_allowed"):
-        # a version-compatible plan may embed the lean runtime (host code); these bytes are our own
-        runtime.engine_host_code_allowed = True
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        raise BuildError("the engine TensorRT just built does not deserialize",
-                         found="; ".join(logger.last_errors()) or "no error message")
+    # a version-compatible plan may embed the lean runtime (host code); these bytes are our own
+    runtime = create_runtime(trt, "checking the built engine", allow_host_code="VERSION_COMPATIBLE" in plan.flags)
+    engine = call(logger, "deserializing the engine it just built", runtime.deserialize_cuda_engine, data,
+                  error=BuildError)
     tensors = io_tensors(engine)
     shapes = {t["name"]: [list(s) for s in profile_shapes(engine, t["name"], 0)]
               for t in tensors if t["mode"] == "input"}
@@ -418,7 +554,8 @@ def _engine_io(trt: Any, logger: Any, data: bytes, plan: BuildPlan) -> Tuple[Lis
 
 
 def _metadata(plan: BuildPlan, contract: ModelContract, configured: Configured, calibration: Dict[str, Any],
-              tensors: List[Dict[str, Any]], shapes: Dict[str, Any], seconds: float) -> EngineMetadata:
+              tensors: List[Dict[str, Any]], shapes: Dict[str, Any], seconds: float,
+              typed: TypedModel) -> EngineMetadata:
     from changenet_trt.data.preprocess import get_normalization
 
     opts = plan.options
@@ -451,6 +588,14 @@ def _metadata(plan: BuildPlan, contract: ModelContract, configured: Configured, 
             "exclude_lean_runtime": "EXCLUDE_LEAN_RUNTIME" in configured.flags,
             "timing_cache": plan.timing_cache_path,
             "calibration": calibration or None,
+            "strongly_typed": plan.strongly_typed,
+            "precision_from": ("legacy INT8 calibrator" if plan.legacy_calibrator else
+                               "the typed model's ONNX types" if plan.strongly_typed else
+                               "builder flags derived from the typed model"),
+            "typed_onnx": os.path.abspath(typed.path),
+            "typed_onnx_sha256": typed.sha256,
+            "typed_onnx_made": typed.made,
+            "typed_onnx_reused": typed.reused,
             "prepared_onnx": os.path.abspath(plan.prepared_onnx),
             "prepared_onnx_sha256": file_sha256(plan.prepared_onnx),
             "rewritten_static_batch": plan.rewrite_batch,
@@ -475,6 +620,7 @@ class BuildResult:
     timing_cache_hit: bool = False
     calibration: Dict[str, Any] = field(default_factory=dict)
     configured: Optional[Configured] = None
+    typed: Optional[TypedModel] = None
 
 
 def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[BuildPlan] = None,
@@ -482,12 +628,13 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
     """Build the engine ``plan`` describes (made from ``options`` for the installed TensorRT when not given).
 
     ``calibration_batches``: an iterator of (golden, sample) arrays to calibrate from instead
-    of ``options.calib_csv`` (the API path; arrays already preprocessed). ``status_stream``:
-    where the progress bars go (default stderr; shown only on a terminal). Raises
-    DependencyError without TensorRT, BuildError when TensorRT refuses or the plan was made
-    for another TensorRT, InputError for bad options.
+    of ``options.calib_csv`` (the API path; arrays already preprocessed): the INT8 Q/DQ model's
+    calibration, or the legacy calibrator's. ``status_stream``: where the progress bars go
+    (default stderr; shown only on a terminal). Raises DependencyError without TensorRT (or
+    with an untested one), BuildError when TensorRT refuses or the plan was made for another
+    TensorRT, InputError for bad options.
     """
-    from changenet_trt.gpu.trt import import_tensorrt, make_logger, version
+    from changenet_trt.gpu.trt import create_builder, import_tensorrt, make_logger, version
 
     trt = import_tensorrt("building a TensorRT engine")
     trt_version = str(version(trt))
@@ -503,14 +650,16 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
         log.warning("no GPU information (pycuda missing?): the engine metadata will not record the GPU, "
                     "so runners cannot check it")
 
-    report, contract = _prepare(plan)
+    typed = prepare_typed(plan, None if plan.legacy_calibrator else calibration_batches, status_stream)
+    contract = read_contract(plan.typed_onnx, **plan.options.contract_overrides)
     logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    network, parser = _parse_network(trt, logger, builder, plan.prepared_onnx)
+    builder = create_builder(trt)
+    network, parser = _parse_network(trt, logger, builder, plan)
     config = builder.create_builder_config()
     configured = configure(trt, builder, network, config, plan)
     with BuildProgress(stream=status_stream, enabled=plan.options.progress) as progress:
-        calibration = _calibrate(trt, builder, config, plan, contract, calibration_batches, progress)
+        calibration = _calibrate(trt, builder, config, plan, contract,
+                                 calibration_batches if plan.legacy_calibrator else None, progress)
         data = _serialize(trt, builder, network, config, logger, calibration, progress)
     seconds = time.perf_counter() - started
 
@@ -520,7 +669,7 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
         cache = config.get_timing_cache()
         if cache is not None:
             atomic_write(plan.timing_cache_path, bytes(memoryview(cache.serialize())))
-    meta = _metadata(plan, contract, configured, calibration.record, tensors, shapes, seconds)
+    meta = _metadata(plan, contract, configured, calibration.record, tensors, shapes, seconds, typed)
     side = write_sidecar(plan.engine_path, meta)
-    return BuildResult(plan.engine_path, side, meta, plan, report, seconds, configured.timing_cache_hit,
-                       calibration.record, configured)
+    return BuildResult(plan.engine_path, side, meta, plan, typed.prepare_report, seconds, configured.timing_cache_hit,
+                       calibration.record, configured, typed)

@@ -1,15 +1,30 @@
 """What an engine build will do, resolved without TensorRT.
 
 :func:`make_plan` turns :class:`BuildOptions` into one :class:`BuildPlan` that says everything
-the build uses: the prepared ONNX, the optimisation profile, the precision and the TensorRT
-builder flags (computed once, here), the memory pools, the builder optimisation level, DLA,
-the layers kept in FP32, the timing and calibration caches and the output paths.
-``build --dry-run`` prints it, ``build --print-trtexec`` renders it as a trtexec command,
+the build uses: the prepared ONNX, the typed model (precision lives in the ONNX graph: float16
+tensors, explicit Q/DQ; :mod:`changenet_trt.engine.precision` makes it on the CPU and it is
+cached next to the engine), whether the network is strongly typed, the TensorRT builder flags
+(computed once, here), the memory pools, the builder optimisation level, DLA, the layers kept in
+FP32, the timing and calibration caches and the output paths. The precision path follows the
+TensorRT version:
+
+* TensorRT 10.x and 11.x: the network is strongly typed and runs in the typed model's types; no
+  precision flag, layer precision or calibrator (TensorRT 11 has none of them);
+* TensorRT 8.5/8.6: no strong typing, so the old hints are derived from the typed graph
+  (:func:`~changenet_trt.engine.precision.graph_precision`): FP16 when it holds float16 tensors,
+  INT8 when it holds Q/DQ, OBEY_PRECISION_CONSTRAINTS + FP32 layer precision for the nodes it
+  keeps float32;
+* the legacy INT8 calibrator (``int8_calibrator``: TensorRT 8.5 to 10.x only) builds the float32
+  model with the FP16 and INT8 flags and an entropy calibrator.
+
+``build --dry-run`` prints the plan, ``build --print-trtexec`` renders it as a trtexec command,
 :func:`changenet_trt.engine.build.build_engine_file` applies it to TensorRT's builder config and
 the engine's sidecar records what was applied. None of this needs TensorRT or a GPU.
 """
 
 import fnmatch
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,6 +43,12 @@ PRECISIONS = ("fp16", "fp32", "int8")
 CONSTRAINT_MODES = ("obey", "prefer")
 SINCE_8_6 = Version("8.6")
 """First TensorRT with the builder optimisation level and version-compatible engines."""
+STRONGLY_TYPED_SINCE = Version("10.0")
+"""First TensorRT with strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED)."""
+NO_CALIBRATOR_SINCE = Version("11.0")
+"""TensorRT 11 removed the INT8 calibrators and every builder-side precision control."""
+#: what ``build`` plans when no TensorRT is installed or named
+DEFAULT_TRTEXEC_VERSION = "10.3.0"
 
 TRTEXEC_FLAGS = {
     "FP16": ["--fp16"],
@@ -126,7 +147,8 @@ class BuildOptions:
 
     model: str
     output: Optional[str] = None
-    precision: str = "fp16"
+    #: fp16 / int8 / fp32; None: the precision a typed model already holds, else fp16
+    precision: Optional[str] = None
     profile: BatchProfile = field(default_factory=BatchProfile)
     workspace_mib: Optional[int] = None
     timing_cache: Optional[str] = None
@@ -148,9 +170,17 @@ class BuildOptions:
     contract_overrides: Dict[str, Optional[str]] = field(default_factory=dict)
     engines_dir: str = ENGINES_DIR
     progress: bool = True
+    #: the legacy INT8 path (TensorRT 8.5-10.x): entropy calibrator on the float32 model
+    int8_calibrator: bool = False
+    #: INT8 typed model: how quantize_static picks activation ranges (entropy or percentile)
+    calib_method: str = "entropy"
+    #: float16 model: synthetic pairs fp16-check and the proof run on without --calib-csv
+    proof_pairs: int = 64
+    #: write the float16 model even when it flips decisions on the proof pairs
+    force_fp16: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise InputError("unknown precision", expected=" or ".join(PRECISIONS), found=repr(self.precision))
         if self.precision_constraints not in CONSTRAINT_MODES:
             raise InputError("unknown precision-constraint mode", expected=" or ".join(CONSTRAINT_MODES),
@@ -163,8 +193,22 @@ class BuildOptions:
             raise InputError("DLA core must be 0 or more", found=self.dla_core)
         if self.calib_batches < 1:
             raise InputError("--calib-batches must be at least 1", found=self.calib_batches)
-        if self.precision != "int8" and (self.calib_csv or self.calib_cache):
-            raise InputError("calibration options need --int8", found="precision {}".format(self.precision))
+        if self.precision == "fp32" and self.calib_csv:
+            raise InputError("--calib-csv gives pairs to --fp16 (fp16-check, proof) or --int8 (calibration)",
+                             found="precision fp32")
+        if self.precision != "int8" and (self.calib_cache or self.int8_calibrator or self.recalibrate):
+            raise InputError("the calibrator options need --int8", found="precision {}".format(self.precision or "fp16"))
+        if self.calib_cache and not self.int8_calibrator:
+            raise InputError("--calib-cache is the legacy calibrator's cache",
+                             expected="--int8-calibrator with it (the typed INT8 model is cached next to the engine)",
+                             found="--calib-cache alone")
+        if self.precision == "fp32" and self.fp32_layers:
+            raise InputError("--fp32-layers keeps layers of an --fp16 or --int8 build in float32",
+                             found="precision fp32 (every layer is float32)")
+        if self.calib_method not in ("entropy", "percentile"):
+            raise InputError("unknown calibration method", expected="entropy or percentile", found=repr(self.calib_method))
+        if self.proof_pairs < 1:
+            raise InputError("the proof needs at least one pair", found=self.proof_pairs)
         if self.exclude_lean_runtime and not self.version_compatible:
             raise InputError("--exclude-lean-runtime only applies to version-compatible engines",
                              expected="--version-compatible with it", found="--exclude-lean-runtime alone")
@@ -197,12 +241,18 @@ def detect_gpu() -> GpuInfo:
 class BuildPlan:
     """What a build will do; printable, renderable as trtexec, and what ``build_engine_file`` applies.
 
-    ``flags``: ``trt.BuilderFlag`` member names, in the order the build sets them (TensorRT's
-    defaults, such as TF32, are left alone). ``memory_pools``: ``trt.MemoryPoolType`` member
-    name -> limit in bytes. ``opt_level``: the builder optimisation level, ``None`` for
-    TensorRT's default. ``input_shapes``: input name -> ``[min, opt, max]`` NCHW shapes of the
-    one optimisation profile. ``fp32_layers``: the ONNX layers ``options.fp32_layers`` matches
-    (the build matches the same patterns on TensorRT's parsed network).
+    ``precision``: fp16 / int8 / fp32 (resolved: a typed input model keeps its own).
+    ``typed_onnx``: the model TensorRT parses (float16 / Q/DQ / float32 ONNX); ``typed_inputs``:
+    what it is made from (the cache key recorded in its metadata), ``typed_ready``: it exists
+    with those inputs (a build reuses it). ``strongly_typed``: TensorRT 10+ network, precision
+    from the ONNX types. ``flags``: ``trt.BuilderFlag`` member names, in the order the build
+    sets them (TensorRT's defaults, such as TF32, are left alone). ``memory_pools``:
+    ``trt.MemoryPoolType`` member name -> limit in bytes. ``opt_level``: the builder
+    optimisation level, ``None`` for TensorRT's default. ``input_shapes``: input name ->
+    ``[min, opt, max]`` NCHW shapes of the one optimisation profile. ``fp32_layers``: TensorRT
+    8.x: the layers pinned to FP32 (the typed graph's float32 nodes; the legacy calibrator path:
+    ``options.fp32_layers``'s matches); ``None`` while the typed model that decides them is not
+    made yet. ``user_fp32_layers``: the ONNX nodes ``options.fp32_layers`` matches.
     """
 
     options: BuildOptions
@@ -216,8 +266,17 @@ class BuildPlan:
     trt_version: Optional[str]
     gpu: GpuInfo
     input_shapes: Dict[str, List[List[int]]]
-    fp32_layers: List[str]
+    fp32_layers: Optional[List[str]]
     preprocess: str
+    precision: str = "fp16"
+    typed_onnx: str = ""
+    typed_inputs: Optional[Dict[str, Any]] = None
+    typed_ready: bool = False
+    typed_source: str = "made"
+    strongly_typed: bool = True
+    legacy_calibrator: bool = False
+    held: Dict[str, Any] = field(default_factory=dict)
+    user_fp32_layers: List[str] = field(default_factory=list)
     flags: List[str] = field(default_factory=list)
     memory_pools: Dict[str, int] = field(default_factory=dict)
     opt_level: Optional[int] = None
@@ -229,10 +288,6 @@ class BuildPlan:
         return sidecar_path(self.engine_path)
 
     @property
-    def precision(self) -> str:
-        return self.options.precision
-
-    @property
     def profile(self) -> BatchProfile:
         return self.options.profile
 
@@ -241,13 +296,36 @@ class BuildPlan:
         return self.options.dla_core
 
     @property
-    def fp32_patterns(self) -> List[str]:
-        return list(self.options.fp32_layers)
+    def precision_constraints(self) -> Optional[str]:
+        """``obey``/``prefer`` when layers are pinned to FP32 (TensorRT 8.x), else None."""
+        return self.options.precision_constraints if self.fp32_layers else None
 
     @property
-    def precision_constraints(self) -> Optional[str]:
-        """``obey``/``prefer`` when layers are pinned to FP32, else None."""
-        return self.options.precision_constraints if self.options.fp32_layers else None
+    def makes_typed_model(self) -> bool:
+        """The build converts the model (fp16 / int8 typed path) rather than parsing it as is."""
+        return self.typed_source == "made"
+
+    def pairs_description(self) -> str:
+        """Where the typed model's pairs come from (fp16-check and proof, or INT8 calibration)."""
+        opts = self.options
+        if self.precision == "int8":
+            if opts.calib_csv:
+                return "calibration: {} batch(es) of {} pairs from {} ({})".format(
+                    opts.calib_batches, self.profile.opt, opts.calib_csv, opts.calib_method)
+            return "calibration: none given (--calib-csv needed unless the typed model is cached)"
+        if opts.calib_csv:
+            return "fp16-check and proof on the pairs of {}".format(opts.calib_csv)
+        return "fp16-check and proof on {} synthetic pairs (no --calib-csv)".format(opts.proof_pairs)
+
+    def apply_typed_model(self, held: Dict[str, Any]) -> None:
+        """Complete the plan from what the typed model holds (:func:`~changenet_trt.engine.precision.graph_precision`):
+        TensorRT 8.x derives its flags and FP32 layers from it. Called once the model is made."""
+        self.held = dict(held)
+        if not self.strongly_typed and not self.legacy_calibrator:
+            self.fp32_layers = list(held.get("fp32_nodes") or [])
+        self.typed_ready = True
+        self.flags = builder_flags(self.options, self.strongly_typed, self.held, self.legacy_calibrator,
+                                   self.fp32_layers)
 
     def describe(self) -> List[str]:
         opts = self.options
@@ -265,9 +343,14 @@ class BuildPlan:
             self.profile.min, self.profile.opt, self.profile.max))
         for name, shapes in self.input_shapes.items():
             lines.append("    {}: {}".format(name, " / ".join("x".join(str(d) for d in s) for s in shapes)))
-        precision = {"fp16": "FP16 (FP32 where faster or required)", "fp32": "FP32 (TF32 allowed)",
-                     "int8": "INT8 with FP16 fallback, entropy calibration"}[self.precision]
-        lines.append("  precision:      {}".format(precision))
+        lines.append("  precision:      {}".format(self._precision_line()))
+        lines.append("  typed model:    {}".format(self._typed_line()))
+        if self.makes_typed_model and not self.typed_ready:
+            lines.append("  pairs:          {}".format(self.pairs_description()))
+        lines.append("  network:        {}".format(
+            "strongly typed; precision from the typed model" if self.strongly_typed else
+            "weakly typed (TensorRT 8.x): precision hints derived from the typed model"
+            if not self.legacy_calibrator else "weakly typed; legacy INT8 calibrator"))
         lines.append("  builder flags:  {}".format(", ".join(self.flags) or "(none)"))
         pools = ", ".join("{} {} MiB".format(name.lower(), size >> 20) for name, size in self.memory_pools.items())
         lines.append("  memory pools:   {}".format(pools or "TensorRT default (device memory)"))
@@ -279,18 +362,28 @@ class BuildPlan:
             lines.append("  compatibility:  version-compatible (runs on later TensorRT of the same major), lean "
                          "runtime {}".format("excluded" if opts.exclude_lean_runtime else "embedded"))
         if opts.fp32_layers:
-            lines.append("  fp32 layers:    {} pattern(s) -> {} layer(s) ({} precision constraints){}".format(
-                len(opts.fp32_layers), len(self.fp32_layers), self.precision_constraints,
-                ": " + ", ".join(self.fp32_layers[:8]) + (" ..." if len(self.fp32_layers) > 8 else "")
-                if self.fp32_layers else ""))
-        if self.precision == "int8":
+            lines.append("  fp32 nodes:     {} pattern(s) -> {} node(s){}".format(
+                len(opts.fp32_layers), len(self.user_fp32_layers),
+                ": " + ", ".join(self.user_fp32_layers[:8]) + (" ..." if len(self.user_fp32_layers) > 8 else "")
+                if self.user_fp32_layers else ""))
+        if not self.strongly_typed:
+            if self.fp32_layers is None:
+                lines.append("  fp32 layers:    the typed model's float32 nodes ({} precision constraints), "
+                             "known once it is made".format(opts.precision_constraints))
+            elif self.fp32_layers:
+                lines.append("  fp32 layers:    {} layer(s) ({} precision constraints): {}{}".format(
+                    len(self.fp32_layers), self.precision_constraints, ", ".join(self.fp32_layers[:8]),
+                    " ..." if len(self.fp32_layers) > 8 else ""))
+        if self.legacy_calibrator:
             source = opts.calib_csv or "(none: the cache must exist)"
-            lines.append("  calibration:    {} batch(es) of {} pairs from {}; cache {}{}".format(
-                opts.calib_batches, self.profile.opt, source, self.calib_cache_path,
-                " (rebuilt)" if opts.recalibrate else " (reused when it matches)"))
+            lines.append("  calibration:    legacy entropy calibrator (TensorRT 8.5-10.x), {} batch(es) of {} pairs "
+                         "from {}; cache {}{}".format(opts.calib_batches, self.profile.opt, source,
+                                                     self.calib_cache_path,
+                                                     " (rebuilt)" if opts.recalibrate else " (reused when it matches)"))
         lines.append("  preprocessing:  {}".format(self.preprocess))
         lines.append("  timing cache:   {}".format(self.timing_cache_path or "disabled"))
-        lines.append("  TensorRT:       {}".format(self.trt_version or "not installed here"))
+        lines.append("  TensorRT:       {}".format(self.trt_version or "not installed here (planned as {})".format(
+            DEFAULT_TRTEXEC_VERSION)))
         lines.append("  GPU:            {}".format(
             "{} (sm_{})".format(self.gpu.name, "".join(str(v) for v in self.gpu.compute_capability))
             if self.gpu.known else "unknown here"))
@@ -299,29 +392,56 @@ class BuildPlan:
         lines.extend("  note:           {}".format(note) for note in self.notes)
         return lines
 
+    def _precision_line(self) -> str:
+        if self.legacy_calibrator:
+            return "INT8 with FP16 fallback, entropy calibration in TensorRT (legacy calibrator)"
+        return {"fp16": "FP16: float16 ONNX with float32 inputs/outputs and float32 islands",
+                "fp32": "FP32 (TF32 allowed)",
+                "int8": "INT8: explicit Q/DQ (symmetric, per-channel weights), the rest float32"}[self.precision]
+
+    def _typed_line(self) -> str:
+        if self.legacy_calibrator:
+            return "none: the float32 model {} is calibrated by TensorRT".format(self.typed_onnx)
+        if self.typed_source == "input":
+            return "{} (the input already holds its precision)".format(self.typed_onnx)
+        if self.typed_source == "float32":
+            return "{} (float32)".format(self.typed_onnx)
+        what = "float16" if self.precision == "fp16" else "INT8 Q/DQ"
+        return "{} ({}, {})".format(self.typed_onnx, what, "cached, reused" if self.typed_ready else
+                                    "made on the CPU by the build and cached")
+
     def trtexec_command(self, trt_version: Optional[str] = None) -> List[str]:
         """The equivalent ``trtexec`` command line for TensorRT ``trt_version`` (default: the plan's).
 
-        Builder flags come from :attr:`flags` (:data:`TRTEXEC_FLAGS`). Differences handled:
-        ``--buildOnly`` (8.5) became ``--skipInference`` (8.6+); ``--builderOptimizationLevel``
-        and ``--versionCompatible`` exist from 8.6; ``--memPoolSize`` takes MiB (10.x accepts
-        the ``M`` suffix, written out for clarity); ``--workspace`` is never used (deprecated in
-        8.4, removed in 10). trtexec cannot calibrate from images, so INT8 uses the calibration
-        cache (``--calib``).
+        Precision follows the version's path: 11.x gets none (strongly typed, every network),
+        10.x ``--stronglyTyped``, both on the typed model; 8.x the typed model with ``--fp16`` /
+        ``--int8`` and ``--precisionConstraints``/``--layerPrecisions`` for its float32 nodes
+        (:data:`TRTEXEC_FLAGS`). Other differences: ``--buildOnly`` (8.5) became
+        ``--skipInference`` (8.6+); ``--builderOptimizationLevel`` and ``--versionCompatible``
+        exist from 8.6; ``--memPoolSize`` takes MiB (10.x accepts the ``M`` suffix, written out
+        for clarity); ``--workspace`` is never used (deprecated in 8.4, removed in 10). The legacy
+        calibrator path uses the calibration cache (``--calib``): trtexec cannot calibrate from
+        images. InputError for a version whose precision path differs from the plan's.
         """
-        version = Version(trt_version or self.trt_version or "10.3.0")
+        version = Version(trt_version or self.trt_version or DEFAULT_TRTEXEC_VERSION)
         _check_version_features(self.options, str(version))
+        if _strongly_typed(str(version), self.legacy_calibrator) != self.strongly_typed:
+            raise InputError("the plan was made for TensorRT {}, whose precision path differs from {}'s".format(
+                self.trt_version or "(unknown)", version), expected="make_plan(..., trt_version={!r})".format(
+                    str(version)))
 
         def shapes(index: int) -> str:
             return ",".join("{}:{}".format(name, "x".join(str(d) for d in s[index]))
                             for name, s in self.input_shapes.items())
 
-        cmd = ["trtexec", "--onnx={}".format(self.prepared_onnx), "--saveEngine={}".format(self.engine_path),
+        cmd = ["trtexec", "--onnx={}".format(self.typed_onnx), "--saveEngine={}".format(self.engine_path),
                "--minShapes={}".format(shapes(0)), "--optShapes={}".format(shapes(1)),
                "--maxShapes={}".format(shapes(2))]
+        if self.strongly_typed and version < NO_CALIBRATOR_SINCE:
+            cmd.append("--stronglyTyped")  # trtexec 11 has no such flag: every network is strongly typed
         for flag in self.flags:
             cmd += TRTEXEC_FLAGS[flag]
-        if "INT8" in self.flags:
+        if self.legacy_calibrator:
             cmd.append("--calib={}".format(self.calib_cache_path))
         unit = "M" if version >= Version("10.0") else ""
         for pool, size in self.memory_pools.items():
@@ -350,7 +470,14 @@ def _onnx_layer_names(model_path: str) -> List[str]:
 
 def _check_version_features(options: BuildOptions, trt_version: Optional[str]) -> None:
     """Refuse options the TensorRT version cannot do (nothing is refused when it is unknown)."""
-    if trt_version is None or not options.version_compatible:
+    if trt_version is None:
+        return
+    if options.int8_calibrator and Version(trt_version) >= NO_CALIBRATOR_SINCE:
+        raise InputError(
+            "--int8-calibrator: TensorRT {} has no INT8 calibrator (TensorRT 11 removed them)".format(trt_version),
+            expected="--int8 without --int8-calibrator (Q/DQ calibrated on the CPU; runs on every TensorRT), or "
+                     "TensorRT 8.5-10.x", found="TensorRT {}".format(trt_version))
+    if not options.version_compatible:
         return
     if Version(trt_version) < SINCE_8_6:
         raise InputError(
@@ -361,16 +488,33 @@ def _check_version_features(options: BuildOptions, trt_version: Optional[str]) -
         )
 
 
-def builder_flags(options: BuildOptions) -> List[str]:
-    """The ``trt.BuilderFlag`` names a build of ``options`` sets, in the order it sets them."""
+def _strongly_typed(trt_version: Optional[str], legacy_calibrator: bool) -> bool:
+    """TensorRT 10+ (or an unknown one, planned as 10.x) builds strongly typed, except the legacy calibrator path."""
+    if legacy_calibrator:
+        return False
+    return trt_version is None or Version(trt_version) >= STRONGLY_TYPED_SINCE
+
+
+def builder_flags(options: BuildOptions, strongly_typed: bool = True, held: Optional[Dict[str, Any]] = None,
+                  legacy_calibrator: bool = False, fp32_layers: Optional[Sequence[str]] = None) -> List[str]:
+    """The ``trt.BuilderFlag`` names a build of ``options`` sets, in the order it sets them.
+
+    Strongly typed (TensorRT 10+): no precision flag. TensorRT 8.x: FP16 when the typed graph
+    ``held`` (:func:`~changenet_trt.engine.precision.graph_precision`) holds float16 tensors, INT8
+    when it holds Q/DQ, the constraint flag when layers are pinned to FP32 (``fp32_layers``).
+    The legacy calibrator: FP16 and INT8."""
+    held = held or {}
     flags = []
-    if options.precision in ("fp16", "int8"):
-        flags.append("FP16")
-    if options.precision == "int8":
-        flags.append("INT8")
+    if legacy_calibrator:
+        flags += ["FP16", "INT8"]
+    elif not strongly_typed:
+        if held.get("float16"):
+            flags.append("FP16")
+        if held.get("qdq"):
+            flags.append("INT8")
     if options.dla_core is not None:
         flags.append("GPU_FALLBACK")
-    if options.fp32_layers:
+    if not strongly_typed and fp32_layers:
         flags.append("OBEY_PRECISION_CONSTRAINTS" if options.precision_constraints == "obey"
                      else "PREFER_PRECISION_CONSTRAINTS")
     if options.version_compatible:
@@ -380,15 +524,82 @@ def builder_flags(options: BuildOptions) -> List[str]:
     return flags
 
 
+def calibration_digest(options: BuildOptions) -> Optional[str]:
+    """sha256 of what the typed model's pairs come from: the CSV's bytes, the images folder,
+    the number of batches and the light layout (None without ``--calib-csv``)."""
+    if not options.calib_csv:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(options.calib_csv, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError("cannot read --calib-csv {}".format(options.calib_csv), found=str(exc)) from None
+    layout = options.calib_layout.describe() if options.calib_layout is not None else None
+    extra = [os.path.abspath(options.calib_images) if options.calib_images else None, options.calib_batches, layout]
+    digest.update(json.dumps(extra, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def typed_inputs(options: BuildOptions, precision: str, onnx_sha256: str, preprocess: str) -> Dict[str, Any]:
+    """What a typed model is made from; the build caches it by this (recorded in its metadata)."""
+    from changenet_trt import __version__
+
+    inputs: Dict[str, Any] = {
+        "source_sha256": onnx_sha256, "precision": precision, "fp32_layers": sorted(options.fp32_layers),
+        "calibration": calibration_digest(options), "preprocess": preprocess, "package": __version__,
+        "contract": {k: v for k, v in sorted(options.contract_overrides.items()) if v is not None},
+    }
+    if precision == "int8":
+        inputs.update(calib_method=options.calib_method, calib_batch=options.profile.opt)
+    elif not options.calib_csv:
+        inputs["proof_pairs"] = options.proof_pairs
+    return inputs
+
+
+def typed_path(engines_dir: str, stem: str, precision: str, inputs: Dict[str, Any]) -> str:
+    """``engines/<model>.<precision>-<short hash of its inputs>.onnx``."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:10]
+    return os.path.join(engines_dir, "{}.{}-{}.onnx".format(stem, precision, key))
+
+
+def typed_model_matches(path: str, inputs: Dict[str, Any]) -> bool:
+    """Is ``path`` a typed model made from ``inputs`` (reusable)?"""
+    from changenet_trt.engine.precision import read_made
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        made = read_made(path)
+    except ChangeNetError:
+        return False
+    return bool(made) and made.get("build_inputs") == inputs
+
+
+def _held_by_input(model: str) -> Tuple[Optional[str], Dict[str, Any]]:
+    """The precision a model already holds (``fp16``/``int8``/None for float32) and its graph_precision."""
+    from changenet_trt.engine.precision import graph_precision
+
+    held = graph_precision(model)
+    if held["qdq"]:
+        return "int8", held
+    if held["float16"]:
+        return "fp16", held
+    return None, held
+
+
 def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Optional[GpuInfo] = None) -> BuildPlan:
     """Resolve a build without running it (no TensorRT needed).
 
-    ``trt_version``/``gpu`` default to what is installed and present (unknown when not).
-    Raises InputError for options this TensorRT cannot build (version-compatible before 8.6)
-    and for ``fp32_layers`` patterns that match no layer.
+    ``trt_version``/``gpu`` default to what is installed and present (unknown when not; an
+    unknown TensorRT is planned as 10.x: strongly typed). Raises InputError for options this
+    TensorRT cannot build (version-compatible before 8.6, the legacy calibrator on 11), for
+    ``fp32_layers`` patterns that match no node and for a precision that contradicts the one a
+    typed input model holds; DependencyError for a TensorRT outside 8.5..11.x.
     """
     from changenet_trt.engine.calibration import default_cache_path
-    from changenet_trt.gpu.trt import installed_version
+    from changenet_trt.gpu.trt import check_supported, installed_version
 
     model = os.fspath(options.model)
     contract = read_contract(model, **options.contract_overrides)
@@ -396,9 +607,22 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     if trt_version is None:
         installed = installed_version()
         trt_version = str(installed) if installed is not None else None
+    if trt_version is not None:
+        check_supported(trt_version, "building an engine")
     _check_version_features(options, trt_version)
     if gpu is None:
         gpu = detect_gpu()
+    notes = []
+    held_by_input, held = _held_by_input(model)
+    precision = options.precision or held_by_input or "fp16"
+    if held_by_input is not None and precision != held_by_input:
+        raise InputError("{} already holds {} precision; it builds as it is".format(model, held_by_input),
+                         expected="--{} or no precision option".format(held_by_input), found="--{}".format(precision))
+    legacy = bool(options.int8_calibrator)
+    if legacy and held_by_input is not None:
+        raise InputError("the legacy INT8 calibrator calibrates a float32 model", found="{} holds {}".format(
+            model, held_by_input))
+    strongly = _strongly_typed(trt_version, legacy)
     stem = os.path.splitext(os.path.basename(model))[0]
     engines = options.engines_dir
     rewrite = contract.static_batch
@@ -406,27 +630,63 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     gpu_tag = gpu_slug(gpu.name, gpu.compute_capability) if gpu.known else "gpu-unknown"
     trt_tag = "trt{}".format(trt_version) if trt_version else "trt-unknown"
     engine = options.output or os.path.join(
-        engines, "{}_{}_{}_{}_{}.engine".format(stem, options.precision, options.profile.label, gpu_tag, trt_tag))
+        engines, "{}_{}_{}_{}_{}.engine".format(stem, precision, options.profile.label, gpu_tag, trt_tag))
     timing = None
     if options.use_timing_cache:
         timing = options.timing_cache or os.path.join(engines, "timing_{}_{}.cache".format(gpu_tag, trt_tag))
     calib = None
-    if options.precision == "int8":
+    if legacy:
         calib = options.calib_cache or default_cache_path(model, onnx_sha256)
+        if trt_version is not None and Version(trt_version) >= Version("10.1"):
+            notes.append("TensorRT 10.1 deprecated the INT8 calibrators and 11 removed them; --int8 without "
+                         "--int8-calibrator builds Q/DQ calibrated on the CPU")
     shapes = {}
     for name in (contract.sample_input, contract.golden_input):
         shapes[name] = [list(contract.batch_shape(b)) for b in (options.profile.min, options.profile.opt,
                                                                  options.profile.max)]
-    fp32 = match_layers(_onnx_layer_names(model), options.fp32_layers) if options.fp32_layers else []
+    user_fp32 = match_layers(_onnx_layer_names(model), options.fp32_layers) if options.fp32_layers else []
     preprocess = options.normalization or contract.preprocess or "tao"
     pools = {"WORKSPACE": int(options.workspace_mib) << 20} if options.workspace_mib else {}
-    notes = []
     opt_level = options.opt_level
     if opt_level is not None and trt_version is not None and Version(trt_version) < SINCE_8_6:
         notes.append("TensorRT {} has no builder optimisation level (8.6+); --opt-level {} ignored".format(
             trt_version, opt_level))
         log.warning("%s", notes[-1])
         opt_level = None
-    return BuildPlan(options, contract, onnx_sha256, prepared, rewrite, engine, timing, calib, trt_version, gpu,
-                     shapes, fp32, preprocess, flags=builder_flags(options), memory_pools=pools, opt_level=opt_level,
-                     notes=notes)
+    inputs: Optional[Dict[str, Any]] = None
+    if legacy or precision == "fp32" or held_by_input is not None:
+        typed, ready = prepared, True
+        source = "float32" if held_by_input is None else "input"
+        if held_by_input is not None and options.fp32_layers:
+            raise InputError("--fp32-layers makes a typed model; {} already is one".format(model),
+                             expected="the typed model's own float32 nodes", found="--fp32-layers")
+    else:
+        inputs = typed_inputs(options, precision, onnx_sha256, preprocess)
+        typed = typed_path(engines, stem, precision, inputs)
+        ready = typed_model_matches(typed, inputs)
+        source = "made"
+        held = {}
+    if legacy:
+        fp32: Optional[List[str]] = list(user_fp32)
+        held = {}
+    elif strongly:
+        fp32 = []
+    else:
+        fp32 = None  # the typed model's float32 nodes, read once it exists
+    plan = BuildPlan(options, contract, onnx_sha256, prepared, rewrite, engine, timing, calib, trt_version, gpu,
+                     shapes, fp32, preprocess, precision=precision, typed_onnx=typed, typed_inputs=inputs,
+                     typed_ready=False, typed_source=source, strongly_typed=strongly, legacy_calibrator=legacy,
+                     user_fp32_layers=user_fp32, memory_pools=pools, opt_level=opt_level, notes=notes)
+    if held_by_input is not None:
+        plan.apply_typed_model(held)
+    elif ready and source == "made":
+        from changenet_trt.engine.precision import graph_precision
+
+        plan.apply_typed_model(graph_precision(typed))
+    elif legacy or precision == "fp32":
+        plan.apply_typed_model({"float16": False, "qdq": False, "fp32_nodes": []})
+    else:
+        # not made yet: the flags this precision will need (8.x: FP16 / INT8; layers once made)
+        plan.flags = builder_flags(options, strongly, {"float16": precision == "fp16", "qdq": precision == "int8"},
+                                   legacy, options.fp32_layers)
+    return plan

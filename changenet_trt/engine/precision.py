@@ -349,6 +349,7 @@ def to_fp16(
     contract_overrides: Optional[Dict[str, Any]] = None,
     threads: Optional[int] = None,
     origin: Optional[PathLike] = None,
+    extra_made: Optional[Dict[str, Any]] = None,
 ) -> PrecisionReport:
     """Write a float16 version of ``model_path`` to ``out_path`` after proving it on real pairs.
 
@@ -362,7 +363,9 @@ def to_fp16(
     twice: with float16 storage emulated (:func:`emulate_fp16`; ONNX Runtime's CPU kernels
     would otherwise compute most float16 ops in float32 and hide overflow) and on the float16
     file itself. ``origin``: the file ``model_path`` was made from (e.g. the static-batch
-    original of a dynamic model); its sha256 is recorded beside the source's.
+    original of a dynamic model); its sha256 is recorded beside the source's. ``extra_made``:
+    more keys for the metadata :func:`read_made` returns (the build records the inputs it caches
+    the model by).
     """
     import onnx
 
@@ -399,6 +402,7 @@ def to_fp16(
     made = {"precision": "fp16", "fp32_nodes": keep, "flagged": sorted(flagged), "user": list(fp32_nodes),
             "min_positive": FP16_MIN_SUBNORMAL, "max_finite": FP16_MAX, "io": "float32"}
     made.update(_provenance(source, origin))
+    made.update(extra_made or {})
     _set_meta(converted, made)
     payload = converted.SerializeToString()
     workdir = tempfile.mkdtemp(prefix="changenet-fp16-")
@@ -582,6 +586,7 @@ def to_int8(
     contract_overrides: Optional[Dict[str, Any]] = None,
     threads: Optional[int] = None,
     origin: Optional[PathLike] = None,
+    extra_made: Optional[Dict[str, Any]] = None,
 ) -> PrecisionReport:
     """Write an explicitly quantized (QDQ) version of ``model_path`` to ``out_path``.
 
@@ -593,7 +598,8 @@ def to_int8(
     convolution(s) stay float with ``keep_stem_float``, and ``exclude`` (names or patterns) too.
     The result is compared with the float32 model on ``make_source``'s held-back pairs
     (default: 64 synthetic pairs) and reported; it is written either way. ``origin``: as
-    :func:`to_fp16`'s.
+    :func:`to_fp16`'s. ``extra_made``: more keys for the
+    metadata :func:`read_made` returns (the build records the inputs it caches the model by).
     """
     import onnx
 
@@ -667,6 +673,7 @@ def to_int8(
         made.update(_provenance(source, origin))
         if method == "percentile":
             made["percentile"] = float(percentile)
+        made.update(extra_made or {})
         _set_meta(quantized, made)
         payload = quantized.SerializeToString()
         with open(quant_path, "wb") as handle:

@@ -1,10 +1,12 @@
 """The one module that imports ``tensorrt`` (lazily), and the small helpers every TensorRT user shares.
 
 Nothing here imports TensorRT at module import time, so a CPU-only machine imports it fine.
-One code path serves TensorRT 8.5 through 10.x through the name-based API; features newer
-than 8.5 are detected with ``hasattr``, versions compared with :mod:`packaging.version`.
+One code path serves TensorRT 8.5 through 11.x through the name-based API; features newer
+than 8.5 are detected with ``hasattr``, versions compared with :mod:`packaging.version`. A
+TensorRT outside the tested range (8.5 <= version < 12) is refused with the reason.
 
 * :func:`import_tensorrt` -- the module, or :class:`~changenet_trt.errors.DependencyError`
+* :func:`check_supported` -- DependencyError for a TensorRT the package was not tested with
 * :func:`version` / :func:`installed_version` -- TensorRT's version as a ``Version``
 * :func:`import_runtime` -- ``tensorrt``, or the lean/dispatch runtime for version-compatible engines
 * :func:`make_logger` -- the process's ``trt.ILogger`` (routes TensorRT's log to Python ``logging``;
@@ -58,12 +60,35 @@ _NUMPY_DTYPES = {
 }
 
 
-def import_tensorrt(feature: str = "this command") -> Any:
-    """Import and return the ``tensorrt`` module; raise DependencyError naming ``feature`` if absent."""
+#: the TensorRT releases the package is tested with: 8.5 <= version < 12 (pyproject.toml bounds it too)
+OLDEST_SUPPORTED = Version("8.5")
+FIRST_UNTESTED_MAJOR = 12
+
+
+def check_supported(trt_version: Any, feature: str = "this command") -> Version:
+    """``trt_version`` as a Version; DependencyError when it is outside 8.5 <= version < 12.
+
+    A new major release removes API (TensorRT 10 dropped the bindings API, 11 every builder-side
+    precision control), so an untested major is refused rather than half-used."""
+    found = Version(str(trt_version))
+    if found.major >= FIRST_UNTESTED_MAJOR or found < OLDEST_SUPPORTED:
+        raise DependencyError(
+            "{} needs TensorRT {} to {}.x; TensorRT {} is installed or named, which this release of "
+            "changenet-trt was not tested with (expected: tensorrt>={},<{}; found: {})".format(
+                feature, OLDEST_SUPPORTED, FIRST_UNTESTED_MAJOR - 1, found, OLDEST_SUPPORTED, FIRST_UNTESTED_MAJOR,
+                found))
+    return found
+
+
+def import_tensorrt(feature: str = "this command", check_version: bool = True) -> Any:
+    """Import and return the ``tensorrt`` module; raise DependencyError naming ``feature`` if
+    absent, or (``check_version``) when its version is outside the tested range."""
     try:
         import tensorrt  # noqa: F401  (the only place the package imports it)
     except ImportError:
         raise missing_dependency("tensorrt", feature) from None
+    if check_version:
+        check_supported(getattr(tensorrt, "__version__", "0"), feature)
     return tensorrt
 
 
@@ -92,11 +117,14 @@ def import_runtime(feature: str, version_compatible: bool = False, lean_runtime_
     version-compatible engine) the lean runtime, else the dispatch runtime when the engine embeds
     the lean runtime. DependencyError naming what would do when none is there."""
     try:
-        return import_tensorrt(feature)
+        full = import_tensorrt(feature, check_version=False)
     except DependencyError as exc:
         if not version_compatible:
             raise
         missing = exc
+    else:
+        check_supported(getattr(full, "__version__", "0"), feature)
+        return full
     module = _first_importable(LEAN_MODULES)
     if module is None and lean_runtime_embedded:
         module = _first_importable(DISPATCH_MODULES)
@@ -106,6 +134,7 @@ def import_runtime(feature: str, version_compatible: bool = False, lean_runtime_
             "{} needs TensorRT: neither 'tensorrt' nor a runtime-only module ({}) is installed ({}; {})".format(
                 feature, ", ".join(wanted), LEAN_INSTALL_HINT, TENSORRT_INSTALL_HINT)
         ) from missing
+    check_supported(getattr(module, "__version__", "0"), feature)
     return module
 
 
@@ -127,9 +156,9 @@ def version(trt: Optional[Any] = None) -> Version:
 
 
 def installed_version() -> Optional[Version]:
-    """The installed TensorRT's version, or ``None`` when TensorRT cannot be imported."""
+    """The installed TensorRT's version (tested or not), or ``None`` when TensorRT cannot be imported."""
     try:
-        return version(import_tensorrt())
+        return version(import_tensorrt(check_version=False))
     except ChangeNetError:
         return None
 

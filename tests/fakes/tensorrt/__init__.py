@@ -59,7 +59,7 @@ _ENUMS: Dict[str, List[tuple]] = {
         ("DECONVOLUTION", None), ("CONCATENATION", None), ("ELEMENTWISE", None), ("PLUGIN", None),
         ("UNARY", None), ("PADDING", None), ("SHUFFLE", None), ("REDUCE", None), ("TOPK", None), ("GATHER", None),
         ("MATRIX_MULTIPLY", None), ("CONSTANT", None), ("IDENTITY", None), ("SLICE", None), ("SHAPE", None),
-        ("RESIZE", None), ("SELECT", None), ("NORMALIZATION", "8.6"))],
+        ("RESIZE", None), ("SELECT", None), ("QUANTIZE", None), ("DEQUANTIZE", None), ("NORMALIZATION", "8.6"))],
 }
 _SEVERITIES = [("INTERNAL_ERROR", None, None), ("ERROR", None, None), ("WARNING", None, None),
                ("INFO", None, None), ("VERBOSE", None, None)]

@@ -35,6 +35,8 @@ _LAYER_TYPES = {
     "Gather": "GATHER", "Slice": "SLICE", "Shape": "SHAPE", "Resize": "RESIZE", "Where": "SELECT",
     "BatchNormalization": "SCALE", "Pad": "PADDING", "Expand": "SLICE", "Split": "SLICE", "TopK": "TOPK",
     "LayerNormalization": "NORMALIZATION", "InstanceNormalization": "NORMALIZATION",
+    # explicit quantization (TensorRT 8.0+: IQuantizeLayer / IDequantizeLayer)
+    "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE",
 }
 # layer types the fake DLA accepts (the rest needs GPU fallback)
 _DLA_TYPES = {"CONVOLUTION", "DECONVOLUTION", "POOLING", "ACTIVATION", "ELEMENTWISE", "SCALE", "CONCATENATION",
@@ -872,8 +874,11 @@ class Builder(Strict):
                 fail("2: [builder.cpp::buildSerializedNetwork] Error Code 2: Internal Error (DLA core {} requested "
                      "but the platform has {} DLA core(s).)".format(config._dla_core, cores))
                 return None
-            if not ({"FP16", "INT8"} & flags):
-                fail("2: Error Code 2: Internal Error (DLA requires FP16 or INT8 precision; enable BuilderFlag.FP16.)")
+            typed_low = network._strongly_typed and any((record["typed_precision"] or {}).values())
+            if not ({"FP16", "INT8"} & flags) and not typed_low:
+                fail("2: Error Code 2: Internal Error (DLA requires FP16 or INT8 precision; enable BuilderFlag.FP16"
+                     "{}.)".format(" or give the strongly typed network float16/Q/DQ tensors"
+                                   if network._strongly_typed else ""))
                 return None
             on_gpu = [layer.name for layer in network._layers if layer._type.name not in _DLA_TYPES]
             if dynamic:
@@ -890,10 +895,11 @@ class Builder(Strict):
         # -- INT8 calibration ----------------------------------------------------------------------
         calibrated = False
         if "INT8" in flags:
-            if config._calibrator is None:
+            qdq = any(layer._op in ("QuantizeLinear", "DequantizeLinear") for layer in network._layers)
+            if config._calibrator is None and not qdq:
                 api.emit(self._logger, "WARNING", "Calibrator is not being used. Users must provide dynamic range "
                          "for all tensors that are not Int32 or Bool.")
-            else:
+            elif config._calibrator is not None:
                 ok = self._calibrate(network, config, record)
                 if not ok:
                     return None

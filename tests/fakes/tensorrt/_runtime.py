@@ -510,6 +510,8 @@ class IExecutionContext(Strict):
         shapes = {n: tuple(self.get_tensor_shape(n)) for n in self._engine._order}
         addresses = dict(self._addresses)
         engine = self._engine
+        # weak typing: the precision flags round outputs through float16; a strongly typed engine
+        # computes in its ONNX types, which ONNX Runtime runs as they are (float16 tensors, Q/DQ)
         fp16_compute = "FP16" in engine._header["flags"] or "INT8" in engine._header["flags"]
         stats = self._stats
 
