@@ -36,6 +36,7 @@ def workdir(tmp_path, monkeypatch):
 
 def _options(model, **kw):
     kw.setdefault("progress", False)
+    kw.setdefault("proof_pairs", 8)
     kw.setdefault("engines_dir", "engines")
     return BuildOptions(model=model, **kw)
 
@@ -51,11 +52,15 @@ def test_fp16_build_records_profile_flags_and_writes_engine_and_sidecar(fake_trt
     assert rec["result"] == "ok"
     shapes = [[1] + SHAPE, [16] + SHAPE, [32] + SHAPE]
     assert rec["profiles"] == [{"input_1": shapes, "input_2": shapes}]
-    assert "FP16" in rec["flags"] and "INT8" not in rec["flags"]
+    # 10.x: strongly typed, precision from the float16 model; 8.5: the FP16 flag derived from it
+    strongly = not fake_trt.__version__.startswith("8.")
+    assert rec["strongly_typed"] == strongly
+    assert ("FP16" in rec["flags"]) != strongly and "INT8" not in rec["flags"]
     assert rec["pool_limits"] == {"WORKSPACE": 512 << 20}
     assert rec["profiling_verbosity"] == "DETAILED"
     # 8.x: the ONNX parser needs the explicit-batch flag; 10.x: deprecated, so not passed
     assert rec["explicit_batch_flag"] == (fake_trt.__version__.startswith("8."))
+    assert result.typed.made["precision"] == "fp16" and result.typed.path.endswith(".onnx")
 
     name = os.path.basename(result.engine_path)
     assert name == "learnable_dynamic_fp16_b1-16-32_fake-gpu-orin-sm87_trt{}.engine".format(fake_trt.__version__)
@@ -146,22 +151,28 @@ def test_timing_cache_of_another_tensorrt_is_replaced(fake_trt_factory, fake_cud
 
 
 @BOTH
-def test_fp32_layers_become_precision_constraints(fake_trt, fake_cuda, reference_models, workdir):
+def test_fp32_layers_stay_float32_in_the_typed_model(fake_trt, fake_cuda, reference_models, workdir):
+    from changenet_trt.engine.precision import graph_precision
+
     layers_file = workdir / "layers.txt"
     layers_file.write_text("# from fp16-check\nnode_of_head.rms   # sqrt of a small number\n")
     patterns = read_layer_patterns(["node_of_head.m*", "@" + str(layers_file)])
     result = build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=patterns))
     rec = _last_build(fake_trt)
-    expected = ["node_of_head.mean_sq", "node_of_head.rms", "node_of_head.max_abs"]
-    assert sorted(rec["precision_constraints"]) == sorted(expected)
-    assert set(rec["precision_constraints"].values()) == {"FLOAT"}
-    assert all(types == {0: "FLOAT"} for types in rec["output_types"].values())
-    assert "OBEY_PRECISION_CONSTRAINTS" in rec["flags"] and rec["constraints_mode"] == "obey"
-    assert sorted(result.metadata.flags["fp32_layers"]) == sorted(expected)
-
-    build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["node_of_head.rms"],
-                          precision_constraints="prefer", output="engines/p.engine"))
-    assert "PREFER_PRECISION_CONSTRAINTS" in _last_build(fake_trt)["flags"]
+    expected = {"node_of_head.mean_sq", "node_of_head.rms", "node_of_head.max_abs"}
+    held = graph_precision(result.typed.path)
+    assert expected <= set(held["fp32_nodes"]) and held["float16"]
+    if fake_trt.__version__.startswith("8."):  # 8.x: the typed graph's float32 nodes become layer precision
+        assert set(rec["precision_constraints"]) == set(held["fp32_nodes"])
+        assert set(rec["precision_constraints"].values()) == {"FLOAT"}
+        assert "OBEY_PRECISION_CONSTRAINTS" in rec["flags"] and rec["constraints_mode"] == "obey"
+        assert sorted(result.metadata.flags["fp32_layers"]) == sorted(held["fp32_nodes"])
+        build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["node_of_head.rms"],
+                                   precision_constraints="prefer", output="engines/p.engine"))
+        assert "PREFER_PRECISION_CONSTRAINTS" in _last_build(fake_trt)["flags"]
+    else:  # strongly typed: the types say it, no layer precision
+        assert rec["precision_constraints"] == {} and rec["strongly_typed"]
+        assert result.metadata.flags["fp32_layers"] == []
 
     with pytest.raises(InputError, match="match no layer: 'LayerNorm\\*'"):
         build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["LayerNorm*"]))
@@ -228,7 +239,7 @@ def test_int8_calibration_drives_the_calibrator_and_reuses_its_cache(fake_trt, f
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 12)
-    opts = _options(model, precision="int8", profile=BatchProfile(1, 4, 8))
+    opts = _options(model, precision="int8", profile=BatchProfile(1, 4, 8), int8_calibrator=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # TensorRT 10.1+ deprecations stay inside build
         result = build_engine_file(opts, calibration_batches=array_batches(golden, sample, 4))
@@ -258,17 +269,19 @@ def test_calibration_cache_for_other_preprocessing_or_model_is_refused(fake_trt,
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 4)
-    build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache"),
+    build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache",
+                              int8_calibrator=True),
                  calibration_batches=array_batches(golden, sample, 4))
     with pytest.raises(BuildError, match="made with other preprocessing"):
         build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8),
-                              calib_cache="calibration/x.cache", normalization="deepstream"))
+                              calib_cache="calibration/x.cache", normalization="deepstream", int8_calibrator=True))
     with pytest.raises(BuildError, match="made for another ONNX model"):
         build_engine_file(_options(reference_models["euclidean_dynamic"], precision="int8",
-                              profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache"))
+                              profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache",
+                              int8_calibrator=True))
     # --recalibrate ignores the mismatch and rebuilds the cache
     build_engine_file(_options(reference_models["euclidean_dynamic"], precision="int8", profile=BatchProfile(1, 4, 8),
-                          calib_cache="calibration/x.cache", recalibrate=True),
+                          calib_cache="calibration/x.cache", recalibrate=True, int8_calibrator=True),
                  calibration_batches=array_batches(golden, sample, 4))
     assert _last_build(fake_trt)["calibration_cache"] == "written"
 
@@ -277,7 +290,8 @@ def test_int8_from_a_tao_csv_uses_the_data_set_pipeline(fake_trt, fake_cuda, ref
     from changenet_trt.data.synth import synthesize
 
     synthesize(str(workdir / "data"), pairs=6, seed=1, size=32, ext=".png")
-    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--batch", "1:2:4", "--quiet",
+    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--int8-calibrator", "--batch", "1:2:4",
+                 "--quiet",
                  "--calib-csv", str(workdir / "data" / "dataset.csv"), "--calib-batches", "2", "--ext", ".png",
                  "-o", "engines/int8.engine"]) == 0
     rec = _last_build(fake_trt)
@@ -287,11 +301,13 @@ def test_int8_from_a_tao_csv_uses_the_data_set_pipeline(fake_trt, fake_cuda, ref
     header = json.load(open(meta.flags["calibration"]["cache"] + ".json"))
     assert "4 lights stacked along H" in header["preprocess"]["layout"]
     # the next INT8 build of the same model needs no data: the cache is reused
-    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--batch", "1:2:4", "--quiet",
+    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--int8-calibrator", "--batch", "1:2:4",
+                 "--quiet",
                  "-o", "engines/again.engine"]) == 0
     assert _last_build(fake_trt)["calibration_cache"] == "used"
     # ... but not with data laid out differently
-    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--batch", "1:2:4", "--quiet",
+    assert main(["build", reference_models["euclidean_dynamic"], "--int8", "--int8-calibrator", "--batch", "1:2:4",
+                 "--quiet",
                  "--calib-csv", str(workdir / "data" / "dataset.csv"), "--lights", "none",
                  "-o", "engines/other.engine"]) == 2
     assert "was made with other preprocessing" in capsys.readouterr().err
@@ -302,10 +318,15 @@ def test_calibration_data_errors_surface(fake_trt, fake_cuda, reference_models, 
         raise DatasetError("image file not found: x.jpg")
         yield  # pragma: no cover
 
-    with pytest.raises(DatasetError, match="x.jpg"):
-        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8"), calibration_batches=broken())
+    for legacy in (True, False):
+        with pytest.raises(DatasetError, match="x.jpg"):
+            build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8", int8_calibrator=legacy),
+                              calibration_batches=broken())
     with pytest.raises(InputError, match="INT8 needs calibration data"):
-        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8", calib_cache="none.cache"))
+        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8", calib_cache="none.cache",
+                                   int8_calibrator=True))
+    with pytest.raises(InputError, match="calibrates its Q/DQ model on real pairs.*--calib-csv"):
+        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8"))
 
 
 def test_tensorrt_build_failure_is_one_clear_error(fake_trt, fake_cuda, reference_models, workdir):
@@ -388,10 +409,16 @@ def test_dry_run_prints_the_plan_without_tensorrt(no_tensorrt, reference_models,
     out = capsys.readouterr().out
     for text in ("static batch 16 -> dynamic", "engines/learnable_static16.dynamic-batch.onnx",
                  "batch min 2 / opt 8 / max 16", "input_1: 2x3x512x128 / 8x3x512x128 / 16x3x512x128",
-                 "FP16, OBEY_PRECISION_CONSTRAINTS", "1024 MiB", "node_of_head.rms",
+                 "strongly typed; precision from the typed model", "builder flags:  (none)", "1024 MiB",
+                 "node_of_head.rms", "fp16-check and proof on 64 synthetic pairs", "planned as 10.3.0",
                  "engines/learnable_static16_fp16_b2-8-16_gpu-unknown_trt-unknown.engine.json"):
         assert text in out, text
     assert not os.path.exists("engines")  # a dry run writes nothing
+    assert main(["build", reference_models["learnable_static16"], "--dry-run", "--trt-version", "8.5.2",
+                 "--fp32-layers", "node_of_head.rms"]) == 0
+    out = capsys.readouterr().out
+    assert "builder flags:  FP16, OBEY_PRECISION_CONSTRAINTS" in out and "weakly typed (TensorRT 8.x)" in out
+    assert "the typed model's float32 nodes (obey precision constraints), known once it is made" in out
 
 
 def test_print_trtexec_follows_the_tensorrt_version(no_tensorrt, reference_models, workdir, capsys):
@@ -399,9 +426,11 @@ def test_print_trtexec_follows_the_tensorrt_version(no_tensorrt, reference_model
     args = ["build", model, "--print-trtexec", "--workspace", "2048", "--opt-level", "4", "--dla-core", "0",
             "--fp32-layers", "node_of_head.rms"]
     assert main(args + ["--trt-version", "8.5.2"]) == 0
-    old = capsys.readouterr().out.split()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# engines/learnable_dynamic.fp16-") and "--typed-only" in lines[0]
+    old = lines[-1].split()
     assert main(args + ["--trt-version", "10.3.0"]) == 0
-    new = capsys.readouterr().out.split()
+    new = capsys.readouterr().out.splitlines()[-1].split()
     assert old[0] == new[0] == "trtexec"
     assert "--memPoolSize=workspace:2048" in old and "--memPoolSize=workspace:2048M" in new
     assert "--buildOnly" in old and "--skipInference" in new
@@ -409,9 +438,11 @@ def test_print_trtexec_follows_the_tensorrt_version(no_tensorrt, reference_model
     for cmd in (old, new):
         assert "--minShapes=input_1:1x3x512x128,input_2:1x3x512x128" in cmd
         assert "--maxShapes=input_1:32x3x512x128,input_2:32x3x512x128" in cmd
-        assert "--fp16" in cmd and "--useDLACore=0" in cmd and "--allowGPUFallback" in cmd
-        assert "--layerPrecisions=node_of_head.rms:fp32" in cmd and "--precisionConstraints=obey" in cmd
+        assert "--useDLACore=0" in cmd and "--allowGPUFallback" in cmd
         assert not any(a.startswith("--workspace") or a == "--explicitBatch" for a in cmd)
+        assert any(a.startswith("--onnx=engines/learnable_dynamic.fp16-") and a.endswith(".onnx") for a in cmd)
+    assert "--fp16" in old and "--precisionConstraints=obey" in old and "--stronglyTyped" not in old
+    assert "--stronglyTyped" in new and "--fp16" not in new and "--precisionConstraints=obey" not in new
     assert any(a.endswith("_trt8.5.2.engine") for a in old)
 
 
@@ -419,7 +450,9 @@ def test_plan_refuses_bad_options(reference_models):
     with pytest.raises(ChangeNetError):
         make_plan(_options(reference_models["learnable_dynamic"], precision="fp8"))
     with pytest.raises(InputError, match="need --int8"):
-        _options(reference_models["learnable_dynamic"], calib_csv="x.csv")
+        _options(reference_models["learnable_dynamic"], calib_cache="x.cache")
+    with pytest.raises(InputError, match="precision fp32"):
+        _options(reference_models["learnable_dynamic"], precision="fp32", calib_csv="x.csv")
     assert main(["build", reference_models["learnable_dynamic"], "--batch", "4:2:8", "--dry-run"]) == 2
 
 

@@ -55,14 +55,17 @@ def _option_sets(model, mode):
         dict(dla_core=0, fp32_layers=["node_of_head.rms"], precision_constraints="prefer"),
         dict(precision="int8", profile=BatchProfile(1, 4, 8), fp32_layers=["node_of_head.m*"]),
     ]
+    if mode != "11.x":  # the legacy calibrator: TensorRT 8.5-10.x
+        sets.append(dict(precision="int8", profile=BatchProfile(1, 4, 8), fp32_layers=["node_of_head.m*"],
+                         int8_calibrator=True))
     if mode != "8.5":
         sets.append(dict(version_compatible=True, opt_level=2))
         sets.append(dict(precision="fp32", version_compatible=True, exclude_lean_runtime=True))
-    return [BuildOptions(model=model, progress=False, output="engines/{}.engine".format(i), **kw)
+    return [BuildOptions(model=model, progress=False, proof_pairs=8, output="engines/{}.engine".format(i), **kw)
             for i, kw in enumerate(sets)]
 
 
-@pytest.mark.parametrize("mode", ["8.5", "10.x"])
+@pytest.mark.parametrize("mode", ["8.5", "10.x", "11.x"])
 def test_flags_set_on_the_builder_config_are_the_plan_flags_and_the_sidecar_flags(
         mode, fake_trt_factory, fake_cuda, reference_models, workdir, monkeypatch):
     from changenet_trt.contract import read_contract
@@ -80,7 +83,14 @@ def test_flags_set_on_the_builder_config_are_the_plan_flags_and_the_sidecar_flag
         batches = array_batches(golden, sample, 4) if options.precision == "int8" else None
         result = build_engine_file(plan=plan, calibration_batches=batches)
         meta = read_sidecar(result.engine_path)
+        # the build completes the same plan object from the typed model it made
+        assert result.plan is plan
         assert set_flags == plan.flags == result.configured.flags == meta.flags["builder_flags"], options
+        assert meta.flags["strongly_typed"] == plan.strongly_typed == (mode != "8.5" and not options.int8_calibrator)
+        assert meta.flags["typed_onnx_sha256"] == result.typed.sha256
+        if plan.makes_typed_model:
+            assert meta.flags["typed_onnx_made"]["precision"] == plan.precision
+            assert meta.flags["typed_onnx_made"]["build_inputs"]["source_sha256"] == meta.onnx_sha256
         # TensorRT's own defaults (TF32) aside, the config holds exactly the plan's flags
         record = trt._fake.builds[-1]
         assert sorted(set(record["flags"]) - {"TF32"}) == sorted(plan.flags)
@@ -89,16 +99,24 @@ def test_flags_set_on_the_builder_config_are_the_plan_flags_and_the_sidecar_flag
         assert meta.flags["version_compatible"] == options.version_compatible
         assert meta.flags["exclude_lean_runtime"] == options.exclude_lean_runtime
         assert record["builder_optimization_level"] == (None if mode == "8.5" else plan.opt_level or 3)
+        if plan.strongly_typed:
+            assert record["strongly_typed"] and record["calibrator_calls"] == []
         seen.update(plan.flags)
     expected = {"FP16", "INT8", "GPU_FALLBACK", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"}
-    assert seen == (expected if mode == "8.5" else expected | NEWER_THAN_85)
+    if mode == "8.5":
+        assert seen == expected
+    elif mode == "10.x":  # precision flags only on the legacy calibrator path
+        assert seen == expected - {"PREFER_PRECISION_CONSTRAINTS"} | NEWER_THAN_85
+    else:
+        assert seen == {"GPU_FALLBACK"} | NEWER_THAN_85
 
 
 def test_every_flag_a_plan_sets_is_a_tensorrt_flag_with_a_trtexec_spelling(reference_models):
     model = reference_models["learnable_dynamic"]
     produced = set()
     for options in _option_sets(model, "10.x"):
-        produced.update(builder_flags(options))
+        produced.update(builder_flags(options, strongly_typed=False, held={"float16": True, "qdq": True},
+                                      fp32_layers=options.fp32_layers))
     assert produced == set(TRTEXEC_FLAGS)
     assert set(TRTEXEC_FLAGS) <= _names("names-10.x.txt")
     assert set(TRTEXEC_FLAGS) - NEWER_THAN_85 <= _names("names-8.5.txt")
@@ -112,7 +130,7 @@ def test_version_compatible_engine_in_10x(fake_trt, fake_cuda, reference_models,
     assert {"VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"} <= set(record["flags"])
     meta = read_sidecar(result.engine_path)
     assert meta.flags["version_compatible"] and meta.flags["exclude_lean_runtime"]
-    assert meta.flags["builder_flags"] == ["FP16", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
+    assert meta.flags["builder_flags"] == ["VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
 
 
 def test_version_compatible_is_refused_on_85_with_the_reason(fake_trt_factory, fake_cuda, reference_models, workdir):
@@ -131,7 +149,7 @@ def test_build_dry_run_version_compatible(no_tensorrt, reference_models, workdir
     model = reference_models["learnable_dynamic"]
     assert main(["build", model, "--dry-run", "--version-compatible", "--exclude-lean-runtime"]) == 0
     out = capsys.readouterr().out
-    assert "builder flags:  FP16, VERSION_COMPATIBLE, EXCLUDE_LEAN_RUNTIME" in out
+    assert "builder flags:  VERSION_COMPATIBLE, EXCLUDE_LEAN_RUNTIME" in out
     assert "version-compatible" in out and "lean runtime excluded" in out
     assert not os.path.exists("engines")
 
@@ -156,7 +174,7 @@ def test_print_trtexec_renders_version_compatibility(no_tensorrt, reference_mode
 
 def test_dry_run_trtexec_and_build_read_the_same_plan(fake_trt, fake_cuda, reference_models, workdir, capsys):
     args = ["build", reference_models["learnable_dynamic"], "--dla-core", "0", "--fp32-layers", "node_of_head.rms",
-            "--version-compatible", "--workspace", "256", "--quiet", "-o", "engines/same.engine"]
+            "--version-compatible", "--workspace", "256", "--quiet", "-o", "engines/same.engine", "--proof-pairs", "8"]
     assert main(args + ["--dry-run"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("builder flags:"))
     planned = line.split(":", 1)[1].strip().split(", ")
@@ -165,8 +183,8 @@ def test_dry_run_trtexec_and_build_read_the_same_plan(fake_trt, fake_cuda, refer
     assert not os.path.exists("engines/same.engine")
     assert main(args) == 0
     meta = read_sidecar("engines/same.engine")
-    assert planned == meta.flags["builder_flags"] == ["FP16", "GPU_FALLBACK", "OBEY_PRECISION_CONSTRAINTS",
-                                                      "VERSION_COMPATIBLE"]
+    assert planned == meta.flags["builder_flags"] == ["GPU_FALLBACK", "VERSION_COMPATIBLE"]
+    assert "--stronglyTyped" in trtexec
     rendered = [arg for flag in planned for arg in TRTEXEC_FLAGS[flag]]
     assert [arg for arg in trtexec if arg in rendered] == rendered
     assert "--memPoolSize=workspace:256M" in trtexec and meta.flags["memory_pools_mib"] == {"workspace": 256}
@@ -174,25 +192,22 @@ def test_dry_run_trtexec_and_build_read_the_same_plan(fake_trt, fake_cuda, refer
 
 
 def test_a_plan_for_another_tensorrt_is_refused(fake_trt, fake_cuda, reference_models, workdir):
-    plan = make_plan(BuildOptions(model=reference_models["learnable_dynamic"], progress=False), trt_version="8.5.2")
+    plan = make_plan(BuildOptions(model=reference_models["learnable_dynamic"], progress=False, proof_pairs=8),
+                     trt_version="8.5.2")
     with pytest.raises(BuildError, match="made for TensorRT 8.5.2; this is TensorRT 10.3.0"):
         build_engine_file(plan=plan)
 
 
-def test_fast_precisions_without_platform_has_attributes(caplog):
-    bare = types.SimpleNamespace()  # TensorRT 11 binds no platform_has_fast_*
-    assert fast_precisions(bare, GpuInfo("GTX 1080", (6, 1))) == {"fp16": False, "int8": True}
-    assert fast_precisions(bare, GpuInfo("Orin", (8, 7))) == {"fp16": True, "int8": True}
-    assert fast_precisions(bare, GpuInfo("Maxwell", (5, 2))) == {"fp16": False, "int8": False}
-    assert fast_precisions(bare, GpuInfo()) == {"fp16": None, "int8": None}
-    told = types.SimpleNamespace(platform_has_fast_fp16=False, platform_has_fast_int8=True)
-    assert fast_precisions(told, GpuInfo("Orin", (8, 7))) == {"fp16": False, "int8": True}
+def test_fast_precisions_come_from_the_compute_capability(caplog):
+    assert fast_precisions(GpuInfo("GTX 1080", (6, 1))) == {"fp16": False, "int8": True}
+    assert fast_precisions(GpuInfo("Orin", (8, 7))) == {"fp16": True, "int8": True}
+    assert fast_precisions(GpuInfo("Maxwell", (5, 2))) == {"fp16": False, "int8": False}
+    assert fast_precisions(GpuInfo()) == {"fp16": None, "int8": None}
 
-    plan = types.SimpleNamespace(flags=["FP16", "INT8"], gpu=GpuInfo("GTX 1080", (6, 1)))
-    _warn_slow_precisions(bare, plan)
+    _warn_slow_precisions(types.SimpleNamespace(precision="fp16", gpu=GpuInfo("GTX 1080", (6, 1))))
     assert "no fast FP16" in caplog.text and "no fast INT8" not in caplog.text
     caplog.clear()
-    _warn_slow_precisions(bare, types.SimpleNamespace(flags=["FP16"], gpu=GpuInfo()))
+    _warn_slow_precisions(types.SimpleNamespace(precision="fp16", gpu=GpuInfo()))
     assert caplog.text == ""  # unknown GPU: nothing to warn about
 
 
@@ -212,5 +227,6 @@ def test_calibration_batches_show_as_a_bar_on_a_terminal(fake_trt, fake_cuda, re
     shown = Terminal()
     result = build_engine_file(BuildOptions(model=model, precision="int8", profile=BatchProfile(1, 4, 8)),
                                calibration_batches=array_batches(golden, sample, 4), status_stream=shown)
-    assert result.calibration["batches"] == 2
-    assert "calibrating" in shown.getvalue() and "building engine" in shown.getvalue()
+    assert result.typed.made["calibration_batches"] == 2
+    text = shown.getvalue()
+    assert "making the INT8 Q/DQ model" in text and "calibrating (onnxruntime)" in text and "building engine" in text

@@ -211,20 +211,25 @@ def test_every_tensorrt_name_the_package_names_exists_in_10x():
     assert {p: n for p, n in unknown.items() if n} == {}
 
 
-@pytest.mark.parametrize("mode", ["8.5", "10.x"])
-def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, fake_trt_factory, fake_cuda,
-                                                                   reference_models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode,legacy", [("8.5", True), ("8.5", False), ("10.x", True), ("10.x", False),
+                                         ("11.x", False)])
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, legacy, precision, fake_trt_factory,
+                                                                   fake_cuda, reference_models, tmp_path, monkeypatch):
     from changenet_trt.contract import read_contract
     from changenet_trt.engine.calibration import array_batches
     from changenet_trt.engine.prepare import proof_pairs
 
+    if legacy and precision != "int8":
+        pytest.skip("the legacy calibrator is an INT8 path")
     monkeypatch.chdir(tmp_path)
     trt = fake_trt_factory(mode)
     model = reference_models["learnable_dynamic"]
     golden, sample = proof_pairs(read_contract(model), 4)
     result = build_engine_file(
-        BuildOptions(model=model, precision="int8", profile=BatchProfile(1, 4, 8), workspace_mib=256, opt_level=4,
-                     dla_core=0, fp32_layers=["node_of_head.rms"], progress=True),
+        BuildOptions(model=model, precision=precision, profile=BatchProfile(1, 4, 8), workspace_mib=256, opt_level=4,
+                     dla_core=0, fp32_layers=["node_of_head.rms"], progress=True, proof_pairs=8,
+                     int8_calibrator=legacy),
         calibration_batches=array_batches(golden, sample, 4),
         status_stream=open(os.devnull, "w"),
     )
@@ -233,9 +238,19 @@ def test_names_touched_by_a_build_and_a_load_exist_in_that_version(mode, fake_tr
     profile_shapes(engine, "input_1")
     engine.create_execution_context().get_tensor_shape("output")
     touched = trt._fake.accessed
-    assert {"Builder", "OnnxParser", "build_serialized_network", "set_shape", "int8_calibrator"} <= touched
-    reference = set(NAMES_85) if mode == "8.5" else NAMES_10
-    assert sorted(touched - reference) == []
+    assert {"Builder", "OnnxParser", "build_serialized_network", "set_shape"} <= touched
+    assert ("int8_calibrator" in touched) == legacy
+    assert trt._fake.builds[-1]["strongly_typed"] == (mode != "8.5" and not legacy)
+    if not legacy and mode == "8.5":  # flags derived from the typed graph
+        assert ("FP16" if precision == "fp16" else "INT8") in trt._fake.builds[-1]["flags"]
+        assert ("precision" in touched) == (precision == "fp16")  # float32 islands of the float16 graph
+    # enum members are not recorded on access: every flag the plan set must be that version's name
+    assert set(result.plan.flags) <= reference_names(mode)
+    assert sorted(touched - reference_names(mode)) == []
+
+
+def reference_names(mode):
+    return {"8.5": set(NAMES_85), "10.x": NAMES_10, "11.x": NAMES_11}[mode]
 
 
 # -- strongly typed builds ------------------------------------------------------------------------------
