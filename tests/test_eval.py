@@ -219,6 +219,24 @@ def test_eval_skips_broken_rows_and_matches_a_tao_style_pipeline(tmp_path, broke
     assert "skipped    2 row(s):" in format_summary(result)
 
 
+def test_each_plot_has_its_own_title(tmp_path, broken_set, reference_models, monkeypatch):
+    titles = {}
+
+    def record(draw):
+        def wrapped(*args, **kwargs):
+            path = draw(*args, **kwargs)
+            titles[os.path.basename(path)] = [a for a in args if isinstance(a, str) and " - " in a][0]
+            return path
+        return wrapped
+
+    for name in ("histogram_png", "roc_png", "lines_png"):
+        monkeypatch.setattr(plots, name, record(getattr(plots, name)))
+    evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=str(tmp_path / "out"), progress=False)
+    assert titles["scores.png"].startswith("Scores, PASS vs defect - ")
+    assert titles["scores_by_type.png"].startswith("Scores by defect type - ")
+    assert len(set(titles.values())) == len(titles) >= 4
+
+
 def test_static_batch_model_gives_the_same_scores(broken_set, reference_models):
     dynamic = evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, progress=False)
     static = evaluate(reference_models["learnable_static16"], broken_set["csv"], out_dir=None, progress=False)
