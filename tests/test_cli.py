@@ -60,6 +60,13 @@ def write_pairs(folder, count, seed=5):
     return gp, sp, truth
 
 
+@pytest.mark.parametrize("batch, said", [([], "dynamic batch"), (["--batch", "16"], "static batch 16")])
+def test_reference_model_says_what_it_wrote(tmp_path, capsys, batch, said):
+    out = str(tmp_path / "m.onnx")
+    assert main(["reference-model", out, "--kind", "euclidean"] + batch) == 0
+    assert capsys.readouterr().out.strip() == "wrote {} (euclidean output, {}, opset 17)".format(out, said)
+
+
 def test_infer_writes_csv(reference_models, tmp_path, capsys):
     gp, sp, truth = write_pairs(tmp_path, 4)
     out_csv = str(tmp_path / "scores.csv")

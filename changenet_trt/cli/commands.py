@@ -195,7 +195,7 @@ class ReferenceModel(Command):
                             "a test case for fp16-check and build --fp32-layers")
 
     def run(self, args: argparse.Namespace) -> int:
-        batch_text = "static {}".format(args.batch) if args.batch else "dynamic"
+        batch_text = "static batch {}".format(args.batch) if args.batch else "dynamic batch"
         if args.realistic:
             if args.fp16_overflow:
                 raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
@@ -205,14 +205,14 @@ class ReferenceModel(Command):
             check_output_file(args.out, what="model file")
             model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
             path = save_model(model, args.out)
-            print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
+            print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {}, opset {}, {:.2f} GFLOPs "
                   "per pair)".format(path, args.kind, batch_text, args.opset, model_gflops(model)))
             return 0
         from changenet_trt.models.reference import write_reference_model
 
         path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset,
                                      fp16_overflow=args.fp16_overflow)
-        print("wrote {} ({} output, {} batch, opset {}{})".format(
+        print("wrote {} ({} output, {}, opset {}{})".format(
             path, args.kind, batch_text, args.opset, ", planted float16 overflow" if args.fp16_overflow else ""))
         return 0
 
