@@ -80,6 +80,13 @@ def test_infer_writes_csv(reference_models, tmp_path, capsys):
     assert rows[0]["golden"] == gp[0] and float(rows[1]["score"]) > 0.5
 
 
+def test_infer_counts_one_pair_in_the_singular(reference_models, tmp_path, capsys):
+    gp, sp, truth = write_pairs(tmp_path, 2)
+    assert main(["infer", reference_models["learnable_dynamic"], "--golden", gp[1], "--sample", sp[1]]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("1 pair, {} at cutoff 0.5 (".format("1 defect" if truth[1] else "0 defects")), last
+
+
 @pytest.mark.parametrize(
     "args, fragment, code",
     [

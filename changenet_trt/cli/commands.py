@@ -131,7 +131,8 @@ class Infer(Command):
         super().__init__(self.runtime, self.normalization, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+        parser.add_argument("model", help="ONNX file, TensorRT engine (.engine/.plan) or Triton URL "
+                            "(grpc://HOST:8001/NAME, http://HOST:8000/NAME)")
         parser.add_argument("--golden", nargs="+", required=True, metavar="PATH", help="golden (reference) images")
         parser.add_argument("--sample", nargs="+", required=True, metavar="PATH",
                             help="sample (test) images, same count")
@@ -154,8 +155,10 @@ class Infer(Command):
         for golden, sample, s, decision in rows:
             print("{:<8} score={:.6f}  golden={}  sample={}".format(
                 "pass" if decision == "pass" else decision.upper(), s, golden, sample))
-        print("{} pairs, {} defects at cutoff {} ({:.1f} pairs/s)".format(
-            len(rows), int(result.defects.sum()) - len(result.invalid_pairs), result.cutoff, result.pairs_per_s))
+        defects = int(result.defects.sum()) - len(result.invalid_pairs)
+        print("{} pair{}, {} defect{} at cutoff {} ({:.1f} pairs/s)".format(
+            len(rows), "" if len(rows) == 1 else "s", defects, "" if defects == 1 else "s", result.cutoff,
+            result.pairs_per_s))
         if args.out:
             with atomic_open(args.out, "w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -310,7 +313,8 @@ class Eval(Command):
         super().__init__(self.data_set, self.runtime, self.normalization, self.progress, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+        parser.add_argument("model", help="ONNX file, TensorRT engine (.engine/.plan) or Triton URL "
+                            "(grpc://HOST:8001/NAME, http://HOST:8000/NAME)")
         parser.add_argument("--out", default="eval-output", metavar="DIR", help="output folder (default: eval-output)")
         parser.add_argument("--target-fpr", type=rate, metavar="F",
                             help="also report the cutoff with the most capture at FPR <= F")
@@ -753,7 +757,7 @@ class Bench(Command):
         super().__init__(self.runtime, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="TensorRT engine (.engine/.plan) or ONNX file")
+        parser.add_argument("model", help="TensorRT engine (.engine/.plan), ONNX file or Triton URL")
         group = parser.add_argument_group("trtexec flags")
         group.add_argument("--batch", type=positive_int, metavar="N",
                            help="pairs per query (default: the model's static batch, else 16)")
