@@ -137,6 +137,15 @@ def test_every_command_has_help_naming_all_its_options(name, capsys):
         assert option in out, option
 
 
+def test_quiet_mentions_skipped_rows_only_where_there_are_rows():
+    helps = {name: next(a.help for a in parser._actions if "--quiet" in a.option_strings)
+             for name, parser in subcommands().items()
+             if any("--quiet" in a.option_strings for a in parser._actions)}
+    assert {"eval", "synth"} <= set(helps)
+    assert "skipped rows" in helps["eval"]
+    assert "rows" not in helps["synth"] and "progress bar" in helps["synth"]
+
+
 def test_no_command_prints_help_and_fails():
     rc, out, _ = run_cli()
     assert rc == 2 and "usage:" in out

@@ -308,7 +308,8 @@ class Eval(Command):
         self.data_set = DataSetArgs(csv_required=True, strict=True)
         self.runtime = RuntimeArgs()
         self.normalization = NormalizationArgs()
-        self.progress = ProgressArgs()
+        self.progress = ProgressArgs(
+            help="no progress bar and no per-row lines (the summary still counts skipped rows)")
         self.names = ContractNamesArgs()
         super().__init__(self.data_set, self.runtime, self.normalization, self.progress, self.names)
 
