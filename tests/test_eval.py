@@ -313,6 +313,17 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     assert summary["pairs"] == 40 and summary["defect_pairs"] == 12
 
 
+def test_demo_with_one_pass_pair_reports_what_it_cannot_compute(tmp_path, capsys):
+    from changenet_trt.tools.demo import run_demo
+
+    assert run_demo(str(tmp_path / "demo"), pairs=1, progress=False) == 0
+    out = capsys.readouterr().out
+    assert "target fpr no defect pairs: no capture to maximise" in out
+    assert "target capture no defect pairs: capture is undefined" in out
+    summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
+    assert summary["target_fpr"]["cutoff"] is None and summary["defect_capture"] is None
+
+
 class Terminal(io.StringIO):
     """A text stream that says it is a terminal, as stderr does in an interactive shell."""
 

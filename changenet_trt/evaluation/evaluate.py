@@ -233,7 +233,8 @@ def _summarize(
     }
     if target_fpr is not None and fpr_point is None:
         summary["target_fpr"] = {"target": "fpr", "target_value": target_fpr, "cutoff": None,
-                                 "note": "no PASS pairs: FPR is undefined"}
+                                 "note": "no PASS pairs: FPR is undefined" if full.n_pass == 0
+                                 else "no defect pairs: no capture to maximise"}
     if target_capture is not None and capture_point is None:
         summary["target_capture"] = {"target": "defect_capture", "target_value": target_capture, "cutoff": None,
                                      "note": "no defect pairs: capture is undefined"}
