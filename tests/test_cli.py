@@ -60,6 +60,13 @@ def write_pairs(folder, count, seed=5):
     return gp, sp, truth
 
 
+@pytest.mark.parametrize("batch, said", [([], "dynamic batch"), (["--batch", "16"], "static batch 16")])
+def test_reference_model_says_what_it_wrote(tmp_path, capsys, batch, said):
+    out = str(tmp_path / "m.onnx")
+    assert main(["reference-model", out, "--kind", "euclidean"] + batch) == 0
+    assert capsys.readouterr().out.strip() == "wrote {} (euclidean output, {}, opset 17)".format(out, said)
+
+
 def test_infer_writes_csv(reference_models, tmp_path, capsys):
     gp, sp, truth = write_pairs(tmp_path, 4)
     out_csv = str(tmp_path / "scores.csv")
@@ -71,6 +78,13 @@ def test_infer_writes_csv(reference_models, tmp_path, capsys):
         rows = list(csv.DictReader(handle))
     assert [r["defect"] for r in rows] == ["1" if t else "0" for t in truth]
     assert rows[0]["golden"] == gp[0] and float(rows[1]["score"]) > 0.5
+
+
+def test_infer_counts_one_pair_in_the_singular(reference_models, tmp_path, capsys):
+    gp, sp, truth = write_pairs(tmp_path, 2)
+    assert main(["infer", reference_models["learnable_dynamic"], "--golden", gp[1], "--sample", sp[1]]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("1 pair, {} at cutoff 0.5 (".format("1 defect" if truth[1] else "0 defects")), last
 
 
 @pytest.mark.parametrize(
@@ -121,6 +135,15 @@ def test_every_command_has_help_naming_all_its_options(name, capsys):
     assert "--help" in options
     for option in options:
         assert option in out, option
+
+
+def test_quiet_mentions_skipped_rows_only_where_there_are_rows():
+    helps = {name: next(a.help for a in parser._actions if "--quiet" in a.option_strings)
+             for name, parser in subcommands().items()
+             if any("--quiet" in a.option_strings for a in parser._actions)}
+    assert {"eval", "synth"} <= set(helps)
+    assert "skipped rows" in helps["eval"]
+    assert "rows" not in helps["synth"] and "progress bar" in helps["synth"]
 
 
 def test_no_command_prints_help_and_fails():

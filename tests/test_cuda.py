@@ -309,6 +309,47 @@ def test_allocating_while_capturing_is_refused_by_the_fake(fake_cuda, ctx):
     assert fake_cuda.device.live_allocations == 0
 
 
+def test_a_thread_local_capture_leaves_other_threads_free_to_allocate(fake_cuda, ctx):
+    # The runner captures in thread-local mode, so another thread's runner may allocate its
+    # pinned buffers meanwhile; a global-mode capture would forbid it (CUDA's rule, kept by the fake).
+    import ctypes
+
+    stream = ctx.stream()
+    capturing, allocated = threading.Event(), threading.Event()
+    results = []
+
+    def allocate_elsewhere():
+        capturing.wait(10)
+        try:
+            ctx.pinned((4,), np.float32).free()
+            results.append("allocated")
+        except Exception as exc:  # the refusal, reported to the main thread
+            results.append(exc)
+        allocated.set()
+
+    def enqueue():
+        capturing.set()
+        allocated.wait(10)
+
+    other = threading.Thread(target=allocate_elsewhere)
+    other.start()
+    ctx.capture_graph(stream, enqueue).free()
+    other.join()
+    assert results == ["allocated"]
+
+    lib = fake_cuda.libcuda
+    with ctx.activate():
+        assert lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream.handle), 0) == 0  # GLOBAL
+    worker = threading.Thread(target=allocate_elsewhere)
+    allocated.clear()
+    results.clear()
+    worker.start()
+    worker.join()
+    assert "not permitted when stream is capturing" in str(results[0])
+    graph = ctypes.c_void_p()
+    assert lib.cuStreamEndCapture(ctypes.c_void_p(stream.handle), ctypes.pointer(graph)) == 0
+
+
 def test_no_graphs_with_an_old_driver(fake_cuda, ctx, monkeypatch):
     class OldDriver:
         pass

@@ -219,6 +219,24 @@ def test_eval_skips_broken_rows_and_matches_a_tao_style_pipeline(tmp_path, broke
     assert "skipped    2 row(s):" in format_summary(result)
 
 
+def test_each_plot_has_its_own_title(tmp_path, broken_set, reference_models, monkeypatch):
+    titles = {}
+
+    def record(draw):
+        def wrapped(*args, **kwargs):
+            path = draw(*args, **kwargs)
+            titles[os.path.basename(path)] = [a for a in args if isinstance(a, str) and " - " in a][0]
+            return path
+        return wrapped
+
+    for name in ("histogram_png", "roc_png", "lines_png"):
+        monkeypatch.setattr(plots, name, record(getattr(plots, name)))
+    evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=str(tmp_path / "out"), progress=False)
+    assert titles["scores.png"].startswith("Scores, PASS vs defect - ")
+    assert titles["scores_by_type.png"].startswith("Scores by defect type - ")
+    assert len(set(titles.values())) == len(titles) >= 4
+
+
 def test_static_batch_model_gives_the_same_scores(broken_set, reference_models):
     dynamic = evaluate(reference_models["learnable_dynamic"], broken_set["csv"], out_dir=None, progress=False)
     static = evaluate(reference_models["learnable_static16"], broken_set["csv"], out_dir=None, progress=False)
@@ -293,6 +311,17 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     assert "demo result: FPR" in out and "pairs/s" in out and "roc.png" in out
     summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
     assert summary["pairs"] == 40 and summary["defect_pairs"] == 12
+
+
+def test_demo_with_one_pass_pair_reports_what_it_cannot_compute(tmp_path, capsys):
+    from changenet_trt.tools.demo import run_demo
+
+    assert run_demo(str(tmp_path / "demo"), pairs=1, progress=False) == 0
+    out = capsys.readouterr().out
+    assert "target fpr no defect pairs: no capture to maximise" in out
+    assert "target capture no defect pairs: capture is undefined" in out
+    summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
+    assert summary["target_fpr"]["cutoff"] is None and summary["defect_capture"] is None
 
 
 class Terminal(io.StringIO):

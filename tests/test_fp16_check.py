@@ -58,6 +58,8 @@ def test_planted_overflow_is_found_and_named(overflow_model, pair_batches):
         ("overflow/scale_down", "Mul"),
     ]
     assert OVERFLOW_NODES[1:] == ("overflow/square", "overflow/scale_down")
+    why = "head.sq_scaled, whose |x| reaches {:.4g} > 65504".format(hit.max_abs)
+    assert [layer.reasons for layer in report.layers] == [["produces " + why], ["reads " + why]]
 
 
 def test_overflow_stats_match_a_direct_computation(overflow_model, pair_batches):

@@ -43,6 +43,7 @@ def test_rates_without_a_class_are_none():
     assert only_defects.fpr is None and only_defects.defect_capture == pytest.approx(0.5)
     assert cutoff_for_fpr(sweep(np.array([0.1, 0.9]), np.array([1, 1])), 0.1) is None
     assert cutoff_for_capture(sweep(np.array([0.1, 0.9]), np.array([0, 0])), 0.9) is None
+    assert cutoff_for_fpr(sweep(np.array([0.1, 0.9]), np.array([0, 0])), 0.1) is None  # no capture to maximise
 
 
 def test_sweep_by_hand():

@@ -78,8 +78,9 @@ def test_repository_refusals_leave_nothing(tmp_path, reference_models):
         write_model_repository(fake_engine(tmp_path), repo, platform="tensorrt_plan", max_batch=64)
     assert not os.listdir(repo)
     write_model_repository(model, repo, name="cn")
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(InputError, match="already exists") as info:
         write_model_repository(model, repo, name="cn")
+    assert "--overwrite" in str(info.value) and "--name" in str(info.value)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(InputError, match="is an existing file"):

@@ -309,11 +309,14 @@ class PairSourceArgs:
 
 
 class ProgressArgs:
-    """``--quiet``: no progress bar (the bar shows only on a terminal anyway)."""
+    """``--quiet``: no progress bar (the bar shows only on a terminal anyway); ``help`` says what
+    else the command leaves out."""
+
+    def __init__(self, help: str = "no progress bar") -> None:
+        self.help = help
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--quiet", action="store_true",
-                            help="no progress bar and no per-row lines (the summary still counts skipped rows)")
+        parser.add_argument("--quiet", action="store_true", help=self.help)
 
     def parse(self, args: argparse.Namespace) -> bool:
         """Whether to show progress."""

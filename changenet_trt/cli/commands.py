@@ -131,7 +131,8 @@ class Infer(Command):
         super().__init__(self.runtime, self.normalization, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+        parser.add_argument("model", help="ONNX file, TensorRT engine (.engine/.plan) or Triton URL "
+                            "(grpc://HOST:8001/NAME, http://HOST:8000/NAME)")
         parser.add_argument("--golden", nargs="+", required=True, metavar="PATH", help="golden (reference) images")
         parser.add_argument("--sample", nargs="+", required=True, metavar="PATH",
                             help="sample (test) images, same count")
@@ -154,8 +155,10 @@ class Infer(Command):
         for golden, sample, s, decision in rows:
             print("{:<8} score={:.6f}  golden={}  sample={}".format(
                 "pass" if decision == "pass" else decision.upper(), s, golden, sample))
-        print("{} pairs, {} defects at cutoff {} ({:.1f} pairs/s)".format(
-            len(rows), int(result.defects.sum()) - len(result.invalid_pairs), result.cutoff, result.pairs_per_s))
+        defects = int(result.defects.sum()) - len(result.invalid_pairs)
+        print("{} pair{}, {} defect{} at cutoff {} ({:.1f} pairs/s)".format(
+            len(rows), "" if len(rows) == 1 else "s", defects, "" if defects == 1 else "s", result.cutoff,
+            result.pairs_per_s))
         if args.out:
             with atomic_open(args.out, "w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -195,7 +198,7 @@ class ReferenceModel(Command):
                             "a test case for fp16-check and build --fp32-layers")
 
     def run(self, args: argparse.Namespace) -> int:
-        batch_text = "static {}".format(args.batch) if args.batch else "dynamic"
+        batch_text = "static batch {}".format(args.batch) if args.batch else "dynamic batch"
         if args.realistic:
             if args.fp16_overflow:
                 raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
@@ -205,14 +208,14 @@ class ReferenceModel(Command):
             check_output_file(args.out, what="model file")
             model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
             path = save_model(model, args.out)
-            print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {} batch, opset {}, {:.2f} GFLOPs "
+            print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {}, opset {}, {:.2f} GFLOPs "
                   "per pair)".format(path, args.kind, batch_text, args.opset, model_gflops(model)))
             return 0
         from changenet_trt.models.reference import write_reference_model
 
         path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset,
                                      fp16_overflow=args.fp16_overflow)
-        print("wrote {} ({} output, {} batch, opset {}{})".format(
+        print("wrote {} ({} output, {}, opset {}{})".format(
             path, args.kind, batch_text, args.opset, ", planted float16 overflow" if args.fp16_overflow else ""))
         return 0
 
@@ -305,12 +308,14 @@ class Eval(Command):
         self.data_set = DataSetArgs(csv_required=True, strict=True)
         self.runtime = RuntimeArgs()
         self.normalization = NormalizationArgs()
-        self.progress = ProgressArgs()
+        self.progress = ProgressArgs(
+            help="no progress bar and no per-row lines (the summary still counts skipped rows)")
         self.names = ContractNamesArgs()
         super().__init__(self.data_set, self.runtime, self.normalization, self.progress, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="ONNX file (or TensorRT engine)")
+        parser.add_argument("model", help="ONNX file, TensorRT engine (.engine/.plan) or Triton URL "
+                            "(grpc://HOST:8001/NAME, http://HOST:8000/NAME)")
         parser.add_argument("--out", default="eval-output", metavar="DIR", help="output folder (default: eval-output)")
         parser.add_argument("--target-fpr", type=rate, metavar="F",
                             help="also report the cutoff with the most capture at FPR <= F")
@@ -780,7 +785,7 @@ class Bench(Command):
         super().__init__(self.runtime, self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="TensorRT engine (.engine/.plan) or ONNX file")
+        parser.add_argument("model", help="TensorRT engine (.engine/.plan), ONNX file or Triton URL")
         group = parser.add_argument_group("trtexec flags")
         group.add_argument("--batch", type=positive_int, metavar="N",
                            help="pairs per query (default: the model's static batch, else 16)")

@@ -350,9 +350,9 @@ def _flag_layers(
 
     for t in tensors:
         if t.out_of_range:
-            what = "{} reaches |x| = {:.4g} > 65504".format(t.name, t.max_abs)
+            what = "{}, whose |x| reaches {:.4g} > 65504".format(t.name, t.max_abs)
         elif t.rel_error > max_rel_error:
-            what = "{} loses {:.2%} to float16 rounding/underflow".format(t.name, t.rel_error)
+            what = "{}, which loses {:.2%} to float16 rounding/underflow".format(t.name, t.rel_error)
         else:
             continue
         flag(producers[t.name], "produces " + what)

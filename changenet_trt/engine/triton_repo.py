@@ -292,7 +292,7 @@ def write_model_repository(
     target = os.path.join(repo, name)
     if os.path.exists(target) and not overwrite:
         raise InputError("the model folder {} already exists".format(target),
-                         expected="a new model name, or overwrite")
+                         expected="a new model name (--name), or overwrite=True (--overwrite) to replace it")
     model_config_class()  # fail on a missing tritonclient before any work
     names = dict(sample_input=sample_input, golden_input=golden_input, output=output, output_kind=output_kind)
     os.makedirs(repo, exist_ok=True)

@@ -233,7 +233,8 @@ def _summarize(
     }
     if target_fpr is not None and fpr_point is None:
         summary["target_fpr"] = {"target": "fpr", "target_value": target_fpr, "cutoff": None,
-                                 "note": "no PASS pairs: FPR is undefined"}
+                                 "note": "no PASS pairs: FPR is undefined" if full.n_pass == 0
+                                 else "no defect pairs: no capture to maximise"}
     if target_capture is not None and capture_point is None:
         summary["target_capture"] = {"target": "defect_capture", "target_value": target_capture, "cutoff": None,
                                      "note": "no defect pairs: capture is undefined"}
@@ -308,13 +309,13 @@ def _plots(result: EvalResult, out_dir: str, full: Sweep) -> Dict[str, str]:
     if truth.any():
         series["defect"] = scores[truth]
     files["scores_png"] = plots.histogram_png(
-        series, os.path.join(out_dir, "scores.png"), "Scores by label - {}".format(title_model), "score",
+        series, os.path.join(out_dir, "scores.png"), "Scores, PASS vs defect - {}".format(title_model), "score",
         bins=50, markers={"cutoff": cutoff})
     labels = np.array([result.dataset.pairs[i].label for i in result.scored], dtype=object)
     by_type = {name: scores[labels == name] for name in summary["per_label"]}
     if len(by_type) > 2:
         files["scores_by_type_png"] = plots.histogram_png(
-            by_type, os.path.join(out_dir, "scores_by_type.png"), "Scores by label - {}".format(title_model),
+            by_type, os.path.join(out_dir, "scores_by_type.png"), "Scores by defect type - {}".format(title_model),
             "score", bins=50, markers={"cutoff": cutoff})
     if full.n_pass and full.n_defect:
         points = {"cutoff {:.4g}".format(cutoff): (summary["fpr"], summary["defect_capture"])}

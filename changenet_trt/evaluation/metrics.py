@@ -214,9 +214,9 @@ def _check_target(name: str, value: float) -> None:
 def cutoff_for_fpr(result: Sweep, target: float) -> Optional[OperatingPoint]:
     """The cutoff with the highest capture whose FPR <= ``target``; of the cutoffs that give
     that capture, the highest (the lowest FPR, the widest margin to PASS scores). ``None``
-    without PASS pairs."""
+    without PASS pairs, and without defect pairs (no capture to maximise)."""
     _check_target("target FPR", target)
-    if result.n_pass == 0:
+    if result.n_pass == 0 or result.n_defect == 0:
         return None
     # fpr and capture are non-increasing along the sweep; the last cutoff always gives FPR 0.
     ok = np.flatnonzero(result.fpr <= target + 1e-12)

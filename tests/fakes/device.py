@@ -32,6 +32,10 @@ class FakeStream:
         self.handle = handle
         self._queue: List[Callable[[], None]] = []
         self.capturing: Optional[List[Callable[[], None]]] = None
+        #: while capturing: the CUstreamCaptureMode (0 global, 1 thread-local, 2 relaxed) and the
+        #: thread that began the capture (which CUDA calls the capture forbids depends on both)
+        self.capture_mode = 0
+        self.capture_thread: Optional[threading.Thread] = None
         self.ops_run = 0
 
     def enqueue(self, op: Callable[[], None]) -> None:

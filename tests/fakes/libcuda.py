@@ -119,6 +119,8 @@ class FakeDriverLibrary:
         if _value(mode) not in (0, 1, 2):  # GLOBAL, THREAD_LOCAL, RELAXED
             return CUDA_ERROR_INVALID_VALUE
         stream.capturing = []
+        stream.capture_mode = _value(mode)
+        stream.capture_thread = threading.current_thread()
         self._capture_threads[stream.handle] = threading.current_thread()
         self.captures_begun += 1
         return CUDA_SUCCESS
@@ -132,6 +134,7 @@ class FakeDriverLibrary:
         if self._capture_threads.get(stream.handle) is not threading.current_thread():
             return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD
         ops, stream.capturing = stream.capturing, None
+        stream.capture_thread = None
         del self._capture_threads[stream.handle]
         if DEVICE.fail_capture:
             _store(graph_out, 0)

@@ -80,12 +80,24 @@ def _require_context(what: str) -> "Context":
     return ctx  # type: ignore[return-value]
 
 
-def _any_capture() -> bool:
-    return any(stream.capturing is not None for stream in list(DEVICE._streams.values()))
+def _capture_forbids_unsafe_calls() -> bool:
+    """CUDA's rule for a thread in the default (global) interaction mode: an unsafe call (an
+    allocation, a context-wide synchronise) is refused while this thread captures in global or
+    thread-local mode, or while another thread captures in global mode; a thread-local
+    capture elsewhere does not concern this thread."""
+    me = threading.current_thread()
+    for stream in list(DEVICE._streams.values()):
+        if stream.capturing is None:
+            continue
+        if stream.capture_thread is me and stream.capture_mode != 2:  # not RELAXED
+            return True
+        if stream.capture_thread is not me and stream.capture_mode == 0:  # GLOBAL
+            return True
+    return False
 
 
 def _refuse_during_capture(what: str) -> None:
-    if _any_capture():
+    if _capture_forbids_unsafe_calls():
         raise LogicError("{} failed: operation not permitted when stream is capturing".format(what))
 
 
