@@ -973,3 +973,25 @@ def test_without_pycuda_one_clear_message(fake_trt, monkeypatch, tmp_path):
         changenet_trt.load(str(engine))
     text = str(info.value)
     assert "'pycuda'" in text and "CUDA is on PATH" in text
+
+
+def test_the_full_runtime_allows_host_code_only_for_a_checked_version_compatible_engine(
+        fake_trt_factory, fake_cuda, tmp_path, reference_models, data):
+    # a version-compatible plan that embeds its lean runtime carries host code: every runtime,
+    # the full one too, runs it only with engine_host_code_allowed, which the runner sets only
+    # for bytes its sidecar describes as built so
+    fake_cuda.trt = fake_trt_factory("10.x")
+    onnx = reference_models["learnable_dynamic"]
+    engine = write_engine(tmp_path, fake_cuda, onnx, version_compatible=True)
+    with TensorRTRunner(engine) as runner:
+        np.testing.assert_allclose(run_batch(runner, data[0][:3], data[1][:3]),
+                                   expected(onnx, data[0][:3], data[1][:3]), rtol=0, atol=1e-5)
+    excluded = write_engine(tmp_path, fake_cuda, onnx, name="lean-excluded", version_compatible=True,
+                            exclude_lean_runtime=True)
+    with TensorRTRunner(excluded):  # no embedded lean runtime: no host code to allow
+        pass
+    meta = read_sidecar(engine)
+    meta.engine_sha256 = ""
+    write_sidecar(engine, meta)
+    with pytest.raises(EngineError, match="full runtime.*host code"):
+        TensorRTRunner(engine).activate()

@@ -241,9 +241,10 @@ class TensorRTRunner(Runner):
                 self.model_path
             )
         trt = self._trt
-        # the dispatch runtime runs the lean runtime the engine carries (host code); it is only
-        # allowed for an engine whose bytes are the ones its sidecar describes as built so
-        host_code = (trtlib.runtime_kind(trt) == "dispatch" and self.version_compatible and self._lean_embedded
+        # a version-compatible engine that embeds its lean runtime carries host code, which every
+        # runtime (full, lean, dispatch) runs only when allowed; it is allowed only for an engine
+        # whose bytes were just checked against the sidecar that says it was built so
+        host_code = (self.version_compatible and self._lean_embedded
                      and bool(self._sidecar is not None and self._sidecar.engine_sha256))
         with self._ctx.activate():
             runtime = trtlib.create_runtime(trt, FEATURE, allow_host_code=host_code)
@@ -251,7 +252,7 @@ class TensorRTRunner(Runner):
                 engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise EngineError(
-                    "cannot load {} as a TensorRT engine".format(self.model_path),
+                    "cannot load {} with TensorRT's {} runtime".format(self.model_path, trtlib.runtime_kind(trt)),
                     expected="an engine serialized by TensorRT {} for this GPU ({}), complete and unaltered".format(
                         trtlib.version(trt), self._ctx.name
                     ),

@@ -193,8 +193,8 @@ class Runtime(Strict):
         """Why this runtime cannot run the plan's TensorRT version (None when it can).
 
         A version-compatible plan (8.6+) runs in its release and later ones; the lean runtime only
-        runs version-compatible plans, the dispatch runtime only those that embed the lean runtime,
-        and only when it may run the host code they carry."""
+        runs version-compatible plans, the dispatch runtime only those that embed the lean runtime;
+        a plan that embeds the lean runtime carries host code, which no runtime runs unless allowed."""
         api = self._api
         flags = header.get("flags") or []
         built = header["trt_version"]
@@ -211,13 +211,14 @@ class Runtime(Strict):
         if Version(built) > api.version:
             return ("6: The engine plan file is not compatible with this version of TensorRT, expecting library "
                     "version {} or later got {}, please rebuild.".format(api.version_string, built))
-        if kind.startswith("tensorrt_dispatch"):
-            if "EXCLUDE_LEAN_RUNTIME" in flags:
-                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine excludes the "
-                        "lean runtime, which the dispatch runtime needs.)")
-            if not self._host_code:
-                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine carries host "
-                        "code (its lean runtime) and engine_host_code_allowed is false.)")
+        if kind.startswith("tensorrt_dispatch") and "EXCLUDE_LEAN_RUNTIME" in flags:
+            return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine excludes the "
+                    "lean runtime, which the dispatch runtime needs.)")
+        # a version-compatible plan that embeds its lean runtime carries host code, which any
+        # runtime runs only when allowed to (setEngineHostCodeAllowed(true))
+        if "EXCLUDE_LEAN_RUNTIME" not in flags and not self._host_code:
+            return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine carries host "
+                    "code (its lean runtime) and engine_host_code_allowed is false.)")
         return None
 
 
