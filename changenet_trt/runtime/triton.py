@@ -285,6 +285,7 @@ class TritonRunner(Runner):
         self._outputs: List[Optional[np.ndarray]] = []
         self._regions: List[Any] = []  # (connection, region name, handle) per registered region
         self._pending: List[Optional[Future]] = []
+        self._enqueue_ms: List[float] = []  # per slot: two requests may be in flight
 
     @property
     def batch_range(self) -> Tuple[int, int]:
@@ -307,6 +308,7 @@ class TritonRunner(Runner):
                                 for _ in range(self.num_slots)]
                 self._outputs = [None] * self.num_slots
             self._pending = [None] * self.num_slots
+            self._enqueue_ms = [0.0] * self.num_slots
         except BaseException:
             self._deactivate()
             raise
@@ -437,7 +439,7 @@ class TritonRunner(Runner):
             raise InputError("slot {} was submitted twice without a fetch in between".format(slot))
         start = now_ms()
         self._pending[slot] = self._workers[slot].submit(self._request, batch, slot)
-        self._enqueue_ms = now_ms() - start
+        self._enqueue_ms[slot] = now_ms() - start
 
     def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
         self._require_active()
@@ -447,7 +449,7 @@ class TritonRunner(Runner):
             raise InputError("nothing was submitted on slot {}".format(slot))
         self._pending[slot] = None
         result, timing = pending.result()
-        timing.enqueue_ms = getattr(self, "_enqueue_ms", 0.0)
+        timing.enqueue_ms = self._enqueue_ms[slot]
         self.last_timing = timing
         # a shared-memory output is a view of the slot's region, rewritten by its next request
         return result.copy() if copy and self.uses_shared_memory else result
