@@ -557,3 +557,19 @@ def test_missing_tensorrt_is_a_dependency_error(no_tensorrt):
     assert trtlib.installed_version() is None
     with pytest.raises(DependencyError, match="building an engine needs the Python module 'tensorrt'"):
         trtlib.import_tensorrt("building an engine")
+
+
+@BOTH
+def test_unwritable_outputs_are_refused_before_any_work(fake_trt, fake_cuda, reference_models, workdir):
+    model = reference_models["learnable_dynamic"]
+    (workdir / "a_file").write_text("not a folder")
+    builds = len(fake_trt._fake.builds)
+    with pytest.raises(InputError, match="cannot make the engine.*is a file, not a folder"):
+        build_engine_file(_options(model, output="a_file/model.engine"))
+    with pytest.raises(InputError, match="the engine .* is also an input"):
+        build_engine_file(_options(model, output=model))
+    (workdir / "engines" / "cache.engine").mkdir(parents=True)
+    with pytest.raises(InputError, match="is a folder"):
+        build_engine_file(_options(model, output="engines/cache.engine"))
+    assert len(fake_trt._fake.builds) == builds  # nothing was parsed or built
+    assert sorted(p.name for p in (workdir / "engines").iterdir()) == ["cache.engine"]  # no typed model made

@@ -49,8 +49,8 @@ from changenet_trt.engine.plan import (
     read_layer_patterns,
 )
 from changenet_trt.errors import BuildError, ChangeNetError, InputError
-from changenet_trt.files import atomic_write
-from changenet_trt.sidecar import EngineMetadata, file_sha256, write_sidecar
+from changenet_trt.files import atomic_write, check_output_file
+from changenet_trt.sidecar import EngineMetadata, file_sha256, sidecar_path, write_sidecar
 
 # The plan's names, importable from here as before the plan had its own module.
 __all__ = [
@@ -623,6 +623,18 @@ class BuildResult:
     typed: Optional[TypedModel] = None
 
 
+def check_outputs(plan: BuildPlan) -> None:
+    """Refuse, before minutes of building, an engine, sidecar, typed model or timing cache path
+    that cannot be written or would replace the source model."""
+    source = [plan.options.model]
+    check_output_file(plan.engine_path, "engine", inputs=source)
+    check_output_file(sidecar_path(plan.engine_path), "engine sidecar", inputs=source)
+    if plan.typed_onnx and plan.typed_onnx != os.fspath(plan.options.model):
+        check_output_file(plan.typed_onnx, "typed model", inputs=source)
+    if plan.timing_cache_path:
+        check_output_file(plan.timing_cache_path, "timing cache", inputs=source)
+
+
 def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[BuildPlan] = None,
                       status_stream: Optional[IO[str]] = None, calibration_batches: Any = None) -> BuildResult:
     """Build the engine ``plan`` describes (made from ``options`` for the installed TensorRT when not given).
@@ -645,6 +657,7 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
     elif plan.trt_version != trt_version:
         raise BuildError("the build plan was made for TensorRT {}; this is TensorRT {}".format(
             plan.trt_version or "(unknown)", trt_version), expected="a plan from make_plan() with this TensorRT")
+    check_outputs(plan)
     started = time.perf_counter()
     if not plan.gpu.known:
         log.warning("no GPU information (pycuda missing?): the engine metadata will not record the GPU, "
