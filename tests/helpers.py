@@ -27,3 +27,24 @@ def ort_output(model_path, sample, golden, static_batch=None):
             s, g = np.pad(s, pad), np.pad(g, pad)
         outs.append(session.run(None, {"input_1": s, "input_2": g})[0][:n])
     return np.concatenate(outs)
+
+
+def run_in_threads(work, count):
+    """Call ``work(i)`` for i in 0..count-1, each on its own thread, and wait for all of them;
+    return the exceptions they raised (to be asserted on the test's thread)."""
+    import threading
+
+    errors = []
+
+    def guarded(index):
+        try:
+            work(index)
+        except Exception as exc:  # reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -8,7 +8,6 @@ counter.
 """
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ from changenet_trt.gpu import cuda  # noqa: E402
 from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402
 from changenet_trt.tools.demo import make_pairs  # noqa: E402
 
-from helpers import ort_output  # noqa: E402
+from helpers import ort_output, run_in_threads  # noqa: E402
 
 MIB = 1 << 20
 
@@ -153,20 +152,13 @@ def test_threads_and_the_api(engines, reference_models):
     onnx = reference_models["learnable_dynamic"]
     with changenet_trt.load(onnx) as clf:
         want = clf.predict(golden, sample).scores
-    results, errors = {}, []
+    results = {}
 
     def work(index):
-        try:
-            with changenet_trt.load(engines[("learnable_dynamic", "fp16")], batch_size=8) as clf:
-                results[index] = clf.predict(golden, sample).scores
-        except Exception as exc:
-            errors.append(exc)
+        with changenet_trt.load(engines[("learnable_dynamic", "fp16")], batch_size=8) as clf:
+            results[index] = clf.predict(golden, sample).scores
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(work, 3)
     assert errors == []
     for scores in results.values():
         np.testing.assert_allclose(scores, want, rtol=1e-2, atol=1e-2)

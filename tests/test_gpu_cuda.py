@@ -15,7 +15,6 @@ import ctypes
 import json
 import os
 import sys
-import threading
 import time
 import warnings
 from types import SimpleNamespace
@@ -40,7 +39,7 @@ from changenet_trt.tools.demo import make_pairs  # noqa: E402
 
 from fakes.tensorrt import _runtime as fake_runtime  # noqa: E402
 from fakes.tensorrt import make_module  # noqa: E402
-from helpers import ort_output  # noqa: E402
+from helpers import ort_output, run_in_threads  # noqa: E402
 
 MIB = 1 << 20
 PAIR_SHAPE = (3, 512, 128)
@@ -127,19 +126,10 @@ def test_mapped_host_memory_is_read_by_the_device(ctx):
 
 
 def test_four_threads_use_the_primary_context(ctx):
-    errors = []
-
     def work(seed):
-        try:
-            test_pinned_and_device_round_trips_whole_and_partial(ctx)
-        except Exception as exc:  # reported below
-            errors.append(exc)
+        test_pinned_and_device_round_trips_whole_and_partial(ctx)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(work, 4)
     assert errors == []
 
 
@@ -258,20 +248,13 @@ def test_the_api_from_three_threads(real_gpu, reference_models):
     with changenet_trt.load(reference_models["learnable_dynamic"]) as clf:
         want = clf.predict(golden, sample).scores
     engine = real_gpu.engine()
-    results, errors = {}, []
+    results = {}
 
     def work(index):
-        try:
-            with changenet_trt.load(engine, batch_size=8) as clf:
-                results[index] = clf.predict(golden, sample).scores
-        except Exception as exc:  # reported below
-            errors.append(exc)
+        with changenet_trt.load(engine, batch_size=8) as clf:
+            results[index] = clf.predict(golden, sample).scores
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(work, 3)
     assert errors == [] and len(results) == 3
     for scores in results.values():
         np.testing.assert_allclose(scores, want, rtol=0, atol=1e-5)

@@ -18,7 +18,7 @@ from changenet_trt.evaluation import evaluate as evaluate_module
 from changenet_trt.evaluation.evaluate import evaluate
 from changenet_trt.tools.demo import make_pairs
 
-from helpers import normalized
+from helpers import normalized, run_in_threads
 
 THREADS = 8
 CALLS = 4
@@ -60,23 +60,16 @@ def hammer(clf, data):
         return clf.predict([p[0] for p in paths[lo:hi]], [p[1] for p in paths[lo:hi]]).scores
 
     alone = {job: call(job) for _, job in jobs}
-    got, errors = {}, []
+    got = {}
     barrier = threading.Barrier(THREADS)
 
     def work(index):
-        try:
-            barrier.wait()
-            for t, job in jobs:
-                if t == index:
-                    got[(index, job)] = call(job)
-        except Exception as exc:  # reported below with the thread's result
-            errors.append(exc)
+        barrier.wait()
+        for t, job in jobs:
+            if t == index:
+                got[(index, job)] = call(job)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(work, THREADS)
     assert errors == []
     assert len(got) == THREADS * CALLS
     for (_, job), scores in got.items():

@@ -22,7 +22,7 @@ from changenet_trt.tools.demo import make_pairs
 
 from fakes.tensorrt import _plan as fake_plan
 from fakes.tensorrt import make_fake_engine
-from helpers import normalized, ort_output
+from helpers import normalized, ort_output, run_in_threads
 
 MODES = ["8.5", "10.x"]
 
@@ -462,21 +462,14 @@ def test_several_runners_in_several_threads(gpu, tmp_path, reference_models, dat
     onnx = reference_models["learnable_dynamic"]
     golden, sample = data
     engine = write_engine(tmp_path, gpu, onnx)
-    outputs, errors = {}, []
+    outputs = {}
 
     def work(index):
-        try:
-            with changenet_trt.load(engine, batch_size=8, cuda_graph=index == 1) as clf:
-                lo = index * 5
-                outputs[index] = clf.predict(golden[lo:lo + 19], sample[lo:lo + 19]).raw
-        except Exception as exc:
-            errors.append(exc)
+        with changenet_trt.load(engine, batch_size=8, cuda_graph=index == 1) as clf:
+            lo = index * 5
+            outputs[index] = clf.predict(golden[lo:lo + 19], sample[lo:lo + 19]).raw
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(work, 3)
     assert errors == []
     for index, raw in outputs.items():
         lo = index * 5

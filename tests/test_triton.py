@@ -21,6 +21,8 @@ from changenet_trt.engine.triton_repo import parse_config, write_model_repositor
 from changenet_trt.evaluation.evaluate import evaluate  # noqa: E402
 from changenet_trt.runtime.triton import TritonError, parse_url  # noqa: E402
 
+from helpers import run_in_threads  # noqa: E402
+
 
 def fake_engine(tmp_path, kind="euclidean"):
     """An engine file (opaque bytes: Triton's TensorRT reads it, not us) with its sidecar."""
@@ -178,23 +180,14 @@ def test_dynamic_batching_merges_parallel_clients(served):
     barrier = threading.Barrier(4)
     # 3 pairs a request is no preferred batch size (4, 8, 16), so the scheduler holds each request
     # for the queue delay and merges what the other clients sent meanwhile
-    errors = []
-
     def client(seed):
-        try:
-            with TritonRunner(url, max_batch=3) as runner:
-                feed = {n: rng.normal(size=(3, 3, 512, 128)).astype(np.float32) for n in runner.contract.input_names()}
-                barrier.wait()
-                for _ in range(3):
-                    runner.infer(feed)
-        except Exception as exc:  # reported below, on the test's thread
-            errors.append(exc)
+        with TritonRunner(url, max_batch=3) as runner:
+            feed = {n: rng.normal(size=(3, 3, 512, 128)).astype(np.float32) for n in runner.contract.input_names()}
+            barrier.wait()
+            for _ in range(3):
+                runner.infer(feed)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(client, 4)
     assert not errors, errors
     with before:
         end = before.statistics()[0]["model_stats"][0]

@@ -269,22 +269,14 @@ class Synth(Command):
                             help="light image size in pixels (default: 128)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
         from changenet_trt.data.synth import synthesize
-        from changenet_trt.files import check_output_dir
 
         data, show = self.data_set.parse(args), self.progress.parse(args)
-        check_output_dir(args.out, what="synth output folder")  # before the progress bar opens
         start = time.perf_counter()
-        # disable=None: a bar on a terminal, nothing in a log file
-        with tqdm(total=args.pairs, desc="synth", unit="pairs", disable=None if show else True) as bar:
-            def on_pair(done: int) -> None:
-                bar.update(done - bar.n)  # synthesize reports the absolute count
-
-            result = synthesize(args.out, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
-                                lights=data.layout.lights, ext=data.layout.ext, size=args.size,
-                                workers=data.workers, on_pair=on_pair)
+        # synthesize checks the folder before its bar opens; the bar shows only on a terminal
+        result = synthesize(args.out, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
+                            lights=data.layout.lights, ext=data.layout.ext, size=args.size,
+                            workers=data.workers, progress=show)
         counts = ", ".join("{} {}".format(k, v) for k, v in result.counts.items())
         print("wrote {} pairs to {} in {:.1f} s: {}".format(args.pairs, args.out, time.perf_counter() - start, counts))
         print("  csv:    {}".format(result.csv_path))

@@ -16,8 +16,9 @@ Life cycle (as Polygraphy's runners)::
 import abc
 import os
 import time
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -177,6 +178,34 @@ class Runner(abc.ABC):
         for name, array in feed.items():
             np.copyto(buffers[name], array, casting="same_kind")
         return {self.contract.output: self.run(batch, copy=copy)}
+
+
+class SlotFutures:
+    """The batches a runner runs on worker threads: at most one in flight per slot, with the
+    host time each submission took (``Timing.enqueue_ms``)."""
+
+    def __init__(self, num_slots: int) -> None:
+        self._pending: List[Optional[Future]] = [None] * num_slots
+        self._enqueue_ms = [0.0] * num_slots
+
+    def submit(self, worker: Executor, run: Callable[[int, int], Tuple[np.ndarray, Timing]], batch: int,
+               slot: int) -> None:
+        """Queue ``run(batch, slot)`` on ``worker``; refused while ``slot`` has a batch not fetched."""
+        if self._pending[slot] is not None:
+            raise InputError("slot {} was submitted twice without a fetch in between".format(slot))
+        start = now_ms()
+        self._pending[slot] = worker.submit(run, batch, slot)
+        self._enqueue_ms[slot] = now_ms() - start
+
+    def result(self, slot: int) -> Tuple[np.ndarray, Timing]:
+        """Wait for ``slot``'s batch: ``run``'s output and its timing, with ``enqueue_ms`` filled in."""
+        pending = self._pending[slot]
+        if pending is None:
+            raise InputError("nothing was submitted on slot {}".format(slot))
+        self._pending[slot] = None
+        result, timing = pending.result()
+        timing.enqueue_ms = self._enqueue_ms[slot]
+        return result, timing
 
 
 def available_memory() -> Optional[int]:

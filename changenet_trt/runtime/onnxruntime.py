@@ -1,7 +1,7 @@
 """ONNX Runtime backend: the CPU default, and the reference the TensorRT runner is checked against."""
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,7 +9,14 @@ import numpy as np
 from changenet_trt.contract import ModelContract, read_contract
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError, missing_dependency
-from changenet_trt.runtime.base import Runner, Timing, check_batch_size, check_buffer_memory, now_ms
+from changenet_trt.runtime.base import (
+    Runner,
+    SlotFutures,
+    Timing,
+    check_batch_size,
+    check_buffer_memory,
+    now_ms,
+)
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -78,8 +85,7 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self._session = None
         self._inputs: List[Dict[str, np.ndarray]] = []
-        self._pending: List[Optional[Future]] = []
-        self._enqueue_ms: List[float] = []
+        self._requests = SlotFutures(0)
         self._worker: Optional[ThreadPoolExecutor] = None
 
     @property
@@ -105,8 +111,7 @@ class OnnxRuntimeRunner(Runner):
             {name: np.zeros(shape, dtype=dtype) for name in self.contract.input_names()}
             for _ in range(self.num_slots)
         ]
-        self._pending = [None] * self.num_slots
-        self._enqueue_ms = [0.0] * self.num_slots
+        self._requests = SlotFutures(self.num_slots)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changenet-ort")
 
     def _deactivate(self) -> None:
@@ -115,7 +120,7 @@ class OnnxRuntimeRunner(Runner):
         self._worker = None
         self._session = None
         self._inputs = []
-        self._pending = []
+        self._requests = SlotFutures(0)
 
     def input_buffers(self, batch: int, slot: int = 0) -> Dict[str, np.ndarray]:
         self._require_active()
@@ -155,22 +160,12 @@ class OnnxRuntimeRunner(Runner):
         self._require_active()
         self.check_batch(batch)
         self.check_slot(slot)
-        if self._pending[slot] is not None:
-            raise InputError("slot {} was submitted twice without a fetch in between".format(slot))
-        start = now_ms()
-        self._pending[slot] = self._worker.submit(self._run, batch, slot)  # type: ignore[union-attr]
-        self._enqueue_ms[slot] = now_ms() - start
+        self._requests.submit(self._worker, self._run, batch, slot)  # type: ignore[arg-type]
 
     def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
         self._require_active()
         self.check_slot(slot)
-        pending = self._pending[slot]
-        if pending is None:
-            raise InputError("nothing was submitted on slot {}".format(slot))
-        self._pending[slot] = None
-        result, timing = pending.result()
-        timing.enqueue_ms = self._enqueue_ms[slot]
-        self.last_timing = timing
+        result, self.last_timing = self._requests.result(slot)
         # ORT returns a fresh array per run; the first-rows slice of it is only a view when a
         # static-batch model padded the batch.
         return result.copy() if copy and result.base is not None else result

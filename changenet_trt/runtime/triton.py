@@ -18,7 +18,7 @@ container without the host's /dev/shm, say) the runner sends the bytes instead.
 
 import os
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
@@ -27,7 +27,7 @@ import numpy as np
 
 from changenet_trt.contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
 from changenet_trt.errors import ChangeNetError, InputError, missing_dependency
-from changenet_trt.runtime.base import Runner, Timing, now_ms
+from changenet_trt.runtime.base import Runner, SlotFutures, Timing, now_ms
 
 SCHEMES = {"grpc": 8001, "http": 8000}
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -284,8 +284,7 @@ class TritonRunner(Runner):
         self._inputs: List[Dict[str, np.ndarray]] = []
         self._outputs: List[Optional[np.ndarray]] = []
         self._regions: List[Any] = []  # (connection, region name, handle) per registered region
-        self._pending: List[Optional[Future]] = []
-        self._enqueue_ms: List[float] = []  # per slot: two requests may be in flight
+        self._requests = SlotFutures(0)  # per slot: two requests may be in flight
 
     @property
     def batch_range(self) -> Tuple[int, int]:
@@ -307,8 +306,7 @@ class TritonRunner(Runner):
                 self._inputs = [{n: np.zeros(shape, dtype) for n in self.contract.input_names()}
                                 for _ in range(self.num_slots)]
                 self._outputs = [None] * self.num_slots
-            self._pending = [None] * self.num_slots
-            self._enqueue_ms = [0.0] * self.num_slots
+            self._requests = SlotFutures(self.num_slots)
         except BaseException:
             self._deactivate()
             raise
@@ -372,7 +370,7 @@ class TritonRunner(Runner):
             worker.submit(self._close_slot, slot)  # on the thread that made the client
             worker.shutdown(wait=True)
         self._workers = []
-        self._pending = []
+        self._requests = SlotFutures(0)
         if self._regions:
             self._release_shared_memory()
         self._inputs = []
@@ -435,22 +433,12 @@ class TritonRunner(Runner):
         self._require_active()
         self.check_batch(batch)
         self.check_slot(slot)
-        if self._pending[slot] is not None:
-            raise InputError("slot {} was submitted twice without a fetch in between".format(slot))
-        start = now_ms()
-        self._pending[slot] = self._workers[slot].submit(self._request, batch, slot)
-        self._enqueue_ms[slot] = now_ms() - start
+        self._requests.submit(self._workers[slot], self._request, batch, slot)
 
     def fetch(self, slot: int = 0, copy: bool = True) -> np.ndarray:
         self._require_active()
         self.check_slot(slot)
-        pending = self._pending[slot]
-        if pending is None:
-            raise InputError("nothing was submitted on slot {}".format(slot))
-        self._pending[slot] = None
-        result, timing = pending.result()
-        timing.enqueue_ms = self._enqueue_ms[slot]
-        self.last_timing = timing
+        result, self.last_timing = self._requests.result(slot)
         # a shared-memory output is a view of the slot's region, rewritten by its next request
         return result.copy() if copy and self.uses_shared_memory else result
 
