@@ -30,3 +30,10 @@ def reference_models(tmp_path_factory):
         "learnable_static16_opset12": dict(kind="learnable", batch=16, opset=12),
     }
     return {name: write_reference_model(str(root / (name + ".onnx")), **kw) for name, kw in variants.items()}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh current folder (builds write engines/ and caches relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -48,3 +48,13 @@ def run_in_threads(work, count):
     for thread in threads:
         thread.join()
     return errors
+
+
+def build_options(model, **kw):
+    """BuildOptions for the fake builds: no progress bars, a short fp16 proof, engines/ under cwd."""
+    from changenet_trt.engine.plan import BuildOptions
+
+    kw.setdefault("progress", False)
+    kw.setdefault("proof_pairs", 8)
+    kw.setdefault("engines_dir", "engines")
+    return BuildOptions(model=model, **kw)

@@ -12,7 +12,6 @@ import pytest
 from changenet_trt.cli import main
 from changenet_trt.engine.build import (
     BatchProfile,
-    BuildOptions,
     build_engine_file,
     make_plan,
     read_layer_patterns,
@@ -23,22 +22,10 @@ from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes
 from changenet_trt.sidecar import check_compatible, read_sidecar
 
 from fakes.device import DEVICE
+from helpers import build_options
 
 BOTH = pytest.mark.parametrize("fake_trt", ["8.5", "10.x"], indirect=True)
 SHAPE = [3, 512, 128]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def _options(model, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("proof_pairs", 8)
-    kw.setdefault("engines_dir", "engines")
-    return BuildOptions(model=model, **kw)
 
 
 def _last_build(trt):
@@ -47,7 +34,7 @@ def _last_build(trt):
 
 @BOTH
 def test_fp16_build_records_profile_flags_and_writes_engine_and_sidecar(fake_trt, fake_cuda, reference_models, workdir):
-    result = build_engine_file(_options(reference_models["learnable_dynamic"], workspace_mib=512))
+    result = build_engine_file(build_options(reference_models["learnable_dynamic"], workspace_mib=512))
     rec = _last_build(fake_trt)
     assert rec["result"] == "ok"
     shapes = [[1] + SHAPE, [16] + SHAPE, [32] + SHAPE]
@@ -78,7 +65,7 @@ def test_fp16_build_records_profile_flags_and_writes_engine_and_sidecar(fake_trt
 @BOTH
 def test_engine_deserializes_and_runs_like_onnxruntime(fake_trt, fake_cuda, reference_models, workdir):
     model = reference_models["euclidean_dynamic"]
-    result = build_engine_file(_options(model, precision="fp32"))
+    result = build_engine_file(build_options(model, precision="fp32"))
     with open(result.engine_path, "rb") as handle:
         data = handle.read()
     logger = make_logger(fake_trt)
@@ -114,7 +101,7 @@ def test_engine_deserializes_and_runs_like_onnxruntime(fake_trt, fake_cuda, refe
 
 @BOTH
 def test_static_batch_model_is_prepared_before_the_build(fake_trt, fake_cuda, reference_models, workdir):
-    result = build_engine_file(_options(reference_models["learnable_static16"]))
+    result = build_engine_file(build_options(reference_models["learnable_static16"]))
     assert result.plan.rewrite_batch == 16
     assert os.path.isfile(result.plan.prepared_onnx)
     assert result.prepare_report is not None and all(c.ok for c in result.prepare_report.checks)
@@ -125,27 +112,27 @@ def test_static_batch_model_is_prepared_before_the_build(fake_trt, fake_cuda, re
 @BOTH
 def test_timing_cache_is_saved_and_reused(fake_trt, fake_cuda, reference_models, workdir):
     model = reference_models["learnable_dynamic"]
-    first = build_engine_file(_options(model, output="engines/a.engine"))
+    first = build_engine_file(build_options(model, output="engines/a.engine"))
     assert not first.timing_cache_hit
     cache = first.plan.timing_cache_path
     assert os.path.isfile(cache) and os.path.dirname(cache) == "engines"
     misses = _last_build(fake_trt)["timing_cache"]["misses"]
     assert misses > 0 and _last_build(fake_trt)["timing_cache"]["hits"] == 0
 
-    second = build_engine_file(_options(model, output="engines/b.engine"))
+    second = build_engine_file(build_options(model, output="engines/b.engine"))
     assert second.timing_cache_hit
     assert _last_build(fake_trt)["timing_cache"] == {"hits": misses, "misses": 0, "ignore_mismatch": False}
 
-    build_engine_file(_options(model, output="engines/c.engine", use_timing_cache=False))
+    build_engine_file(build_options(model, output="engines/c.engine", use_timing_cache=False))
     assert _last_build(fake_trt)["timing_cache"] is None
 
 
 def test_timing_cache_of_another_tensorrt_is_replaced(fake_trt_factory, fake_cuda, reference_models, workdir):
     model = reference_models["learnable_dynamic"]
     fake_trt_factory("8.5")
-    build_engine_file(_options(model, output="engines/old.engine", timing_cache="engines/shared.cache"))
+    build_engine_file(build_options(model, output="engines/old.engine", timing_cache="engines/shared.cache"))
     trt10 = fake_trt_factory("10.x")
-    result = build_engine_file(_options(model, output="engines/new.engine", timing_cache="engines/shared.cache"))
+    result = build_engine_file(build_options(model, output="engines/new.engine", timing_cache="engines/shared.cache"))
     assert not result.timing_cache_hit
     assert _last_build(trt10)["timing_cache"]["hits"] == 0
 
@@ -157,7 +144,7 @@ def test_fp32_layers_stay_float32_in_the_typed_model(fake_trt, fake_cuda, refere
     layers_file = workdir / "layers.txt"
     layers_file.write_text("# from fp16-check\nnode_of_head.rms   # sqrt of a small number\n")
     patterns = read_layer_patterns(["node_of_head.m*", "@" + str(layers_file)])
-    result = build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=patterns))
+    result = build_engine_file(build_options(reference_models["learnable_dynamic"], fp32_layers=patterns))
     rec = _last_build(fake_trt)
     expected = {"node_of_head.mean_sq", "node_of_head.rms", "node_of_head.max_abs"}
     held = graph_precision(result.typed.path)
@@ -167,7 +154,7 @@ def test_fp32_layers_stay_float32_in_the_typed_model(fake_trt, fake_cuda, refere
         assert set(rec["precision_constraints"].values()) == {"FLOAT"}
         assert "OBEY_PRECISION_CONSTRAINTS" in rec["flags"] and rec["constraints_mode"] == "obey"
         assert sorted(result.metadata.flags["fp32_layers"]) == sorted(held["fp32_nodes"])
-        build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["node_of_head.rms"],
+        build_engine_file(build_options(reference_models["learnable_dynamic"], fp32_layers=["node_of_head.rms"],
                                    precision_constraints="prefer", output="engines/p.engine"))
         assert "PREFER_PRECISION_CONSTRAINTS" in _last_build(fake_trt)["flags"]
     else:  # strongly typed: the types say it, no layer precision
@@ -175,12 +162,12 @@ def test_fp32_layers_stay_float32_in_the_typed_model(fake_trt, fake_cuda, refere
         assert result.metadata.flags["fp32_layers"] == []
 
     with pytest.raises(InputError, match="match no layer: 'LayerNorm\\*'"):
-        build_engine_file(_options(reference_models["learnable_dynamic"], fp32_layers=["LayerNorm*"]))
+        build_engine_file(build_options(reference_models["learnable_dynamic"], fp32_layers=["LayerNorm*"]))
 
 
 @BOTH
 def test_builder_optimization_level_only_where_supported(fake_trt, fake_cuda, reference_models, workdir, caplog):
-    build_engine_file(_options(reference_models["learnable_dynamic"], opt_level=5))
+    build_engine_file(build_options(reference_models["learnable_dynamic"], opt_level=5))
     rec = _last_build(fake_trt)
     if fake_trt.__version__.startswith("8.5"):
         assert rec["builder_optimization_level"] is None
@@ -191,12 +178,12 @@ def test_builder_optimization_level_only_where_supported(fake_trt, fake_cuda, re
 
 @BOTH
 def test_dla_core_with_gpu_fallback(fake_trt, fake_cuda, reference_models, workdir):
-    build_engine_file(_options(reference_models["learnable_dynamic"], dla_core=1))
+    build_engine_file(build_options(reference_models["learnable_dynamic"], dla_core=1))
     rec = _last_build(fake_trt)
     assert rec["default_device_type"] == "DLA" and rec["dla_core"] == 1 and "GPU_FALLBACK" in rec["flags"]
     assert rec["dla_gpu_fallback_layers"]  # dynamic shapes: TensorRT runs them on the GPU
     with pytest.raises(BuildError, match="no DLA core 2"):
-        build_engine_file(_options(reference_models["learnable_dynamic"], dla_core=2))
+        build_engine_file(build_options(reference_models["learnable_dynamic"], dla_core=2))
 
 
 class _Terminal(io.StringIO):
@@ -212,7 +199,7 @@ def test_build_progress_bars_on_a_terminal_only(fake_trt_factory, fake_cuda, ref
         shown = {}
         for name, stream, progress in (("terminal", _Terminal(), True), ("log file", io.StringIO(), True),
                                        ("quiet", _Terminal(), False)):
-            build_engine_file(_options(reference_models["learnable_dynamic"], progress=progress,
+            build_engine_file(build_options(reference_models["learnable_dynamic"], progress=progress,
                                        output="engines/{}-{}.engine".format(mode, name.replace(" ", ""))),
                               status_stream=stream)
             shown[name] = stream.getvalue()
@@ -239,7 +226,7 @@ def test_int8_calibration_drives_the_calibrator_and_reuses_its_cache(fake_trt, f
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 12)
-    opts = _options(model, precision="int8", profile=BatchProfile(1, 4, 8), int8_calibrator=True)
+    opts = build_options(model, precision="int8", profile=BatchProfile(1, 4, 8), int8_calibrator=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # TensorRT 10.1+ deprecations stay inside build
         result = build_engine_file(opts, calibration_batches=array_batches(golden, sample, 4))
@@ -269,18 +256,18 @@ def test_calibration_cache_for_other_preprocessing_or_model_is_refused(fake_trt,
 
     model = reference_models["learnable_dynamic"]
     golden, sample = _calibration_arrays(model, 4)
-    build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache",
+    build_engine_file(build_options(model, precision="int8", profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache",
                               int8_calibrator=True),
                  calibration_batches=array_batches(golden, sample, 4))
     with pytest.raises(BuildError, match="made with other preprocessing"):
-        build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8),
+        build_engine_file(build_options(model, precision="int8", profile=BatchProfile(1, 4, 8),
                               calib_cache="calibration/x.cache", normalization="deepstream", int8_calibrator=True))
     with pytest.raises(BuildError, match="made for another ONNX model"):
-        build_engine_file(_options(reference_models["euclidean_dynamic"], precision="int8",
+        build_engine_file(build_options(reference_models["euclidean_dynamic"], precision="int8",
                               profile=BatchProfile(1, 4, 8), calib_cache="calibration/x.cache",
                               int8_calibrator=True))
     # --recalibrate ignores the mismatch and rebuilds the cache
-    build_engine_file(_options(reference_models["euclidean_dynamic"], precision="int8", profile=BatchProfile(1, 4, 8),
+    build_engine_file(build_options(reference_models["euclidean_dynamic"], precision="int8", profile=BatchProfile(1, 4, 8),
                           calib_cache="calibration/x.cache", recalibrate=True, int8_calibrator=True),
                  calibration_batches=array_batches(golden, sample, 4))
     assert _last_build(fake_trt)["calibration_cache"] == "written"
@@ -320,19 +307,19 @@ def test_calibration_data_errors_surface(fake_trt, fake_cuda, reference_models, 
 
     for legacy in (True, False):
         with pytest.raises(DatasetError, match="x.jpg"):
-            build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8", int8_calibrator=legacy),
+            build_engine_file(build_options(reference_models["learnable_dynamic"], precision="int8", int8_calibrator=legacy),
                               calibration_batches=broken())
     with pytest.raises(InputError, match="INT8 needs calibration data"):
-        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8", calib_cache="none.cache",
+        build_engine_file(build_options(reference_models["learnable_dynamic"], precision="int8", calib_cache="none.cache",
                                    int8_calibrator=True))
     with pytest.raises(InputError, match="calibrates its Q/DQ model on real pairs.*--calib-csv"):
-        build_engine_file(_options(reference_models["learnable_dynamic"], precision="int8"))
+        build_engine_file(build_options(reference_models["learnable_dynamic"], precision="int8"))
 
 
 def test_tensorrt_build_failure_is_one_clear_error(fake_trt, fake_cuda, reference_models, workdir):
     fake_trt._fake.settings["fail_build"] = "2: [builder.cpp] Error Code 2: Out of memory (workspace too small)"
     with pytest.raises(BuildError, match="Out of memory"):
-        build_engine_file(_options(reference_models["learnable_dynamic"]))
+        build_engine_file(build_options(reference_models["learnable_dynamic"]))
     assert not os.path.exists("engines/learnable_dynamic_fp16_b1-16-32_fake-gpu-orin-sm87_trt10.3.0.engine")
 
 
@@ -448,11 +435,11 @@ def test_print_trtexec_follows_the_tensorrt_version(no_tensorrt, reference_model
 
 def test_plan_refuses_bad_options(reference_models):
     with pytest.raises(ChangeNetError):
-        make_plan(_options(reference_models["learnable_dynamic"], precision="fp8"))
+        make_plan(build_options(reference_models["learnable_dynamic"], precision="fp8"))
     with pytest.raises(InputError, match="need --int8"):
-        _options(reference_models["learnable_dynamic"], calib_cache="x.cache")
+        build_options(reference_models["learnable_dynamic"], calib_cache="x.cache")
     with pytest.raises(InputError, match="precision fp32"):
-        _options(reference_models["learnable_dynamic"], precision="fp32", calib_csv="x.csv")
+        build_options(reference_models["learnable_dynamic"], precision="fp32", calib_csv="x.csv")
     assert main(["build", reference_models["learnable_dynamic"], "--batch", "4:2:8", "--dry-run"]) == 2
 
 
@@ -509,7 +496,7 @@ def test_built_engine_loads_through_the_tensorrt_runner(fake_trt, fake_cuda, ref
     from changenet_trt.api import load
 
     model = reference_models["learnable_static16"]
-    result = build_engine_file(_options(model, precision="fp32"))
+    result = build_engine_file(build_options(model, precision="fp32"))
     rng = np.random.default_rng(0)
     golden = rng.integers(0, 255, size=(5, 512, 128, 3), dtype=np.uint8)
     sample = golden.copy()
@@ -565,11 +552,11 @@ def test_unwritable_outputs_are_refused_before_any_work(fake_trt, fake_cuda, ref
     (workdir / "a_file").write_text("not a folder")
     builds = len(fake_trt._fake.builds)
     with pytest.raises(InputError, match="cannot make the engine.*is a file, not a folder"):
-        build_engine_file(_options(model, output="a_file/model.engine"))
+        build_engine_file(build_options(model, output="a_file/model.engine"))
     with pytest.raises(InputError, match="the engine .* is also an input"):
-        build_engine_file(_options(model, output=model))
+        build_engine_file(build_options(model, output=model))
     (workdir / "engines" / "cache.engine").mkdir(parents=True)
     with pytest.raises(InputError, match="is a folder"):
-        build_engine_file(_options(model, output="engines/cache.engine"))
+        build_engine_file(build_options(model, output="engines/cache.engine"))
     assert len(fake_trt._fake.builds) == builds  # nothing was parsed or built
     assert sorted(p.name for p in (workdir / "engines").iterdir()) == ["cache.engine"]  # no typed model made

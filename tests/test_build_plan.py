@@ -24,12 +24,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NEWER_THAN_85 = {"VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"}
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _names(filename):
     with open(os.path.join(HERE, "fakes", "tensorrt_names", filename)) as handle:
         return {line.split()[0] for line in handle if line.strip() and not line.startswith("#")}

@@ -8,24 +8,13 @@ import onnxruntime as ort
 import pytest
 
 from changenet_trt.cli import main
-from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file, make_plan
+from changenet_trt.engine.build import BatchProfile, build_engine_file, make_plan
 from changenet_trt.engine.precision import read_made
 from changenet_trt.errors import DependencyError, InputError
 from changenet_trt.sidecar import file_sha256, read_sidecar
 
 from fakes.device import DEVICE
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def _options(model, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("proof_pairs", 8)
-    return BuildOptions(model=model, **kw)
+from helpers import build_options
 
 
 def _int8_batches(model, count=8, batch=4):
@@ -40,8 +29,8 @@ def _int8_batches(model, count=8, batch=4):
 def test_11x_sets_no_precision_flag_and_no_calibrator(fake_trt_factory, fake_cuda, reference_models, workdir):
     trt = fake_trt_factory("11.x")
     model = reference_models["learnable_dynamic"]
-    for options, batches in ((_options(model), None),
-                             (_options(model, precision="int8", profile=BatchProfile(1, 4, 8)), _int8_batches(model))):
+    for options, batches in ((build_options(model), None),
+                             (build_options(model, precision="int8", profile=BatchProfile(1, 4, 8)), _int8_batches(model))):
         result = build_engine_file(options, calibration_batches=batches)
         record = trt._fake.builds[-1]
         assert record["result"] == "ok" and record["strongly_typed"]
@@ -53,11 +42,11 @@ def test_11x_sets_no_precision_flag_and_no_calibrator(fake_trt_factory, fake_cud
         assert meta.flags["builder_flags"] == [] and meta.flags["strongly_typed"]
         assert meta.flags["precision_from"] == "the typed model's ONNX types"
     with pytest.raises(InputError, match="TensorRT 11.4.0 has no INT8 calibrator"):
-        build_engine_file(_options(model, precision="int8", int8_calibrator=True), calibration_batches=_int8_batches(model))
+        build_engine_file(build_options(model, precision="int8", int8_calibrator=True), calibration_batches=_int8_batches(model))
 
 
 def test_10x_builds_strongly_typed(fake_trt, fake_cuda, reference_models, workdir):
-    result = build_engine_file(_options(reference_models["learnable_dynamic"]))
+    result = build_engine_file(build_options(reference_models["learnable_dynamic"]))
     record = fake_trt._fake.builds[-1]
     strongly = 1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert record["network_flags"] & strongly and record["strongly_typed"]
@@ -70,14 +59,14 @@ def test_85_derives_its_flags_from_the_graph(fake_trt, fake_cuda, reference_mode
     from changenet_trt.engine.precision import graph_precision
 
     model = reference_models["learnable_dynamic"]
-    fp16 = build_engine_file(_options(model, fp32_layers=["node_of_head.rms"]))
+    fp16 = build_engine_file(build_options(model, fp32_layers=["node_of_head.rms"]))
     record = fake_trt._fake.builds[-1]
     held = graph_precision(fp16.typed.path)
     assert not record["strongly_typed"] and record["network_flags"] == 1  # EXPLICIT_BATCH only
     assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(record["flags"]) and "INT8" not in record["flags"]
     assert sorted(record["precision_constraints"]) == sorted(held["fp32_nodes"])
     assert "node_of_head.rms" in record["precision_constraints"]
-    int8 = build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8)),
+    int8 = build_engine_file(build_options(model, precision="int8", profile=BatchProfile(1, 4, 8)),
                              calibration_batches=_int8_batches(model))
     record = fake_trt._fake.builds[-1]
     assert "INT8" in record["flags"] and "FP16" not in record["flags"] and record["calibrator_calls"] == []
@@ -89,7 +78,7 @@ def test_int8_qdq_engine_runs_like_onnxruntime_on_the_qdq_model(mode, fake_trt_f
                                                                  workdir):
     fake_trt_factory(mode)
     model = reference_models["learnable_dynamic"]
-    result = build_engine_file(_options(model, precision="int8", profile=BatchProfile(1, 4, 8)),
+    result = build_engine_file(build_options(model, precision="int8", profile=BatchProfile(1, 4, 8)),
                                calibration_batches=_int8_batches(model))
     assert read_made(result.typed.path)["format"] == "QDQ"
     rng = np.random.default_rng(1)
@@ -132,7 +121,7 @@ def _run_engine(path, golden, sample):
 
 def test_typed_model_is_cached_reused_and_invalidated(fake_trt, fake_cuda, reference_models, workdir):
     model = reference_models["learnable_dynamic"]
-    first = build_engine_file(_options(model, output="engines/a.engine"))
+    first = build_engine_file(build_options(model, output="engines/a.engine"))
     path = first.typed.path
     assert not first.typed.reused and os.path.dirname(path) == "engines"
     assert os.path.basename(path).startswith("learnable_dynamic.fp16-") and path.endswith(".onnx")
@@ -141,15 +130,15 @@ def test_typed_model_is_cached_reused_and_invalidated(fake_trt, fake_cuda, refer
     assert inputs["source_sha256"] == file_sha256(model) and inputs["precision"] == "fp16"
     assert inputs["package"] and inputs["fp32_layers"] == [] and inputs["calibration"] is None
     stamp = os.stat(path).st_mtime_ns
-    again = build_engine_file(_options(model, output="engines/b.engine"))
+    again = build_engine_file(build_options(model, output="engines/b.engine"))
     assert again.typed.reused and again.typed.path == path and os.stat(path).st_mtime_ns == stamp
-    assert make_plan(_options(model)).typed_ready
+    assert make_plan(build_options(model)).typed_ready
     # another float32 list, another proof set or another precision: another typed model
-    other = build_engine_file(_options(model, output="engines/c.engine", fp32_layers=["node_of_head.rms"]))
+    other = build_engine_file(build_options(model, output="engines/c.engine", fp32_layers=["node_of_head.rms"]))
     assert not other.typed.reused and other.typed.path != path
-    assert make_plan(_options(model, proof_pairs=9)).typed_onnx not in (path, other.typed.path)
+    assert make_plan(build_options(model, proof_pairs=9)).typed_onnx not in (path, other.typed.path)
     # a typed model whose recorded inputs differ (e.g. another package version) is remade
-    plan = make_plan(_options(model))
+    plan = make_plan(build_options(model))
     plan_inputs = dict(plan.typed_inputs)
     plan_inputs["package"] = "0.0.0"
     from changenet_trt.engine.plan import typed_model_matches
@@ -159,14 +148,14 @@ def test_typed_model_is_cached_reused_and_invalidated(fake_trt, fake_cuda, refer
 
 def test_a_typed_input_model_builds_as_it_is(fake_trt, fake_cuda, reference_models, workdir):
     model = reference_models["learnable_dynamic"]
-    first = build_engine_file(_options(model, output="engines/a.engine"))
+    first = build_engine_file(build_options(model, output="engines/a.engine"))
     typed = str(workdir / "typed.onnx")
     with open(first.typed.path, "rb") as src, open(typed, "wb") as dst:
         dst.write(src.read())
-    plan = make_plan(_options(typed))
+    plan = make_plan(build_options(typed))
     assert plan.precision == "fp16" and plan.typed_source == "input" and plan.typed_onnx == typed
     with pytest.raises(InputError, match="already holds fp16 precision"):
-        make_plan(_options(typed, precision="int8"))
+        make_plan(build_options(typed, precision="int8"))
 
 
 def test_dry_run_and_trtexec_per_version(no_tensorrt, reference_models, workdir, capsys):
