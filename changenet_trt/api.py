@@ -359,9 +359,11 @@ class Classifier:
         """Run ``count`` pairs through the runner in batches; return the raw output ``[count, ...]``.
 
         ``fill(golden_dst, sample_dst, lo, hi)`` writes pairs ``[lo, hi)`` into the runner's
-        input buffers (views ``[hi-lo, C, H, W]``). With two buffer slots lent to this call,
-        batch k+1 is filled while batch k is inferred, so preprocessing overlaps inference;
-        with one (another thread holds the other), batches run one after the other.
+        input buffers (views ``[hi-lo, C, H, W]``). With d >= 2 buffer slots lent to this call
+        (every free slot, up to one per batch, when no other call waits), up to d batches are in
+        flight: batch k+d-1 is filled while batch k is inferred, so preprocessing overlaps
+        inference, and a runner over several servers (one slot each) keeps them all busy; with
+        one slot (other threads hold the rest), batches run one after the other.
         ``on_batch(pairs_done)`` is called after each batch (for progress). Thread-safe.
         """
         if count < 1:
@@ -371,8 +373,8 @@ class Classifier:
         step = runner.preferred_batch
         chunks = [(lo, min(lo + step, count)) for lo in range(0, count, step)]
         outputs = []
-        slots = self._slots.acquire(2 if len(chunks) > 1 else 1)
-        pipelined = len(slots) > 1
+        slots = self._slots.acquire(min(len(chunks), runner.num_slots))
+        depth = len(slots)
         in_flight: List[int] = []  # slots submitted and not yet fetched
 
         def fill_and_submit(index: int) -> None:
@@ -384,20 +386,20 @@ class Classifier:
             in_flight.append(slot)
 
         try:
-            fill_and_submit(0)
+            for index in range(min(depth - 1, len(chunks))):
+                fill_and_submit(index)
             for index in range(len(chunks)):
-                nxt = index + 1
-                if pipelined and nxt < len(chunks):
-                    # fill batch k+1 (the slot fetched one round ago) while batch k runs,
-                    # then queue it behind k so the device never waits for the host
-                    fill_and_submit(nxt)
-                slot = slots[index % len(slots)]
+                ahead = index + depth - 1
+                if ahead < len(chunks):
+                    # fill batch k+d-1 (into the slot fetched one round ago; with one slot, batch
+                    # k itself) while batches k..k+d-2 run, then queue it behind them so the
+                    # device never waits for the host
+                    fill_and_submit(ahead)
+                slot = slots[index % depth]
                 outputs.append(runner.fetch(slot=slot))
                 in_flight.remove(slot)
                 if on_batch is not None:
                     on_batch(chunks[index][1])
-                if not pipelined and nxt < len(chunks):
-                    fill_and_submit(nxt)
         except BaseException:
             # A bad image mid-run must not leave a batch queued: the runner stays usable.
             for slot in in_flight:

@@ -91,6 +91,66 @@ def test_tensorrt_classifier_shared_by_threads(fake_trt_factory, fake_cuda, tmp_
     assert fake_cuda.device.summary() == {"device_allocations": 0, "pinned_buffers": 0, "streams": 0}
 
 
+class DeepRunner:
+    """An ONNX Runtime runner with four buffer slots (as a Triton runner over four servers has)
+    that records how many batches are in flight at once."""
+
+    @staticmethod
+    def make(model, max_batch):
+        from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
+
+        class Deep(OnnxRuntimeRunner):
+            num_slots = 4
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.in_flight, self.most_in_flight, self.lock = 0, 0, threading.Lock()
+
+            def submit(self, batch, slot=0):
+                super().submit(batch, slot)
+                with self.lock:
+                    self.in_flight += 1
+                    self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+            def fetch(self, slot=0, copy=True):
+                out = super().fetch(slot, copy)
+                with self.lock:
+                    self.in_flight -= 1
+                return out
+
+        return Deep(model, max_batch=max_batch)
+
+
+def test_a_call_keeps_every_slot_of_the_runner_busy_and_shares_them_under_threads(reference_models, shared_data):
+    from changenet_trt.api import Classifier
+
+    model = reference_models["learnable_dynamic"]
+    golden, sample, _ = shared_data
+    with changenet_trt.load(model, batch_size=2) as two_slots:
+        want = two_slots.predict(golden, sample).raw
+
+    def fill(golden_dst, sample_dst, lo, hi):  # the buffered path (arrays of the model's dtype skip it)
+        np.copyto(golden_dst, golden[lo:hi])
+        np.copyto(sample_dst, sample[lo:hi])
+
+    runner = DeepRunner.make(model, max_batch=2)
+    clf = Classifier(runner)
+    try:
+        np.testing.assert_allclose(clf.run_pipeline(len(golden), fill), want, rtol=0, atol=1e-6)
+        assert runner.most_in_flight == 4  # one call, nobody waiting: all four slots in flight
+        results = {}
+
+        def work(index):
+            results[index] = clf.run_pipeline(len(golden), fill)
+
+        assert run_in_threads(work, 6) == []
+        for scores in results.values():
+            np.testing.assert_allclose(scores, want, rtol=0, atol=1e-6)
+        assert runner.in_flight == 0
+    finally:
+        clf.close()
+
+
 # -- NaN/Inf outputs ---------------------------------------------------------------------------
 def nan_model(path):
     """Euclidean model: sqrt(mean(sample) - mean(golden)): NaN where the sample is darker."""
