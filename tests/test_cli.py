@@ -222,13 +222,19 @@ def test_every_command_that_preprocesses_takes_normalization():
     assert with_option == set(NORMALIZATION_CALLS)
 
 
+def _normalization_call(name, reference_models, tmp_path, monkeypatch):
+    """The command line of NORMALIZATION_CALLS[name] (model and output filled in) and the list
+    that records what its library call received."""
+    argv, module, attr, pick = NORMALIZATION_CALLS[name]
+    seen = _record(monkeypatch, module, attr, pick)
+    fill = {"MODEL": reference_models["learnable_dynamic"], "OUT": str(tmp_path / "out")}
+    return [fill.get(a, a) for a in argv], seen
+
+
 @pytest.mark.parametrize("value", ["tao", "deepstream", "0.5,0.5,0.5/0.25,0.25,0.25", " 0.1,0.2,0.3/1,2,3 "])
 @pytest.mark.parametrize("name", sorted(NORMALIZATION_CALLS))
 def test_normalization_reaches_the_library(name, value, reference_models, monkeypatch, capsys, tmp_path):
-    argv, module, attr, pick = NORMALIZATION_CALLS[name]
-    seen = _record(monkeypatch, module, attr, pick)
-    argv = [reference_models["learnable_dynamic"] if a == "MODEL" else a for a in argv]
-    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    argv, seen = _normalization_call(name, reference_models, tmp_path, monkeypatch)
     assert main([name] + argv + ["--normalization", value]) == 2
     assert capsys.readouterr().err.strip() == "error: recorded"
     assert len(seen) == 1 and get_normalization(seen[0]) == parse_normalization(value)
@@ -237,10 +243,7 @@ def test_normalization_reaches_the_library(name, value, reference_models, monkey
 @pytest.mark.parametrize("value", ["imagenet", "0.5,0.5/0.5,0.5,0.5", "0.5,0.5,0.5/0,1,1", "0.5,0.5,0.5"])
 @pytest.mark.parametrize("name", sorted(NORMALIZATION_CALLS))
 def test_malformed_normalization_is_one_error_line(name, value, reference_models, monkeypatch, capsys, tmp_path):
-    argv, module, attr, pick = NORMALIZATION_CALLS[name]
-    seen = _record(monkeypatch, module, attr, pick)
-    argv = [reference_models["learnable_dynamic"] if a == "MODEL" else a for a in argv]
-    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    argv, seen = _normalization_call(name, reference_models, tmp_path, monkeypatch)
     assert main([name] + argv + ["--normalization", value]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot read the normalisation"), lines
