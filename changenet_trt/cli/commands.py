@@ -947,10 +947,11 @@ class Fp16Check(Command):
         contract = read_contract(args.model, **names)
         source = make_source(contract, get_normalization(norm or contract.preprocess))
         try:
-            batch = contract.static_batch or 1  # every activation is held at once: keep it to one pair
+            # every activation of a run is held at once: check_model runs ANALYSIS_PAIRS pairs at a time
+            batch = contract.static_batch or fp16_check.ANALYSIS_PAIRS
             report = fp16_check.check_model(
                 args.model, fp16_check.source_batches(source, batch, contract.input_shape), contract=contract,
-                max_rel_error=args.max_rel_error, threads=runtime.backend_options.get("threads"),
+                max_rel_error=args.max_rel_error, threads=runtime.backend_options.get("threads"), total=source.count,
             )
         finally:
             source.close()

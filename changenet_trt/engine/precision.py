@@ -30,9 +30,8 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -244,32 +243,288 @@ def _compare(typed_path: str, original: str, make_source: SourceFactory, cutoff:
 
 
 # -- float16 -------------------------------------------------------------------------------------
-def convert_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Any:
-    """A float16 copy of ``proto`` (nodes named first) with ``fp32_nodes`` kept float32.
+#: ops kept float32 whatever their schema allows: ones whose output type comes from an attribute
+#: (random generators, EyeLike) and the ones NVIDIA ModelOpt's AutoCast never lowers
+#: (modelopt/onnx/autocast/precisionconverter.py, OP_TYPES_NOT_SUPPORTED_IN_LOW_PRECISION:
+#: Upsample, NonMaxSuppression, Celu)
+_FLOAT32_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                "Multinomial", "EyeLike", "Upsample", "NonMaxSuppression", "Celu")
+#: ops whose output depends on the shape of their input, not on its values: where shape
+#: arithmetic starts (TAO's var_mean exports Shape -> Gather -> ReduceProd -> Cast(float))
+_SHAPE_OPS = ("Shape", "Size")
+_HALF_TYPE = "tensor(float16)"
 
-    Inputs and outputs stay float32 (Casts at the edges); weights are clamped to the float16
-    range only where they leave it (|x| > 65504 -> 65504, 0 < |x| < 2**-24 -> 2**-24), not at
-    onnxconverter-common's defaults (1e4, 1e-7), which would change ordinary weights. No proof:
-    see :func:`to_fp16`.
-    """
+
+def value_dependent(proto: Any) -> Set[str]:
+    """Names of the tensors whose values depend on the values of a graph input.
+
+    Found by tracing from the inputs through every node except Shape/Size (whose outputs carry
+    only a shape): what is left out is shape and index arithmetic (Shape -> Gather ->
+    ReduceProd -> Cast(float) for var_mean's N/(N-1), Range-based position tables) or constant
+    folding, which float16 must not touch (TensorRT evaluates it as shape tensors or at build
+    time, and a float16 element count loses integers above 2048)."""
+    graph = proto.graph
+    initializers = {init.name for init in graph.initializer}
+    dependent = {vi.name for vi in graph.input if vi.name not in initializers}
+    for node in graph.node:  # ONNX keeps nodes in topological order
+        if node.op_type in _SHAPE_OPS:
+            continue
+        if any(name in dependent for name in node.input if name):
+            dependent.update(name for name in node.output if name)
+    return dependent
+
+
+def _elem_types(proto: Any) -> Dict[str, int]:
+    """tensor name -> ONNX element type, as far as shape inference (non-strict) knows it."""
     import onnx
 
     try:
-        from onnxconverter_common import float16
-    except ImportError:
-        raise missing_dependency("onnxconverter_common", "FP16 model preparation") from None
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except Exception:  # best effort: unknown types are caught by check_typed afterwards
+        inferred = proto.graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
+    for init in proto.graph.initializer:
+        types[init.name] = init.data_type
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def _half_slots(node: Any, opset: int) -> Tuple[List[Optional[bool]], List[Optional[bool]]]:
+    """For each input and output of ``node``: True when its ONNX schema lets it be float16,
+    False when it must stay float32 whatever the node computes in (e.g. Resize's ``scales``),
+    None when the schema does not allow float16 where it allows float (the node then stays
+    float32). Read from the op schema at the model's opset, as ModelOpt's AutoCast finds the
+    ops it cannot lower."""
+    import onnx
+
+    schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+
+    def slots(formals: Sequence[Any], count: int) -> List[Optional[bool]]:
+        found: List[Optional[bool]] = []
+        for index in range(count):
+            if not formals:
+                found.append(None)
+                continue
+            type_str = formals[min(index, len(formals) - 1)].type_str
+            types = allowed.get(type_str, {type_str})
+            if _HALF_TYPE in types:
+                found.append(True)
+            elif types == {"tensor(float)"}:
+                found.append(False)
+            else:
+                found.append(None)
+        return found
+
+    return slots(schema.inputs, len(node.input)), slots(schema.outputs, len(node.output))
+
+
+def _half_values(values: np.ndarray) -> np.ndarray:
+    """float16 copy of float weights, clamped only where they leave the float16 range
+    (|x| > 65504 -> 65504, 0 < |x| < 2**-24 -> 2**-24, signs kept)."""
+    values = np.asarray(values, dtype=np.float32)
+    magnitude = np.abs(values)
+    values = np.where(magnitude > FP16_MAX, np.sign(values) * FP16_MAX, values)
+    values = np.where((magnitude > 0) & (magnitude < FP16_MIN_SUBNORMAL), np.sign(values) * FP16_MIN_SUBNORMAL, values)
+    return values.astype(np.float16)
+
+
+@dataclass
+class Fp16Plan:
+    """Which nodes of a model run in float16 (``half``), which stay float32 and why."""
+
+    half: List[str]
+    kept: List[str]  # asked for (fp16-check, the user)
+    shape_math: List[str]  # shape/index arithmetic and constant folding (not value dependent)
+    unsupported: List[str]  # the op's schema has no float16, or it is in _FLOAT32_OPS
+
+
+def plan_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Fp16Plan:
+    """Classify the float nodes of ``proto`` (nodes named) for :func:`convert_fp16`.
+
+    What stays float32, and why (rules learnt from NVIDIA ModelOpt's AutoCast,
+    modelopt/onnx/autocast/nodeclassifier.py and precisionconverter.py; our own code):
+
+    * nodes the caller names: ``fp16-check``'s islands (AutoCast's IORangeRule keeps nodes
+      whose reference inputs/outputs leave a range, and its InitializerRangeRule nodes reading
+      weights beyond float16; fp16-check measures both, plus float16 rounding loss, which
+      catches TAO's 1e-6 layer scale and its channel-first LayerNorm variance) and the user's;
+    * shape and index arithmetic, found by tracing value dependence from the inputs
+      (:func:`value_dependent`), not by names;
+    * ops whose schema has no float16 at the model's opset, and the few AutoCast never lowers;
+      inputs the schema fixes to float32 (Resize's ``scales``) stay float32 on a float16 node.
+    """
+    opset = main_opset(proto)
+    types = _elem_types(proto)
+    dependent = value_dependent(proto)
+    blocked = set(fp32_nodes)
+    plan = Fp16Plan([], [], [], [])
+    for node in proto.graph.node:
+        floats = [n for n in list(node.input) + list(node.output) if n and types.get(n) == _FLOAT]
+        if not floats or node.op_type == "Constant":
+            continue
+        if node.name in blocked:
+            plan.kept.append(node.name)
+        elif not any(name in dependent for name in node.output if name):
+            plan.shape_math.append(node.name)
+        elif (node.op_type in _FLOAT32_OPS or node.domain not in ("", "ai.onnx")
+              or any(a.type in (5, 10) for a in node.attribute)):  # GRAPH, GRAPHS: If/Loop/Scan bodies
+            plan.unsupported.append(node.name)
+        elif node.op_type == "Cast" and next((a.i for a in node.attribute if a.name == "to"), 0) != _FLOAT:
+            # a value turned into an index (Cast to int) reads float32, as the float model does
+            plan.unsupported.append(node.name)
+        else:
+            ins, outs = _half_slots(node, opset)
+            slots = [s for n, s in zip(list(node.input) + list(node.output), ins + outs) if n and types.get(n) == _FLOAT]
+            if any(s is None for s in slots):
+                plan.unsupported.append(node.name)
+            else:
+                plan.half.append(node.name)
+    return plan
+
+
+def convert_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Any:
+    """A float16 copy of ``proto`` (nodes named first) with ``fp32_nodes`` kept float32.
+
+    :func:`plan_fp16` says which nodes compute in float16; their float tensors become float16
+    and every other float tensor stays float32. A ``Cast`` is added only where a tensor's type
+    and its reader's differ (one per tensor and direction, named ``<tensor>/to_fp16`` or
+    ``/to_fp32``); the model's inputs and outputs stay float32. Weights follow their readers
+    (a weight read both ways gets a ``<name>/fp16`` copy) and are clamped only where they leave
+    the float16 range (|x| > 65504 -> 65504, 0 < |x| < 2**-24 -> 2**-24). Every surviving node
+    and tensor keeps its name, except a float16 node writing a graph output, whose tensor is
+    then ``<output>/fp16`` before the Cast back. ``value_info`` is kept for the tensors that
+    remain, with their new types. No proof: see :func:`to_fp16`.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     name_nodes(model)
-    blocked = list(fp32_nodes)
-    blocked += [n for n in _constants_of(model, blocked) if n not in blocked]
-    with warnings.catch_warnings():
-        # it warns for every weight it clamps, and for the limit itself (2**-24 is exact in float16)
-        warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(
-            model, min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX, keep_io_types=True,
-            node_block_list=blocked)
-    return converted
+    graph = model.graph
+    opset = main_opset(model)
+    plan = plan_fp16(model, fp32_nodes)
+    half = set(plan.half)
+    types = _elem_types(model)
+    taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
+    taken |= {init.name for init in graph.initializer} | {vi.name for vi in graph.input}
+    node_names = {node.name for node in graph.node}
+
+    def fresh(base: str, used: Set[str]) -> str:
+        name, index = base, 1
+        while name in used:
+            index += 1
+            name = "{}_{}".format(base, index)
+        used.add(name)
+        return name
+
+    # 1. the type every float tensor is produced in, and the type each reader wants
+    produced: Dict[str, int] = {}
+    wants: List[Tuple[Any, int, str, int]] = []  # (node, input index, tensor, wanted type)
+    for node in graph.node:
+        ins, outs = _half_slots(node, opset) if node.name in half else ([None] * len(node.input), [None] * len(node.output))
+        for index, name in enumerate(node.output):
+            if name and types.get(name) == _FLOAT:
+                produced[name] = _FLOAT16 if outs[index] else _FLOAT
+        for index, name in enumerate(node.input):
+            if name and types.get(name) == _FLOAT and node.op_type not in _SHAPE_OPS:  # those read any type
+                wants.append((node, index, name, _FLOAT16 if ins[index] else _FLOAT))
+        if node.name in half and node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to":
+                    attr.i = _FLOAT16
+    # 2. constants (initializers and Constant nodes) take the type their readers want
+    constants: Dict[str, Any] = {init.name: init for init in graph.initializer if init.data_type == _FLOAT}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == _FLOAT:
+                    constants[node.output[0]] = attr.t
+    demanded: Dict[str, Set[int]] = {}
+    for _, _, name, want in wants:
+        if name in constants:
+            demanded.setdefault(name, set()).add(want)
+    renamed: Dict[Tuple[str, int], str] = {}
+    for name, kinds in demanded.items():
+        if kinds != {_FLOAT16}:
+            if _FLOAT16 in kinds:  # read both ways: a float16 copy beside the float32 original
+                copy = fresh(name + "/fp16", taken)
+                graph.initializer.append(numpy_helper.from_array(_half_values(numpy_helper.to_array(constants[name])), copy))
+                renamed[(name, _FLOAT16)] = copy
+            continue
+        tensor = constants[name]
+        tensor.CopyFrom(numpy_helper.from_array(_half_values(numpy_helper.to_array(tensor)), tensor.name))
+        produced[name] = _FLOAT16
+    casts: Dict[int, List[Any]] = {}  # id of the producing node (0: graph inputs) -> Casts after it
+    # 3. graph outputs stay float32: a float16 producer writes <output>/fp16, a Cast writes the output
+    outputs = {vi.name for vi in graph.output}
+    for node in graph.node:
+        for index, name in enumerate(node.output):
+            if name in outputs and produced.get(name) == _FLOAT16:
+                inner = fresh(name + "/fp16", taken)
+                node.output[index] = inner
+                produced[inner] = _FLOAT16
+                renamed[(inner, _FLOAT)] = name
+                back = helper.make_node("Cast", [inner], [name], to=_FLOAT, name=fresh(name + "/to_fp32", node_names))
+                casts.setdefault(id(node), []).append(back)
+                for other in graph.node:
+                    for i, used in enumerate(other.input):
+                        if used == name:
+                            other.input[i] = inner
+                wants[:] = [(n, i, inner if t == name else t, w) for n, i, t, w in wants]
+    # 4. a Cast wherever a reader wants another type than the tensor has
+    producer_of = {out: node for node in graph.node for out in node.output if out}
+    for node, index, name, want in wants:
+        have = produced.get(name, _FLOAT)
+        if have == want:
+            continue
+        key = (name, want)
+        if key not in renamed:
+            suffix = "/to_fp16" if want == _FLOAT16 else "/to_fp32"
+            target = fresh(name + suffix, taken)
+            cast = helper.make_node("Cast", [name], [target], to=want, name=fresh(name + suffix, node_names))
+            anchor = producer_of.get(name)
+            casts.setdefault(id(anchor) if anchor is not None else 0, []).append(cast)
+            renamed[key] = target
+        node.input[index] = renamed[key]
+    nodes = list(casts.get(0, []))
+    for node in graph.node:
+        nodes.append(node)
+        nodes += casts.get(id(node), [])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # 5. value_info: the tensors that remain, with their new types
+    present = {n for node in graph.node for n in node.output}
+    kept = []
+    for vi in graph.value_info:
+        if vi.name in present:
+            if produced.get(vi.name) == _FLOAT16:
+                vi.type.tensor_type.elem_type = _FLOAT16
+            kept.append(vi)
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return model
+
+
+def _weight_share(typed: Any) -> str:
+    """How many of the MatMul/Conv/Gemm weights (initializer elements) of ``typed`` are float16."""
+    sizes = {init.name: (init.data_type, int(np.prod(init.dims)) if len(init.dims) else 1)
+             for init in typed.graph.initializer}
+    half = total = 0
+    for node in typed.graph.node:
+        if node.op_type in ("MatMul", "Conv", "Gemm", "ConvTranspose"):
+            for name in node.input[1:2]:
+                if name in sizes:
+                    dtype, count = sizes[name]
+                    total += count
+                    half += count if dtype == _FLOAT16 else 0
+    return "{:.1%} of {} elements".format(half / total, total) if total else "none"
 
 
 def emulate_fp16(typed: Any) -> Any:
@@ -350,6 +605,7 @@ def to_fp16(
     threads: Optional[int] = None,
     origin: Optional[PathLike] = None,
     extra_made: Optional[Dict[str, Any]] = None,
+    progress: bool = True,
 ) -> PrecisionReport:
     """Write a float16 version of ``model_path`` to ``out_path`` after proving it on real pairs.
 
@@ -388,7 +644,8 @@ def to_fp16(
         try:
             report = check_model(source, source_batches(pairs, contract.static_batch or PROOF_BATCH,
                                                         contract.input_shape),
-                                 contract=contract, max_rel_error=max_rel_error, threads=threads)
+                                 contract=contract, max_rel_error=max_rel_error, threads=threads,
+                                 total=pairs.count, progress=progress)
         finally:
             pairs.close()
         flagged = {layer.layer: list(layer.reasons) for layer in report.layers}
@@ -398,6 +655,7 @@ def to_fp16(
         raise BuildError("fp16-check flagged layers that are not nodes of the model", found=", ".join(unknown))
     keep = [node.name for node in original.graph.node if node.name in flagged or node.name in user_nodes]
     converted = convert_fp16(original, keep)
+    plan = plan_fp16(original, keep)
     check_typed(converted, "float16 model")
     made = {"precision": "fp16", "fp32_nodes": keep, "flagged": sorted(flagged), "user": list(fp32_nodes),
             "min_positive": FP16_MIN_SUBNORMAL, "max_finite": FP16_MAX, "io": "float32"}
@@ -423,6 +681,10 @@ def to_fp16(
     result = PrecisionReport(source, output, "fp16", keep, validation, flagged=flagged, user_nodes=user_nodes,
                              details={"float32 nodes": "{} ({} flagged by fp16-check, {} yours)".format(
                                  len(keep), len(flagged), len(user_nodes)),
+                                 "shape arithmetic kept float32": "{} nodes".format(len(plan.shape_math)),
+                                 "MatMul/Conv/Gemm weights in float16": _weight_share(converted),
+                                 "raw-output SQNR vs float32": "{:.1f} dB (float16 storage emulated), {:.1f} dB "
+                                 "(onnxruntime on the float16 file)".format(validation.raw.sqnr_db, direct.raw.sqnr_db),
                                  "onnxruntime on the float16 file": "{} flips, max |score diff| {:.3g}".format(
                                      direct.flips.count, direct.score.abs_max)},
                              direct=direct, forced=force)
@@ -704,8 +966,8 @@ def graph_precision(model: Any) -> Dict[str, Any]:
     ``float16``: any float16 tensor (weight or activation) -> the FP16 flag; ``qdq``: any
     QuantizeLinear/DequantizeLinear -> the INT8 flag; ``fp32_nodes``: in a float16 graph, the
     nodes (other than Casts) that still compute in float32 -> layer precision FLOAT with
-    OBEY_PRECISION_CONSTRAINTS. Node names are TensorRT's layer names (unnamed nodes:
-    ``node_of_<output>``).
+    OBEY_PRECISION_CONSTRAINTS (shape arithmetic, which stays float32 in every float16 model,
+    is not listed). Node names are TensorRT's layer names (unnamed nodes: ``node_of_<output>``).
     """
     proto = _load(model)
     qdq = any(node.op_type in _QDQ_OPS for node in proto.graph.node)
@@ -716,9 +978,12 @@ def graph_precision(model: Any) -> Dict[str, Any]:
             float16 = True
     fp32_nodes: List[str] = []
     if float16:
+        dependent = value_dependent(proto)
         for node in proto.graph.node:
             if node.op_type in ("Cast",) + _QDQ_OPS:
                 continue
+            if not any(name in dependent for name in node.output if name):
+                continue  # shape arithmetic: TensorRT computes it as shape tensors, not as layers to constrain
             outs = [types.get(name, 0) for name in node.output if name]
             if _FLOAT in outs and _FLOAT16 not in outs:
                 fp32_nodes.append(layer_name(node))
