@@ -187,3 +187,56 @@ def test_sqnr_of_raw_outputs():
     # sum ref^2 = 25, sum noise^2 = 0.25 -> 20 dB
     assert error_stats(ref, ref + np.array([0.5, 0.0])).sqnr_db == pytest.approx(20.0)
     assert sqnr_db(0.0, 1.0) == float("-inf")
+
+
+@pytest.mark.parametrize("variant", ["learnable_dynamic", "euclidean_dynamic", "learnable_static16",
+                                     "learnable_static16_opset12", "euclidean_static16_opset12"])
+def test_every_tao_like_export_converts_to_a_strictly_typed_float16_graph(tao_like_models, variant):
+    original = onnx.load(tao_like_models[variant])
+    typed = precision.convert_fp16(original)
+    precision.check_typed(typed, "float16 model")
+    plan = precision.plan_fp16(precision.name_nodes(onnx.load(tao_like_models[variant])))
+    ops = {n.name: n.op_type for n in typed.graph.node}
+    # var_mean's Cast(to=FLOAT) of the element count stays float32 shape arithmetic
+    casts = [n for n in plan.shape_math if ops[n] == "Cast"]
+    assert casts
+    for name in casts:
+        node = next(n for n in typed.graph.node if n.name == name)
+        assert [a.i for a in node.attribute if a.name == "to"] == [TensorProto.FLOAT]
+    # ReduceProd of a shape is never float16 (it is not even a float node)
+    assert not any(ops[n] == "ReduceProd" for n in plan.half)
+    assert set(ops) >= {n.name for n in precision.name_nodes(original).graph.node}
+    # every weight but the position encoding's (computed from shapes and constants: float32) is float16
+    share = float(precision._weight_share(typed).split("%")[0])
+    assert 90 <= share < 100
+    golden = np.random.default_rng(0).normal(size=(2, 3, 512, 128)).astype(np.float32)
+    sample = golden + np.random.default_rng(1).normal(scale=0.5, size=golden.shape).astype(np.float32)
+    feed_batch = 16 if "static" in variant else 2
+    g = np.take(golden, np.arange(feed_batch) % 2, axis=0)
+    s = np.take(sample, np.arange(feed_batch) % 2, axis=0)
+    ref, out = _run(original, g, s), _run(typed, g, s)
+    assert np.isfinite(out).all()
+    from changenet_trt.evaluation.validate import error_stats
+
+    assert error_stats(ref, out).sqnr_db > 30
+
+
+def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models, tmp_path):
+    out = str(tmp_path / "fp16.onnx")
+    report = precision.to_fp16(tao_like_models["learnable_dynamic"], out, make_source=_synthetic(6), progress=False)
+    assert report.validation.raw.sqnr_db > 30 and report.direct.raw.sqnr_db > 30
+    assert "dB" in report.details["raw-output SQNR vs float32"]
+    assert report.details["MatMul/Conv/Gemm weights in float16"].endswith("elements")
+    assert any("SQNR" in line for line in report.summary_lines())
+    # fp16-check's islands: the 1e-6 layer scale loses its digits in float16
+    assert any("gamma" in name.lower() or "mul" in name.lower() for name in report.fp32_nodes)
+    precision.check_typed(onnx.load(out), "float16 model")
+
+
+def _synthetic(pairs):
+    def make(contract, normalization):
+        from changenet_trt.evaluation.validate import synthetic_source
+
+        return synthetic_source(pairs, contract.input_shape, normalization, seed=5)
+
+    return make

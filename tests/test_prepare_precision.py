@@ -79,7 +79,7 @@ def test_int8_on_a_synthetic_tao_set_writes_qdq_that_infer_runs(overflow16, tao_
     assert main(["prepare", overflow16, "-o", out, "--precision", "int8", "--calib-csv", tao_set.csv_path,
                  "--calib-batches", "1", "--calib-method", "percentile"]) == 0
     text = capsys.readouterr().out
-    assert "calibration: percentile 99.999 on 16 pairs (1 batches)" in text
+    assert "calibration: percentile 99.999 on 16 pairs (1 batches, 2 pairs per run)" in text
     assert "pairs: 8 held back from calibration (after the first 16 of 24 pairs" in text
     assert "FPR = FP/(FP+TN)" in text and "defect capture" in text and "TP / FP / TN / FN" in text
     model = onnx.load(out)

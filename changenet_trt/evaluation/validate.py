@@ -111,7 +111,7 @@ def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, r
         atol=float(atol),
         rtol=float(rtol),
         sqnr_db=sqnr_db(float(np.sum(np.where(both_finite, ref, 0.0) ** 2)),
-                        float(np.sum(np.where(both_finite, test - ref, 0.0) ** 2))),
+                        float(np.sum(np.where(both_finite, diff, 0.0) ** 2))),
     )
 
 
