@@ -233,6 +233,7 @@ def check_model(
     run_pairs: int = ANALYSIS_PAIRS,
     total: Optional[int] = None,
     progress: bool = True,
+    progress_file: Any = None,
 ) -> Fp16Report:
     """Run ``model`` (ONNX path) on float32 ONNX Runtime with every float activation exposed.
 
@@ -243,7 +244,7 @@ def check_model(
     each batch runs ``run_pairs`` pairs at a time and only running statistics are kept
     (:class:`TensorStats`); a static-batch model runs its whole batch each time (its exposed
     intermediates grow with that batch: check the dynamic model ``prepare`` writes). ``total``: pairs expected, for the progress bar (tqdm on stderr,
-    shown only on a terminal; ``progress=False`` hides it).
+    shown only on a terminal; ``progress=False`` hides it; ``progress_file``: another stream).
     Returns an :class:`Fp16Report`; layers are flagged when a tensor they produce or read
     exceeds 65504 (or its float16 relative error exceeds ``max_rel_error``), or when they read
     a weight beyond 65504.
@@ -297,7 +298,8 @@ def check_model(
     dtype = np.dtype(contract.input_dtype)
     pairs = 0
     skipped = set()
-    bar = tqdm(total=total, desc="fp16-check", unit="pair", disable=None if progress else True, leave=False)
+    bar = tqdm(total=total, desc="fp16-check", unit="pair", disable=None if progress else True, leave=False,
+               file=progress_file)
     try:
         for golden, sample in batches:
             n_batch = int(golden.shape[0])

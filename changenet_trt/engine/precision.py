@@ -641,6 +641,8 @@ def to_fp16(
     origin: Optional[PathLike] = None,
     extra_made: Optional[Dict[str, Any]] = None,
     progress: bool = True,
+    analysis_source: Optional[SourceFactory] = None,
+    progress_file: Any = None,
 ) -> PrecisionReport:
     """Write a float16 version of ``model_path`` to ``out_path`` after proving it on real pairs.
 
@@ -648,7 +650,8 @@ def to_fp16(
     read by the caller); with ``check_ranges`` the nodes ``fp16-check`` flags on the pairs are
     added. ``make_source(contract, normalization)`` gives the pairs
     (:func:`~changenet_trt.evaluation.validate.dataset_source` for a TAO data set; default:
-    64 synthetic pairs). The float16 model must pass ONNX's full check and strict type
+    64 synthetic pairs); ``analysis_source``, when given, gives fp16-check's pairs instead
+    (:mod:`.typed` analyses a data set's first pairs and proves on the rest). The float16 model must pass ONNX's full check and strict type
     inference, then runs beside the original on the same pairs; if any decision flips at the
     cutoff the model is refused (BuildError naming the pairs) unless ``force``. The proof runs
     twice: with float16 storage emulated (:func:`emulate_fp16`; ONNX Runtime's CPU kernels
@@ -675,12 +678,12 @@ def to_fp16(
     if check_ranges:
         from changenet_trt.data.preprocess import get_normalization
 
-        pairs = make_source(contract, get_normalization(normalization))
+        pairs = (analysis_source or make_source)(contract, get_normalization(normalization))
         try:
             report = check_model(source, source_batches(pairs, contract.static_batch or PROOF_BATCH,
                                                         contract.input_shape),
                                  contract=contract, max_rel_error=max_rel_error, threads=threads,
-                                 total=pairs.count, progress=progress)
+                                 total=pairs.count, progress=progress, progress_file=progress_file)
         finally:
             pairs.close()
         flagged = {layer.layer: list(layer.reasons) for layer in report.layers}
@@ -1025,13 +1028,15 @@ def to_int8(
     layer_pairs: int = LAYER_ERROR_PAIRS,
     calib_total: Optional[int] = None,
     progress: bool = True,
+    progress_file: Any = None,
 ) -> PrecisionReport:
     """Write an explicitly quantized (QDQ) version of ``model_path`` to ``out_path``.
 
     ``calib_batches`` yields ``(golden, sample)`` float32 ``[n, C, H, W]`` preprocessed pairs
     (:func:`~changenet_trt.engine.calibration.dataset_batches` reads them from a TAO data set);
     they are spooled to disk and calibrated ``run_pairs`` pairs per ONNX Runtime run (memory
-    bounded by a run, not by the data set; ``calib_total``: pairs expected, for the progress bar).
+    bounded by a run, not by the data set; ``calib_total``: pairs expected, for the progress bars,
+    tqdm on ``progress_file`` (default stderr), shown only on a terminal and with ``progress``).
     ``method``: ``entropy`` or ``percentile`` (``percentile`` of |x|). Int8 activations and
     weights are symmetric (zero points 0), weights per output channel, scales float32, biases
     float. Placement (TensorRT's Q/DQ placement recommendations, ModelOpt's ONNX PTQ): every
@@ -1092,7 +1097,7 @@ def to_int8(
     workdir = tempfile.mkdtemp(prefix="changenet-int8-")
     try:
         spool = _Spool(workdir, contract, run_pairs)
-        with tqdm(total=calib_total, desc="reading calibration pairs", unit="pair", disable=disable, leave=False) as bar:
+        with tqdm(total=calib_total, desc="reading calibration pairs", unit="pair", disable=disable, file=progress_file, leave=False) as bar:
             for golden, sample in calib_batches:
                 spool.add(golden, sample)
                 bar.update(int(golden.shape[0]))
@@ -1102,7 +1107,7 @@ def to_int8(
         float_path = os.path.join(workdir, "float.onnx")
         quant_path = os.path.join(workdir, "int8.onnx")
         onnx.save(model, float_path)
-        with tqdm(total=spool.pairs, desc="calibrating (onnxruntime)", unit="pair", disable=disable,
+        with tqdm(total=spool.pairs, desc="calibrating (onnxruntime)", unit="pair", disable=disable, file=progress_file,
                   leave=False) as bar:
             try:
                 with _quiet():
@@ -1131,7 +1136,7 @@ def to_int8(
         present = {node.name: node for node in quantized.graph.node}
         layers = [(name, present[name].op_type, present[name].output[0]) for name in
                   [n.name for n in model.graph.node if n.name in reads_int8] if name in present]
-        with tqdm(total=min(layer_pairs, spool.pairs), desc="per-layer error", unit="pair", disable=disable,
+        with tqdm(total=min(layer_pairs, spool.pairs), desc="per-layer error", unit="pair", disable=disable, file=progress_file,
                   leave=False) as bar:
             errors, error_pairs = layer_errors(model, quantized, layers, spool, layer_pairs, bar, threads)
         made = {"precision": "int8", "format": "QDQ", "method": method, "calibration_batches": spool.batches,
