@@ -119,27 +119,44 @@ class Inspect(Command):
 # -- infer -------------------------------------------------------------------------------------
 class Infer(Command):
     name = "infer"
-    help = "score golden/sample image pairs"
+    help = "score golden/sample image pairs, or every row of a TAO-layout CSV without labels"
     description = ("Score golden/sample pairs: the i-th --golden image is compared with the i-th "
                    "--sample image. Images are preprocessed as the model expects (RGB, resized to its H x W, "
-                   "normalised).")
+                   "normalised). With --csv instead, score every row of a TAO-layout CSV (input_path, "
+                   "golden_path, object_name; no label needed; one image per light), as TAO's inference does, "
+                   "and write --out: every input column in order plus score and decision. A row with a missing "
+                   "or unreadable light is reported with its CSV line and path and written with decision "
+                   "'skipped' (or, with --strict, stops the run).")
 
     def __init__(self) -> None:
         self.runtime = RuntimeArgs()
         self.normalization = NormalizationArgs()
         self.names = ContractNamesArgs()
-        super().__init__(self.runtime, self.normalization, self.names)
+        self.data_set = DataSetArgs(title="a TAO-layout data set without labels (instead of --golden/--sample)",
+                                    csv_help="TAO data set CSV to score (input_path, golden_path, object_name; "
+                                    "label not needed; other columns are carried into --out)", strict=True)
+        self.progress = ProgressArgs(help="--csv: no progress bar and no per-row lines (the summary still lists "
+                                     "skipped rows)")
+        super().__init__(self.data_set, self.runtime, self.normalization, self.names, self.progress)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file, TensorRT engine (.engine/.plan) or Triton URL "
                             "(grpc://HOST:8001/NAME, http://HOST:8000/NAME)")
-        parser.add_argument("--golden", nargs="+", required=True, metavar="PATH", help="golden (reference) images")
-        parser.add_argument("--sample", nargs="+", required=True, metavar="PATH",
-                            help="sample (test) images, same count")
-        parser.add_argument("--out", metavar="CSV", help="also write golden,sample,score,defect rows to this CSV")
+        parser.add_argument("--golden", nargs="+", metavar="PATH", help="golden (reference) images")
+        parser.add_argument("--sample", nargs="+", metavar="PATH", help="sample (test) images, same count")
+        parser.add_argument("--out", metavar="CSV", help="also write golden,sample,score,defect rows to this CSV; "
+                            "with --csv (required): the input's columns plus score and decision")
 
     def run(self, args: argparse.Namespace) -> int:
         runtime, norm, names = self.runtime.parse(args), self.normalization.parse(args), self.names.parse(args)
+        data = self.data_set.parse(args)
+        if data.csv:
+            return self.run_csv(args, data, runtime, norm, names)
+        if not args.golden or not args.sample:
+            raise InputError("infer scores --golden and --sample images, or the rows of a TAO-layout --csv",
+                             expected="--golden PATH... --sample PATH..., or --csv CSV --out OUT.csv",
+                             found="--golden {} image(s), --sample {} image(s)".format(
+                                 len(args.golden or []), len(args.sample or [])))
         if len(args.golden) != len(args.sample):
             raise InputError(
                 "--golden and --sample must name the same number of images",
@@ -171,6 +188,25 @@ class Infer(Command):
                 len(result.invalid_pairs), "; ".join("golden={} sample={}".format(rows[i][0], rows[i][1])
                                                      for i in result.invalid_pairs)), file=sys.stderr)
             return 1
+        return 0
+
+    def run_csv(self, args: argparse.Namespace, data: Any, runtime: RuntimeOptions, norm: Any, names: dict) -> int:
+        """``--csv``: score every row of the data set and write the input's columns plus score and decision."""
+        from changenet_trt.evaluation.inference import format_summary, infer_csv
+
+        if args.golden or args.sample:
+            raise InputError("give either --csv (a TAO-layout data set) or --golden/--sample images, not both")
+        if not args.out:
+            raise InputError("infer --csv writes its scores to a CSV", expected="--out OUT.csv", found="no --out")
+        from changenet_trt.files import check_output_file
+
+        check_output_file(args.out, what="scores CSV (--out)", inputs=[p for p in (args.model, data.csv, data.images)
+                                                                       if p])
+        with load_classifier(args.model, runtime, norm, names) as clf:
+            result = infer_csv(args.model, data.csv, images_dir=data.images, out_csv=args.out, layout=data.layout,
+                               strict=data.strict, workers=data.workers, progress=self.progress.parse(args),
+                               classifier=clf)
+        print(format_summary(result))
         return 0
 
 
