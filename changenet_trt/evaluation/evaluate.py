@@ -31,7 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from changenet_trt.contract import score as contract_score
-from changenet_trt.data.dataset import Dataset, LightLayout, PairLoader, RowProblem, extra_columns, load_dataset
+from changenet_trt.data.dataset import (
+    Dataset,
+    LightLayout,
+    PairLoader,
+    RowProblem,
+    extra_columns,
+    load_dataset,
+)
 from changenet_trt.errors import DatasetError
 from changenet_trt.evaluation.metrics import (
     Sweep,
