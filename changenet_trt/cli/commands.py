@@ -58,7 +58,14 @@ class Command(abc.ABC):
         self.add_arguments(parser)
         for group in self.groups:
             group.add_to(parser)
+        from changenet_trt.cli.spec import takes_spec
+
+        if takes_spec(self.name, [action.dest for action in parser._actions]):
+            parser.add_argument("--spec", metavar="SPEC.yaml",
+                                help="TAO experiment spec: its keys that mean something here become the defaults "
+                                "of these flags (a flag given wins); the keys used and ignored are listed")
         parser.set_defaults(_command=self)
+        self.parser = parser
         return parser
 
     @abc.abstractmethod
@@ -69,9 +76,20 @@ class Command(abc.ABC):
 def load_classifier(model: str, runtime: RuntimeOptions, normalization: Any, names: dict) -> Any:
     """``changenet_trt.load`` with the parsed runtime, normalisation and contract-name values."""
     from changenet_trt.api import load
+    from changenet_trt.errors import ChangeNetError
 
-    return load(model, cutoff=runtime.cutoff, backend=runtime.backend, batch_size=runtime.batch_size,
-                normalization=normalization, **dict(names, **runtime.backend_options))
+    options = dict(cutoff=runtime.cutoff, backend=runtime.backend, normalization=normalization,
+                   **dict(names, **runtime.backend_options))
+    try:
+        clf = load(model, batch_size=runtime.batch_size, **options)
+    except ChangeNetError:
+        if not runtime.batch_from_spec:
+            raise
+        # a TAO spec's batch_size is for a dynamic-batch model; a static-batch one runs at its own
+        clf = load(model, batch_size=None, **options)
+    if runtime.cutoff is None and runtime.spec_cutoff is not None and clf.contract.recommended_cutoff is None:
+        return clf.with_cutoff(runtime.spec_cutoff)  # the spec's eval_margin, as TAO decides with it
+    return clf
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -150,6 +168,9 @@ class Infer(Command):
     def run(self, args: argparse.Namespace) -> int:
         runtime, norm, names = self.runtime.parse(args), self.normalization.parse(args), self.names.parse(args)
         data = self.data_set.parse(args)
+        from_spec = getattr(args, "_spec_defaults", {})
+        if data.csv and (args.golden or args.sample) and from_spec.get("csv") == data.csv:
+            data.csv = data.images = None  # images on the command line win over the spec's infer_dataset
         if data.csv:
             return self.run_csv(args, data, runtime, norm, names)
         if not args.golden or not args.sample:
@@ -202,7 +223,10 @@ class Infer(Command):
 
         check_output_file(args.out, what="scores CSV (--out)", inputs=[p for p in (args.model, data.csv, data.images)
                                                                        if p])
+        from changenet_trt.cli.spec import check_model_shape
+
         with load_classifier(args.model, runtime, norm, names) as clf:
+            check_model_shape(args, data.layout, clf.contract)
             result = infer_csv(args.model, data.csv, images_dir=data.images, out_csv=args.out, layout=data.layout,
                                strict=data.strict, workers=data.workers, progress=self.progress.parse(args),
                                classifier=clf)
@@ -371,7 +395,10 @@ class Eval(Command):
 
         data, runtime = self.data_set.parse(args), self.runtime.parse(args)
         norm, names, show = self.normalization.parse(args), self.names.parse(args), self.progress.parse(args)
+        from changenet_trt.cli.spec import check_model_shape
+
         with load_classifier(args.model, runtime, norm, names) as clf:
+            check_model_shape(args, data.layout, clf.contract)
             result = evaluate(args.model, data.csv, images_dir=data.images, out_dir=args.out, layout=data.layout,
                               strict=data.strict, target_fpr=args.target_fpr, target_capture=args.target_capture,
                               plots=not args.no_plots, workers=data.workers, progress=show, classifier=clf)
