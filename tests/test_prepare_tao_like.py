@@ -118,3 +118,14 @@ def test_batch_taken_by_an_operator_the_analysis_does_not_follow_is_refused(tao_
     onnx.save(model, path)
     with pytest.raises(BuildError, match="the analysis does not follow the batch through Einsum .Einsum '/einsum'."):
         prepare_model(path, str(tmp_path / "never.onnx"))
+
+
+@pytest.mark.parametrize("kind,batch,opset", [("learnable", 1, 17), ("euclidean", 3, 12)])
+def test_other_static_batches_too(kind, batch, opset, tmp_path):
+    # a static batch of 1 leaves only positions to tell the batch from other size-1 axes
+    from changenet_trt.models.tao_like import write_tao_like_model
+
+    source = write_tao_like_model(str(tmp_path / "static.onnx"), kind=kind, batch=batch, opset=opset)
+    report = prepare_model(source, str(tmp_path / "dynamic.onnx"))
+    assert report.original_batch == batch and all(c.ok for c in report.checks)
+    assert sum(c.startswith("Tile input ") for c in report.changes) == 2
