@@ -144,6 +144,13 @@ def _constant_arrays(graph: Any, limit: Optional[int]) -> Dict[str, np.ndarray]:
     return out
 
 
+def onnx_type_proto() -> Any:
+    """An empty TypeProto: an output whose type the evaluator finds out."""
+    from onnx import TypeProto
+
+    return TypeProto()
+
+
 def _static_shapes(model: Any, known: Dict[str, np.ndarray]) -> Dict[str, Tuple[int, ...]]:
     """Every tensor's static shape from ONNX shape inference, run on a copy whose large weights
     are typed graph inputs (only their shapes matter), so a 300 MB model is not copied. Nodes
@@ -252,11 +259,19 @@ class _Analyser:
             return
         if any(self.size_of(out) is None or self.size_of(out) > MAX_VALUE_ELEMENTS for out in node.output):
             return
+        from onnx import helper
         from onnx.reference import ReferenceEvaluator
 
+        feeds = {name: self.values[name] for name in node.input if name}
+        # a one-node model, so that the node runs in the graph's opset (Unsqueeze's axes: 12 vs 13)
+        graph = helper.make_graph(
+            [node], "node",
+            [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
+             for name, value in feeds.items()],
+            [helper.make_value_info(name, onnx_type_proto()) for name in node.output])
         try:
-            results = ReferenceEvaluator(node, opsets={"": self.opset}).run(
-                None, {name: self.values[name] for name in node.input if name})
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+            results = ReferenceEvaluator(model).run(None, feeds)
         except Exception:  # an op the reference evaluator cannot run: its value stays unknown
             return
         for name, value in zip(node.output, results):
