@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import IO, Any, Dict, Iterator, List, Sequence, Union
 
 from changenet_trt.errors import InputError
 
