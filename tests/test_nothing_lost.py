@@ -96,3 +96,110 @@ def test_eval_out_through_a_symbolic_link_replaces_the_target_set(tmp_path, smal
     assert '"cutoff": 0.75' in (target / "summary.json").read_text()
     assert sorted(os.listdir(str(tmp_path))) == ["latest", "run1", "set"]  # no staging folder or link left
     assert files.foreign_entries(str(target)) == []
+
+
+# -- case 7: a Classifier used in a fork()ed child ------------------------------------------------
+def run_forked(job, timeout_s=60):
+    """Run ``job()`` in a fork()ed child; its return value (text) or None when it hung and was killed."""
+    import signal
+    import time
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            os.write(write_end, str(job()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout_s
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            return None
+        time.sleep(0.05)
+    with os.fdopen(read_end) as handle:
+        return handle.read()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_classifier_predicting_on_paths_works_in_a_forked_child(reference_models, small_set):
+    import warnings
+
+    import changenet_trt
+
+    folder = os.path.join(os.path.dirname(small_set), "golden")
+    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))]
+    with changenet_trt.load(reference_models["learnable_dynamic"]) as clf:
+        parent = clf.predict(paths, paths)  # starts the decode threads and the runner's worker
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process, fork()"
+            child = run_forked(lambda: ",".join("{:.6f}".format(s) for s in clf.predict(paths, paths).scores))
+    assert child is not None, "the child hung"
+    assert child == ",".join("{:.6f}".format(s) for s in parent.scores)
+
+
+# -- case 2: an image header declaring 100000x100000 pixels --------------------------------------
+def png_declaring(width, height):
+    """A 370-byte-ish PNG whose header declares ``width x height`` RGB pixels (chunks with valid CRCs)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 300))
+            + chunk(b"IEND", b""))
+
+
+def test_an_image_declaring_too_many_pixels_is_one_skipped_row(tmp_path, small_set, reference_models, capsys):
+    bomb = os.path.join(os.path.dirname(small_set), "sample", "b.png")
+    with open(bomb, "wb") as handle:
+        handle.write(png_declaring(100000, 100000))
+    capsys.readouterr()
+    code = main(["eval", reference_models["learnable_dynamic"], "--csv", small_set, "--lights", "none", "--ext",
+                 ".png", "--no-plots", "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "CV_IO_MAX_IMAGE_PIXELS" in err and "b.png" in err and "Traceback" not in err
+    import json
+
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["pairs"] == 3 and summary["skipped"] == 1
+    assert "CV_IO_MAX_IMAGE_PIXELS" in summary["skipped_rows"][0]["reason"]
+
+
+def test_a_huge_light_is_resized_without_a_float_copy_of_it(tmp_path):
+    import tracemalloc
+
+    import cv2
+    import numpy as np
+
+    from changenet_trt.data.preprocess import write_normalized
+
+    rng = np.random.default_rng(3)
+    light = rng.integers(0, 256, (3000, 2500, 3), dtype=np.uint8)
+    dst = np.empty((3, 128, 128), np.float32)
+    tracemalloc.start()
+    write_normalized(dst, light, "tao")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < light.nbytes // 4, peak  # a float32 copy of the light would be 4x its bytes
+    reference = cv2.resize(light.astype(np.float32), (128, 128), interpolation=cv2.INTER_LINEAR)
+    rgb = reference[:, :, ::-1]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(dst, ((rgb / 255.0 - mean) / std).transpose(2, 0, 1), atol=1e-5)
+
+
+# -- also seen: --workers 5000 ----------------------------------------------------------------------
+def test_decode_threads_are_bounded_and_reported_as_run(small_set):
+    from changenet_trt.data import preprocess
+    from changenet_trt.data.dataset import PairLoader, load_dataset
+
+    dataset = load_dataset(small_set, layout=SINGLE)
+    with PairLoader(dataset.pairs, SINGLE, (3, 512, 128), workers=5000) as loader:
+        assert 1 <= loader.workers <= preprocess.MAX_WORKERS
+        assert loader.workers <= 4 * (os.cpu_count() or 1)

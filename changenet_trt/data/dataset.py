@@ -22,7 +22,6 @@ import logging
 import os
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -32,14 +31,15 @@ from changenet_trt.data.preprocess import (
     CONCAT_TYPES,
     Box,
     Normalization,
+    bounded_workers,
     decode_image,
-    default_workers,
     get_normalization,
     tile_boxes,
     wait_all,
     write_normalized,
 )
 from changenet_trt.errors import ChangeNetError, DatasetError
+from changenet_trt.threads import ForkSafePool
 
 TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
 TAO_EXT = ".jpg"
@@ -465,11 +465,14 @@ class PairLoader:
         self.on_problem = on_problem
         self.failed = {}  # type: Dict[int, RowProblem]
         self._lock = threading.Lock()
-        self.workers = int(workers or default_workers())
+        import cv2
+
+        self._opencv_error = cv2.error
+        self.workers = bounded_workers(workers)  # what is reported is what runs
         # the calling thread decodes a share too: workers - 1 helper threads
-        self._pool = None  # type: Optional[ThreadPoolExecutor]
+        self._pool = None  # type: Optional[ForkSafePool]
         if self.workers > 1:
-            self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="changenet-load")
+            self._pool = ForkSafePool(max_workers=self.workers - 1, thread_name_prefix="changenet-load")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -492,10 +495,12 @@ class PairLoader:
                     if not self._stretch_checked:
                         self._check_stretch(image, path, h, w)
                     write_normalized(dst[:, top:top + h, left:left + w], image, self.normalization, source=path)
-        except ChangeNetError as exc:
+        except (ChangeNetError, self._opencv_error) as exc:  # OpenCV's own errors: that image, not the run
             golden_dst[...] = 0
             sample_dst[...] = 0
-            item = RowProblem(pair.line, pair.object_name, path, _reason(exc, path))
+            reason = _reason(exc, path) if isinstance(exc, ChangeNetError) else "OpenCV cannot convert the image ({})".format(
+                str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            item = RowProblem(pair.line, pair.object_name, path, reason)
             if self.strict:
                 raise DatasetError("{} (--strict stops at the first unusable row)".format(item)) from None
             with self._lock:
