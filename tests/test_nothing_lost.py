@@ -203,3 +203,88 @@ def test_decode_threads_are_bounded_and_reported_as_run(small_set):
     with PairLoader(dataset.pairs, SINGLE, (3, 512, 128), workers=5000) as loader:
         assert 1 <= loader.workers <= preprocess.MAX_WORKERS
         assert loader.workers <= 4 * (os.cpu_count() or 1)
+
+
+# -- cases 4, 5, 8: triton-repo names, tampered sidecars, folder modes ----------------------------
+def triton_engine(tmp_path):
+    from test_triton import fake_engine
+
+    return fake_engine(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "my model", "modèle", "x#y", "a?b", "a%20b", ".hidden", "-opt", "a/b",
+                                  ""])
+def test_triton_model_names_are_what_triton_serves(tmp_path, reference_models, capsys, name):
+    capsys.readouterr()
+    code = main(["triton-repo", reference_models["euclidean_dynamic"], "-o", str(tmp_path / "repo"),
+                 "--name=" + name])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Triton model name" in err, err
+    assert not (tmp_path / "repo").exists() or os.listdir(str(tmp_path / "repo")) == []
+
+
+def test_triton_model_names_triton_serves_are_taken(tmp_path, reference_models, capsys):
+    for name in ("changenet", "cn_v2.1", "A-1", "x" * 200):
+        assert main(["triton-repo", reference_models["euclidean_dynamic"], "-o", str(tmp_path / "repo"),
+                     "--name", name]) == 0, capsys.readouterr().err
+
+
+def test_triton_model_folder_gets_the_umask_mode(tmp_path, reference_models):
+    from changenet_trt.engine.triton_repo import write_model_repository
+
+    old = os.umask(0o022)
+    try:
+        report = write_model_repository(reference_models["euclidean_dynamic"], str(tmp_path / "repo"), name="cn",
+                                        platform="onnxruntime_onnx")
+    finally:
+        os.umask(old)
+    for root, _, names in os.walk(report.model_dir):
+        assert os.stat(root).st_mode & 0o777 == 0o755, root
+        for name in names:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o644, name
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda meta: meta["profile"].update(max="lots"),
+    lambda meta: meta["tensors"][0].update(shape="x"),
+    lambda meta: meta["tensors"][1].pop("name"),
+    lambda meta: meta.update(tensors="abc"),
+    lambda meta: meta.update(profile={"min": 8, "opt": 4, "max": 2}),
+    lambda meta: meta.update(schema="new"),
+    lambda meta: meta.update(trt_version=10),
+], ids=["profile-max", "shape", "nameless", "tensors-text", "profile-order", "schema", "version-number"])
+def test_triton_repo_refuses_a_tampered_sidecar_in_one_line(tmp_path, capsys, tamper):
+    import json
+
+    engine = triton_engine(tmp_path)
+    with open(engine + ".json") as handle:
+        meta = json.load(handle)
+    tamper(meta)
+    with open(engine + ".json", "w") as handle:
+        json.dump(meta, handle)
+    capsys.readouterr()
+    code = main(["triton-repo", engine, "-o", str(tmp_path / "repo"), "--platform", "tensorrt_plan"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "metadata" in err, err
+    assert os.listdir(str(tmp_path / "repo")) == []
+
+
+def test_triton_repo_refuses_an_engine_its_sidecar_does_not_describe(tmp_path, capsys):
+    import json
+
+    from changenet_trt.sidecar import file_sha256
+
+    engine = triton_engine(tmp_path)
+    with open(engine + ".json") as handle:
+        meta = json.load(handle)
+    meta["engine_sha256"] = file_sha256(engine)
+    with open(engine + ".json", "w") as handle:
+        json.dump(meta, handle)
+    assert main(["triton-repo", engine, "-o", str(tmp_path / "ok"), "--platform", "tensorrt_plan"]) == 0
+    with open(engine, "ab") as handle:
+        handle.write(b"swapped")
+    capsys.readouterr()
+    code = main(["triton-repo", engine, "-o", str(tmp_path / "repo"), "--platform", "tensorrt_plan"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sha256" in err and err.count("\n") == 1, err
+    assert os.listdir(str(tmp_path / "repo")) == []
