@@ -5,6 +5,8 @@ Every error a user can cause derives from :class:`ChangeNetError`. The CLI print
 keeps its traceback.
 """
 
+import errno
+import os
 from typing import Any, Optional
 
 
@@ -47,6 +49,23 @@ class EngineError(ChangeNetError):
 
 class BuildError(ChangeNetError):
     """Preparing an ONNX file or building an engine failed."""
+
+
+class OutputError(ChangeNetError):
+    """An output cannot be written: the disk is full, a quota is reached, the file system is
+    read-only or a name is too long (nothing partial is left behind)."""
+
+
+#: errno values that say "this output cannot be written here", not "this program is broken"
+WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "ENAMETOOLONG", "EFBIG")
+                         if hasattr(errno, name))
+
+
+def output_error(exc: OSError, target: str) -> "OutputError":
+    """The one-line error for an OSError (one of :data:`WRITE_ERRNOS`) met while writing ``target``."""
+    reason = exc.strerror or os.strerror(exc.errno or 0)
+    return OutputError("cannot write {}: {}".format(target, reason),
+                       expected="free space (or a shorter name) where the output goes")
 
 
 class DependencyError(ChangeNetError):

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from typing import IO, Any, Dict, Iterator, List, Sequence, Union
 
-from changenet_trt.errors import InputError
+from changenet_trt.errors import WRITE_ERRNOS, InputError, output_error
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,9 +44,11 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # a full disk: one line, not a traceback
+            raise output_error(exc, target) from None
         raise
 
 
@@ -259,8 +261,10 @@ def atomic_dir(path: PathLike) -> Iterator[str]:
         os.rename(target, old)
         os.rename(staging, target)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # a full disk: one line, not a traceback
+            raise output_error(exc, target) from None
         raise
 
 

@@ -288,3 +288,42 @@ def test_triton_repo_refuses_an_engine_its_sidecar_does_not_describe(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "sha256" in err and err.count("\n") == 1, err
     assert os.listdir(str(tmp_path / "repo")) == []
+
+
+# -- case 3: a full disk ----------------------------------------------------------------------------
+def full_disk(monkeypatch):
+    import errno
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, small_set, reference_models, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_eval(reference_models["learnable_dynamic"], small_set, out, capsys)[0] == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(str(out))}
+    full_disk(monkeypatch)
+    commands = {
+        "eval": ["eval", reference_models["learnable_dynamic"], "--csv", small_set, "--lights", "none", "--ext",
+                 ".png", "--quiet", "--no-plots", "--out", str(out)],
+        "reference-model": ["reference-model", str(tmp_path / "m.onnx")],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
+        assert code == 2 and len(errors) == 1 and errors[0].startswith("error: cannot write "), (name, err)
+        assert "No space left on device" in err
+    assert {name: (out / name).read_bytes() for name in os.listdir(str(out))} == before
+    assert sorted(os.listdir(str(tmp_path))) == ["out", "set"]
+
+
+def test_a_name_too_long_for_the_file_system_is_one_error_line(tmp_path, reference_models, capsys):
+    capsys.readouterr()
+    code = main(["reference-model", str(tmp_path / ("m" * 300 + ".onnx"))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "too long" in err, err
+    assert os.listdir(str(tmp_path)) == []
