@@ -82,10 +82,23 @@ TENSORRT_INSTALL_HINT = (
 )
 
 
+#: how to install each optional module (top-level package name -> hint); others: ``pip install <module>``
+INSTALL_HINTS = {
+    "tensorrt": TENSORRT_INSTALL_HINT,
+    "pycuda": TENSORRT_INSTALL_HINT,
+    "tritonclient": "pip install 'changenet-trt[triton]' (Python >= 3.9)",
+    "tensorrt_lean": "pip install 'changenet-trt[lean]' (x86-64 Linux; on a Jetson it comes with JetPack)",
+    "tensorrt_dispatch": "pip install 'changenet-trt[lean]' (x86-64 Linux; on a Jetson it comes with JetPack)",
+    "onnxruntime": "a core dependency of changenet-trt: pip install onnxruntime (or reinstall changenet-trt)",
+    "onnxconverter_common": "a core dependency of changenet-trt: pip install onnxconverter-common "
+                            "(or reinstall changenet-trt)",
+    "polygraphy": "pip install 'changenet-trt[bench]'",
+}
+
+
 def missing_dependency(module: str, feature: str) -> DependencyError:
-    """The error raised when ``feature`` needs ``module`` and it cannot be imported."""
-    return DependencyError(
-        "{} needs the Python module '{}', which is not installed ({})".format(
-            feature, module, TENSORRT_INSTALL_HINT
-        )
-    )
+    """The error raised when ``feature`` needs ``module`` and it cannot be imported; the hint is
+    the one for that module (:data:`INSTALL_HINTS`)."""
+    top = module.split(".")[0]
+    hint = INSTALL_HINTS.get(top, "pip install {}".format(top.replace("_", "-")))
+    return DependencyError("{} needs the Python module '{}', which is not installed ({})".format(feature, module, hint))

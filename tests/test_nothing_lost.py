@@ -327,3 +327,31 @@ def test_a_name_too_long_for_the_file_system_is_one_error_line(tmp_path, referen
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "too long" in err, err
     assert os.listdir(str(tmp_path)) == []
+
+
+# -- case 10: normalisation values ----------------------------------------------------------------
+@pytest.mark.parametrize("text", ["0.5,0.5,0.5/1e999,1,1", "nan,0.5,0.5/0.5,0.5,0.5", "0.5,inf,0.5/0.5,0.5,0.5",
+                                  "0.5,0.5,0.5/0,0.5,0.5", "0.5,0.5,0.5/-1,0.5,0.5", "0.5,0.5,0.5/nan,1,1"])
+def test_normalisation_must_be_finite_with_positive_std(tmp_path, small_set, reference_models, capsys, text):
+    from changenet_trt.data.preprocess import Normalization
+
+    code, err = run_eval(reference_models["learnable_dynamic"], small_set, tmp_path / "r", capsys,
+                         "--normalization", text)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "finite" in err, err
+    assert not (tmp_path / "r").exists()
+    mean, std = text.split("/")
+    with pytest.raises(InputError, match="finite"):
+        Normalization(tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(",")))
+
+
+# -- also seen: install hints per module ------------------------------------------------------------
+def test_each_missing_module_gets_its_own_install_hint():
+    from changenet_trt.errors import missing_dependency
+
+    triton = str(missing_dependency("tritonclient", "the Triton backend"))
+    assert "changenet-trt[triton]" in triton and "JetPack" not in triton and "pycuda" not in triton
+    ort = str(missing_dependency("onnxruntime", "fp16-check"))
+    assert "pip install onnxruntime" in ort and "JetPack" not in ort
+    trt = str(missing_dependency("tensorrt", "build"))
+    assert "JetPack" in trt and "changenet-trt[tensorrt]" in trt
+    assert "pip install some-module" in str(missing_dependency("some_module", "x"))

@@ -16,6 +16,7 @@ Numerically the result equals TAO Deploy's loader (RGB, float32 resize with bili
 interpolation, ``(x / 255 - mean) / std``) to float32 rounding.
 """
 
+import math
 import os
 import threading
 import zlib
@@ -41,6 +42,21 @@ class Normalization:
 
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        try:
+            mean = tuple(float(v) for v in self.mean)
+            std = tuple(float(v) for v in self.std)
+        except (TypeError, ValueError):
+            mean, std = (), ()
+        # an infinite std maps every pixel to 0 and a NaN mean poisons every score: refuse them up front
+        if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std)
+                or not all(v > 0 for v in std)):
+            raise InputError("unusable normalisation",
+                             expected="three finite means and three finite stds > 0 (of x / 255)",
+                             found="mean {}, std {}".format(list(self.mean), list(self.std)))
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
 
     def scale_offset(self) -> Tuple[np.ndarray, np.ndarray]:
         """``(scale, offset)`` float32 ``[3,1,1]`` so that ``x * scale + offset`` normalises uint8 x."""
@@ -81,10 +97,12 @@ def parse_normalization(text: str) -> Normalization:
         std = tuple(float(v) for v in parts[1].split(","))
     except ValueError:
         mean, std = (), ()
-    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+    if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std)
+            or not all(s > 0 for s in std)):
         raise InputError(
             "cannot read the normalisation",
-            expected="a preset (tao, deepstream) or three means / three positive stds like 0.5,0.5,0.5/0.25,0.25,0.25",
+            expected="a preset (tao, deepstream) or three finite means / three finite stds > 0 like "
+                     "0.5,0.5,0.5/0.25,0.25,0.25",
             found=repr(text),
         )
     return Normalization(mean, std)  # type: ignore[arg-type]

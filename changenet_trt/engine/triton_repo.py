@@ -130,7 +130,7 @@ def model_config_class() -> Any:
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        raise missing_dependency("tritonclient", "checking a Triton config.pbtxt (pip install 'changenet-trt[triton]')") from None
+        raise missing_dependency("tritonclient", "checking a Triton config.pbtxt") from None
     return model_config_pb2.ModelConfig
 
 

@@ -106,7 +106,7 @@ def _import(scheme: str) -> Any:
         else:
             import tritonclient.http as module
     except ImportError:
-        raise missing_dependency("tritonclient", "the Triton backend (pip install 'changenet-trt[triton]')") from None
+        raise missing_dependency("tritonclient", "the Triton backend") from None
     return module
 
 
