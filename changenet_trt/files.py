@@ -60,6 +60,15 @@ def atomic_write(path: PathLike, data: Union[bytes, str]) -> str:
     return os.fspath(path)
 
 
+def write_json_report(path: PathLike, data: Any, what: str = "JSON report", inputs: Sequence[PathLike] = ()) -> str:
+    """The one writer of every command's ``--json`` report: ``data`` (JSON types) as indented, key-sorted
+    JSON, checked (:func:`check_output_file`) and written whole (:func:`atomic_write`); returns the path.
+    Commands check the path with :func:`check_output_file` before their work too."""
+    target = check_output_file(path, what=what, inputs=inputs)
+    atomic_write(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return target
+
+
 def _nearest_existing(path: str) -> str:
     probe = os.path.abspath(path)
     while not os.path.exists(probe):

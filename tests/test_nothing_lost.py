@@ -355,3 +355,32 @@ def test_each_missing_module_gets_its_own_install_hint():
     trt = str(missing_dependency("tensorrt", "build"))
     assert "JetPack" in trt and "changenet-trt[tensorrt]" in trt
     assert "pip install some-module" in str(missing_dependency("some_module", "x"))
+
+
+# -- also seen: one JSON-report writer, its path checked before the work ------------------------------
+def test_every_json_report_is_checked_first_and_written_by_one_writer(tmp_path, reference_models, monkeypatch,
+                                                                      capsys):
+    from changenet_trt import files as files_module
+    from changenet_trt.tools import bench, doctor
+
+    worked = []
+    monkeypatch.setattr(doctor, "run_doctor", lambda *a, **k: worked.append("doctor"))
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: worked.append("bench"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    under_file = str(a_file / "r.json")
+    model = reference_models["learnable_dynamic"]
+    for argv in (["doctor", "--cpu-only", "--json", under_file], ["bench", model, "--json", under_file],
+                 ["bench", model, "--exportTimes", under_file], ["bench", model, "--json", model]):
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+    assert worked == [] and a_file.read_text() == "x"
+
+    written = []
+    original = files_module.write_json_report
+    monkeypatch.setattr(files_module, "write_json_report", lambda *a, **k: written.append(1) or original(*a, **k))
+    path = doctor.write_json(doctor.DoctorReport([("python", "3")], []), str(tmp_path / "new" / "doctor.json"))
+    assert open(path).read().startswith("{") and written == [1]
+    assert sorted(os.listdir(str(tmp_path / "new"))) == ["doctor.json"]  # written whole, no temporary left

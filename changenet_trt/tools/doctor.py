@@ -20,7 +20,6 @@ The exit status is 0 when every check that applies passes.
 
 import ctypes
 import importlib
-import json
 import os
 import platform
 import re
@@ -560,10 +559,9 @@ def run_doctor(
 
 
 def write_json(report: DoctorReport, path: str) -> str:
-    with open(path, "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    return path
+    from changenet_trt.files import write_json_report
+
+    return write_json_report(path, report.to_dict(), what="doctor JSON report")
 
 
 # -- device checks ----------------------------------------------------------------------------
