@@ -11,6 +11,7 @@
 
 import copy
 import logging
+import numbers
 import os
 import threading
 import time
@@ -181,7 +182,10 @@ def _check_model_file(path: str, backend: str) -> None:
 
 
 def _checked_cutoff(cutoff: Any, output_kind: str) -> float:
-    """``cutoff`` as a float; refused when not finite, a warning when no score can cross it."""
+    """``cutoff`` as a float; refused when not a finite number (``True`` is not 1.0), a warning when no
+    score can cross it."""
+    if isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, (numbers.Real, np.number)):
+        raise InputError("cutoff must be a number", expected="a finite float such as 0.5", found=repr(cutoff))
     value = float(cutoff)
     if not np.isfinite(value):
         raise InputError("cutoff must be a finite number", found=cutoff)

@@ -11,9 +11,11 @@ The batch is either dynamic or static (TAO's shipped specs export a static 16). 
 always mapped by name, never by position; every name can be overridden.
 """
 
+import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +32,17 @@ META_CUTOFF = "changenet_trt.cutoff"
 META_PREPROCESS = "changenet_trt.data.preprocess"
 
 _SUPPORTED_DTYPES = ("float32", "float16", "uint8")
+#: output element types a score can be read from (an int64 argmax or a bool is not a score)
+_SCORE_DTYPES = ("float32", "float16", "float64")
+_log = logging.getLogger(__name__)
+_warned: Set[str] = set()
+
+
+def _warn_once(text: str) -> None:
+    """Log ``text`` as a warning the first time this process meets it (contracts are read often)."""
+    if text not in _warned:
+        _warned.add(text)
+        _log.warning(text)
 
 
 @dataclass(frozen=True)
@@ -241,6 +254,12 @@ def make_contract(
     else:
         out = _pick(outputs, output, "output", "--output")
 
+    if out.dtype not in _SCORE_DTYPES:
+        raise ModelContractError(
+            "output '{}' is not a floating-point score".format(out.name),
+            expected="{} (a distance or logits)".format(" or ".join(_SCORE_DTYPES)),
+            found=out.dtype,
+        )
     static_batch = sample.shape[0]
     if out.shape and out.shape[0] is not None and out.shape[0] != static_batch:
         raise ModelContractError(
@@ -273,10 +292,15 @@ def make_contract(
     meta = dict(metadata or {})
     cutoff = None
     if META_CUTOFF in meta:
+        text = meta.pop(META_CUTOFF)
         try:
-            cutoff = float(meta.pop(META_CUTOFF))
+            cutoff = float(text)
         except ValueError:
             cutoff = None
+        if cutoff is None or not math.isfinite(cutoff):
+            cutoff = None
+            _warn_once("the model's metadata {} is {!r}, not a finite number: it is ignored and the default "
+                       "cutoff {:g} is used (pass a cutoff to choose one)".format(META_CUTOFF, text, DEFAULT_CUTOFF))
     return ModelContract(
         sample_input=sample.name,
         golden_input=golden.name,

@@ -384,3 +384,86 @@ def test_every_json_report_is_checked_first_and_written_by_one_writer(tmp_path, 
     path = doctor.write_json(doctor.DoctorReport([("python", "3")], []), str(tmp_path / "new" / "doctor.json"))
     assert open(path).read().startswith("{") and written == [1]
     assert sorted(os.listdir(str(tmp_path / "new"))) == ["doctor.json"]  # written whole, no temporary left
+
+
+# -- also seen: a stray quote in a long CSV ------------------------------------------------------------
+def test_a_stray_quote_names_its_line(tmp_path):
+    from changenet_trt.data.dataset import load_dataset
+    from changenet_trt.errors import DatasetError
+
+    rows = ["input_path,golden_path,label,object_name"]
+    rows += ["sample,golden,PASS,o{}".format(i) for i in range(5000)]
+    rows[1234] = 'sample,golden,PASS,"o1233'  # line 1235
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"line 1235: a quote opens a field that runs on to line 5001"):
+        load_dataset(str(tmp_path / "data.csv"), layout=SINGLE, check_files=False)
+
+
+# -- also seen: labels that look like PASS, a cutoff of True, outputs that are not scores ---------
+def test_labels_that_only_look_like_pass_are_warned(tmp_path):
+    from changenet_trt.data.dataset import load_dataset
+
+    rows = ["input_path,golden_path,label,object_name", "s,g,PASS,a", "s,g,\uff30\uff21\uff33\uff33,b",
+            "s,g,PASS\u200b,c", "s,g,\ufeffPASS,d", "s,g,MISSING,e"]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    warned = []
+    dataset = load_dataset(str(tmp_path / "data.csv"), layout=SINGLE, check_files=False, on_warning=warned.append)
+    assert dataset.is_defect.tolist() == [False, True, True, True, True]  # as TAO reads them
+    assert len(warned) == 1
+    for label in ("\uff30\uff21\uff33\uff33", "PASS\u200b", "\ufeffPASS"):
+        assert repr(label) in warned[0]
+    assert "MISSING" not in warned[0]
+
+
+@pytest.mark.parametrize("cutoff", [True, False, "0.5", None.__class__])
+def test_a_cutoff_must_be_a_number(reference_models, cutoff):
+    import changenet_trt
+
+    with pytest.raises(InputError, match="cutoff must be a number"):
+        changenet_trt.load(reference_models["learnable_dynamic"], cutoff=cutoff)
+
+
+def model_with(tmp_path, output_type=None, cutoff=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from changenet_trt.contract import META_CUTOFF
+
+    shape = ["batch", 3, 16, 16]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("input_1", "input_2")]
+    nodes = [helper.make_node("Sub", ["input_1", "input_2"], ["d"]),
+             helper.make_node("ReduceSumSquare", ["d"], ["s"], axes=[1, 2, 3], keepdims=0)]
+    out_type = TensorProto.FLOAT
+    if output_type is not None:
+        nodes.append(helper.make_node("Cast", ["s"], ["output"], to=output_type))
+        out_type = output_type
+    else:
+        nodes.append(helper.make_node("Identity", ["s"], ["output"]))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("output", out_type, ["batch"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    if cutoff is not None:
+        helper.set_model_props(model, {META_CUTOFF: cutoff})
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    return path
+
+
+def test_an_integer_output_is_not_a_score(tmp_path, capsys):
+    from onnx import TensorProto
+
+    path = model_with(tmp_path, output_type=TensorProto.INT64)
+    capsys.readouterr()
+    assert main(["inspect", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "int64" in err and err.count("\n") == 1, err
+
+
+def test_a_metadata_cutoff_that_is_no_number_is_warned_and_not_used(tmp_path, caplog):
+    import changenet_trt
+    from changenet_trt.contract import DEFAULT_CUTOFF
+
+    path = model_with(tmp_path, cutoff="high")
+    with caplog.at_level("WARNING"):
+        with changenet_trt.load(path) as clf:
+            assert clf.cutoff == DEFAULT_CUTOFF
+    assert any("'high'" in r.getMessage() and "not a finite number" in r.getMessage() for r in caplog.records)

@@ -21,6 +21,7 @@ import csv
 import logging
 import os
 import threading
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -210,6 +211,13 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
             end = 0  # the line the previous record ended on (csv.reader's line_num is a record's last line)
             for values in reader:
                 start, end = end + 1, reader.line_num
+                if end > start and any("\n" in v or "\r" in v for v in values):
+                    # a stray quote opens a field that swallows every line after it, up to the next quote
+                    raise DatasetError(
+                        "malformed CSV {}: line {}: a quote opens a field that runs on to line {}".format(
+                            csv_path, start, end),
+                        expected="quotes in pairs (a stray \" makes the lines after it part of one field)",
+                        found=repr(next(v for v in values if "\n" in v or "\r" in v)[:60]))
                 if not any(v.strip() for v in values):
                     continue  # blank line
                 if header is None:
@@ -219,7 +227,8 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
     except UnicodeDecodeError as exc:
         raise DatasetError("cannot read {} as text".format(csv_path), expected="a UTF-8 CSV file", found=str(exc)) from None
     except csv.Error as exc:
-        raise DatasetError("malformed CSV {}".format(csv_path), found=str(exc)) from None
+        raise DatasetError("malformed CSV {}: line {} (the record starting there ends at line {})".format(
+            csv_path, end + 1, reader.line_num), found=str(exc)) from None
     if header is None:
         raise DatasetError(
             "CSV file {} is empty".format(csv_path),
@@ -334,12 +343,19 @@ def load_dataset(
 
 def _label_warnings(pairs: Sequence[Pair]) -> List[str]:
     """One line naming, with counts, the labels that look like a good part but are not ``PASS``."""
-    lookalike = Counter(p.label for p in pairs if p.label != PASS_LABEL and p.label.upper() in _GOOD_LOOKING_LABELS)
+    lookalike = Counter(p.label for p in pairs if p.label != PASS_LABEL and _plain(p.label) in _GOOD_LOOKING_LABELS)
     if not lookalike:
         return []
     counts = ", ".join("{} row(s) labelled {!r}".format(n, label) for label, n in sorted(lookalike.items()))
     return ["{} count as defects: only the label {} (upper case) is a good part, as TAO reads it; "
             "relabel them {} if they are good parts".format(counts, PASS_LABEL, PASS_LABEL)]
+
+
+def _plain(label: str) -> str:
+    """``label`` as a reader sees it: compatibility forms folded (fullwidth ``ＰＡＳＳ`` -> ``PASS``, NFKC),
+    invisible format characters (zero-width space, BOM: Unicode category Cf) dropped, upper case."""
+    folded = unicodedata.normalize("NFKC", label)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf").strip().upper()
 
 
 def _explain_missing(
