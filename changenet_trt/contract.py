@@ -134,13 +134,56 @@ def load_onnx(model: Union[str, "os.PathLike[str]", Any]) -> Any:
         raise ModelContractError("model file is empty: {}".format(path), expected="an ONNX model (.onnx)",
                                  found="0 bytes")
     try:
-        return onnx.load(path, load_external_data=False)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise ModelContractError(
             "cannot read {} as an ONNX model".format(path),
             expected="a protobuf ONNX file (.onnx)",
             found="{}: {}".format(type(exc).__name__, exc),
         ) from None
+    check_external_data(proto, path)
+    return proto
+
+
+def check_external_data(proto: Any, path: str) -> None:
+    """Refuse, with one error, weights stored outside the model's folder or beyond their file's end.
+
+    ONNX Runtime and onnx refuse an external-data location that leaves the model's folder
+    (``../x.bin``, an absolute path, a link out of it) and a ``length`` past the end of the file;
+    both would otherwise fail later with their own tracebacks (or, for a claimed 4 GiB, try to
+    read it). Checked on the graph's initializers and Constant nodes, without reading the data.
+    """
+    from onnx import TensorProto
+
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    tensors = list(proto.graph.initializer) + [
+        attribute.t for node in proto.graph.node if node.op_type == "Constant"
+        for attribute in node.attribute if attribute.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = os.path.realpath(os.path.join(folder, location))
+        where = "{}: tensor '{}' keeps its data in {!r}".format(path, tensor.name, location)
+        if not location or os.path.isabs(location) or not target.startswith(folder + os.sep):
+            raise ModelContractError("{}, outside the model's folder {}".format(where, folder),
+                                     expected="external data files inside the model's folder (as ONNX Runtime "
+                                              "and onnx require)")
+        if not os.path.isfile(target):
+            raise ModelContractError("{}, which does not exist".format(where),
+                                     expected="the model's external data files next to it")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise ModelContractError("{} with an unreadable offset or length".format(where),
+                                     found="offset {!r}, length {!r}".format(info.get("offset"), info.get("length"))
+                                     ) from None
+        size = os.path.getsize(target)
+        end = offset + (length if length is not None else 0)
+        if offset < 0 or (length is not None and length < 0) or end > size:
+            raise ModelContractError("{}, bytes {}..{} of a {}-byte file".format(where, offset, end, size),
+                                     expected="offset + length within the external data file")
 
 
 def read_contract(

@@ -467,3 +467,42 @@ def test_a_metadata_cutoff_that_is_no_number_is_warned_and_not_used(tmp_path, ca
         with changenet_trt.load(path) as clf:
             assert clf.cutoff == DEFAULT_CUTOFF
     assert any("'high'" in r.getMessage() and "not a finite number" in r.getMessage() for r in caplog.records)
+
+
+# -- case 6: ONNX external data outside the model folder, or beyond its file ---------------------
+def external_data_model(tmp_path, location, length):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto
+
+    path = model_with(tmp_path)
+    model = onnx.load(path)
+    weight = onnx.helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    model.graph.initializer.append(weight)
+    model.graph.node[0].input[1] = "input_2"  # the weight is only carried, never needed to run
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(np.ones(1, np.float32).tobytes())
+    (folder / "w.bin").write_bytes(np.ones(1, np.float32).tobytes())
+    onnx.save(model, str(folder / "m.onnx"))
+    return str(folder / "m.onnx")
+
+
+@pytest.mark.parametrize("location,length,words", [("../outside.bin", 4, "outside the model's folder"),
+                                                    (os.sep + "etc" + os.sep + "hostname", 4, "outside"),
+                                                    ("w.bin", 4 << 30, "bytes 0..4294967296 of a 4-byte file"),
+                                                    ("gone.bin", 4, "does not exist")])
+def test_onnx_external_data_is_checked_before_use(tmp_path, small_set, capsys, location, length, words):
+    model = external_data_model(tmp_path, location, length)
+    for argv in (["eval", model, "--csv", small_set, "--lights", "none", "--ext", ".png", "--out",
+                  str(tmp_path / "r")], ["build", model, "--dry-run"]):
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, (argv, err)
+    assert not (tmp_path / "r").exists()
