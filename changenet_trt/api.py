@@ -145,7 +145,7 @@ def make_runner(
         return OnnxRuntimeRunner(path, contract=contract, max_batch=batch_size, **options)
     from changenet_trt.runtime.tensorrt import TensorRTRunner
 
-    allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device"}
+    allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device", "lean_library"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError("unknown option for the tensorrt backend", expected=sorted(allowed), found=unknown)
@@ -540,7 +540,7 @@ def load(
     ``deepstream`` or a :class:`~changenet_trt.data.preprocess.Normalization`. Tensor names and the
     output kind override what is read from the model. ``options`` go to the backend
     (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``; tensorrt:
-    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``; triton, for
+    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``, ``lean_library=PATH``; triton, for
     ``grpc://HOST:8001/NAME`` / ``http://HOST:8000/NAME`` URLs: ``shared_memory``, ``timeout_s``,
     ``slots``).
     """
