@@ -211,13 +211,14 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
             end = 0  # the line the previous record ended on (csv.reader's line_num is a record's last line)
             for values in reader:
                 start, end = end + 1, reader.line_num
-                if end > start and any("\n" in v or "\r" in v for v in values):
+                swallowed = _swallowed_rows(values, header) if end > start and header is not None else None
+                if swallowed is not None:
                     # a stray quote opens a field that swallows every line after it, up to the next quote
                     raise DatasetError(
-                        "malformed CSV {}: line {}: a quote opens a field that runs on to line {}".format(
-                            csv_path, start, end),
+                        "malformed CSV {}: line {}: a quote opens a field that runs on to line {}, taking in "
+                        "what look like rows".format(csv_path, start, end),
                         expected="quotes in pairs (a stray \" makes the lines after it part of one field)",
-                        found=repr(next(v for v in values if "\n" in v or "\r" in v)[:60]))
+                        found=repr(swallowed[:60]))
                 if not any(v.strip() for v in values):
                     continue  # blank line
                 if header is None:
@@ -250,6 +251,17 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
             found="header {}".format(", ".join(repr(h) for h in header)),
         )
     return columns, rows, header
+
+
+def _swallowed_rows(values: Sequence[str], header: Sequence[str]) -> Optional[str]:
+    """The field of a record that spans lines when a line inside it looks like a whole row (as many
+    commas as the header has), i.e. a stray quote took in the rows after it; None for a quoted
+    field that merely holds line breaks (a note over several lines)."""
+    for value in values:
+        inner = value.splitlines()[1:]
+        if any(line.count(",") >= len(header) - 1 for line in inner):
+            return value
+    return None
 
 
 def load_dataset(
