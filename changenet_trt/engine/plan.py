@@ -466,7 +466,9 @@ class BuildPlan:
                "--minShapes={}".format(shapes(0)), "--optShapes={}".format(shapes(1)),
                "--maxShapes={}".format(shapes(2))]
         if self.strongly_typed and version < NO_CALIBRATOR_SINCE:
-            cmd.append("--stronglyTyped")  # trtexec 11 has no such flag: every network is strongly typed
+            # trtexec 11 still accepts --stronglyTyped, as a deprecated no-op (every network is
+            # strongly typed there), so it is left out of 11.x commands
+            cmd.append("--stronglyTyped")
         for flag in self.flags:
             cmd += TRTEXEC_FLAGS[flag]
         if self.legacy_calibrator:
