@@ -5,6 +5,7 @@ that reads the input bytes from device memory, runs the embedded ONNX model with
 Runtime and writes the output bytes back -- when the stream is synchronised, not before.
 """
 
+import os
 import weakref
 from typing import Any, Dict, List, Optional
 
@@ -142,11 +143,12 @@ class Runtime(Strict):
         """``IRuntime::loadRuntime``: a runtime on the lean runtime library at ``path``, for plans built
         with VERSION_COMPATIBLE and EXCLUDE_LEAN_RUNTIME by that library's release. The libraries the
         fake machine has: ``settings["lean_libraries"]`` (path -> release), by default this release's
-        ``libnvinfer_lean.so.<major>``."""
+        ``libnvinfer_lean.so.<major>`` (by that name or in any folder)."""
         api = self._api
         libraries = api.settings.get("lean_libraries")
         if libraries is None:
-            libraries = {"libnvinfer_lean.so.{}".format(api.version.release[0]): api.version_string}
+            own = "libnvinfer_lean.so.{}".format(api.version.release[0])
+            libraries = {str(path): api.version_string} if os.path.basename(str(path)) == own else {}
         if str(path) not in libraries:
             api.emit(self._logger, "ERROR", "1: [runtime.cpp::loadRuntime] Error Code 1: Internal Error (Unable to "
                      "load library: {}: cannot open shared object file: No such file or directory)".format(path))
