@@ -26,7 +26,8 @@ def _residual_graph():
     nodes = [node("Conv", ["x", "w"], ["c"], name="conv"),
              node("Add", ["x", "c"], ["r1"], name="res_conv"),  # residual is input 0
              node("MatMul", ["r1", "m"], ["mm"], name="mm"),
-             node("Add", ["mm", "bias"], ["mmb"], name="bias_add"),
+             node("Identity", ["bias"], ["bias_alias"], name="bias_alias"),  # TorchScript's shared-weight alias
+             node("Add", ["mm", "bias_alias"], ["mmb"], name="bias_add"),
              node("Add", ["mmb", "r1"], ["r2"], name="res_mm"),  # residual is input 1
              node("MatMul", ["r2", "m"], ["mm2"], name="mm2"),
              node("Mul", ["mm2", "gamma"], ["scaled"], name="layer_scale"),

@@ -801,7 +801,9 @@ def residual_adds(proto: Any, weighted: Sequence[str]) -> Dict[str, int]:
     proj(x)``) put a Mul in between: TensorRT does not fuse those, so they get no Q/DQ."""
     producers = {out: node for node in proto.graph.node for out in node.output if out}
     constants = {init.name for init in proto.graph.initializer}
-    constants |= {node.output[0] for node in proto.graph.node if node.op_type == "Constant" and node.output}
+    for node in proto.graph.node:  # graph order: an Identity of a weight (TorchScript's shared modules) is one too
+        if node.op_type == "Constant" or (node.op_type == "Identity" and node.input and node.input[0] in constants):
+            constants.update(out for out in node.output if out)
     chosen = set(weighted)
 
     def from_weighted(name: str) -> bool:
