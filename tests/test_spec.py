@@ -167,3 +167,12 @@ def test_commands_without_spec_settings_have_no_spec_flag(capsys):
     with pytest.raises(SystemExit):
         main(["reference-model", "x.onnx", "--spec", "s.yaml"])
     assert "unrecognized arguments: --spec" in capsys.readouterr().err
+
+
+def test_pairs_on_the_command_line_win_over_the_spec_data_set(spec_set, reference_models, capsys, workdir):
+    assert main(["fp16-check", reference_models["euclidean_dynamic"], "--spec", spec_set["spec"], "--pairs", "4",
+                 "--out", str(workdir / "layers.txt")]) == 0
+    captured = capsys.readouterr()
+    assert "dataset.classify.test_dataset.csv_path = {}: overridden by the command line (--pairs 4)".format(
+        spec_set["csv"]) in captured.err
+    assert "pairs: 4 synthetic pairs" in captured.out
