@@ -12,7 +12,18 @@ STAMP := $(VENV)/.installed-changenet-trt
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-tritonserver
 
-.PHONY: demo test lint install clean triton-venv triton-demo
+# TAO Deploy as an oracle (tests/test_tao_deploy.py): nvidia-tao-deploy 7.3.0 in its own venv and
+# 7.1.0 (the old metric definitions) under $(TAO_VENV)/tao-deploy-7.1.0, both --no-deps: only the
+# packages its Visual ChangeNet-Classification loader, inferencer and evaluate/inference scripts
+# import. TensorRT, pycuda and nvidia-tao-core are replaced by tests/tao_deploy/stand_ins (ONNX
+# Runtime plays the engine). TAO Deploy 7.x needs Python >= 3.10 (TAO_PYTHON).
+TAO_PYTHON ?= $(PYTHON)
+TAO_VENV ?= .venv-tao-deploy
+TAO_STAMP := $(TAO_VENV)/.installed-tao-deploy
+TAO_DEPS := numpy pandas pillow opencv-python-headless onnxruntime onnx tqdm hydra-core==1.3.2 omegaconf \
+	matplotlib packaging pycocotools
+
+.PHONY: demo test lint install clean triton-venv triton-demo tao-deploy-venv test-tao-deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -42,8 +53,24 @@ $(TRITON_STAMP):
 
 triton-venv: $(TRITON_STAMP)
 
+$(TAO_STAMP):
+	rm -f $(TAO_VENV)/.unavailable
+	$(TAO_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+	  && ( test -x $(TAO_VENV)/bin/python || $(TAO_PYTHON) -m venv $(TAO_VENV) ) \
+	  && $(TAO_VENV)/bin/python -m pip install --quiet --no-deps nvidia-tao-deploy==7.3.0 \
+	  && $(TAO_VENV)/bin/python -m pip install --quiet --no-deps --upgrade --target $(TAO_VENV)/tao-deploy-7.1.0 nvidia-tao-deploy==7.1.0 \
+	  && $(TAO_VENV)/bin/python -m pip install --quiet $(TAO_DEPS) \
+	  || { mkdir -p $(TAO_VENV); echo "could not install nvidia-tao-deploy 7.3.0/7.1.0 and $(TAO_DEPS) into $(TAO_VENV) (TAO Deploy 7.x needs Python >= 3.10: set TAO_PYTHON)" > $(TAO_VENV)/.unavailable; }
+	touch $(TAO_STAMP)
+
+tao-deploy-venv: $(TAO_STAMP)
+
+# fails (not skips) when the TAO Deploy venv could not be made
+test-tao-deploy: $(STAMP) $(TAO_STAMP)
+	CHANGENET_REQUIRE_TAO_DEPLOY=1 $(BIN)/python -m pytest -q -m tao_deploy tests/test_tao_deploy.py
+
 triton-demo: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m changenet_trt.tools.triton_demo
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) demo-output triton-demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(TAO_VENV) demo-output triton-demo-output .pytest_cache .ruff_cache
