@@ -12,7 +12,17 @@ STAMP := $(VENV)/.installed-changenet-trt
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-tritonserver
 
-.PHONY: demo test lint install clean triton-venv triton-demo
+# The `tao` test tier: TAO 7.3.0's own Visual ChangeNet-Classification export (FAN-hybrid-small, PCB
+# spec, seeded random weights) in its own venv, then this package's commands on those files. TAO's
+# wheel is cp312 only and declares no dependencies: it goes in with --no-deps beside the few
+# packages its FAN export path imports (tests/tao/requirements.txt); tests/tao/standins/ stands in,
+# for import only, for the modules that path imports but never runs.
+TAO_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+TAO_VENV ?= .venv-tao
+TAO_STAMP := $(TAO_VENV)/.installed-tao-7.3.0
+TAO_MODELS ?= .tao-models
+
+.PHONY: demo test lint install clean triton-venv triton-demo tao-venv tao-models test-tao
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -42,8 +52,23 @@ $(TRITON_STAMP):
 
 triton-venv: $(TRITON_STAMP)
 
+$(TAO_STAMP): tests/tao/requirements.txt
+	test -x $(TAO_VENV)/bin/python || $(TAO_PYTHON) -m venv $(TAO_VENV)
+	$(TAO_VENV)/bin/python -m pip install --quiet -r tests/tao/requirements.txt
+	$(TAO_VENV)/bin/python -m pip install --quiet --no-deps nvidia-tao-pytorch==7.3.0
+	touch $(TAO_STAMP)
+
+tao-venv: $(TAO_STAMP)
+
+# Exports only what is missing or stale ($(TAO_MODELS)/manifest.json records each file's sha256).
+tao-models: $(TAO_STAMP)
+	$(TAO_VENV)/bin/python tests/tao/export_tao.py --out $(TAO_MODELS)
+
+test-tao: $(STAMP) tao-models
+	CHANGENET_TAO_MODELS=$(abspath $(TAO_MODELS)) $(BIN)/python -m pytest -q -p no:cacheprovider -m tao tests/tao
+
 triton-demo: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m changenet_trt.tools.triton_demo
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) demo-output triton-demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(TAO_VENV) $(TAO_MODELS) demo-output triton-demo-output .pytest_cache .ruff_cache
