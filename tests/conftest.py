@@ -32,6 +32,22 @@ def reference_models(tmp_path_factory):
     return {name: write_reference_model(str(root / (name + ".onnx")), **kw) for name, kw in variants.items()}
 
 
+@pytest.fixture(scope="session")
+def tao_like_models(tmp_path_factory):
+    """Paths of the TAO-export-like graphs (changenet_trt.models.tao_like), written once per session:
+    ``{kind}_static16``, ``{kind}_static16_opset12`` and ``{kind}_dynamic`` for both kinds."""
+    from changenet_trt.models.tao_like import write_tao_like_model
+
+    root = tmp_path_factory.mktemp("tao_like")
+    out = {}
+    for kind in ("learnable", "euclidean"):
+        for suffix, kw in (("static16", dict(batch=16)), ("static16_opset12", dict(batch=16, opset=12)),
+                           ("dynamic", dict(batch=None))):
+            name = "{}_{}".format(kind, suffix)
+            out[name] = write_tao_like_model(str(root / (name + ".onnx")), kind=kind, **kw)
+    return out
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh current folder (builds write engines/ and caches relative to it)."""

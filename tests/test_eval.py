@@ -22,7 +22,7 @@ STD = np.array([0.229, 0.224, 0.225])
 PLOT_LEFT, PLOT_TOP = plots.MARGIN_LEFT, plots.MARGIN_TOP
 PLOT_RIGHT, PLOT_BOTTOM = plots.WIDTH - plots.MARGIN_RIGHT, plots.HEIGHT - plots.MARGIN_BOTTOM
 LEGEND_EDGE = (160, 160, 160)
-SUMMARY_KEYS = {"pairs", "skipped", "tp", "fp", "tn", "fn", "fpr", "defect_capture", "tao_false_alarm", "cutoff",
+SUMMARY_KEYS = {"pairs", "skipped", "tp", "fp", "tn", "fn", "fpr", "defect_capture", "tao", "tao_7_1", "cutoff",
                 "pairs_per_s", "per_defect_type_capture", "sweep", "target_fpr", "target_capture", "skipped_rows"}
 
 
@@ -200,7 +200,12 @@ def test_eval_skips_broken_rows_and_matches_a_tao_style_pipeline(tmp_path, broke
     assert tp + fp + tn + fn == 38
     assert written["fpr"] == pytest.approx(fp / (fp + tn))
     assert written["defect_capture"] == pytest.approx(tp / (tp + fn))
-    assert written["tao_false_alarm"] == pytest.approx(fp / 38)
+    # TAO Deploy 7.2+: False Alarm = FP / PASS, False Negative = FN / defect; <= 7.1: both / all pairs
+    assert written["tao"]["false_alarm"] == pytest.approx(100 * fp / (fp + tn))
+    assert written["tao"]["false_negative"] == pytest.approx(100 * fn / (tp + fn))
+    assert written["tao_7_1"]["false_alarm"] == pytest.approx(100 * fp / 38)
+    assert written["tao_7_1"]["false_negative"] == pytest.approx(100 * fn / 38)
+    assert written["tao"]["line"].startswith("Tot Comp 38 Total Accuracy ")
     assert written["target_fpr"]["fpr"] <= 0.05 and written["target_capture"]["defect_capture"] >= 0.9
     assert set(written["per_defect_type_capture"]) == {r.label for r in broken_set["rows"]} - {"PASS"}
     assert written["pairs_per_s"] > 0

@@ -12,6 +12,7 @@ from changenet_trt.evaluation.metrics import (
     cutoff_for_fpr,
     per_label,
     sweep,
+    tao_metrics,
 )
 
 # Two PASS pairs (0.1, 0.4) and two defects (0.35, 0.8).
@@ -25,8 +26,25 @@ def test_confusion_by_hand():
     assert (counts.tp, counts.fp, counts.tn, counts.fn) == (2, 1, 1, 0)
     assert counts.fpr == pytest.approx(1 / 2)
     assert counts.defect_capture == pytest.approx(1.0)
-    assert counts.tao_false_alarm == pytest.approx(1 / 4)
     assert counts.accuracy == pytest.approx(3 / 4)
+
+
+def test_tao_log_line_by_hand():
+    """TAO Deploy's evaluate line: 7.2+ divides False Alarm by PASS pairs and False Negative by
+    defect pairs, <= 7.1 both by all pairs (AOIMetrics.compute in 7.1.0 and 7.3.0)."""
+    counts = confusion(np.array([0.1, 0.4, 0.2, 0.35, 0.8, 0.05]), np.array([0, 0, 0, 1, 1, 1]), cutoff=0.3)
+    assert (counts.tp, counts.fp, counts.tn, counts.fn) == (2, 1, 2, 1)
+    new, old = tao_metrics(counts), tao_metrics(counts, "<=7.1")
+    assert new.log_line() == ("Tot Comp 6 Total Accuracy 66.67 False Negative 33.33 False Alarm 33.33 "
+                              "Defect Correctly Captured 66.67 for Margin 0.3")
+    assert (old.false_alarm, old.false_negative) == (pytest.approx(100 / 6), pytest.approx(100 / 6))
+    assert old.log_line() == ("Tot Comp 6 Total Accuracy 66.67 False Negative 16.67 False Alarm 16.67 "
+                              "Defect Correctly Captured 66.67 for Margin 0.3")
+    only_pass = tao_metrics(confusion(np.array([0.1, 0.9]), np.array([0, 0]), 0.5))
+    assert only_pass.log_line() == ("Tot Comp 2 Total Accuracy 50.0 False Negative 0.0 False Alarm 50.0 "
+                                    "Defect Correctly Captured 0.0 for Margin 0.5")
+    with pytest.raises(InputError, match="unknown TAO definitions"):
+        tao_metrics(counts, "7.0")
 
 
 def test_cutoff_is_strict():

@@ -192,13 +192,28 @@ class ReferenceModel(Command):
         parser.add_argument("--realistic", action="store_true",
                             help="write the compute-realistic FAN-hybrid-small-like model instead (random weights, "
                             "about 60 GFLOPs per pair learnable / 37 euclidean, a 260-310 MB file): for benchmarks")
-        parser.add_argument("--seed", type=int, default=0, help="weights seed of --realistic (default: 0)")
+        parser.add_argument("--tao-like", action="store_true",
+                            help="write the small graph with TAO 7.3.0's export patterns instead (batch baked into "
+                            "Reshape/Tile/Expand, var_mean's shape-derived Cast, Sin/Cos position encoding, W/8 = 16 "
+                            "reshapes): a test case for prepare and the precision tools")
+        parser.add_argument("--seed", type=int, default=0, help="weights seed of --realistic and --tao-like (default: 0)")
         parser.add_argument("--fp16-overflow", action="store_true",
                             help="plant an intermediate tensor that overflows float16 (same float32 output): "
                             "a test case for fp16-check and build --fp32-layers")
 
     def run(self, args: argparse.Namespace) -> int:
         batch_text = "static batch {}".format(args.batch) if args.batch else "dynamic batch"
+        if args.realistic and args.tao_like:
+            raise InputError("--realistic and --tao-like are two different models: choose one")
+        if args.tao_like:
+            if args.fp16_overflow:
+                raise InputError("--fp16-overflow applies to the small reference model, not --tao-like")
+            from changenet_trt.models.tao_like import write_tao_like_model
+
+            path = write_tao_like_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
+            print("wrote {} (TAO-export-like graph, {} output, {}, opset {}{})".format(
+                path, args.kind, batch_text, args.opset, ", constants unfolded as TAO 5.x" if args.opset == 12 else ""))
+            return 0
         if args.realistic:
             if args.fp16_overflow:
                 raise InputError("--fp16-overflow applies to the small reference model, not --realistic")

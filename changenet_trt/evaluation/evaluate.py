@@ -40,6 +40,7 @@ from changenet_trt.evaluation.metrics import (
     cutoff_for_fpr,
     per_label,
     sweep,
+    tao_metrics,
 )
 from changenet_trt.files import atomic_dir, check_output_dir
 
@@ -217,8 +218,9 @@ def _summarize(
         "fn": counts.fn,
         "fpr": _round(counts.fpr),
         "defect_capture": _round(counts.defect_capture),
-        "tao_false_alarm": _round(counts.tao_false_alarm),
         "accuracy": _round(counts.accuracy),
+        "tao": tao_metrics(counts, "7.2+").to_dict(),
+        "tao_7_1": tao_metrics(counts, "<=7.1").to_dict(),
         "auc": _round(auc(scores, truth)),
         "pipeline_pairs": len(dataset),
         "seconds": round(seconds, 4),
@@ -355,7 +357,11 @@ def format_summary(result: EvalResult) -> str:
         "counts     TP {}  FP {}  TN {}  FN {}".format(s["tp"], s["fp"], s["tn"], s["fn"]),
         "FPR        {}  (FP / PASS pairs)".format(_pct(s["fpr"])),
         "capture    {}  (TP / defect pairs)".format(_pct(s["defect_capture"])),
-        "TAO false alarm {}  (FP / all pairs, as TAO's evaluate logs it)".format(_pct(s["tao_false_alarm"])),
+        "TAO        {}".format(s["tao"]["line"]),
+        "           (TAO Deploy 7.2+ evaluate's log line, in %: False Alarm = FP / PASS pairs, False Negative = "
+        "FN / defect pairs)",
+        "TAO <=7.1  False Alarm {} False Negative {}  (FP and FN / all pairs, in %, as TAO Deploy 7.1 and "
+        "earlier logged them)".format(round(s["tao_7_1"]["false_alarm"], 2), round(s["tao_7_1"]["false_negative"], 2)),
         "AUC        {}".format("n/a" if s["auc"] is None else "{:.4f}".format(s["auc"])),
         "speed      {} pairs/s ({:.2f} s for {} pairs, decode + inference, {} decode threads)".format(
             s["pairs_per_s"], s["seconds"], s["pipeline_pairs"], s["workers"]),

@@ -5,8 +5,13 @@ A defect is the positive class and a pair is called a defect when ``score > cuto
 
 * ``fpr`` (false-positive / false-alarm rate on good parts) = FP / (FP + TN), over PASS pairs
 * ``defect_capture`` (true-positive rate, recall) = TP / (TP + FN), over defect pairs
-* ``tao_false_alarm`` = FP / N: what TAO's evaluate logs as "False Alarm" (over all pairs)
 * ``accuracy`` = (TP + TN) / N
+
+TAO Deploy's ``evaluate`` logs its own line, ``Tot Comp N Total Accuracy A False Negative FN%
+False Alarm FA% Defect Correctly Captured DC% for Margin M`` (:class:`TaoMetrics`). Its "False
+Alarm" and "False Negative" changed meaning in TAO Deploy 7.2: 7.2 and later divide by the PASS
+and the defect pairs (False Alarm = our FPR, False Negative = 1 - capture), 7.1 and earlier
+divided both by all pairs.
 
 A rate whose denominator is zero is ``None`` (no PASS pairs: no FPR). The *sweep* evaluates
 every distinct decision: cutoffs below the lowest score, between each pair of neighbouring
@@ -52,20 +57,72 @@ class Counts:
         return _rate(self.tp, self.tp + self.fn)
 
     @property
-    def tao_false_alarm(self) -> Optional[float]:
-        """FP / all pairs (TAO's "False Alarm")."""
-        return _rate(self.fp, self.pairs)
-
-    @property
     def accuracy(self) -> Optional[float]:
         return _rate(self.tp + self.tn, self.pairs)
 
     def to_dict(self) -> Dict[str, object]:
         data = asdict(self)  # type: Dict[str, object]
         data.update(
-            fpr=self.fpr, defect_capture=self.defect_capture, tao_false_alarm=self.tao_false_alarm, accuracy=self.accuracy
+            fpr=self.fpr, defect_capture=self.defect_capture, accuracy=self.accuracy
         )
         return data
+
+
+#: TAO Deploy's definitions of its log line: "7.2+" (nvidia-tao-deploy 7.2.0 and 7.3.0) and
+#: "<=7.1" (7.1.0 and earlier), read in cv/visual_changenet/classification/utils.py (AOIMetrics)
+TAO_DEFINITIONS = ("7.2+", "<=7.1")
+
+
+@dataclass(frozen=True)
+class TaoMetrics:
+    """What TAO Deploy's Visual ChangeNet-Classification ``evaluate`` logs, in percent.
+
+    TAO's ``AOIMetrics`` (cv/visual_changenet/classification/utils.py) counts a pair as FAIL when
+    ``score > margin`` and computes, over ``tot_pass`` PASS and ``tot_fail`` defect pairs:
+    Total Accuracy = (TN + TP) / all, Defect Correctly Captured = TP / tot_fail, and
+
+    * ``7.2+`` (7.2.0, 7.3.0): False Alarm = FP / tot_pass, False Negative = FN / tot_fail; a rate
+      with no pairs to count is 0;
+    * ``<=7.1`` (7.1.0): False Alarm = FP / all pairs, False Negative = FN / all pairs (and a
+      set without defect pairs makes 7.1's evaluate fail on ``int.item()``; 0 here).
+
+    Each value is computed as TAO computes it (float64 ``(a / b) * 100``) so the rounded line
+    equals TAO's to the digit.
+    """
+
+    definitions: str
+    tot_comp: int
+    total_accuracy: float
+    false_negative: float
+    false_alarm: float
+    defect_correctly_captured: float
+    margin: float
+
+    def log_line(self) -> str:
+        """TAO's own text (scripts/evaluate.py: each rate ``round(x, 2)``, the margin as given)."""
+        return ("Tot Comp {} Total Accuracy {} False Negative {} False Alarm {} Defect Correctly Captured {} "
+                "for Margin {}".format(self.tot_comp, round(self.total_accuracy, 2), round(self.false_negative, 2),
+                                       round(self.false_alarm, 2), round(self.defect_correctly_captured, 2),
+                                       self.margin))
+
+    def to_dict(self) -> Dict[str, object]:
+        data = asdict(self)  # type: Dict[str, object]
+        data["line"] = self.log_line()
+        return data
+
+
+def tao_metrics(counts: Counts, definitions: str = "7.2+") -> TaoMetrics:
+    """TAO Deploy's evaluate numbers for ``counts`` (its margin is ``counts.cutoff``)."""
+    if definitions not in TAO_DEFINITIONS:
+        raise InputError("unknown TAO definitions", expected=" or ".join(TAO_DEFINITIONS), found=repr(definitions))
+
+    def percent(num: int, den: int) -> float:
+        return (float(num) / float(den)) * 100 if den else 0.0
+
+    n_pass, n_defect, total = counts.fp + counts.tn, counts.tp + counts.fn, counts.pairs
+    alarm_den, miss_den = (n_pass, n_defect) if definitions == "7.2+" else (total, total)
+    return TaoMetrics(definitions, total, percent(counts.tn + counts.tp, total), percent(counts.fn, miss_den),
+                      percent(counts.fp, alarm_den), percent(counts.tp, n_defect), float(counts.cutoff))
 
 
 def _check(scores: np.ndarray, truth: np.ndarray) -> "tuple":

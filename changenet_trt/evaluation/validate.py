@@ -421,8 +421,6 @@ def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
             "  {:<34} {:>12} {:>12}".format("FPR = FP/(FP+TN) on PASS pairs", _pct(onnx_m["fpr"]), _pct(engine_m["fpr"])),
             "  {:<34} {:>12} {:>12}".format("defect capture = TP/(TP+FN)", _pct(onnx_m["defect_capture"]),
                                             _pct(engine_m["defect_capture"])),
-            "  {:<34} {:>12} {:>12}".format("TAO false alarm = FP/all pairs", _pct(onnx_m["tao_false_alarm"]),
-                                            _pct(engine_m["tao_false_alarm"])),
             "  {:<34} {:>12} {:>12}".format("TP / FP / TN / FN", "{tp}/{fp}/{tn}/{fn}".format(**onnx_m),
                                             "{tp}/{fp}/{tn}/{fn}".format(**engine_m)),
         ]
