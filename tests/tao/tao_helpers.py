@@ -4,6 +4,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -23,19 +24,28 @@ class CliRun:
             self.returncode, self.peak_rss / 1e9, self.out[-3000:], self.err[-3000:])
 
 
-def run_cli(args, cwd, cap=ADDRESS_SPACE_CAP):
-    """Run `changenet-trt ARGS` as a child of this interpreter under an address-space cap."""
+def run_cli(args, cwd, cap=ADDRESS_SPACE_CAP, timeout=900):
+    """Run `changenet-trt ARGS` as a child of this interpreter under an address-space cap; a child
+    still running after `timeout` seconds is killed (exit -9)."""
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    out_path, err_path = os.path.join(cwd, "cli.out"), os.path.join(cwd, "cli.err")
+    out_path, err_path = os.path.join(str(cwd), "cli.out"), os.path.join(str(cwd), "cli.err")
     with open(out_path, "w") as out, open(err_path, "w") as err:
         child = subprocess.Popen([sys.executable, "-m", "changenet_trt.cli"] + [str(a) for a in args],
                                  cwd=str(cwd), stdout=out, stderr=err, preexec_fn=limit, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
+        deadline = time.monotonic() + timeout
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        while pid == 0:
+            if time.monotonic() > deadline:
+                child.kill()
+                pid, status, usage = os.wait4(child.pid, 0)
+                break
+            time.sleep(0.2)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         child.returncode = os.waitstatus_to_exitcode(status)
     with open(out_path) as out, open(err_path) as err:
         return CliRun(child.returncode, out.read(), err.read(), usage.ru_maxrss * 1024)
