@@ -382,6 +382,27 @@ def test_engine_from_another_tensorrt_or_gpu_is_refused_by_the_fake_runtime(fake
 
 
 # -- CLI: no TensorRT, dry run, trtexec ----------------------------------------------------------------
+def test_dry_run_says_the_batch_rewrite_is_refused_without_claiming_a_proof(no_tensorrt, tao_like_models, workdir,
+                                                                           capsys):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    assert main(["build", tao_like_models["learnable_static16"], "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(23 Reshape, 2 Tile, 2 Where)" in out and "proven" not in out
+    model = onnx.load(tao_like_models["euclidean_static16"])
+    last = next(n for n in model.graph.node if "output" in n.output)
+    last.output[0] = "distance"
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(16, np.float32), "row_scale"))
+    model.graph.node.append(helper.make_node("Mul", ["distance", "row_scale"], ["output"], name="/row_scale/Mul"))
+    onnx.save(model, "row_scale.onnx")
+    assert main(["build", "row_scale.onnx", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "static batch 16 -> dynamic: REFUSED, the build will stop here" in out and "'/row_scale/Mul'" in out
+    assert "proves it" not in out and "proven" not in out
+
+
 def test_build_without_tensorrt_is_one_clear_message(no_tensorrt, reference_models, workdir, capsys):
     assert main(["build", reference_models["learnable_dynamic"]]) == DependencyError.exit_code
     err = capsys.readouterr().err
@@ -401,6 +422,10 @@ def test_dry_run_prints_the_plan_without_tensorrt(no_tensorrt, reference_models,
                  "engines/learnable_static16_fp16_b2-8-16_gpu-unknown_trt-unknown.engine.json"):
         assert text in out, text
     assert not os.path.exists("engines")  # a dry run writes nothing
+    # it says what prepare will do and that it did not prove it
+    assert "will rewrite the inputs, the output and 2 use(s) of batch constants (2 Reshape)" in out
+    assert "proves it with onnxruntime at batches 1, 3, 16, 17, 32 before it writes" in out
+    assert "(not run by --dry-run)" in out and "proven" not in out
     assert main(["build", reference_models["learnable_static16"], "--dry-run", "--trt-version", "8.5.2",
                  "--fp32-layers", "node_of_head.rms"]) == 0
     out = capsys.readouterr().out

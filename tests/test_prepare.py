@@ -28,9 +28,10 @@ def test_static_reference_models_become_dynamic_and_equal(variant, reference_mod
     assert report.original_batch == 16 and report.rewritten
     assert read_contract(out).static_batch is None
     # the Reshape that carries the batch was rewritten, as were both inputs and the output
-    assert any("Reshape shape constant 'embed.shape' [16, 8192] -> [-1, 8192]" in c for c in report.changes)
+    assert any("Reshape shape constant 'embed.shape' [16, 8192] -> [0, 8192]" in c for c in report.changes)
     assert sum("batch dimension 16 -> 'batch'" in c for c in report.changes) == 3
-    assert [c.batch for c in report.checks] == [1, 7, 32] and all(c.ok for c in report.checks)
+    # equal to the original at its own batch, right rows at 1, 3, 17 and 32
+    assert [c.batch for c in report.checks] == [1, 3, 16, 17, 32] and all(c.ok for c in report.checks)
 
     # independently of the report: rows at batch 5 equal the original's rows at batch 16
     contract = read_contract(source)
@@ -89,8 +90,37 @@ def test_refuses_a_graph_that_mixes_rows_across_the_batch(tmp_path):
     with pytest.raises(BuildError) as info:
         prepare_model(path, str(out))
     text = str(info.value)
-    assert "mixes rows across the batch" in text and "batch 1" in text and "max |diff|" in text
+    assert "ReduceMean 'batch_mean' reads the batch but none of its outputs carries it" in text
+    assert "mixes rows across the batch" in text
     assert not out.exists()
+
+
+def test_the_proof_refuses_rows_that_differ(tmp_path, monkeypatch):
+    # an analysis that missed the mixing: the proof still catches it
+    from changenet_trt.engine import prepare
+
+    mix = [
+        helper.make_node("ReduceMean", ["flat"], ["batch_mean"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["flat", "batch_mean"], ["centered"]),
+    ]
+    path = _static_model(str(tmp_path / "mix.onnx"), _head(mix, source="centered"))
+    original = onnx.load(path)
+
+    def blind(proto, batch, contract):
+        model = onnx.ModelProto()
+        model.CopyFrom(proto)
+        for vi in list(model.graph.input) + list(model.graph.output):
+            vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+        for init in model.graph.initializer:
+            if init.name == "flat.shape":
+                init.CopyFrom(numpy_helper.from_array(np.array([0, 12], dtype=np.int64), "flat.shape"))
+        return model, []
+
+    monkeypatch.setattr(prepare, "make_dynamic", blind)
+    with pytest.raises(BuildError) as info:
+        prepare_model(original, str(tmp_path / "never.onnx"))
+    text = str(info.value)
+    assert "mixes rows across the batch" in text and "batch 1" in text and "max |diff|" in text
 
 
 def test_refuses_when_the_batch_hides_in_a_constant_no_rewrite_reaches(tmp_path):
@@ -109,11 +139,13 @@ def test_refuses_when_the_batch_hides_in_a_constant_no_rewrite_reaches(tmp_path)
     path = _static_model(str(tmp_path / "fold.onnx"), body)
     with pytest.raises(BuildError) as info:
         prepare_model(path, str(tmp_path / "never.onnx"))
-    assert "does not run at batch 1" in str(info.value)
+    text = str(info.value)
+    assert "Reshape 'folded' reads the batch but none of its outputs carries it" in text
+    assert "merges the batch into another dimension" in text
 
 
-def test_refusal_names_a_constant_that_still_carries_the_batch(tmp_path):
-    # a bias broadcast to [16, 12] by Expand: only Reshape constants are rewritten
+def test_an_expand_shape_that_carries_the_batch_follows_it(tmp_path):
+    # a bias broadcast to [16, 12] by Expand: the 16 becomes the runtime batch
     def body():
         nodes = [
             helper.make_node("Expand", ["bias", "bias.shape"], ["bias16"]),
@@ -125,11 +157,25 @@ def test_refusal_names_a_constant_that_still_carries_the_batch(tmp_path):
         return nodes + head_nodes, inits
 
     path = _static_model(str(tmp_path / "expand.onnx"), body)
+    report = prepare_model(path, str(tmp_path / "dyn.onnx"))
+    assert any(c.startswith("Expand input 'bias.shape' [16, 12]: the batch at [0] now follows the input")
+               for c in report.changes)
+    assert all(c.ok for c in report.checks)
+
+
+def test_refusal_names_a_weight_whose_shape_holds_the_batch(tmp_path):
+    # a per-row bias [16, 12] cannot follow another batch
+    def body():
+        head_nodes, inits = _head(source="biased")()
+        inits.append(numpy_helper.from_array(np.ones((16, 12), dtype=np.float32), "row_bias"))
+        return [helper.make_node("Add", ["flat", "row_bias"], ["biased"], name="add_row_bias")] + head_nodes, inits
+
+    path = _static_model(str(tmp_path / "rowbias.onnx"), body)
     with pytest.raises(BuildError) as info:
         prepare_model(path, str(tmp_path / "never.onnx"))
     text = str(info.value)
-    assert "wrong at batch 1: the model returns 16 output rows for a batch of 1" in text
-    assert "constants that still contain 16: 'bias.shape' [16, 12] used by Expand" in text
+    assert text.startswith("cannot make a dynamic batch for {}".format(path))
+    assert "the constant 'row_bias' holds the batch in its shape (axis 0 of [16, 12]), used by Add 'add_row_bias'" in text
 
 
 def test_reshape_with_an_inferred_dim_and_a_constant_node(tmp_path):
@@ -172,5 +218,5 @@ def test_cli_prepare_prints_the_proof_and_refuses_in_one_line(reference_models, 
     bad = _static_model(str(tmp_path / "mix.onnx"), _head(mix, source="c"))
     assert main(["prepare", bad, "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot prove a dynamic batch") and err.count("\n") == 1
+    assert err.startswith("error: cannot make a dynamic batch") and err.count("\n") == 1
     assert "Traceback" not in err

@@ -32,6 +32,7 @@ from changenet_trt.cli.args import (
     rate,
 )
 from changenet_trt.defaults import BATCH_SIZE, ENGINE_PROFILE
+from changenet_trt.engine.prepare import DEFAULT_PROOF_BATCHES
 from changenet_trt.errors import InputError
 
 log = logging.getLogger("changenet_trt")
@@ -348,11 +349,14 @@ class Prepare(Command):
     name = "prepare"
     help = ("make a static-batch ONNX (TAO's default 16) dynamic, proven equal with onnxruntime; optionally "
             "float16 or INT8 (Q/DQ) in the graph, or uint8 input")
-    description = ("Check the ChangeNet contract; when the batch is static, rewrite the inputs, the output "
-                   "and the Reshape constants that carry it to a dynamic 'batch', then prove it: the same pairs "
-                   "through the original at its own batch and through the result at batches 1, 7 and 32 must "
-                   "give the same output rows (|new-old| <= 1e-5 + 1e-4*|old|). Refuses, with the reason, when "
-                   "that cannot be proven (e.g. a graph that mixes rows across the batch). With --precision the "
+    description = ("Check the ChangeNet contract; when the batch is static, find what carries it by following "
+                   "the inputs' first dimension through the graph (Reshape shapes, Tile repeats, Expand shapes "
+                   "behind Equal/Where, ConstantOfShape, Range, Slice, Concats of shapes; never by its value), "
+                   "rewrite those and the inputs and output to a dynamic 'batch', then prove it: the same pairs "
+                   "through the original at its own batch and through the result at that batch and at 1, 3, 17 "
+                   "and 32 must give the same output rows (|new-old| <= 1e-5 + 1e-4*|old|). Refuses, with the "
+                   "reason and the node, when that cannot be done (e.g. a graph that mixes rows across the "
+                   "batch, or a weight shaped by the batch). With --precision the "
                    "dynamic model is then made float16 (the layers fp16-check flags stay float32; refused when a "
                    "decision flips) or INT8 (explicit Q/DQ calibrated with onnxruntime on --calib-csv pairs) and "
                    "compared with the float32 model; with --uint8-input a normalising front is added last. Each "
@@ -375,8 +379,9 @@ class Prepare(Command):
 
         parser.add_argument("model", help="ONNX file")
         parser.add_argument("-o", "--out", required=True, metavar="OUT.onnx", help="prepared ONNX file to write")
-        parser.add_argument("--proof-batches", default="1,7,32", metavar="LIST",
-                            help="batches to prove the dynamic batch at, comma separated (default: 1,7,32)")
+        parser.add_argument("--proof-batches", default=",".join(str(b) for b in DEFAULT_PROOF_BATCHES), metavar="LIST",
+                            help="batches to prove the dynamic batch at, comma separated, besides the original's own "
+                            "(default: {})".format(",".join(str(b) for b in DEFAULT_PROOF_BATCHES)))
         precision = parser.add_argument_group("precision in the graph (TensorRT 10+ builds it strongly typed)")
         precision.add_argument("--precision", choices=("fp16", "int8"),
                                help="fp16: float16 weights and activations, float32 inputs/outputs and float32 "

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from packaging.version import Version
 
-from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.contract import ModelContract, load_onnx, read_contract
 from changenet_trt.defaults import ENGINE_PROFILE, ENGINES_DIR
 from changenet_trt.errors import ChangeNetError, InputError
 from changenet_trt.sidecar import file_sha256, gpu_slug, sidecar_path
@@ -327,13 +327,36 @@ class BuildPlan:
         self.flags = builder_flags(self.options, self.strongly_typed, self.held, self.legacy_calibrator,
                                    self.fp32_layers)
 
+    def _batch_rewrite(self) -> str:
+        """What prepare will rewrite to make the static batch dynamic (the analysis, not the proof)."""
+        from changenet_trt.engine.dynamic_batch import analyse
+        from changenet_trt.errors import BuildError
+
+        c = self.contract
+        try:
+            found = analyse(load_onnx(self.options.model), self.rewrite_batch, [c.sample_input, c.golden_input],
+                            [c.output])
+        except BuildError as exc:
+            return "REFUSED, the build will stop here: {}".format(exc)
+        counts: Dict[str, int] = {}
+        for use in found.uses:
+            counts[use.op_type] = counts.get(use.op_type, 0) + 1
+        return "will rewrite the inputs, the output and {} use(s) of batch constants ({})".format(
+            len(found.uses), ", ".join("{} {}".format(n, op) for op, n in sorted(counts.items())) or "none")
+
     def describe(self) -> List[str]:
         opts = self.options
         c = self.contract
         lines = ["build plan for {}".format(opts.model)]
         if self.rewrite_batch is not None:
-            lines.append("  prepare:        static batch {} -> dynamic, proven with onnxruntime at batches 1, 7, 32; "
-                         "writes {}".format(self.rewrite_batch, self.prepared_onnx))
+            from changenet_trt.engine.prepare import DEFAULT_PROOF_BATCHES
+
+            proof = sorted(set(DEFAULT_PROOF_BATCHES) | {self.rewrite_batch})
+            rewrite = self._batch_rewrite()
+            lines.append("  prepare:        static batch {} -> dynamic: {}".format(self.rewrite_batch, rewrite))
+            if not rewrite.startswith("REFUSED"):
+                lines.append("                  the build proves it with onnxruntime at batches {} before it writes {} "
+                             "(not run by --dry-run)".format(", ".join(str(b) for b in proof), self.prepared_onnx))
         else:
             lines.append("  prepare:        batch already dynamic; builds from {}".format(self.prepared_onnx))
         lines.append("  onnx sha256:    {}".format(self.onnx_sha256))

@@ -4,14 +4,17 @@ TAO's shipped specs export a static batch (16). A TensorRT profile 1:16:32 needs
 batch, so :func:`prepare_model` rewrites the graph where that is safe:
 
 * the batch dimension of both inputs and of the output becomes the symbol ``batch``;
-* Reshape shape constants that carry the batch (``[16, 8192]``) get ``-1`` (or ``0``,
-  "copy the input's dim", when the constant already has a ``-1``) in the batch position;
+* every constant that carries the batch is found by propagating the inputs' first dimension
+  through the graph (:mod:`changenet_trt.engine.dynamic_batch`), never by its value: Reshape
+  shapes get ``0`` or ``-1`` there, Tile repeats, Expand shapes (also behind Equal/Where),
+  ConstantOfShape, Range, Slice bounds and Concats of shapes get the runtime batch; the other
+  16s (TAO's W/8) stay as they are;
 * stale intermediate shapes (``value_info``) are dropped.
 
 Then it PROVES the result: the same deterministic pairs go through the original at its own
-batch and through the rewritten model at batches 1, 7 and 32; every output row must match
-(``|new - old| <= atol + rtol * |old|``). A graph that mixes rows across the batch, or hides
-the batch where no rewrite reaches, fails the proof and is refused with the reason.
+batch and through the rewritten model at that batch and at 1, 3, 17 and 32; every output row
+must match (``|new - old| <= atol + rtol * |old|``). A graph that mixes rows across the batch,
+or hides the batch where no rewrite reaches, is refused with the reason and the node.
 """
 
 import os
@@ -24,7 +27,7 @@ from changenet_trt.contract import META_PREPROCESS, ModelContract, load_onnx, re
 from changenet_trt.errors import BuildError
 
 BATCH_SYMBOL = "batch"
-DEFAULT_PROOF_BATCHES = (1, 7, 32)
+DEFAULT_PROOF_BATCHES = (1, 3, 17, 32)
 #: |prepared - original| <= ATOL + RTOL * |original|, elementwise, float32 on the CPU
 ATOL = 1e-5
 RTOL = 1e-4
@@ -78,103 +81,47 @@ class PrepareReport:
 
 
 # -- rewriting -----------------------------------------------------------------------------------
-def _constant_values(graph: Any) -> Dict[str, Tuple[str, Any]]:
-    """Name -> ("initializer" | "constant", TensorProto) of every constant tensor in ``graph``."""
-    out: Dict[str, Tuple[str, Any]] = {init.name: ("initializer", init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    out[node.output[0]] = ("constant", attr.t)
-    return out
-
-
 def make_dynamic(proto: Any, batch: int, contract: ModelContract) -> Tuple[Any, List[str]]:
     """A copy of ``proto`` with the static ``batch`` made dynamic; returns ``(model, changes)``.
 
-    Raises BuildError when a batch-carrying place cannot be rewritten (e.g. an input whose
-    batch is not the first dimension).
+    What carries the batch is found by propagation from the inputs' first dimension and rewritten
+    (:mod:`changenet_trt.engine.dynamic_batch`); the inputs' and the output's first dimension
+    become ``batch``; stale ``value_info`` is dropped. Raises BuildError naming the node when the
+    batch reaches a place no rewrite can serve.
     """
-    import onnx
-    from onnx import numpy_helper
+    from changenet_trt.engine.dynamic_batch import make_dynamic_batch
 
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    graph = model.graph
-    changes: List[str] = []
-    io_names = {contract.sample_input, contract.golden_input, contract.output}
-    for vi in list(graph.input) + list(graph.output):
+    io_names = (contract.sample_input, contract.golden_input, contract.output)
+    for vi in list(proto.graph.input) + list(proto.graph.output):
         if vi.name not in io_names:
             continue
         dims = vi.type.tensor_type.shape.dim
-        if not dims:
-            continue
-        first = dims[0]
-        if first.HasField("dim_value") and first.dim_value == batch:
-            first.Clear()
-            first.dim_param = BATCH_SYMBOL
-            changes.append("{} '{}': batch dimension {} -> '{}'".format(
-                "input" if vi in graph.input else "output", vi.name, batch, BATCH_SYMBOL))
-        elif not first.HasField("dim_param"):
+        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value == batch) and \
+                not dims[0].HasField("dim_param"):
             raise BuildError(
                 "cannot make the batch of '{}' dynamic".format(vi.name),
                 expected="batch {} in the first dimension".format(batch),
                 found=[d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims],
             )
-    constants = _constant_values(graph)
-    replaced: Dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
+    model, changes = make_dynamic_batch(proto, batch, [contract.sample_input, contract.golden_input],
+                                        [contract.output])
+    graph = model.graph
+    io_changes = []
+    for vi in list(graph.input) + list(graph.output):
+        if vi.name not in io_names:
             continue
-        shape_name = node.input[1]
-        if shape_name not in constants:
-            continue
-        if shape_name in replaced:
-            node.input[1] = replaced[shape_name]
-            continue
-        values = numpy_helper.to_array(constants[shape_name][1]).astype(np.int64).reshape(-1)
-        if values.size == 0 or int(values[0]) != batch:
-            continue
-        new_values = values.copy()
-        # -1 infers the batch; if a -1 is already there, 0 copies the input's first dimension.
-        new_values[0] = 0 if (values[1:] == -1).any() else -1
-        new_name = shape_name + "_dynamic_batch"
-        graph.initializer.append(numpy_helper.from_array(new_values, new_name))
-        node.input[1] = new_name
-        replaced[shape_name] = new_name
-        changes.append("Reshape shape constant '{}' {} -> {}".format(
-            shape_name, values.tolist(), new_values.tolist()))
-    # drop constants nobody uses any more
-    used = {name for node in graph.node for name in node.input}
-    for init in list(graph.initializer):
-        if init.name in replaced and init.name not in used:
-            graph.initializer.remove(init)
-    for node in list(graph.node):
-        if node.op_type == "Constant" and node.output and node.output[0] in replaced and node.output[0] not in used:
-            graph.node.remove(node)
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_SYMBOL
+            io_changes.append("{} '{}': batch dimension {} -> '{}'".format(
+                "output" if vi.name == contract.output else "input", vi.name, batch, BATCH_SYMBOL))
+    changes = io_changes + changes
     if len(graph.value_info):
         changes.append("dropped {} intermediate shape annotation(s) (value_info) that named the old batch".format(
             len(graph.value_info)))
         del graph.value_info[:]
     return model, changes
-
-
-def _batch_constants(proto: Any, batch: int) -> List[str]:
-    """Constants (outside Reshape shapes we rewrote) that still contain ``batch`` -- for the reason text."""
-    from onnx import numpy_helper
-
-    found = []
-    consumers: Dict[str, List[str]] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append("{} '{}'".format(node.op_type, node.name or node.output[0]))
-    for name, (_, tensor) in _constant_values(proto.graph).items():
-        if tensor.data_type not in (6, 7):  # int32, int64: shapes and indices
-            continue
-        values = numpy_helper.to_array(tensor).reshape(-1)
-        if 0 < values.size <= 8 and batch in values.tolist():
-            found.append("'{}' {} used by {}".format(name, values.tolist(), ", ".join(consumers.get(name, ["nothing"]))))
-    return found
 
 
 # -- proving ----------------------------------------------------------------------------------------
@@ -184,6 +131,8 @@ def _session(model: Any) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures are reported as BuildError, not on stderr
     options.intra_op_num_threads = 2
+    # no arena: each run returns its intermediates, so the peak is one batch's, not the largest kept
+    options.enable_cpu_mem_arena = False
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
@@ -241,6 +190,7 @@ def prove(
     except Exception as exc:  # onnxruntime raises its own exception types
         raise BuildError("onnxruntime cannot run the original model at batch {}".format(ref_batch),
                          found="{}: {}".format(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")) from None
+    # the original's session is gone before the prepared one starts: one model's memory at a time
     sess = _session(prepared)
     checks = []
     for batch in batches:
@@ -297,7 +247,11 @@ def prepare_model(
     if static is None:
         prepared, changes = proto, []
     else:
-        prepared, changes = make_dynamic(proto, static, contract)
+        batches = sorted(set(batches) | {static})  # equal to the original at its own batch, too
+        try:
+            prepared, changes = make_dynamic(proto, static, contract)
+        except BuildError as exc:
+            raise BuildError("cannot make a dynamic batch for {}: {}".format(source, exc)) from None
     try:
         onnx.checker.check_model(prepared)
     except Exception as exc:
@@ -305,9 +259,7 @@ def prepare_model(
     try:
         checks = prove(proto, prepared, contract, batches, atol, rtol, original_batch=static)
     except BuildError as exc:
-        leftovers = _batch_constants(prepared, static) if static else []
-        hint = "; constants that still contain {}: {}".format(static, "; ".join(leftovers)) if leftovers else ""
-        raise BuildError("cannot prove a dynamic batch for {}: {}{}".format(source, exc, hint)) from None
+        raise BuildError("cannot prove a dynamic batch for {}: {}".format(source, exc)) from None
     failed = [c for c in checks if not c.ok]
     if failed:
         first = failed[0]

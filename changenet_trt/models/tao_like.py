@@ -10,8 +10,9 @@ on, a static batch of 16 by the shipped spec (``cv/visual_changenet/scripts/expo
   ``backbone_v2/fan.py`` PositionalEncodingFourier -> Tile ``[16, 1, 1, 1]``) and into the
   Expand of the class token (``cls_token.expand(B, -1, -1)`` -> Equal/Where over
   ``[16, -1, -1]`` -> Expand), once per Siamese branch;
-* 16s that are NOT the batch: the learnable decoder's ``reshape(B, -1, H/8, W/8)`` ->
-  ``[0, -1, 64, 16]`` (16 = W/8), 16-channel shapes;
+* 16s that are NOT the batch next to ones that are: the learnable decoder's
+  ``reshape(B, -1, H/8, W/8)`` -> ``[16, -1, 64, 16]`` (the last 16 = W/8), 16-channel shapes,
+  the position encoding's ``[1, 32, 8, 16]`` (16 = its hidden size);
 * the ConvNeXt stem's channel-first LayerNorm (``backbone_v2/convnext_utils.py`` LayerNorm2d:
   ``torch.var_mean(x, dim=1)``), exported as ReduceMean plus the unbiased N/(N-1) factor
   computed from the tensor's shape: Shape -> Gather -> ReduceProd -> Cast(to=FLOAT);
@@ -42,7 +43,7 @@ Graph per image (shared weights; sizes at 512x128)::
     Expand(cls_token, [B,-1,-1]) (Equal/Where), Concat, class-token mixing
     c4 = Reshape [B,-1,32,8] of the patch tokens               [B,16,32,8]
 
-Heads: ``learnable`` (TAO's decoder shape: per level a Linear, Reshape ``[0,-1,h,w]``,
+Heads: ``learnable`` (TAO's decoder shape: per level a Linear, Reshape ``[B,-1,h,w]``,
 difference modules on Concat, Resize x2 coarse to fine, Concat, Conv 1x1, Reshape ``[B,-1]``,
 Gemm -> ``[B,2]``) or ``euclidean`` (Reshape ``[B,-1]``, Gemm to an 8-d embedding per image,
 pairwise L2 distance -> ``[B]``).
@@ -311,14 +312,15 @@ def _backbone(g: _Graph, image: str, branch: str) -> List[str]:
 
 
 # -- the heads -----------------------------------------------------------------------------------
-def _learnable_head(g: _Graph, sample: List[str], golden: List[str], sample_input: str, output: str) -> None:
+def _learnable_head(g: _Graph, sample: List[str], golden: List[str], sample_input: str, golden_input: str,
+                    output: str) -> None:
     """TAO's ChangeNetClassifyDecoder shape; the difference modules measure feature change."""
     _, height, width = INPUT_SHAPE
     e = DECODER_DIM
     channels, strides = [C1, C2, DIM, DIM], [4, 8, 16, 16]
     scope = "/decode_head"
     maps = []
-    for feats in (sample, golden):
+    for feats, image in ((sample, sample_input), (golden, golden_input)):
         level = []
         for i, (fmap, c, stride) in enumerate(zip(feats, channels, strides)):
             lc = "{}/linear_c{}".format(scope, i + 1)
@@ -327,8 +329,8 @@ def _learnable_head(g: _Graph, sample: List[str], golden: List[str], sample_inpu
                      perm=[0, 2, 1])
             y = g.op("Transpose", [g.linear(y, "decode_head.linear_c{}.proj".format(i + 1), c, e, lc)], lc,
                      perm=[0, 2, 1])
-            # reshape(B, -1, H, W): the exporter writes [0, -1, h, w]; for c2 that is [0, -1, 64, 16]
-            level.append(g.op("Reshape", [y, g.const(np.array([0, -1, h, w], np.int64), lc)], lc))
+            # reshape(B, -1, H, W): [16, -1, h, w] in a static export; for c2 [16, -1, 64, 16], 16 = W/8
+            level.append(g.reshape(y, image, [-1, h, w], lc))
         maps.append(level)
     # difference module: Conv 3x3 over Concat(a, b) -> ReLU -> Conv 3x3 -> ReLU, with weights that
     # give relu(a - b) and relu(b - a) (centre tap): identical features give exactly zero
@@ -418,7 +420,7 @@ def build_tao_like_model(
     sample = _backbone(g, sample_input, "")
     golden = _backbone(g, golden_input, "_1")  # the shared module's second call, as torch names it
     if kind == "learnable":
-        _learnable_head(g, sample, golden, sample_input, output)
+        _learnable_head(g, sample, golden, sample_input, golden_input, output)
         out_shape: List[Union[int, str]] = [2]
         cutoff = LEARNABLE_CUTOFF
     else:
