@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from changenet_trt import __version__
 from changenet_trt.cli.commands import all_commands
@@ -42,13 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="changenet-trt " + __version__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}  # name -> Command, for --spec
     for command in all_commands():
         command.add_to(sub)
+        parser.commands[command.name] = command
     return parser
+
+
+def _apply_spec(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Any:
+    """With ``--spec`` after a command that takes it: its keys become that command's defaults (a SpecUse)."""
+    from changenet_trt.cli.spec import apply_spec, find_spec
+
+    name = next((token for token in argv if not token.startswith("-")), None)
+    command = parser.commands.get(name)
+    if command is None or "--spec" not in command.parser._option_string_actions:
+        return None
+    rest = list(argv)[list(argv).index(name) + 1:]
+    path = find_spec(rest)
+    return None if path is None else apply_spec(command.parser, name, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        spec = _apply_spec(parser, argv)
+    except ChangeNetError as exc:
+        print("error: {}".format(exc), file=sys.stderr)
+        return exc.exit_code
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_UserFormatter(with_names=args.verbose > 0))
@@ -56,6 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if spec is not None:
+        print("\n".join(spec.report(args)), file=sys.stderr)
     try:
         return int(args._command.run(args) or 0)
     except ChangeNetError as exc:

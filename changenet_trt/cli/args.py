@@ -142,6 +142,10 @@ class RuntimeOptions:
     batch_size: Optional[int] = None
     cutoff: Optional[float] = None
     backend_options: Dict[str, Any] = field(default_factory=dict)
+    #: the cutoff when neither ``cutoff`` nor the model gives one (a TAO spec's eval_margin)
+    spec_cutoff: Optional[float] = None
+    #: ``batch_size`` came from a TAO spec (used for dynamic-batch models only)
+    batch_from_spec: bool = False
 
 
 class RuntimeArgs:
@@ -192,7 +196,10 @@ class RuntimeArgs:
         if getattr(args, "no_shared_memory", False):
             options["shared_memory"] = False
         return RuntimeOptions(backend=getattr(args, "backend", "auto"), batch_size=getattr(args, "batch_size", None),
-                              cutoff=getattr(args, "cutoff", None), backend_options=options)
+                              cutoff=getattr(args, "cutoff", None), backend_options=options,
+                              spec_cutoff=getattr(args, "_spec_cutoff", None),
+                              batch_from_spec=getattr(args, "_spec_defaults", {}).get("batch_size", False)
+                              == getattr(args, "batch_size", None))
 
 
 @dataclass

@@ -59,7 +59,14 @@ class Command(abc.ABC):
         self.add_arguments(parser)
         for group in self.groups:
             group.add_to(parser)
+        from changenet_trt.cli.spec import takes_spec
+
+        if takes_spec(self.name, [action.dest for action in parser._actions]):
+            parser.add_argument("--spec", metavar="SPEC.yaml",
+                                help="TAO experiment spec: its keys that mean something here become the defaults "
+                                "of these flags (a flag given wins); the keys used and ignored are listed")
         parser.set_defaults(_command=self)
+        self.parser = parser
         return parser
 
     @abc.abstractmethod
@@ -70,9 +77,20 @@ class Command(abc.ABC):
 def load_classifier(model: str, runtime: RuntimeOptions, normalization: Any, names: dict) -> Any:
     """``changenet_trt.load`` with the parsed runtime, normalisation and contract-name values."""
     from changenet_trt.api import load
+    from changenet_trt.errors import ChangeNetError
 
-    return load(model, cutoff=runtime.cutoff, backend=runtime.backend, batch_size=runtime.batch_size,
-                normalization=normalization, **dict(names, **runtime.backend_options))
+    options = dict(cutoff=runtime.cutoff, backend=runtime.backend, normalization=normalization,
+                   **dict(names, **runtime.backend_options))
+    try:
+        clf = load(model, batch_size=runtime.batch_size, **options)
+    except ChangeNetError:
+        if not runtime.batch_from_spec:
+            raise
+        # a TAO spec's batch_size is for a dynamic-batch model; a static-batch one runs at its own
+        clf = load(model, batch_size=None, **options)
+    if runtime.cutoff is None and runtime.spec_cutoff is not None and clf.contract.recommended_cutoff is None:
+        return clf.with_cutoff(runtime.spec_cutoff)  # the spec's eval_margin, as TAO decides with it
+    return clf
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -120,27 +138,47 @@ class Inspect(Command):
 # -- infer -------------------------------------------------------------------------------------
 class Infer(Command):
     name = "infer"
-    help = "score golden/sample image pairs"
+    help = "score golden/sample image pairs, or every row of a TAO-layout CSV without labels"
     description = ("Score golden/sample pairs: the i-th --golden image is compared with the i-th "
                    "--sample image. Images are preprocessed as the model expects (RGB, resized to its H x W, "
-                   "normalised).")
+                   "normalised). With --csv instead, score every row of a TAO-layout CSV (input_path, "
+                   "golden_path, object_name; no label needed; one image per light), as TAO's inference does, "
+                   "and write --out: every input column in order plus score and decision. A row with a missing "
+                   "or unreadable light is reported with its CSV line and path and written with decision "
+                   "'skipped' (or, with --strict, stops the run).")
 
     def __init__(self) -> None:
         self.runtime = RuntimeArgs()
         self.normalization = NormalizationArgs()
         self.names = ContractNamesArgs()
-        super().__init__(self.runtime, self.normalization, self.names)
+        self.data_set = DataSetArgs(title="a TAO-layout data set without labels (instead of --golden/--sample)",
+                                    csv_help="TAO data set CSV to score (input_path, golden_path, object_name; "
+                                    "label not needed; other columns are carried into --out)", strict=True)
+        self.progress = ProgressArgs(help="--csv: no progress bar and no per-row lines (the summary still lists "
+                                     "skipped rows)")
+        super().__init__(self.data_set, self.runtime, self.normalization, self.names, self.progress)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="ONNX file, TensorRT engine (.engine/.plan) or Triton URL "
                             "(grpc://HOST:8001/NAME, http://HOST:8000/NAME)")
-        parser.add_argument("--golden", nargs="+", required=True, metavar="PATH", help="golden (reference) images")
-        parser.add_argument("--sample", nargs="+", required=True, metavar="PATH",
-                            help="sample (test) images, same count")
-        parser.add_argument("--out", metavar="CSV", help="also write golden,sample,score,defect rows to this CSV")
+        parser.add_argument("--golden", nargs="+", metavar="PATH", help="golden (reference) images")
+        parser.add_argument("--sample", nargs="+", metavar="PATH", help="sample (test) images, same count")
+        parser.add_argument("--out", metavar="CSV", help="also write golden,sample,score,defect rows to this CSV; "
+                            "with --csv (required): the input's columns plus score and decision")
 
     def run(self, args: argparse.Namespace) -> int:
         runtime, norm, names = self.runtime.parse(args), self.normalization.parse(args), self.names.parse(args)
+        data = self.data_set.parse(args)
+        from_spec = getattr(args, "_spec_defaults", {})
+        if data.csv and (args.golden or args.sample) and from_spec.get("csv") == data.csv:
+            data.csv = data.images = None  # images on the command line win over the spec's infer_dataset
+        if data.csv:
+            return self.run_csv(args, data, runtime, norm, names)
+        if not args.golden or not args.sample:
+            raise InputError("infer scores --golden and --sample images, or the rows of a TAO-layout --csv",
+                             expected="--golden PATH... --sample PATH..., or --csv CSV --out OUT.csv",
+                             found="--golden {} image(s), --sample {} image(s)".format(
+                                 len(args.golden or []), len(args.sample or [])))
         if len(args.golden) != len(args.sample):
             raise InputError(
                 "--golden and --sample must name the same number of images",
@@ -172,6 +210,28 @@ class Infer(Command):
                 len(result.invalid_pairs), "; ".join("golden={} sample={}".format(rows[i][0], rows[i][1])
                                                      for i in result.invalid_pairs)), file=sys.stderr)
             return 1
+        return 0
+
+    def run_csv(self, args: argparse.Namespace, data: Any, runtime: RuntimeOptions, norm: Any, names: dict) -> int:
+        """``--csv``: score every row of the data set and write the input's columns plus score and decision."""
+        from changenet_trt.evaluation.inference import format_summary, infer_csv
+
+        if args.golden or args.sample:
+            raise InputError("give either --csv (a TAO-layout data set) or --golden/--sample images, not both")
+        if not args.out:
+            raise InputError("infer --csv writes its scores to a CSV", expected="--out OUT.csv", found="no --out")
+        from changenet_trt.files import check_output_file
+
+        check_output_file(args.out, what="scores CSV (--out)", inputs=[p for p in (args.model, data.csv, data.images)
+                                                                       if p])
+        from changenet_trt.cli.spec import check_model_shape
+
+        with load_classifier(args.model, runtime, norm, names) as clf:
+            check_model_shape(args, data.layout, clf.contract)
+            result = infer_csv(args.model, data.csv, images_dir=data.images, out_csv=args.out, layout=data.layout,
+                               strict=data.strict, workers=data.workers, progress=self.progress.parse(args),
+                               classifier=clf)
+        print(format_summary(result))
         return 0
 
 
@@ -336,7 +396,10 @@ class Eval(Command):
 
         data, runtime = self.data_set.parse(args), self.runtime.parse(args)
         norm, names, show = self.normalization.parse(args), self.names.parse(args), self.progress.parse(args)
+        from changenet_trt.cli.spec import check_model_shape
+
         with load_classifier(args.model, runtime, norm, names) as clf:
+            check_model_shape(args, data.layout, clf.contract)
             result = evaluate(args.model, data.csv, images_dir=data.images, out_dir=args.out, layout=data.layout,
                               strict=data.strict, target_fpr=args.target_fpr, target_capture=args.target_capture,
                               plots=not args.no_plots, workers=data.workers, progress=show, classifier=clf)

@@ -1,7 +1,8 @@
 """TAO's ChangeNet-Classification data layout: a CSV of golden/sample pairs plus light images.
 
-The CSV has (at least) the columns ``input_path, golden_path, label, object_name``; any other
-column is ignored. Every value is read as text, so an ``object_name`` like ``0012`` keeps its
+The CSV has (at least) the columns ``input_path, golden_path, label, object_name`` (``label``
+may be absent when the pairs are only scored, as TAO's ``inference`` reads them); any other
+column is kept as it is (``Dataset.header``/``records``) for the outputs that carry it. Every value is read as text, so an ``object_name`` like ``0012`` keeps its
 leading zeros. ``label == "PASS"`` is a good part, any other label (``MISSING``, ...) a defect
 of that type. Light images are found as::
 
@@ -44,6 +45,8 @@ from changenet_trt.errors import ChangeNetError, DatasetError
 TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
 TAO_EXT = ".jpg"
 REQUIRED_COLUMNS = ("input_path", "golden_path", "label", "object_name")
+#: the columns a CSV that is only scored (no truth) needs
+UNLABELED_COLUMNS = ("input_path", "golden_path", "object_name")
 PASS_LABEL = "PASS"
 #: labels that a user probably meant as good parts (TAO reads only the exact "PASS" as good)
 _GOOD_LOOKING_LABELS = ("PASS", "PASSED", "OK", "GOOD", "NORMAL")
@@ -167,7 +170,12 @@ class RowProblem:
 
 @dataclass
 class Dataset:
-    """Usable pairs of a CSV plus the rows that were set aside (``problems``) and one-line ``warnings`` about it."""
+    """Usable pairs of a CSV plus the rows that were set aside (``problems``) and one-line ``warnings`` about it.
+
+    ``header``: the CSV's header as written; ``records``: every data row ``(line, values)`` as
+    read (``Pair.index`` indexes it), so outputs can carry every input column; ``labelled``:
+    whether the CSV has a ``label`` column.
+    """
 
     csv_path: str
     images_dir: str
@@ -176,6 +184,9 @@ class Dataset:
     problems: List[RowProblem] = field(default_factory=list)
     rows: int = 0
     warnings: List[str] = field(default_factory=list)
+    header: List[str] = field(default_factory=list)
+    records: List[Tuple[int, List[str]]] = field(default_factory=list)
+    labelled: bool = True
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -190,8 +201,10 @@ class Dataset:
         return np.array([p.is_defect for p in self.pairs], dtype=bool)
 
 
-def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]]], List[str]]:
-    """Header column indexes of the required columns, the data rows with their line numbers, the header."""
+def _read_rows(csv_path: str, required: Sequence[str] = REQUIRED_COLUMNS
+               ) -> Tuple[Dict[str, int], List[Tuple[int, List[str]]], List[str]]:
+    """Header column indexes of the TAO columns present (``required`` must be), the data rows
+    with their line numbers, the header."""
     if os.path.isdir(csv_path):
         inside = sorted(n for n in os.listdir(csv_path) if n.lower().endswith(".csv"))
         raise DatasetError("CSV path is a folder, not a CSV file: {}".format(csv_path),
@@ -223,7 +236,7 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
     if header is None:
         raise DatasetError(
             "CSV file {} is empty".format(csv_path),
-            expected="a header line with the columns {}".format(", ".join(REQUIRED_COLUMNS)),
+            expected="a header line with the columns {}".format(", ".join(required)),
             found="no lines",
         )
     names = [h.strip().lower() for h in header]
@@ -231,13 +244,14 @@ def _read_rows(csv_path: str) -> Tuple[Dict[str, int], List[Tuple[int, List[str]
     for column in REQUIRED_COLUMNS:
         if column in names:
             columns[column] = names.index(column)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in required if c not in columns]
     if missing:
         separator = next((sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None)
         raise DatasetError(
             "CSV {} lacks the column(s) {}{}".format(csv_path, ", ".join(missing), "" if separator is None else
                                                     " (its fields are separated by {!r}: save it with commas)".format(separator)),
-            expected="a header with {} (TAO's layout; other columns are ignored)".format(", ".join(REQUIRED_COLUMNS)),
+            expected="a header with {} (TAO's layout; other columns are kept as they are)".format(
+                ", ".join(required)),
             found="header {}".format(", ".join(repr(h) for h in header)),
         )
     return columns, rows, header
@@ -251,8 +265,13 @@ def load_dataset(
     strict: bool = False,
     on_problem: Optional[Callable[[RowProblem], None]] = None,
     on_warning: Optional[Callable[[str], None]] = None,
+    labels: bool = True,
 ) -> Dataset:
     """Read a TAO CSV and resolve every row's light files.
+
+    ``labels``: the ``label`` column is required (False: the pairs are only scored, as TAO's
+    ``inference`` reads them; a ``label`` column, if any, is then kept as any other column and
+    ``Pair.label`` is its text, possibly empty).
 
     ``images_dir`` defaults to the CSV's folder. ``check_files`` tests that every file exists
     (a cheap ``stat`` per file), so rows with missing lights are known before any decoding.
@@ -272,7 +291,7 @@ def load_dataset(
     images_dir = os.fspath(images_dir) if images_dir is not None else (os.path.dirname(os.path.abspath(csv_path)))
     if not os.path.isdir(images_dir):
         raise DatasetError("image folder not found: {}".format(images_dir))
-    columns, rows, _ = _read_rows(csv_path)
+    columns, rows, header = _read_rows(csv_path, REQUIRED_COLUMNS if labels else UNLABELED_COLUMNS)
     if not rows:
         raise DatasetError("CSV {} has a header but no data rows".format(csv_path), expected="at least one pair")
     width = max(columns.values()) + 1
@@ -290,14 +309,14 @@ def load_dataset(
     for index, (line, values) in enumerate(rows):
         if len(values) < width:
             problem(RowProblem(line, "", "", "row has {} fields; the columns {} need {}".format(
-                len(values), ", ".join(REQUIRED_COLUMNS), width)))
+                len(values), ", ".join(c for c in REQUIRED_COLUMNS if c in columns), width)))
             continue
         object_name = values[columns["object_name"]].strip()
         input_path = values[columns["input_path"]].strip()
         golden_path = values[columns["golden_path"]].strip()
-        label = values[columns["label"]].strip()
+        label = values[columns["label"]].strip() if "label" in columns else ""
         empty = [c for c, v in (("object_name", object_name), ("input_path", input_path),
-                                ("golden_path", golden_path), ("label", label)) if not v]
+                                ("golden_path", golden_path), ("label", label)) if not v and (labels or c != "label")]
         if empty:
             problem(RowProblem(line, object_name, "", "empty {}".format(", ".join(empty))))
             continue
@@ -326,10 +345,16 @@ def load_dataset(
             expected="rows whose light files exist under {} as {}".format(images_dir, layout.describe()),
             found=str(problems[0]) if problems else "nothing",
         )
-    warnings = _label_warnings(pairs)
+    warnings = _label_warnings(pairs) if labels else []
     for text in warnings:
         (on_warning or _log.warning)(text)
-    return Dataset(csv_path, images_dir, layout, pairs, problems, rows=len(rows), warnings=warnings)
+    return Dataset(csv_path, images_dir, layout, pairs, problems, rows=len(rows), warnings=warnings, header=header,
+                   records=rows, labelled="label" in columns)
+
+
+def extra_columns(header: Sequence[str]) -> List[int]:
+    """Indexes of the header's columns that are not TAO's four (a ``component``, a board id, ...), in order."""
+    return [i for i, name in enumerate(header) if name.strip().lower() not in REQUIRED_COLUMNS]
 
 
 def _label_warnings(pairs: Sequence[Pair]) -> List[str]:

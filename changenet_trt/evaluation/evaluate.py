@@ -7,7 +7,8 @@ inferred (``Classifier.run_pipeline``) -> ``contract.score`` -> ``Classifier.dec
 :mod:`~changenet_trt.evaluation.metrics` -> files in the output folder:
 
 * ``scores.csv``: ``line, object_name, input_path, golden_path, label, score, defect`` (one row
-  per scored pair; ``line`` is the CSV line, ``defect`` the decision 0/1)
+  per scored pair; ``line`` is the CSV line, ``defect`` the decision 0/1), then the CSV's other
+  columns as they are, in their order
 * ``summary.json``: counts, rates, per-label rates, cutoff sweep, target cutoffs, skipped rows
 * ``sweep.csv``: counts and rates at every distinct cutoff
 * ``roc.png``, ``scores.png`` (score histograms by label class), ``scores_by_type.png``, ``sweep.png``
@@ -30,7 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from changenet_trt.contract import score as contract_score
-from changenet_trt.data.dataset import Dataset, LightLayout, PairLoader, RowProblem, load_dataset
+from changenet_trt.data.dataset import (
+    Dataset,
+    LightLayout,
+    PairLoader,
+    RowProblem,
+    extra_columns,
+    load_dataset,
+)
 from changenet_trt.errors import DatasetError
 from changenet_trt.evaluation.metrics import (
     Sweep,
@@ -132,40 +140,15 @@ def evaluate(
     try:
         if cutoff is not None and not own:
             clf = clf.with_cutoff(cutoff)  # the caller's classifier keeps its own cutoff
-        contract = clf.contract
-        loader = PairLoader(dataset.pairs, layout, contract.input_shape, clf.normalization, workers=workers,
-                            strict=strict, on_problem=report, on_warning=warn)
-        # disable=None: a live bar only when ``log`` is a terminal (silent in logs and CI)
-        bar = tqdm(total=len(dataset), desc="eval", unit="pairs", file=log, disable=None if progress else True)
-        start = time.perf_counter()
-        try:
-            raw = clf.run_pipeline(len(dataset), loader.fill, on_batch=lambda done: bar.update(done - bar.n))
-        finally:
-            loader.close()
-            bar.close()
-        seconds = time.perf_counter() - start
-        all_scores = contract_score(raw, contract.output_kind)
-        failed = loader.failed
-        unscored = ~np.isfinite(raw.reshape(raw.shape[0], -1)).all(axis=1) | ~np.isfinite(all_scores)
-        for index in np.flatnonzero(unscored).tolist():
-            if index in failed:
-                continue
-            pair = dataset.pairs[index]
-            item = RowProblem(pair.line, pair.object_name, "", "the model's output is NaN or Inf for this pair")
-            if strict:
-                raise DatasetError("{} (--strict stops at the first unusable row)".format(item))
-            failed[index] = item
-            report(item)
-        scored = [i for i in range(len(dataset)) if i not in failed]
-        if not scored:
-            raise DatasetError("no pair of {} could be decoded and scored".format(dataset.csv_path),
-                               found=str(next(iter(failed.values()))))
-        scores = all_scores[scored]
+        run = score_pairs(dataset, clf, workers=workers, strict=strict, on_problem=report, on_warning=warn,
+                          progress=progress, log=log, desc="eval")
+        failed, scored, seconds = run.failed, run.scored, run.seconds
+        scores = run.scores[scored]
         decisions = clf.decide(scores)
         problems = dataset.problems + [failed[i] for i in sorted(failed)]
         full = sweep(scores, dataset.is_defect[scored])
         summary = _summarize(dataset, scored, scores, decisions, full, clf, seconds, target_fpr, target_capture,
-                             problems=problems, model=os.fspath(model), workers=loader.workers)
+                             problems=problems, model=os.fspath(model), workers=run.workers)
         summary["warnings"] = warned
     finally:
         if own:
@@ -174,6 +157,61 @@ def evaluate(
     if out_dir is not None:
         write_outputs(result, os.fspath(out_dir), plots=plots)
     return result
+
+
+@dataclass
+class PairScores:
+    """What :func:`score_pairs` gives: ``scores`` float32 ``[pairs]`` (meaningless where ``failed``),
+    ``failed`` (pair index -> why it has no score), ``scored`` (the other indexes, ascending),
+    ``seconds`` of decoding + inference and the decode ``workers``."""
+
+    scores: np.ndarray
+    failed: Dict[int, RowProblem]
+    scored: List[int]
+    seconds: float
+    workers: int
+
+
+def score_pairs(dataset: Dataset, clf: Any, workers: Optional[int] = None, strict: bool = False,
+                on_problem: Any = None, on_warning: Any = None, progress: bool = True,
+                log: Optional[IO[str]] = None, desc: str = "score") -> PairScores:
+    """Decode and score every pair of ``dataset`` with the loaded Classifier ``clf``.
+
+    Each batch is decoded on ``workers`` threads straight into the runner's buffers while the
+    previous one is inferred. A pair that cannot be decoded or whose output is NaN/Inf is in
+    ``failed`` (reported through ``on_problem``; with ``strict`` it raises DatasetError).
+    Raises DatasetError when no pair at all could be scored.
+    """
+    log = log if log is not None else sys.stderr
+    loader = PairLoader(dataset.pairs, dataset.layout, clf.contract.input_shape, clf.normalization, workers=workers,
+                        strict=strict, on_problem=on_problem, on_warning=on_warning)
+    # disable=None: a live bar only when ``log`` is a terminal (silent in logs and CI)
+    bar = tqdm(total=len(dataset), desc=desc, unit="pairs", file=log, disable=None if progress else True)
+    start = time.perf_counter()
+    try:
+        raw = clf.run_pipeline(len(dataset), loader.fill, on_batch=lambda done: bar.update(done - bar.n))
+    finally:
+        loader.close()
+        bar.close()
+    seconds = time.perf_counter() - start
+    all_scores = contract_score(raw, clf.contract.output_kind)
+    failed = loader.failed
+    unscored = ~np.isfinite(raw.reshape(raw.shape[0], -1)).all(axis=1) | ~np.isfinite(all_scores)
+    for index in np.flatnonzero(unscored).tolist():
+        if index in failed:
+            continue
+        pair = dataset.pairs[index]
+        item = RowProblem(pair.line, pair.object_name, "", "the model's output is NaN or Inf for this pair")
+        if strict:
+            raise DatasetError("{} (--strict stops at the first unusable row)".format(item))
+        failed[index] = item
+        if on_problem is not None:
+            on_problem(item)
+    scored = [i for i in range(len(dataset)) if i not in failed]
+    if not scored:
+        raise DatasetError("no pair of {} could be decoded and scored".format(dataset.csv_path),
+                           found=str(next(iter(failed.values()))))
+    return PairScores(all_scores, failed, scored, seconds, loader.workers)
 
 
 def _summarize(
@@ -272,12 +310,16 @@ def _write_set(result: EvalResult, out_dir: str, plots: bool) -> Dict[str, str]:
     pairs = [result.dataset.pairs[i] for i in result.scored]
 
     path = os.path.join(out_dir, "scores.csv")
+    columns = ["line", "object_name", "input_path", "golden_path", "label", "score", "defect"]
+    extras = extra_columns(result.dataset.header)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["line", "object_name", "input_path", "golden_path", "label", "score", "defect"])
+        writer.writerow(columns + carried_names([result.dataset.header[i] for i in extras], columns))
         for pair, s, d in zip(pairs, result.scores, result.decisions):
+            values = result.dataset.records[pair.index][1]
             writer.writerow([pair.line, pair.object_name, pair.input_path, pair.golden_path, pair.label,
-                             "{:.8g}".format(float(s)), int(d)])
+                             "{:.8g}".format(float(s)), int(d)] + [values[i] if i < len(values) else ""
+                                                                   for i in extras])
     files["scores_csv"] = path
 
     path = os.path.join(out_dir, "sweep.csv")
@@ -294,6 +336,13 @@ def _write_set(result: EvalResult, out_dir: str, plots: bool) -> Dict[str, str]:
         files.update(_plots(result, out_dir, full))
     files["summary_json"] = os.path.join(out_dir, "summary.json")
     return files
+
+
+def carried_names(names: List[str], taken: List[str]) -> List[str]:
+    """The input CSV's column ``names`` as an output writes them next to its own columns ``taken``:
+    a name already taken gets `` (input)`` added, so no column is hidden behind another."""
+    used = {t.strip().lower() for t in taken}
+    return [name + " (input)" if name.strip().lower() in used else name for name in names]
 
 
 def _plots(result: EvalResult, out_dir: str, full: Sweep) -> Dict[str, str]:
