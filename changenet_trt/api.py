@@ -11,6 +11,7 @@
 
 import copy
 import logging
+import numbers
 import os
 import threading
 import time
@@ -144,7 +145,7 @@ def make_runner(
         return OnnxRuntimeRunner(path, contract=contract, max_batch=batch_size, **options)
     from changenet_trt.runtime.tensorrt import TensorRTRunner
 
-    allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device"}
+    allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device", "lean_library"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError("unknown option for the tensorrt backend", expected=sorted(allowed), found=unknown)
@@ -181,7 +182,10 @@ def _check_model_file(path: str, backend: str) -> None:
 
 
 def _checked_cutoff(cutoff: Any, output_kind: str) -> float:
-    """``cutoff`` as a float; refused when not finite, a warning when no score can cross it."""
+    """``cutoff`` as a float; refused when not a finite number (``True`` is not 1.0), a warning when no
+    score can cross it."""
+    if isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, (numbers.Real, np.number)):
+        raise InputError("cutoff must be a number", expected="a finite float such as 0.5", found=repr(cutoff))
     value = float(cutoff)
     if not np.isfinite(value):
         raise InputError("cutoff must be a finite number", found=cutoff)
@@ -536,7 +540,7 @@ def load(
     ``deepstream`` or a :class:`~changenet_trt.data.preprocess.Normalization`. Tensor names and the
     output kind override what is read from the model. ``options`` go to the backend
     (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``; tensorrt:
-    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``; triton, for
+    ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``, ``lean_library=PATH``; triton, for
     ``grpc://HOST:8001/NAME`` / ``http://HOST:8000/NAME`` URLs: ``shared_memory``, ``timeout_s``,
     ``slots``).
     """

@@ -11,9 +11,11 @@ The batch is either dynamic or static (TAO's shipped specs export a static 16). 
 always mapped by name, never by position; every name can be overridden.
 """
 
+import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +32,17 @@ META_CUTOFF = "changenet_trt.cutoff"
 META_PREPROCESS = "changenet_trt.data.preprocess"
 
 _SUPPORTED_DTYPES = ("float32", "float16", "uint8")
+#: output element types a score can be read from (an int64 argmax or a bool is not a score)
+_SCORE_DTYPES = ("float32", "float16", "float64")
+_log = logging.getLogger(__name__)
+_warned: Set[str] = set()
+
+
+def _warn_once(text: str) -> None:
+    """Log ``text`` as a warning the first time this process meets it (contracts are read often)."""
+    if text not in _warned:
+        _warned.add(text)
+        _log.warning(text)
 
 
 @dataclass(frozen=True)
@@ -121,13 +134,56 @@ def load_onnx(model: Union[str, "os.PathLike[str]", Any]) -> Any:
         raise ModelContractError("model file is empty: {}".format(path), expected="an ONNX model (.onnx)",
                                  found="0 bytes")
     try:
-        return onnx.load(path, load_external_data=False)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
         raise ModelContractError(
             "cannot read {} as an ONNX model".format(path),
             expected="a protobuf ONNX file (.onnx)",
             found="{}: {}".format(type(exc).__name__, exc),
         ) from None
+    check_external_data(proto, path)
+    return proto
+
+
+def check_external_data(proto: Any, path: str) -> None:
+    """Refuse, with one error, weights stored outside the model's folder or beyond their file's end.
+
+    ONNX Runtime and onnx refuse an external-data location that leaves the model's folder
+    (``../x.bin``, an absolute path, a link out of it) and a ``length`` past the end of the file;
+    both would otherwise fail later with their own tracebacks (or, for a claimed 4 GiB, try to
+    read it). Checked on the graph's initializers and Constant nodes, without reading the data.
+    """
+    from onnx import TensorProto
+
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    tensors = list(proto.graph.initializer) + [
+        attribute.t for node in proto.graph.node if node.op_type == "Constant"
+        for attribute in node.attribute if attribute.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = os.path.realpath(os.path.join(folder, location))
+        where = "{}: tensor '{}' keeps its data in {!r}".format(path, tensor.name, location)
+        if not location or os.path.isabs(location) or not target.startswith(folder + os.sep):
+            raise ModelContractError("{}, outside the model's folder {}".format(where, folder),
+                                     expected="external data files inside the model's folder (as ONNX Runtime "
+                                              "and onnx require)")
+        if not os.path.isfile(target):
+            raise ModelContractError("{}, which does not exist".format(where),
+                                     expected="the model's external data files next to it")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise ModelContractError("{} with an unreadable offset or length".format(where),
+                                     found="offset {!r}, length {!r}".format(info.get("offset"), info.get("length"))
+                                     ) from None
+        size = os.path.getsize(target)
+        end = offset + (length if length is not None else 0)
+        if offset < 0 or (length is not None and length < 0) or end > size:
+            raise ModelContractError("{}, bytes {}..{} of a {}-byte file".format(where, offset, end, size),
+                                     expected="offset + length within the external data file")
 
 
 def read_contract(
@@ -241,6 +297,12 @@ def make_contract(
     else:
         out = _pick(outputs, output, "output", "--output")
 
+    if out.dtype not in _SCORE_DTYPES:
+        raise ModelContractError(
+            "output '{}' is not a floating-point score".format(out.name),
+            expected="{} (a distance or logits)".format(" or ".join(_SCORE_DTYPES)),
+            found=out.dtype,
+        )
     static_batch = sample.shape[0]
     if out.shape and out.shape[0] is not None and out.shape[0] != static_batch:
         raise ModelContractError(
@@ -273,10 +335,15 @@ def make_contract(
     meta = dict(metadata or {})
     cutoff = None
     if META_CUTOFF in meta:
+        text = meta.pop(META_CUTOFF)
         try:
-            cutoff = float(meta.pop(META_CUTOFF))
+            cutoff = float(text)
         except ValueError:
             cutoff = None
+        if cutoff is None or not math.isfinite(cutoff):
+            cutoff = None
+            _warn_once("the model's metadata {} is {!r}, not a finite number: it is ignored and the default "
+                       "cutoff {:g} is used (pass a cutoff to choose one)".format(META_CUTOFF, text, DEFAULT_CUTOFF))
     return ModelContract(
         sample_input=sample.name,
         golden_input=golden.name,

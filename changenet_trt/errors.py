@@ -5,6 +5,8 @@ Every error a user can cause derives from :class:`ChangeNetError`. The CLI print
 keeps its traceback.
 """
 
+import errno
+import os
 from typing import Any, Optional
 
 
@@ -49,6 +51,23 @@ class BuildError(ChangeNetError):
     """Preparing an ONNX file or building an engine failed."""
 
 
+class OutputError(ChangeNetError):
+    """An output cannot be written: the disk is full, a quota is reached, the file system is
+    read-only or a name is too long (nothing partial is left behind)."""
+
+
+#: errno values that say "this output cannot be written here", not "this program is broken"
+WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "ENAMETOOLONG", "EFBIG")
+                         if hasattr(errno, name))
+
+
+def output_error(exc: OSError, target: str) -> "OutputError":
+    """The one-line error for an OSError (one of :data:`WRITE_ERRNOS`) met while writing ``target``."""
+    reason = exc.strerror or os.strerror(exc.errno or 0)
+    return OutputError("cannot write {}: {}".format(target, reason),
+                       expected="free space (or a shorter name) where the output goes")
+
+
 class DependencyError(ChangeNetError):
     """An optional dependency (TensorRT, pycuda, ...) is missing; the message says how to install it."""
 
@@ -63,10 +82,23 @@ TENSORRT_INSTALL_HINT = (
 )
 
 
+#: how to install each optional module (top-level package name -> hint); others: ``pip install <module>``
+INSTALL_HINTS = {
+    "tensorrt": TENSORRT_INSTALL_HINT,
+    "pycuda": TENSORRT_INSTALL_HINT,
+    "tritonclient": "pip install 'changenet-trt[triton]' (Python >= 3.9)",
+    "tensorrt_lean": "pip install 'changenet-trt[lean]' (x86-64 Linux; on a Jetson it comes with JetPack)",
+    "tensorrt_dispatch": "pip install 'changenet-trt[lean]' (x86-64 Linux; on a Jetson it comes with JetPack)",
+    "onnxruntime": "a core dependency of changenet-trt: pip install onnxruntime (or reinstall changenet-trt)",
+    "onnxconverter_common": "a core dependency of changenet-trt: pip install onnxconverter-common "
+                            "(or reinstall changenet-trt)",
+    "polygraphy": "pip install 'changenet-trt[bench]'",
+}
+
+
 def missing_dependency(module: str, feature: str) -> DependencyError:
-    """The error raised when ``feature`` needs ``module`` and it cannot be imported."""
-    return DependencyError(
-        "{} needs the Python module '{}', which is not installed ({})".format(
-            feature, module, TENSORRT_INSTALL_HINT
-        )
-    )
+    """The error raised when ``feature`` needs ``module`` and it cannot be imported; the hint is
+    the one for that module (:data:`INSTALL_HINTS`)."""
+    top = module.split(".")[0]
+    hint = INSTALL_HINTS.get(top, "pip install {}".format(top.replace("_", "-")))
+    return DependencyError("{} needs the Python module '{}', which is not installed ({})".format(feature, module, hint))

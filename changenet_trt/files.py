@@ -8,13 +8,14 @@ POSIX and Windows), so an interrupted run leaves the old file or the new one, ne
 
 import contextlib
 import ctypes
-import fnmatch
+import hashlib
+import json
 import os
 import shutil
 import tempfile
-from typing import IO, Iterator, Optional, Sequence, Union
+from typing import IO, Any, Dict, Iterator, List, Sequence, Union
 
-from changenet_trt.errors import InputError
+from changenet_trt.errors import WRITE_ERRNOS, InputError, output_error
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,9 +44,11 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # a full disk: one line, not a traceback
+            raise output_error(exc, target) from None
         raise
 
 
@@ -55,6 +58,15 @@ def atomic_write(path: PathLike, data: Union[bytes, str]) -> str:
     with atomic_open(path, "wb") as handle:
         handle.write(payload)
     return os.fspath(path)
+
+
+def write_json_report(path: PathLike, data: Any, what: str = "JSON report", inputs: Sequence[PathLike] = ()) -> str:
+    """The one writer of every command's ``--json`` report: ``data`` (JSON types) as indented, key-sorted
+    JSON, checked (:func:`check_output_file`) and written whole (:func:`atomic_write`); returns the path.
+    Commands check the path with :func:`check_output_file` before their work too."""
+    target = check_output_file(path, what=what, inputs=inputs)
+    atomic_write(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return target
 
 
 def _nearest_existing(path: str) -> str:
@@ -97,20 +109,25 @@ def check_output_file(path: PathLike, what: str = "output file", inputs: Sequenc
 
 
 def check_output_dir(path: PathLike, what: str = "output folder", inputs: Sequence[PathLike] = (),
-                     writes: Sequence[str] = (), owned: Optional[Sequence[str]] = None) -> str:
+                     writes: Sequence[str] = (), replaces: bool = False) -> str:
     """Refuse, before any work, an output folder that cannot be made or written, or would replace an input.
 
     The folder may exist or be missing (it is created later); it must not be a file. ``writes``
     names the files the run writes inside it; none may be one of ``inputs`` (a data set's
     ``scores.csv`` passed back as the input CSV, say).
 
-    ``owned`` (fnmatch patterns) says the run replaces the folder as a whole (see
-    :func:`atomic_dir`): then an existing folder may hold only entries matching ``owned``, no
-    input may lie inside it, and its parent must be writable (the swap happens there).
+    ``replaces`` says the run replaces the folder as a whole (see :func:`atomic_dir`): then an
+    existing folder must be empty or hold exactly the set that :func:`atomic_dir` last wrote
+    there (every file listed in its :data:`SET_MANIFEST` with the same size and SHA-256; names
+    alone prove nothing: a user's ``holiday.png`` looks like a plot), no input may lie inside
+    it, and its parent must be writable (the swap happens there). A symbolic link is judged,
+    and later written, as the folder it points to.
     """
     target = os.fspath(path)
     if not target:
         raise InputError("the {} path is empty".format(what), expected="a folder path")
+    if replaces:
+        target = os.path.realpath(target)  # a link to a result folder: the swap happens at its target
     if os.path.exists(target) and not os.path.isdir(target):
         raise InputError("the {} {} is an existing file".format(what, target), expected="a folder (existing or new)")
     if os.path.isdir(target):
@@ -121,9 +138,9 @@ def check_output_dir(path: PathLike, what: str = "output folder", inputs: Sequen
     file_what = what[:-len("folder")] + "file" if what.endswith("folder") else what
     for name in writes:
         check_output_file(os.path.join(target, name), what=file_what, inputs=inputs)
-    if owned is not None:
-        _check_replaceable(target, what, inputs, owned)
-    return target
+    if replaces:
+        _check_replaceable(target, what, inputs)
+    return os.fspath(path)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -132,7 +149,7 @@ def _inside(path: str, folder: str) -> bool:
     return real_path == real_folder or real_path.startswith(real_folder.rstrip(os.sep) + os.sep)
 
 
-def _check_replaceable(target: str, what: str, inputs: Sequence[PathLike], owned: Sequence[str]) -> None:
+def _check_replaceable(target: str, what: str, inputs: Sequence[PathLike]) -> None:
     for source in inputs:
         if source is not None and _inside(os.fspath(source), target):
             raise InputError(
@@ -141,16 +158,59 @@ def _check_replaceable(target: str, what: str, inputs: Sequence[PathLike], owned
                 expected="an output folder outside every input",
             )
     if os.path.isdir(target):
-        foreign = sorted(name for name in os.listdir(target)
-                         if not any(fnmatch.fnmatch(name, pattern) for pattern in owned))
+        foreign = foreign_entries(target)
         if foreign:
             raise InputError(
-                "the {} {} holds files this run did not write; it replaces the folder as a whole".format(what, target),
-                expected="a new or empty folder, or one holding only {}".format(", ".join(owned)),
+                "the {} {} holds files this run did not write (not the result set last written there, "
+                "as recorded in {}); it replaces the folder as a whole".format(what, target, SET_MANIFEST),
+                expected="a new or empty folder, or one holding only the previous result set",
                 found=", ".join(foreign[:5]) + (" and {} more".format(len(foreign) - 5) if len(foreign) > 5 else ""),
             )
     parent = os.path.dirname(os.path.abspath(target))
     _check_writable_parent(os.path.join(parent, "probe"), what)
+
+
+#: the record, inside a folder written by :func:`atomic_dir`, of the files of that set
+SET_MANIFEST = ".changenet-trt-set.json"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe_set(folder: str) -> Dict[str, Dict[str, Any]]:
+    """``name -> {"size": bytes, "sha256": hex}`` for every plain file of ``folder`` but the manifest."""
+    entries = {}  # type: Dict[str, Dict[str, Any]]
+    for entry in os.scandir(folder):
+        if entry.name != SET_MANIFEST and entry.is_file(follow_symlinks=False):
+            entries[entry.name] = {"size": entry.stat(follow_symlinks=False).st_size, "sha256": _sha256(entry.path)}
+    return entries
+
+
+def foreign_entries(folder: str) -> List[str]:
+    """Entries of ``folder`` that are not, byte for byte, the set its :data:`SET_MANIFEST` records (sorted)."""
+    try:
+        with open(os.path.join(folder, SET_MANIFEST), encoding="utf-8") as handle:
+            recorded = json.load(handle).get("files", {})
+        if not isinstance(recorded, dict):
+            recorded = {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    foreign = []
+    for entry in os.scandir(folder):
+        if entry.name == SET_MANIFEST:
+            continue
+        known = recorded.get(entry.name)
+        same = (isinstance(known, dict) and entry.is_file(follow_symlinks=False)
+                and known.get("size") == entry.stat(follow_symlinks=False).st_size
+                and known.get("sha256") == _sha256(entry.path))
+        if not same:
+            foreign.append(entry.name)
+    return sorted(foreign)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -172,16 +232,19 @@ def _exchange(a: str, b: str) -> bool:
 @contextlib.contextmanager
 def atomic_dir(path: PathLike) -> Iterator[str]:
     """Write a set of files as one: yield a fresh staging folder next to ``path``; on a clean exit
-    it becomes ``path`` (the previous folder, stale files included, is removed).
+    it becomes ``path`` (the previous folder, stale files included, is removed). The set is
+    recorded (names, sizes, SHA-256) in its :data:`SET_MANIFEST`, so that a later run can tell
+    it from anything else before replacing it. A symbolic link ``path`` keeps pointing where it
+    did: its target folder is the one replaced.
 
     The staging folder is ``.<name>.<random>.partial`` in ``path``'s parent. The swap is one
     atomic ``renameat2(RENAME_EXCHANGE)`` on Linux, so ``path`` always holds the whole old set
     or the whole new one. Elsewhere it is two renames: an interruption between them leaves no
     ``path`` but the whole old set in ``.<name>.<random>.old`` next to it. On an exception the
     staging folder is removed and ``path`` is untouched. Check ``path`` first with
-    :func:`check_output_dir` (``owned=...``): the old folder is deleted whole.
+    :func:`check_output_dir` (``replaces=True``): the old folder is deleted whole.
     """
-    target = os.path.abspath(os.fspath(path))
+    target = os.path.realpath(os.fspath(path))
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="." + name + ".", suffix=".partial", dir=parent)
@@ -190,6 +253,9 @@ def atomic_dir(path: PathLike) -> Iterator[str]:
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; results are ordinary folders
         yield staging
+        manifest = {"written_by": "changenet-trt", "files": _describe_set(staging)}
+        with open(os.path.join(staging, SET_MANIFEST), "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=1, sort_keys=True)
         for entry in os.scandir(staging):  # on disk before the swap makes them the results
             if entry.is_file(follow_symlinks=False):
                 with open(entry.path, "rb") as handle:
@@ -204,8 +270,10 @@ def atomic_dir(path: PathLike) -> Iterator[str]:
         os.rename(target, old)
         os.rename(staging, target)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # a full disk: one line, not a traceback
+            raise output_error(exc, target) from None
         raise
 
 

@@ -68,7 +68,78 @@ class EngineMetadata:
         if missing:
             raise EngineError("engine metadata lacks required fields", expected=", ".join(required),
                               found="missing {}".format(", ".join(missing)))
+        problems = [problem for key, value in sorted(data.items()) if key in _FIELD_CHECKS
+                    for problem in [_FIELD_CHECKS[key](value)] if problem]
+        if problems:
+            raise EngineError("engine metadata is not what `changenet-trt build` writes (edited or damaged?)",
+                              expected="the fields of schema {}".format(SCHEMA_VERSION), found="; ".join(problems))
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(key: str) -> Any:
+    def check(value: Any) -> Optional[str]:
+        return None if isinstance(value, str) else "{} is {!r}, not text".format(key, value)
+    return check
+
+
+def _check_profile(value: Any) -> Optional[str]:
+    if value == {}:
+        return None
+    if not isinstance(value, dict) or not all(_is_int(value.get(k)) for k in ("min", "opt", "max")):
+        return "profile is {!r}, not {{min, opt, max}} batch sizes".format(value)
+    if not 1 <= value["min"] <= value["opt"] <= value["max"]:
+        return "profile {}:{}:{} is not 1 <= min <= opt <= max".format(value["min"], value["opt"], value["max"])
+    return None
+
+
+def _check_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_int(d) for d in value)
+
+
+def _check_tensors(value: Any) -> Optional[str]:
+    if not isinstance(value, list):
+        return "tensors is {!r}, not a list".format(value)
+    for index, tensor in enumerate(value):
+        if not (isinstance(tensor, dict) and isinstance(tensor.get("name"), str) and tensor["name"]
+                and isinstance(tensor.get("mode", ""), str) and _check_shape(tensor.get("shape"))
+                and isinstance(tensor.get("dtype"), str)):
+            return "tensors[{}] is {!r}, not {{name, mode, shape (integers), dtype}}".format(index, tensor)
+    return None
+
+
+def _check_profile_shapes(value: Any) -> Optional[str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(name, str) and isinstance(shapes, list) and len(shapes) == 3
+            and all(_check_shape(shape) for shape in shapes) for name, shapes in value.items()):
+        return "profile_shapes is {!r}, not input -> [min, opt, max] shapes".format(value)
+    return None
+
+
+#: per sidecar field: None when the value has the type and form ``changenet-trt build`` writes, else why not
+_FIELD_CHECKS = dict(
+    {key: _text(key) for key in ("trt_version", "precision", "sample_input", "golden_input", "output", "output_kind",
+                                 "onnx_sha256", "gpu_name", "onnx_path", "preprocess", "built_at", "engine_sha256",
+                                 "builder")},
+    profile=_check_profile,
+    tensors=_check_tensors,
+    profile_shapes=_check_profile_shapes,
+    compute_capability=lambda v: None if isinstance(v, list) and len(v) in (0, 2) and all(_is_int(x) for x in v)
+    else "compute_capability is {!r}, not [major, minor]".format(v),
+    normalization=lambda v: None if isinstance(v, dict) and all(
+        isinstance(x, list) and all(_is_number(n) for n in x) for x in v.values())
+    else "normalization is {!r}, not lists of numbers".format(v),
+    flags=lambda v: None if isinstance(v, dict) else "flags is {!r}, not an object".format(v),
+    build_time_s=lambda v: None if _is_number(v) else "build_time_s is {!r}, not a number".format(v),
+    schema=lambda v: None if _is_int(v) else "schema is {!r}, not an integer".format(v),
+)
 
 
 def sidecar_path(engine_path: PathLike) -> str:
@@ -108,13 +179,17 @@ def read_sidecar(engine_path: PathLike) -> EngineMetadata:
         raise EngineError("cannot read engine metadata {}".format(path), found=str(exc)) from None
     if not isinstance(data, dict):
         raise EngineError("engine metadata {} is not a JSON object".format(path), found=type(data).__name__)
-    if int(data.get("schema", 0)) > SCHEMA_VERSION:
+    schema = data.get("schema", 0)
+    if _is_int(schema) and schema > SCHEMA_VERSION:
         raise EngineError(
             "engine metadata {} was written by a newer changenet-trt".format(path),
             expected="schema <= {}".format(SCHEMA_VERSION),
             found="schema {}".format(data.get("schema")),
         )
-    return EngineMetadata.from_dict(data)
+    try:
+        return EngineMetadata.from_dict(data)
+    except EngineError as exc:
+        raise EngineError("{} ({})".format(exc.message, path), expected=exc.expected, found=exc.found) from None
 
 
 @dataclass

@@ -178,12 +178,47 @@ def test_builder_optimization_level_only_where_supported(fake_trt, fake_cuda, re
 
 @BOTH
 def test_dla_core_with_gpu_fallback(fake_trt, fake_cuda, reference_models, workdir):
-    build_engine_file(build_options(reference_models["learnable_dynamic"], dla_core=1))
+    static = BatchProfile(16, 16, 16)  # DLA runs static shapes only
+    build_engine_file(build_options(reference_models["learnable_dynamic"], dla_core=1, profile=static))
     rec = _last_build(fake_trt)
     assert rec["default_device_type"] == "DLA" and rec["dla_core"] == 1 and "GPU_FALLBACK" in rec["flags"]
-    assert rec["dla_gpu_fallback_layers"]  # dynamic shapes: TensorRT runs them on the GPU
+    # the layers DLA cannot run fall back to the GPU; the rest stay on DLA
+    assert rec["dla_gpu_fallback_layers"] and rec["dla_layers"]
     with pytest.raises(BuildError, match="no DLA core 2"):
-        build_engine_file(build_options(reference_models["learnable_dynamic"], dla_core=2))
+        build_engine_file(build_options(reference_models["learnable_dynamic"], dla_core=2, profile=static))
+
+
+@BOTH
+def test_dla_core_needs_a_static_profile_and_low_precision(fake_trt, fake_cuda, reference_models, workdir, capsys):
+    """A dynamic profile would build an engine with every layer on the GPU that claims DLA: refused first."""
+    model = reference_models["learnable_dynamic"]
+    builds = len(fake_trt._fake.builds)
+    for extra, words in ((["--dla-core", "0"], "static batch"), (["--dla-core", "0", "--batch", "1:16:32"], "1:16:32"),
+                         (["--dla-core", "0", "--batch", "16", "--fp32"], "FP16 and INT8 only")):
+        capsys.readouterr()
+        code = main(["build", model, "--quiet", "--proof-pairs", "8"] + extra)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, (extra, err)
+    assert len(fake_trt._fake.builds) == builds and not os.path.exists("engines")
+    capsys.readouterr()
+    assert main(["build", model, "--dla-core", "0", "--batch", "16", "--print-trtexec", "--trt-version", "10.3.0"]) == 0
+    cmd = capsys.readouterr().out.splitlines()[-1].split()
+    assert "--useDLACore=0" in cmd and "--allowGPUFallback" in cmd
+    assert "--minShapes=input_1:16x3x512x128,input_2:16x3x512x128" in cmd
+    assert "--maxShapes=input_1:16x3x512x128,input_2:16x3x512x128" in cmd
+
+
+@pytest.mark.parametrize("version", ["10.8.0", "10.16.1", "11.0.0", "11.3.0", "11.4.0"])
+def test_dla_core_is_refused_where_that_tensorrt_has_no_dla(no_tensorrt, reference_models, workdir, capsys,
+                                                            version):
+    capsys.readouterr()
+    code = main(["build", reference_models["learnable_dynamic"], "--dla-core", "0", "--batch", "16",
+                 "--print-trtexec", "--trt-version", version])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no DLA" in err and err.count("\n") == 1, err
+    for version in ("8.5.2", "10.3.0", "10.7.0", "11.4.1"):
+        assert main(["build", reference_models["learnable_dynamic"], "--dla-core", "0", "--batch", "16",
+                     "--print-trtexec", "--trt-version", version]) == 0, version
 
 
 class _Terminal(io.StringIO):
@@ -435,7 +470,7 @@ def test_dry_run_prints_the_plan_without_tensorrt(no_tensorrt, reference_models,
 
 def test_print_trtexec_follows_the_tensorrt_version(no_tensorrt, reference_models, workdir, capsys):
     model = reference_models["learnable_dynamic"]
-    args = ["build", model, "--print-trtexec", "--workspace", "2048", "--opt-level", "4", "--dla-core", "0",
+    args = ["build", model, "--print-trtexec", "--workspace", "2048", "--opt-level", "4",
             "--fp32-layers", "node_of_head.rms"]
     assert main(args + ["--trt-version", "8.5.2"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -450,7 +485,7 @@ def test_print_trtexec_follows_the_tensorrt_version(no_tensorrt, reference_model
     for cmd in (old, new):
         assert "--minShapes=input_1:1x3x512x128,input_2:1x3x512x128" in cmd
         assert "--maxShapes=input_1:32x3x512x128,input_2:32x3x512x128" in cmd
-        assert "--useDLACore=0" in cmd and "--allowGPUFallback" in cmd
+        assert not any(a.startswith("--useDLACore") for a in cmd)
         assert not any(a.startswith("--workspace") or a == "--explicitBatch" for a in cmd)
         assert any(a.startswith("--onnx=engines/learnable_dynamic.fp16-") and a.endswith(".onnx") for a in cmd)
     assert "--fp16" in old and "--precisionConstraints=obey" in old and "--stronglyTyped" not in old

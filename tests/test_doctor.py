@@ -62,6 +62,26 @@ def test_jetpack_from_packages_when_the_release_file_is_missing(tmp_path):
     assert doctor.jetpack_version(str(tmp_path), with_meta) == "6.1+b123 (nvidia-jetpack package), L4T R36.3.0"
 
 
+@pytest.mark.parametrize("release, jetpack", [
+    ("R38 (release), REVISION: 2.1", "7.0, L4T R38.2.1"), ("R38 (release), REVISION: 4.0", "7.1, L4T R38.4.0"),
+    ("R39 (release), REVISION: 2.0", "7.2, L4T R39.2.0"), ("R39 (release), REVISION: 2.2", "7.x, L4T R39.2.2"),
+    ("R36 (release), REVISION: 5.0", "6.x, L4T R36.5.0"),
+])
+def test_l4t_38_and_39_are_jetpack_7(tmp_path, release, jetpack):
+    _write(str(tmp_path / "etc/nv_tegra_release"), "# {}, GCID: 1\n".format(release))
+    assert doctor.jetpack_version(str(tmp_path), _no_commands) == jetpack
+
+
+@pytest.mark.parametrize("version, says", [
+    ("10.0.1", None), ("10.3.0", "the calibrator deprecated since 10.1; the flags not yet"),
+    ("10.16.1", "both deprecated: the calibrator since 10.1, the flags since 10.12"),
+])
+def test_the_10x_path_names_what_that_release_deprecates(fake_trt_factory, version, says):
+    path = doctor.precision_path(fake_trt_factory("10.x", version))
+    assert path.startswith("TensorRT {}: {}".format(version, doctor.PATH_TYPED_MODEL))
+    assert (says in path) if says else "deprecated" not in path
+
+
 def test_unknown_l4t_release_is_reported_as_such(tmp_path):
     _write(str(tmp_path / "etc/nv_tegra_release"), "# R99 (release), REVISION: 1.0, GCID: 1\n")
     assert doctor.jetpack_version(str(tmp_path), _no_commands) == "unknown for this L4T, L4T R99.1.0"
@@ -107,20 +127,21 @@ def test_power_mode_parsing():
 @pytest.mark.parametrize("fake_trt, version, path, says", [
     ("8.5", "8.5.2.2", doctor.PATH_DERIVED_FLAGS, "builder flags derived from the typed graph"),
     ("8.6", "8.6.2.3", doctor.PATH_DERIVED_FLAGS, "FP16 when it holds float16 tensors, INT8 when it holds Q/DQ"),
-    ("10.x", "10.3.0", doctor.PATH_TYPED_MODEL, "calibrator still exist but are deprecated"),
+    ("10.x", "10.3.0", doctor.PATH_TYPED_MODEL, "calibrator still exist"),
     ("11.x", "11.4.0", doctor.PATH_STRONGLY_TYPED, "no precision flags, no calibrators"),
 ], indirect=["fake_trt"])
 def test_environment_names_the_precision_path_of_each_tensorrt(fake_trt, version, path, says, tmp_path):
     env = dict(doctor.environment(str(tmp_path), _no_commands, NO_GPU))
     assert env["TensorRT"] == version
-    assert env["TensorRT precision"] == "TensorRT {}: {}".format(version, path)
+    assert env["TensorRT precision"].startswith("TensorRT {}: {}".format(version, path))
     assert says in path
     assert ("strongly typed" in path) == (version[:2] in ("10", "11"))
 
 
 def test_precision_path_follows_what_the_module_binds_not_its_version_string(fake_trt_factory):
     # a 10.x point release reads as 10.x: the path comes from the bindings, the version only names it
-    assert doctor.precision_path(fake_trt_factory("10.x", "10.12.0")) == "TensorRT 10.12.0: " + doctor.PATH_TYPED_MODEL
+    assert doctor.precision_path(fake_trt_factory("10.x", "10.12.0")).startswith(
+        "TensorRT 10.12.0: " + doctor.PATH_TYPED_MODEL)
     assert doctor.precision_path(fake_trt_factory("11.x", "11.0.0")) == "TensorRT 11.0.0: " + doctor.PATH_STRONGLY_TYPED
 
 

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from test_tensorrt_runner import write_engine
 
 import changenet_trt
+from changenet_trt import files
 from changenet_trt.cli import main
 from changenet_trt.errors import InputError
 from changenet_trt.evaluation import evaluate as evaluate_module
@@ -321,7 +322,6 @@ def test_eval_set_is_all_old_or_all_new(tmp_path, small_set, reference_models, m
     first = evaluate(model, small_set, out_dir=str(out), layout=layout, progress=False, cutoff=0.5)
     old = {name: (out / name).read_bytes() for name in os.listdir(out)}
     assert {"scores.csv", "sweep.csv", "summary.json", "scores.png"} <= set(old)
-    (out / "stale_plot.png").write_bytes(b"from a run with other plots")
 
     # interrupted after scores.csv and sweep.csv of the new set are written
     original = evaluate_module._plots
@@ -336,18 +336,17 @@ def test_eval_set_is_all_old_or_all_new(tmp_path, small_set, reference_models, m
     assert sorted(os.listdir(tmp_path)) == ["out", "set"]  # no staging folder left
 
     monkeypatch.setattr(evaluate_module, "_plots", original)
-    second = evaluate(model, small_set, out_dir=str(out), layout=layout, progress=False, cutoff=0.9)
+    second = evaluate(model, small_set, out_dir=str(out), layout=layout, progress=False, cutoff=0.9, plots=False)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cutoff"] == 0.9 != first.summary["cutoff"]
-    assert "stale_plot.png" not in os.listdir(out)
-    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in second.files.values())
+    assert "scores.png" not in os.listdir(out)  # no stale plot of the earlier set
+    assert sorted(os.listdir(out)) == sorted([os.path.basename(p) for p in second.files.values()]
+                                             + [files.SET_MANIFEST])
     assert all(os.path.dirname(p) == str(out) for p in summary["files"].values())
     assert sorted(os.listdir(tmp_path)) == ["out", "set"]
 
 
 def test_swap_without_renameat2_also_leaves_a_whole_set(tmp_path, monkeypatch):
-    from changenet_trt import files
-
     monkeypatch.setattr(files, "_exchange", lambda a, b: False)
     out = tmp_path / "set"
     for version in ("old", "new"):
@@ -357,6 +356,7 @@ def test_swap_without_renameat2_also_leaves_a_whole_set(tmp_path, monkeypatch):
                     handle.write(version)
     assert sorted(os.listdir(tmp_path)) == ["set"]
     assert [(out / n).read_text() for n in ("a.csv", "b.json")] == ["new", "new"]
+    assert files.foreign_entries(str(out)) == []
 
 
 # -- every writer checks its output before the work --------------------------------------------

@@ -988,3 +988,31 @@ def test_the_full_runtime_allows_host_code_only_for_a_checked_version_compatible
     write_sidecar(engine, meta)
     with pytest.raises(EngineError, match="full runtime.*host code"):
         TensorRTRunner(engine).activate()
+
+
+def test_an_engine_without_its_lean_runtime_loads_through_the_building_releases_lean_runtime(
+        fake_trt_factory, fake_cuda, tmp_path, reference_models, data):
+    # TensorRT runs a VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME plan only on a runtime made by
+    # IRuntime.load_runtime(<lean library of the building release>); the double refuses it otherwise
+    from changenet_trt.gpu.trt import make_logger
+
+    trt = fake_cuda.trt = fake_trt_factory("10.x")
+    onnx = reference_models["learnable_dynamic"]
+    engine = write_engine(tmp_path, fake_cuda, onnx, version_compatible=True, exclude_lean_runtime=True)
+    plan = open(engine, "rb").read()
+    assert trt.Runtime(make_logger(trt)).deserialize_cuda_engine(plan) is None  # as TensorRT refuses it
+    with TensorRTRunner(engine) as runner:
+        np.testing.assert_allclose(run_batch(runner, data[0][:3], data[1][:3]),
+                                   expected(onnx, data[0][:3], data[1][:3]), rtol=0, atol=1e-5)
+    assert trt._fake.counters["load_runtime"] == 1
+
+    trt._fake.settings["lean_libraries"] = {}  # no lean runtime library on this machine
+    with pytest.raises(EngineError, match=r"libnvinfer_lean\.so\.10") as info:
+        TensorRTRunner(engine).activate()
+    assert "\n" not in str(info.value) and "TensorRT 10.3.0" in str(info.value)
+    trt._fake.settings["lean_libraries"] = {"/opt/lean/libnvinfer_lean.so.10": "10.4.0"}  # another release's
+    with pytest.raises(EngineError, match="10.4.0"):
+        TensorRTRunner(engine, lean_library="/opt/lean/libnvinfer_lean.so.10").activate()
+    trt._fake.settings["lean_libraries"] = {"/opt/lean/libnvinfer_lean.so.10": "10.3.0"}
+    with changenet_trt.load(engine, lean_library="/opt/lean/libnvinfer_lean.so.10") as clf:
+        assert clf.predict(data[0][:2], data[1][:2]).scores.shape == (2,)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from changenet_trt import __version__
 from changenet_trt.cli.commands import all_commands
-from changenet_trt.errors import ChangeNetError
+from changenet_trt.errors import WRITE_ERRNOS, ChangeNetError, output_error
 
 __all__ = ["build_parser", "main"]
 
@@ -92,3 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        print("error: {}".format(output_error(exc, exc.filename or "an output")), file=sys.stderr)
+        return 2

@@ -910,6 +910,12 @@ class Bench(Command):
 
         runtime, names, data = self.runtime.parse(args), self.names.parse(args), self.data_set.parse(args)
         norm = self.normalization.parse(args)
+        inputs = [args.model, data.csv]
+        self.json_report.check(args, "bench JSON report", inputs=inputs)
+        if args.export_times:
+            from changenet_trt.files import check_output_file
+
+            check_output_file(args.export_times, what="--exportTimes file", inputs=inputs)
         if args.end_to_end:
             if not data.csv:
                 raise InputError("--end-to-end needs a data set", expected="--csv CSV [--images DIR]")
@@ -1071,6 +1077,7 @@ class Doctor(Command):
     def run(self, args: argparse.Namespace) -> int:
         from changenet_trt.tools import doctor
 
+        self.json_report.check(args, "doctor JSON report", inputs=[])
         report = doctor.run_doctor(workdir=args.workdir, device=not args.cpu_only, bench_seconds=args.bench_seconds)
         print("\n".join(doctor.format_report(report)))
         self.json_report.write(args, report, doctor.write_json)

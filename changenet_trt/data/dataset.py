@@ -22,8 +22,8 @@ import csv
 import logging
 import os
 import threading
+import unicodedata
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -33,14 +33,15 @@ from changenet_trt.data.preprocess import (
     CONCAT_TYPES,
     Box,
     Normalization,
+    bounded_workers,
     decode_image,
-    default_workers,
     get_normalization,
     tile_boxes,
     wait_all,
     write_normalized,
 )
 from changenet_trt.errors import ChangeNetError, DatasetError
+from changenet_trt.threads import ForkSafePool
 
 TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
 TAO_EXT = ".jpg"
@@ -223,6 +224,14 @@ def _read_rows(csv_path: str, required: Sequence[str] = REQUIRED_COLUMNS
             end = 0  # the line the previous record ended on (csv.reader's line_num is a record's last line)
             for values in reader:
                 start, end = end + 1, reader.line_num
+                swallowed = _swallowed_rows(values, header) if end > start and header is not None else None
+                if swallowed is not None:
+                    # a stray quote opens a field that swallows every line after it, up to the next quote
+                    raise DatasetError(
+                        "malformed CSV {}: line {}: a quote opens a field that runs on to line {}, taking in "
+                        "what look like rows".format(csv_path, start, end),
+                        expected="quotes in pairs (a stray \" makes the lines after it part of one field)",
+                        found=repr(swallowed[:60]))
                 if not any(v.strip() for v in values):
                     continue  # blank line
                 if header is None:
@@ -232,7 +241,8 @@ def _read_rows(csv_path: str, required: Sequence[str] = REQUIRED_COLUMNS
     except UnicodeDecodeError as exc:
         raise DatasetError("cannot read {} as text".format(csv_path), expected="a UTF-8 CSV file", found=str(exc)) from None
     except csv.Error as exc:
-        raise DatasetError("malformed CSV {}".format(csv_path), found=str(exc)) from None
+        raise DatasetError("malformed CSV {}: line {} (the record starting there ends at line {})".format(
+            csv_path, end + 1, reader.line_num), found=str(exc)) from None
     if header is None:
         raise DatasetError(
             "CSV file {} is empty".format(csv_path),
@@ -255,6 +265,17 @@ def _read_rows(csv_path: str, required: Sequence[str] = REQUIRED_COLUMNS
             found="header {}".format(", ".join(repr(h) for h in header)),
         )
     return columns, rows, header
+
+
+def _swallowed_rows(values: Sequence[str], header: Sequence[str]) -> Optional[str]:
+    """The field of a record that spans lines when a line inside it looks like a whole row (as many
+    commas as the header has), i.e. a stray quote took in the rows after it; None for a quoted
+    field that merely holds line breaks (a note over several lines)."""
+    for value in values:
+        inner = value.splitlines()[1:]
+        if any(line.count(",") >= len(header) - 1 for line in inner):
+            return value
+    return None
 
 
 def load_dataset(
@@ -359,12 +380,19 @@ def extra_columns(header: Sequence[str]) -> List[int]:
 
 def _label_warnings(pairs: Sequence[Pair]) -> List[str]:
     """One line naming, with counts, the labels that look like a good part but are not ``PASS``."""
-    lookalike = Counter(p.label for p in pairs if p.label != PASS_LABEL and p.label.upper() in _GOOD_LOOKING_LABELS)
+    lookalike = Counter(p.label for p in pairs if p.label != PASS_LABEL and _plain(p.label) in _GOOD_LOOKING_LABELS)
     if not lookalike:
         return []
     counts = ", ".join("{} row(s) labelled {!r}".format(n, label) for label, n in sorted(lookalike.items()))
     return ["{} count as defects: only the label {} (upper case) is a good part, as TAO reads it; "
             "relabel them {} if they are good parts".format(counts, PASS_LABEL, PASS_LABEL)]
+
+
+def _plain(label: str) -> str:
+    """``label`` as a reader sees it: compatibility forms folded (fullwidth ``ＰＡＳＳ`` -> ``PASS``, NFKC),
+    invisible format characters (zero-width space, BOM: Unicode category Cf) dropped, upper case."""
+    folded = unicodedata.normalize("NFKC", label)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf").strip().upper()
 
 
 def _explain_missing(
@@ -490,11 +518,14 @@ class PairLoader:
         self.on_problem = on_problem
         self.failed = {}  # type: Dict[int, RowProblem]
         self._lock = threading.Lock()
-        self.workers = int(workers or default_workers())
+        import cv2
+
+        self._opencv_error = cv2.error
+        self.workers = bounded_workers(workers)  # what is reported is what runs
         # the calling thread decodes a share too: workers - 1 helper threads
-        self._pool = None  # type: Optional[ThreadPoolExecutor]
+        self._pool = None  # type: Optional[ForkSafePool]
         if self.workers > 1:
-            self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="changenet-load")
+            self._pool = ForkSafePool(max_workers=self.workers - 1, thread_name_prefix="changenet-load")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -517,10 +548,12 @@ class PairLoader:
                     if not self._stretch_checked:
                         self._check_stretch(image, path, h, w)
                     write_normalized(dst[:, top:top + h, left:left + w], image, self.normalization, source=path)
-        except ChangeNetError as exc:
+        except (ChangeNetError, self._opencv_error) as exc:  # OpenCV's own errors: that image, not the run
             golden_dst[...] = 0
             sample_dst[...] = 0
-            item = RowProblem(pair.line, pair.object_name, path, _reason(exc, path))
+            reason = _reason(exc, path) if isinstance(exc, ChangeNetError) else "OpenCV cannot convert the image ({})".format(
+                str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            item = RowProblem(pair.line, pair.object_name, path, reason)
             if self.strict:
                 raise DatasetError("{} (--strict stops at the first unusable row)".format(item)) from None
             with self._lock:

@@ -16,10 +16,11 @@ Numerically the result equals TAO Deploy's loader (RGB, float32 resize with bili
 interpolation, ``(x / 255 - mean) / std``) to float32 rounding.
 """
 
+import math
 import os
 import threading
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -27,6 +28,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from changenet_trt.errors import InputError
+from changenet_trt.threads import ForkSafePool
 
 Image = Union[str, "os.PathLike[str]", np.ndarray]
 #: where a tile goes in the model input: (top, left, height, width) in pixels
@@ -40,6 +42,21 @@ class Normalization:
 
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        try:
+            mean = tuple(float(v) for v in self.mean)
+            std = tuple(float(v) for v in self.std)
+        except (TypeError, ValueError):
+            mean, std = (), ()
+        # an infinite std maps every pixel to 0 and a NaN mean poisons every score: refuse them up front
+        if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std)
+                or not all(v > 0 for v in std)):
+            raise InputError("unusable normalisation",
+                             expected="three finite means and three finite stds > 0 (of x / 255)",
+                             found="mean {}, std {}".format(list(self.mean), list(self.std)))
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
 
     def scale_offset(self) -> Tuple[np.ndarray, np.ndarray]:
         """``(scale, offset)`` float32 ``[3,1,1]`` so that ``x * scale + offset`` normalises uint8 x."""
@@ -80,10 +97,12 @@ def parse_normalization(text: str) -> Normalization:
         std = tuple(float(v) for v in parts[1].split(","))
     except ValueError:
         mean, std = (), ()
-    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+    if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std)
+            or not all(s > 0 for s in std)):
         raise InputError(
             "cannot read the normalisation",
-            expected="a preset (tao, deepstream) or three means / three positive stds like 0.5,0.5,0.5/0.25,0.25,0.25",
+            expected="a preset (tao, deepstream) or three finite means / three finite stds > 0 like "
+                     "0.5,0.5,0.5/0.25,0.25,0.25",
             found=repr(text),
         )
     return Normalization(mean, std)  # type: ignore[arg-type]
@@ -197,8 +216,13 @@ def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
     fault = check_complete(data)
     if fault is not None:
         raise InputError("cannot decode image {}: {}".format(path, fault[0]), expected="a whole image file", found=fault[1])
-    with _QUIET_OPENCV:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        with _QUIET_OPENCV:
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        # e.g. a header declaring more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS (2^30 by default)
+        raise InputError("cannot decode image {}".format(path), expected="an image OpenCV can decode",
+                         found=_opencv_reason(exc, len(data))) from None
     if image is None:
         raise InputError(
             "cannot decode image {}".format(path),
@@ -206,6 +230,15 @@ def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
             found="{} bytes that OpenCV cannot read".format(len(data)),
         )
     return image
+
+
+def _opencv_reason(exc: Exception, size: int) -> str:
+    """OpenCV's own one-line reason (``... in function 'validateInputImageSize'``) without its source location."""
+    text = str(getattr(exc, "err", "") or exc).strip().splitlines()
+    reason = text[-1].strip() if text else type(exc).__name__
+    if "CV_IO_MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc):
+        reason = "its header declares more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS): " + reason
+    return "{} ({} bytes)".format(reason, size)
 
 
 def read_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
@@ -333,7 +366,10 @@ def write_normalized(
     if image.shape[:2] != (height, width):
         # TAO Deploy resizes the float32 image; resizing uint8 would round to integers first.
         channels = image if image.ndim == 2 or image.shape[2] == 3 else image[:, :, :3]
-        image = cv2.resize(channels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        if channels.shape[0] * channels.shape[1] > LARGE_IMAGE_PIXELS:
+            image = _bilinear_samples(channels, height, width)
+        else:
+            image = cv2.resize(channels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     if dst.dtype == np.uint8:
         _write_pixels(dst, image, bgr)
         return
@@ -349,6 +385,45 @@ def write_normalized(
         np.add(out, offset[channel], out=out)
         if not direct:
             np.copyto(dst[channel], out, casting="same_kind")
+
+
+#: above this many pixels a light is not converted to float32 whole before its resize (a
+#: 20000x20000 light would take 4.8 GB as float32): only the pixels the resize reads are
+LARGE_IMAGE_PIXELS = 4 * 1024 * 1024
+
+
+def _source_taps(source: int, target: int) -> Tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR taps along one axis: first source index ``[target]`` int and its weight
+    of the next pixel ``[target]`` float32 (half-pixel centres, clamped at the borders)."""
+    position = (np.arange(target, dtype=np.float64) + 0.5) * (source / target) - 0.5
+    first = np.floor(position)
+    weight = (position - first).astype(np.float32)
+    weight[first < 0] = 0.0
+    first = np.clip(first, 0, source - 1).astype(np.int64)
+    weight[first >= source - 1] = 0.0
+    return first, weight
+
+
+def _bilinear_samples(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cv2.resize(image.astype(float32), (width, height), INTER_LINEAR)`` (to float32 rounding)
+    reading only the <= 2 source rows and columns each output pixel uses: memory grows with the
+    output, not the input (uint8 ``[H,W]`` or ``[H,W,3]`` in, float32 ``[height,width(,3)]`` out)."""
+    rows, row_w = _source_taps(image.shape[0], height)
+    cols, col_w = _source_taps(image.shape[1], width)
+    last_row, last_col = image.shape[0] - 1, image.shape[1] - 1
+    extra = (1,) * (image.ndim - 2)
+    row_w = row_w.reshape((-1, 1) + extra)
+    col_w = col_w.reshape((1, -1) + extra)
+
+    def taps(r: np.ndarray) -> np.ndarray:
+        picked = image[r]  # [height, W(, 3)] uint8: the rows this resize reads
+        left = picked[:, cols].astype(np.float32)
+        right = picked[:, np.minimum(cols + 1, last_col)].astype(np.float32)
+        return left + (right - left) * col_w
+
+    top = taps(rows)
+    bottom = taps(np.minimum(rows + 1, last_row))
+    return top + (bottom - top) * row_w
 
 
 def _write_pixels(dst: np.ndarray, image: np.ndarray, bgr: bool) -> None:
@@ -395,8 +470,8 @@ def prepare_image(
 
 
 # -- thread pool -------------------------------------------------------------------------------
-_POOL = None  # type: Optional[ThreadPoolExecutor]
-_POOL_LOCK = threading.Lock()
+#: the most decode threads one loader runs: more only add contention (and memory per thread)
+MAX_WORKERS = 64
 
 
 def default_workers() -> int:
@@ -404,20 +479,30 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
 
-def shared_pool() -> ThreadPoolExecutor:
-    """The process-wide decode pool (created on first use, :func:`default_workers` threads)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="changenet-decode")
-        return _POOL
+def bounded_workers(workers: Optional[int]) -> int:
+    """The decode threads actually run for a request of ``workers`` (None: :func:`default_workers`):
+    at most :data:`MAX_WORKERS` and at most 4 per CPU core."""
+    if workers is None:
+        return default_workers()
+    if int(workers) < 1:
+        raise InputError("the number of decode threads must be positive", found=workers)
+    return max(1, min(int(workers), MAX_WORKERS, 4 * (os.cpu_count() or 1)))
+
+
+_POOL = ForkSafePool(max_workers=default_workers(), thread_name_prefix="changenet-decode")
+
+
+def shared_pool() -> ForkSafePool:
+    """The process-wide decode pool (threads made on first use, :func:`default_workers` of them;
+    made again in a forked child)."""
+    return _POOL
 
 
 def prepare_batch(
     images: Sequence[Image],
     dst: np.ndarray,
     normalization: Union[str, Normalization, None] = None,
-    pool: Optional[ThreadPoolExecutor] = None,
+    pool: Optional[Any] = None,
 ) -> None:
     """Prepare ``len(images)`` images into ``dst[:len(images)]`` (``dst``: ``[N, 3, H, W]``).
 

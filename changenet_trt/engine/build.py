@@ -541,10 +541,19 @@ def _serialize(trt: Any, builder: Any, network: Any, config: Any, logger: Any, c
 # -- step 5: write ----------------------------------------------------------------------------------------
 def _engine_io(trt: Any, logger: Any, data: bytes, plan: BuildPlan) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Deserialize what was just built (so a bad engine never gets written); its I/O tensors and profile."""
-    from changenet_trt.gpu.trt import call, create_runtime, io_tensors, profile_shapes
+    from changenet_trt.gpu.trt import (
+        call,
+        create_runtime,
+        io_tensors,
+        load_lean_runtime,
+        profile_shapes,
+        version,
+    )
 
     # a version-compatible plan may embed the lean runtime (host code); these bytes are our own
     runtime = create_runtime(trt, "checking the built engine", allow_host_code="VERSION_COMPATIBLE" in plan.flags)
+    if "EXCLUDE_LEAN_RUNTIME" in plan.flags:  # no lean runtime inside: TensorRT needs this release's loaded
+        runtime = load_lean_runtime(runtime, logger, str(version(trt)))
     engine = call(logger, "deserializing the engine it just built", runtime.deserialize_cuda_engine, data,
                   error=BuildError)
     tensors = io_tensors(engine)

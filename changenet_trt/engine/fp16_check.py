@@ -19,7 +19,6 @@ the consumer's input). Layer names follow TensorRT's ONNX parser: the node's nam
 format ``build --fp32-layers @FILE`` reads.
 """
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -28,7 +27,7 @@ import numpy as np
 
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
 from changenet_trt.errors import InputError, ModelContractError, missing_dependency
-from changenet_trt.files import atomic_write, check_output_file
+from changenet_trt.files import atomic_write, check_output_file, write_json_report
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14 = 6.1e-5
@@ -462,9 +461,7 @@ def format_report(report: Fp16Report, top: int = 10) -> List[str]:
 
 
 def write_json(report: Fp16Report, path: str) -> str:
-    path = check_output_file(path, what="fp16-check JSON report", inputs=[report.model])
-    atomic_write(path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json_report(path, report.to_dict(), what="fp16-check JSON report", inputs=[report.model])
 
 
 def source_batches(source: Any, batch: int, input_shape: Sequence[int]) -> Iterable[Tuple[np.ndarray, np.ndarray]]:

@@ -47,6 +47,11 @@ STRONGLY_TYPED_SINCE = Version("10.0")
 """First TensorRT with strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED)."""
 NO_CALIBRATOR_SINCE = Version("11.0")
 """TensorRT 11 removed the INT8 calibrators and every builder-side precision control."""
+#: TensorRT releases without DLA, as [first, end): NVIDIA's "Working with DLA" (TensorRT 11.4.1
+#: docs, inference-library/work-with-dla.html): "TensorRT 10.7 was the last 10.x release that
+#: supported DLA", "DLA was unavailable in TensorRT 11.0 through 11.3", "TensorRT 11.4.0 supported
+#: DLA only on Windows on ARM"; 11.4.1 restores it on Jetson AGX Orin with JetPack >= 7.2.2.
+NO_DLA = (Version("10.8"), Version("11.4.1"))
 #: what ``build`` plans when no TensorRT is installed or named
 DEFAULT_TRTEXEC_VERSION = "10.3.0"
 
@@ -189,8 +194,8 @@ class BuildOptions:
             raise InputError("builder optimisation level out of range", expected="0..5", found=self.opt_level)
         if self.workspace_mib is not None and self.workspace_mib < 1:
             raise InputError("workspace must be at least 1 MiB", found=self.workspace_mib)
-        if self.dla_core is not None and self.dla_core < 0:
-            raise InputError("DLA core must be 0 or more", found=self.dla_core)
+        if self.dla_core is not None:
+            _check_dla(self.dla_core, self.profile, self.precision)
         if self.calib_batches < 1:
             raise InputError("--calib-batches must be at least 1", found=self.calib_batches)
         if self.precision == "fp32" and self.calib_csv:
@@ -461,7 +466,9 @@ class BuildPlan:
                "--minShapes={}".format(shapes(0)), "--optShapes={}".format(shapes(1)),
                "--maxShapes={}".format(shapes(2))]
         if self.strongly_typed and version < NO_CALIBRATOR_SINCE:
-            cmd.append("--stronglyTyped")  # trtexec 11 has no such flag: every network is strongly typed
+            # trtexec 11 still accepts --stronglyTyped, as a deprecated no-op (every network is
+            # strongly typed there), so it is left out of 11.x commands
+            cmd.append("--stronglyTyped")
         for flag in self.flags:
             cmd += TRTEXEC_FLAGS[flag]
         if self.legacy_calibrator:
@@ -491,10 +498,33 @@ def _onnx_layer_names(model_path: str) -> List[str]:
     return [layer_name(node) for node in load_onnx(model_path).graph.node]
 
 
+def _check_dla(core: int, profile: BatchProfile, precision: Optional[str]) -> None:
+    """What a DLA build needs, refused before any work (TensorRT's "Working with DLA": DLA runs
+    static shapes only, so the profile's min, opt and max must be equal, and FP16 or INT8 only).
+    A dynamic profile would leave every layer on the GPU: an engine that claims DLA and has none."""
+    if core < 0:
+        raise InputError("DLA core must be 0 or more", found=core)
+    if not profile.min == profile.opt == profile.max:
+        raise InputError(
+            "--dla-core needs a static batch: DLA runs static shapes only (profile min = opt = max), and with "
+            "a dynamic profile no layer would run on it",
+            expected="--batch N (N:N:N), e.g. --batch {}".format(profile.opt),
+            found="profile {}:{}:{}".format(profile.min, profile.opt, profile.max))
+    if precision == "fp32":
+        raise InputError("DLA runs FP16 and INT8 only", expected="--fp16 or --int8 with --dla-core",
+                         found="precision fp32")
+
+
 def _check_version_features(options: BuildOptions, trt_version: Optional[str]) -> None:
     """Refuse options the TensorRT version cannot do (nothing is refused when it is unknown)."""
     if trt_version is None:
         return
+    if options.dla_core is not None and NO_DLA[0] <= Version(trt_version) < NO_DLA[1]:
+        raise InputError(
+            "--dla-core: TensorRT {} has no DLA (10.7 was the last 10.x with it; 11.4.1 brings it back on "
+            "Jetson AGX Orin with JetPack >= 7.2.2)".format(trt_version),
+            expected="TensorRT <= 10.7 (JetPack 5/6) or >= 11.4.1 on AGX Orin, or a GPU build without --dla-core",
+            found="TensorRT {}".format(trt_version))
     if options.int8_calibrator and Version(trt_version) >= NO_CALIBRATOR_SINCE:
         raise InputError(
             "--int8-calibrator: TensorRT {} has no INT8 calibrator (TensorRT 11 removed them)".format(trt_version),
@@ -638,6 +668,8 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     notes = []
     held_by_input, held = _held_by_input(model)
     precision = options.precision or held_by_input or "fp16"
+    if options.dla_core is not None:
+        _check_dla(options.dla_core, options.profile, precision)
     if held_by_input is not None and precision != held_by_input:
         raise InputError("{} already holds {} precision; it builds as it is".format(model, held_by_input),
                          expected="--{} or no precision option".format(held_by_input), found="--{}".format(precision))

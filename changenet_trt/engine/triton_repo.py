@@ -19,13 +19,14 @@ sidecar decides which Triton release can serve it (see :func:`tensorrt_hint`).
 """
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from changenet_trt.contract import ModelContract, read_contract
-from changenet_trt.errors import BuildError, InputError, missing_dependency
+from changenet_trt.errors import BuildError, EngineError, InputError, missing_dependency
 from changenet_trt.runtime.triton import CONTRACT_PARAMETERS, PARAM_OUTPUT_SHAPE
 
 PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx", "python")
@@ -39,12 +40,19 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_
 
 #: Triton's TensorRT per container release (NVIDIA's Frameworks Support Matrix); an engine needs the
 #: same TensorRT major.minor.patch as the server. Jetson: JetPack's own tritonserver release.
+#: TensorRT 10.3 is not listed: the only NVIDIA table found for it (Triton's
+#: docs/introduction/compatibility.md) covers the 24.08-trtllm-python-py3 image, not -py3.
 TRITON_TENSORRT = (
     ("23.01", "8.5.2"),
     ("24.01", "8.6.1"),
     ("24.05", "10.0.1"),
-    ("24.08", "10.3.0"),
 )
+#: model names Triton serves and clients reach: its HTTP front end matches ``/v2/models/([^/]+)``
+#: on the raw request path (triton-inference-server/server, src/http_server.cc, ``model_regex_``),
+#: so a name must survive a URL unescaped (no space, ``#``, ``?``, ``%``, non-ASCII), and it is a
+#: folder name (no ``/``; a leading ``.`` hides it). The length leaves room, under the 255-byte
+#: NAME_MAX of Linux file systems, for the staging folder ``.<name>.<random>.tmp``.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z")
 
 PYTHON_MODEL = '''"""Triton python-backend model written by changenet-trt: ONNX Runtime on the CPU.
 
@@ -122,7 +130,7 @@ def model_config_class() -> Any:
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        raise missing_dependency("tritonclient", "checking a Triton config.pbtxt (pip install 'changenet-trt[triton]')") from None
+        raise missing_dependency("tritonclient", "checking a Triton config.pbtxt") from None
     return model_config_pb2.ModelConfig
 
 
@@ -136,12 +144,6 @@ def parse_config(text: str) -> Any:
     except text_format.ParseError as exc:
         raise BuildError("the Triton config is not a valid ModelConfig", found=str(exc)) from None
     return config
-
-
-def preferred_batches(max_batch: int) -> List[int]:
-    """Powers of two from 4 up to ``max_batch``, and ``max_batch`` itself (dynamic batching targets)."""
-    sizes = [b for b in (4, 8, 16, 32, 64, 128) if b < max_batch]
-    return sizes + [max_batch]
 
 
 def _pbtxt_string(value: str) -> str:
@@ -185,8 +187,10 @@ def config_text(
         dims, reshape = "[ {} ]".format(", ".join(str(d) for d in out_dims)), ""
     lines.append("output [\n  {{  # {} output\n    name: {}\n    data_type: TYPE_FP32\n    dims: {}{}\n  }}\n]".format(
         contract.output_kind, _pbtxt_string(contract.output), dims, reshape))
-    lines.append("dynamic_batching {{\n  preferred_batch_size: [ {} ]\n  max_queue_delay_microseconds: {}\n}}".format(
-        ", ".join(str(b) for b in preferred_batches(max_batch)), queue_delay_us))
+    # no preferred_batch_size: Triton's batcher guide (docs/user_guide/batcher.md, "Preferred Batch
+    # Sizes") advises it only for TensorRT models with several optimisation profiles; every model
+    # written here has one profile (or none), so batches grow to max_batch_size instead
+    lines.append("dynamic_batching {{\n  max_queue_delay_microseconds: {}\n}}".format(queue_delay_us))
     lines.append("instance_group [\n  {{\n    count: {}\n    kind: {}\n  }}\n]".format(instances, INSTANCE_KINDS[platform]))
     for key in sorted(parameters):
         lines.append("parameters {{\n  key: {}\n  value: {{ string_value: {} }}\n}}".format(
@@ -269,8 +273,11 @@ def write_model_repository(
 
     if platform not in PLATFORMS:
         raise InputError("unknown Triton platform", expected=" or ".join(PLATFORMS), found=repr(platform))
-    if not name or os.sep in name or name in (".", "..") or (os.altsep and os.altsep in name):
-        raise InputError("the Triton model name must be a plain folder name", found=repr(name))
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise InputError("the Triton model name must be a name Triton serves and a URL reaches",
+                         expected="1-200 ASCII letters, digits, '_', '-' or '.', not starting with '.' or '-'",
+                         found=repr(name) if len(str(name)) <= 60 else "{!r}... ({} characters)".format(
+                             str(name)[:40], len(str(name))))
     for value, what in ((max_batch, "max batch"), (instances, "instances")):
         if not isinstance(value, int) or value < 1:
             raise InputError("{} must be a positive integer".format(what), found=value)
@@ -299,6 +306,10 @@ def write_model_repository(
     staging = tempfile.mkdtemp(prefix="." + name + ".", suffix=".tmp", dir=repo)
     notes: List[str] = []
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        # mkdtemp makes it 0700; a server running as another user must read the model folder
+        os.chmod(staging, 0o777 & ~umask)
         version_dir = os.path.join(staging, "1")
         os.makedirs(version_dir)
         model_path = os.path.join(version_dir, MODEL_FILES[platform])
@@ -312,9 +323,13 @@ def write_model_repository(
             if max_batch > profile_max:
                 raise InputError("the max batch exceeds the engine's optimisation profile",
                                  expected="<= {}".format(profile_max), found=max_batch)
-            shutil.copyfile(source, model_path)
-            from changenet_trt.sidecar import sidecar_path
+            from changenet_trt.sidecar import file_sha256, sidecar_path
 
+            if meta.engine_sha256 and file_sha256(source) != meta.engine_sha256:
+                raise EngineError("the engine {} is not the one its sidecar describes (sha256 differs): it was "
+                                  "replaced or damaged after the build".format(source),
+                                  expected="the engine `changenet-trt build` wrote with this sidecar")
+            shutil.copyfile(source, model_path)
             shutil.copyfile(sidecar_path(source), sidecar_path(model_path))
             params["changenet.tensorrt_version"] = meta.trt_version
             notes.append(tensorrt_hint(meta.trt_version))
@@ -367,8 +382,9 @@ def check_config(config: Any, contract: ModelContract, max_batch: int) -> None:
         raise BuildError("config does not match the model",
                          expected="max batch {}, output {}".format(max_batch, contract.output),
                          found="max batch {}, outputs {}".format(config.max_batch_size, [o.name for o in config.output]))
-    if any(b > max_batch for b in config.dynamic_batching.preferred_batch_size):
-        raise BuildError("a preferred batch exceeds the max batch", found=list(config.dynamic_batching.preferred_batch_size))
+    if list(config.dynamic_batching.preferred_batch_size):
+        raise BuildError("a single-profile model gets no preferred batch size (Triton's batcher guide)",
+                         found=list(config.dynamic_batching.preferred_batch_size))
 
 
 def describe(repo_model_dir: str) -> Sequence[str]:

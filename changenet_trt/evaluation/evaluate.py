@@ -16,7 +16,9 @@ inferred (``Classifier.run_pipeline``) -> ``contract.score`` -> ``Classifier.dec
 The output folder is checked before any work and written as one set: the files go to a staging
 folder next to it that then replaces it whole (:func:`changenet_trt.files.atomic_dir`), so an
 interrupted run leaves the previous run's set untouched and a finished run leaves no stale file
-of an earlier one. A folder holding anything else (or an input) is refused.
+of an earlier one. A folder holding anything but the set eval last wrote there (judged by the
+files' sizes and SHA-256 recorded with that set, not by their names), or holding an input
+(the CSV, the model, any image a row names), is refused.
 """
 
 import csv
@@ -54,8 +56,6 @@ from changenet_trt.files import atomic_dir, check_output_dir
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_LISTED_PROBLEMS = 20
-#: every name eval writes in its output folder (an existing folder may hold only these)
-OUTPUT_NAMES = ("scores.csv", "sweep.csv", "summary.json", "*.png")
 
 
 @dataclass
@@ -117,7 +117,7 @@ def evaluate(
 
     if out_dir is not None:
         inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
-        check_output_dir(out_dir, what="eval output folder", inputs=inputs, owned=OUTPUT_NAMES)
+        check_output_dir(out_dir, what="eval output folder", inputs=inputs)
     log = log if log is not None else sys.stderr
     layout = layout or LightLayout()
 
@@ -135,6 +135,8 @@ def evaluate(
 
     dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
                            on_warning=warn)
+    if out_dir is not None:  # rows may name images anywhere (``../pngs``): none may lie in the folder replaced
+        check_output_dir(out_dir, what="eval output folder", inputs=inputs + _image_folders(dataset), replaces=True)
     own = classifier is None
     clf = load(os.fspath(model), cutoff=cutoff, **load_options) if own else classifier
     try:
@@ -157,6 +159,12 @@ def evaluate(
     if out_dir is not None:
         write_outputs(result, os.fspath(out_dir), plots=plots)
     return result
+
+
+def _image_folders(dataset: Dataset) -> List[str]:
+    """Every folder holding an image that a row of ``dataset`` names (each once)."""
+    folders = {os.path.dirname(path) for pair in dataset.pairs for path in pair.sample_files + pair.golden_files}
+    return sorted(folders)
 
 
 @dataclass
@@ -292,7 +300,7 @@ def write_outputs(result: EvalResult, out_dir: str, plots: bool = True) -> Dict[
     The set is written into a staging folder that then replaces ``out_dir`` whole: after an
     interruption ``out_dir`` holds the previous set or this one, never a mix.
     """
-    check_output_dir(out_dir, what="eval output folder", owned=OUTPUT_NAMES)
+    check_output_dir(out_dir, what="eval output folder", replaces=True)
     with atomic_dir(out_dir) as staging:
         files = _write_set(result, staging, plots)
         final = {key: os.path.join(out_dir, os.path.basename(path)) for key, path in files.items()}

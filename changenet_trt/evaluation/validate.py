@@ -11,7 +11,6 @@ of both when the pairs are labelled. :func:`validate` returns a :class:`Validati
 * at most ``max_flips`` pairs change their decision (``score > cutoff``).
 """
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -234,11 +233,9 @@ class ValidationReport:
 
 
 def write_json(report: ValidationReport, path: str) -> str:
-    from changenet_trt.files import atomic_write, check_output_file
+    from changenet_trt.files import write_json_report
 
-    path = check_output_file(path, what="validate JSON report")
-    atomic_write(path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json_report(path, report.to_dict(), what="validate JSON report")
 
 
 FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]

@@ -3,8 +3,12 @@
 * One **primary context** per GPU (the context the CUDA runtime, and so TensorRT, uses), retained
   as ``pycuda.autoprimaryctx`` does but never left current: every call here pushes it for its
   own duration and pops it again, so any thread may call (``with ctx.activate():`` batches
-  several calls under one push). ``pycuda.autoinit`` is never used: it creates a second,
-  non-primary context that TensorRT would not see.
+  several calls under one push). ``pycuda.autoinit`` is never used: TensorRT runs in whatever
+  context is current, so a context of its own would work in one thread, but autoinit makes a
+  new (non-primary) context current only in the importing thread and until exit. Any other
+  thread (a server worker, a decode pool) has no context current, and a library that uses the
+  CUDA runtime there (cudart binds the device's primary context) works in another context than
+  the buffers were allocated in. The primary context is the one every thread and library shares.
 * **Pinned host buffers** (page-locked numpy arrays, optionally mapped into the device address
   space for zero-copy on integrated GPUs), **device buffers**, **streams**, **events** and
   **CUDA graphs**, each allocated once and freed explicitly with ``free()`` / ``close()``.

@@ -19,6 +19,7 @@ TensorRT outside the tested range (8.5 <= version < 12) is refused with the reas
 
 import importlib
 import logging
+import os
 import threading
 import weakref
 from contextlib import contextmanager
@@ -301,6 +302,46 @@ def create_runtime(trt: Any, feature: str, allow_host_code: bool = False) -> Any
     if has_feature(runtime, "engine_host_code_allowed"):
         runtime.engine_host_code_allowed = bool(allow_host_code)
     return runtime
+
+
+def lean_library(built_version: str) -> str:
+    """Where the lean runtime library of TensorRT ``built_version`` is: the ``tensorrt_lean_libs`` wheel's
+    copy when that wheel is installed, else its file name for the system loader to find (JetPack and
+    NVIDIA's packages install ``libnvinfer_lean.so.<major>``; Windows: ``nvinfer_lean_<major>.dll``)."""
+    import importlib.util
+
+    major = str(built_version).split(".")[0]
+    name = "nvinfer_lean_{}.dll".format(major) if os.name == "nt" else "libnvinfer_lean.so.{}".format(major)
+    try:
+        spec = importlib.util.find_spec("tensorrt_lean_libs")
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (list(spec.submodule_search_locations or []) if spec is not None else []):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return name
+
+
+def load_lean_runtime(runtime: Any, logger: Any, built_version: str, path: Optional[str] = None) -> Any:
+    """The runtime that runs an engine built with VERSION_COMPATIBLE and EXCLUDE_LEAN_RUNTIME: such an
+    engine carries no lean runtime, so TensorRT runs it only on ``runtime.load_runtime(<the lean runtime
+    library of the release that built it>)`` (IRuntime::loadRuntime, TensorRT 8.6+; "Version
+    Compatibility" in TensorRT's developer guide). ``path``: that library (default :func:`lean_library`).
+    EngineError when this TensorRT cannot load one or the library is not there."""
+    library = path or lean_library(built_version)
+    if not has_feature(runtime, "load_runtime"):
+        raise EngineError("the engine was built without its lean runtime (--exclude-lean-runtime) and this TensorRT "
+                          "cannot load one", expected="TensorRT 8.6 or newer (IRuntime.load_runtime)")
+    with logger.capture() as errors:
+        lean = runtime.load_runtime(library)
+    if lean is None:
+        raise EngineError(
+            "the engine was built by TensorRT {} without its lean runtime (--exclude-lean-runtime), and that "
+            "release's lean runtime library cannot be loaded".format(built_version),
+            expected="{} on the library path (TensorRT {}'s lean runtime; pip install 'changenet-trt[lean]' on "
+                     "x86, JetPack on a Jetson), or pass lean_library=PATH".format(library, built_version),
+            found="; ".join(errors[-2:]) if errors else "TensorRT could not load {}".format(library))
+    return lean
 
 
 def create_builder(trt: Any, feature: str = "building a TensorRT engine") -> Any:

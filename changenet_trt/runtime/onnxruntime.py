@@ -1,7 +1,6 @@
 """ONNX Runtime backend: the CPU default, and the reference the TensorRT runner is checked against."""
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,6 +16,7 @@ from changenet_trt.runtime.base import (
     check_buffer_memory,
     now_ms,
 )
+from changenet_trt.threads import ForkSafePool
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -86,7 +86,7 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
         self._inputs: List[Dict[str, np.ndarray]] = []
         self._requests = SlotFutures(0)
-        self._worker: Optional[ThreadPoolExecutor] = None
+        self._worker: Optional[ForkSafePool] = None
 
     @property
     def batch_range(self) -> Tuple[int, int]:
@@ -112,7 +112,7 @@ class OnnxRuntimeRunner(Runner):
             for _ in range(self.num_slots)
         ]
         self._requests = SlotFutures(self.num_slots)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changenet-ort")
+        self._worker = ForkSafePool(max_workers=1, thread_name_prefix="changenet-ort")
 
     def _deactivate(self) -> None:
         if self._worker is not None:

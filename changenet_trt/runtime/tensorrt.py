@@ -97,7 +97,9 @@ class TensorRTRunner(Runner):
     copies (for integrated GPUs such as Jetson). ``data_transfers=False``: skip H2D/D2H
     (trtexec's ``--noDataTransfers``; ``fetch`` then returns stale output rows).
     ``sample_input``/``golden_input``/``output``/``output_kind`` override the contract.
-    ``device``: CUDA device index.
+    ``device``: CUDA device index. ``lean_library``: the lean runtime library an engine built with
+    ``--exclude-lean-runtime`` is loaded through (default: the building release's, see
+    :func:`changenet_trt.gpu.trt.lean_library`).
     """
 
     name = "tensorrt"
@@ -116,8 +118,10 @@ class TensorRTRunner(Runner):
         output: Optional[str] = None,
         output_kind: Optional[str] = None,
         device: int = 0,
+        lean_library: Optional[str] = None,
     ) -> None:
         self.model_path = os.fspath(engine_path)
+        self.lean_library = lean_library
         self.cuda_graph = bool(cuda_graph)
         self.spin_wait = bool(spin_wait)
         self.zero_copy = bool(zero_copy)
@@ -248,6 +252,10 @@ class TensorRTRunner(Runner):
                      and bool(self._sidecar is not None and self._sidecar.engine_sha256))
         with self._ctx.activate():
             runtime = trtlib.create_runtime(trt, FEATURE, allow_host_code=host_code)
+            if self.version_compatible and not self._lean_embedded:
+                # no lean runtime inside: TensorRT runs it only on the building release's lean runtime
+                built = self._sidecar.trt_version if self._sidecar is not None else trtlib.version(trt)
+                runtime = trtlib.load_lean_runtime(runtime, self._logger, str(built), self.lean_library)
             with self._logger.capture() as errors:
                 engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:

@@ -18,7 +18,6 @@ container without the host's /dev/shm, say) the runner sends the bytes instead.
 
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ import numpy as np
 from changenet_trt.contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
 from changenet_trt.errors import ChangeNetError, InputError, missing_dependency
 from changenet_trt.runtime.base import Runner, SlotFutures, Timing, now_ms
+from changenet_trt.threads import ForkSafePool
 
 SCHEMES = {"grpc": 8001, "http": 8000}
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -106,7 +106,7 @@ def _import(scheme: str) -> Any:
         else:
             import tritonclient.http as module
     except ImportError:
-        raise missing_dependency("tritonclient", "the Triton backend (pip install 'changenet-trt[triton]')") from None
+        raise missing_dependency("tritonclient", "the Triton backend") from None
     return module
 
 
@@ -280,7 +280,7 @@ class TritonRunner(Runner):
         self.uses_shared_memory = False
         self._control: Dict[Endpoint, _Connection] = {}  # main thread: registration, statistics
         self._slot_connections: List[Optional[_Connection]] = []  # each used on its slot's worker only
-        self._workers: List[ThreadPoolExecutor] = []
+        self._workers: List[ForkSafePool] = []
         self._inputs: List[Dict[str, np.ndarray]] = []
         self._outputs: List[Optional[np.ndarray]] = []
         self._regions: List[Any] = []  # (connection, region name, handle) per registered region
@@ -295,7 +295,7 @@ class TritonRunner(Runner):
         try:
             self._control = {e: _Connection(e, self.timeout_s) for e in self.endpoints}
             self._slot_connections = [None] * self.num_slots
-            self._workers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="changenet-triton-{}".format(s))
+            self._workers = [ForkSafePool(max_workers=1, thread_name_prefix="changenet-triton-{}".format(s))
                              for s in range(self.num_slots)]
             want_shm = self.shared_memory is True or (
                 self.shared_memory == "auto" and all(e.is_local for e in self.endpoints))

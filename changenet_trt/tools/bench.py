@@ -458,8 +458,9 @@ def export_times(result: BenchResult, path: str) -> str:
 
 def write_json(result: BenchResult, path: str) -> str:
     """Write :meth:`BenchResult.to_dict` to ``path``."""
-    _write_text(path, json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
-    return path
+    from changenet_trt.files import write_json_report
+
+    return write_json_report(path, result.to_dict(), what="bench JSON report")
 
 
 def read_exported_times(path: str) -> List[Dict[str, float]]:
@@ -499,13 +500,9 @@ def _histogram(records: Sequence[Dict[str, float]], png_path: str, bins: int) ->
 
 
 def _write_text(path: str, text: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise InputError("cannot write {}: {}".format(path, exc)) from None
+    from changenet_trt.files import atomic_write, check_output_file
+
+    atomic_write(check_output_file(path, what="--exportTimes file"), text)
 
 
 # -- running a model ---------------------------------------------------------------------------

@@ -20,7 +20,6 @@ The exit status is 0 when every check that applies passes.
 
 import ctypes
 import importlib
-import json
 import os
 import platform
 import re
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from packaging.version import InvalidVersion, Version
 
 NOT_FOUND = "not found"
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -54,7 +54,15 @@ L4T_TO_JETPACK = {
     "36.3.0": "6.0",
     "36.4.0": "6.1",
     "36.4.3": "6.2",
+    # JetPack 7 (NVIDIA's JetPack downloads pages): 7.0 = Jetson Linux 38.2/38.2.1, 7.1 = 38.4
+    # (Thor); 7.2 = 39.2 (Orin and Thor; its developer guide is docs.nvidia.com/jetson/archives/r39.2)
+    "38.2.0": "7.0",
+    "38.2.1": "7.0",
+    "38.4.0": "7.1",
+    "39.2.0": "7.2",
 }
+#: L4T major release -> JetPack major, for a point release the table above does not list
+L4T_MAJOR_TO_JETPACK = {"32": "4", "34": "5", "35": "5", "36": "6", "38": "7", "39": "7"}
 
 # cuDeviceGetAttribute codes (cuda.h)
 _CU_ATTR_INTEGRATED = 18
@@ -216,6 +224,8 @@ def jetpack_version(root: str = "/", run: RunFn = run_command) -> str:
         jetpack = match.group(1) + " (nvidia-jetpack package)"
     elif l4t and l4t in L4T_TO_JETPACK:
         jetpack = L4T_TO_JETPACK[l4t]
+    elif l4t and l4t.split(".")[0] in L4T_MAJOR_TO_JETPACK:
+        jetpack = "{}.x".format(L4T_MAJOR_TO_JETPACK[l4t.split(".")[0]])
     elif l4t:
         jetpack = "unknown for this L4T"
     else:
@@ -302,7 +312,11 @@ def environment(root: str = "/", run: RunFn = run_command, cuda: Optional[CudaIn
 PATH_STRONGLY_TYPED = ("strongly typed: precision from the ONNX graph only (float16 tensors, Q/DQ from prepare "
                        "--precision); no precision flags, no calibrators")
 PATH_TYPED_MODEL = ("strongly typed build of the typed model (prepare --precision); the FP16/INT8 flags and the INT8 "
-                    "calibrator still exist but are deprecated")
+                    "calibrator still exist")
+#: TensorRT 10 deprecations (its release notes): the INT8 calibrators from 10.1, the FP16/INT8
+#: builder flags (weak typing) from 10.12; 11.0 removed both
+CALIBRATOR_DEPRECATED_SINCE = Version("10.1")
+FLAGS_DEPRECATED_SINCE = Version("10.12")
 PATH_DERIVED_FLAGS = ("builder flags derived from the typed graph: FP16 when it holds float16 tensors, INT8 when "
                       "it holds Q/DQ, its float32 nodes kept float32 with precision constraints (no strong typing)")
 
@@ -322,12 +336,25 @@ def precision_path(trt: Any) -> str:
     if strongly_typed and not flags:
         path = PATH_STRONGLY_TYPED
     elif strongly_typed:
-        path = PATH_TYPED_MODEL
+        path = PATH_TYPED_MODEL + _deprecations(version)
     elif flags:
         path = PATH_DERIVED_FLAGS
     else:
         return "TensorRT {} binds neither strongly typed networks nor precision flags".format(version)
     return "TensorRT {}: {}".format(version, path)
+
+
+def _deprecations(version: str) -> str:
+    """Which of 10.x's legacy precision controls ``version`` deprecates, as a clause."""
+    try:
+        release = Version(version)
+    except InvalidVersion:
+        return ""
+    if release >= FLAGS_DEPRECATED_SINCE:
+        return " (both deprecated: the calibrator since 10.1, the flags since 10.12)"
+    if release >= CALIBRATOR_DEPRECATED_SINCE:
+        return " (the calibrator deprecated since 10.1; the flags not yet, until 10.12)"
+    return ""
 
 
 def installed_precision_path() -> str:
@@ -560,10 +587,9 @@ def run_doctor(
 
 
 def write_json(report: DoctorReport, path: str) -> str:
-    with open(path, "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    return path
+    from changenet_trt.files import write_json_report
+
+    return write_json_report(path, report.to_dict(), what="doctor JSON report")
 
 
 # -- device checks ----------------------------------------------------------------------------

@@ -881,7 +881,11 @@ class Builder(Strict):
                                    if network._strongly_typed else ""))
                 return None
             on_gpu = [layer.name for layer in network._layers if layer._type.name not in _DLA_TYPES]
-            if dynamic:
+            # DLA runs static shapes only: a dynamic input counts as static when every profile pins
+            # it (min = opt = max); otherwise nothing runs on DLA and every layer falls back
+            ranged = any(list(shapes[0]) != list(shapes[2]) for profile in config._profiles
+                         for shapes in profile._shapes.values())
+            if dynamic and (ranged or not config._profiles):
                 on_gpu = [layer.name for layer in network._layers]
             if on_gpu and "GPU_FALLBACK" not in flags:
                 fail("2: Error Code 2: Internal Error (Layer {} cannot run on DLA and GPU fallback is not "
@@ -891,6 +895,7 @@ class Builder(Strict):
                 api.emit(self._logger, "WARNING", "Layer '{}' (or dynamic shapes) not supported on DLA, falling "
                          "back to GPU.".format(name))
             record["dla_gpu_fallback_layers"] = on_gpu
+            record["dla_layers"] = [layer.name for layer in network._layers if layer.name not in on_gpu]
 
         # -- INT8 calibration ----------------------------------------------------------------------
         calibrated = False

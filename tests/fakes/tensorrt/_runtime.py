@@ -5,6 +5,7 @@ that reads the input bytes from device memory, runs the embedded ONNX model with
 Runtime and writes the output bytes back -- when the stream is synchronised, not before.
 """
 
+import os
 import weakref
 from typing import Any, Dict, List, Optional
 
@@ -128,13 +129,34 @@ class IHostMemory(bytes):
 class Runtime(Strict):
     """``trt.Runtime(logger)``."""
 
-    _versions = {"engine_host_code_allowed": ("8.6", None)}
+    _versions = {"engine_host_code_allowed": ("8.6", None), "load_runtime": ("8.6", None)}
 
     def __init__(self, logger: Any) -> None:
         self._logger = register_logger(self._api, logger, "createInferRuntime")
         self._given_logger = logger
         self._dla_core = -1
         self._host_code = False
+        #: the TensorRT release of the lean runtime library load_runtime loaded (None: none)
+        self._lean_version: Optional[str] = None
+
+    def load_runtime(self, path: str) -> Optional["Runtime"]:
+        """``IRuntime::loadRuntime``: a runtime on the lean runtime library at ``path``, for plans built
+        with VERSION_COMPATIBLE and EXCLUDE_LEAN_RUNTIME by that library's release. The libraries the
+        fake machine has: ``settings["lean_libraries"]`` (path -> release), by default this release's
+        ``libnvinfer_lean.so.<major>`` (by that name or in any folder)."""
+        api = self._api
+        libraries = api.settings.get("lean_libraries")
+        if libraries is None:
+            own = "libnvinfer_lean.so.{}".format(api.version.release[0])
+            libraries = {str(path): api.version_string} if os.path.basename(str(path)) == own else {}
+        if str(path) not in libraries:
+            api.emit(self._logger, "ERROR", "1: [runtime.cpp::loadRuntime] Error Code 1: Internal Error (Unable to "
+                     "load library: {}: cannot open shared object file: No such file or directory)".format(path))
+            return None
+        lean = type(self)(self._given_logger)
+        lean._lean_version = str(libraries[str(path)])
+        api.count("load_runtime")
+        return lean
 
     @property
     def engine_host_code_allowed(self) -> bool:
@@ -211,9 +233,17 @@ class Runtime(Strict):
         if Version(built) > api.version:
             return ("6: The engine plan file is not compatible with this version of TensorRT, expecting library "
                     "version {} or later got {}, please rebuild.".format(api.version_string, built))
-        if kind.startswith("tensorrt_dispatch") and "EXCLUDE_LEAN_RUNTIME" in flags:
-            return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine excludes the "
-                    "lean runtime, which the dispatch runtime needs.)")
+        if "EXCLUDE_LEAN_RUNTIME" in flags:
+            # TensorRT runs a plan without its lean runtime only on a runtime that loaded the building
+            # release's lean runtime library (IRuntime::loadRuntime)
+            if self._lean_version is None:
+                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the engine was built "
+                        "with kEXCLUDE_LEAN_RUNTIME; load the lean runtime of TensorRT {} with "
+                        "IRuntime::loadRuntime before deserializing it.)".format(built))
+            if self._lean_version != built:
+                return ("1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (the loaded lean "
+                        "runtime is TensorRT {}, the engine was built by TensorRT {}.)".format(self._lean_version, built))
+            return None
         # a version-compatible plan that embeds its lean runtime carries host code, which any
         # runtime runs only when allowed to (setEngineHostCodeAllowed(true))
         if "EXCLUDE_LEAN_RUNTIME" not in flags and not self._host_code:
