@@ -506,3 +506,17 @@ def test_onnx_external_data_is_checked_before_use(tmp_path, small_set, capsys, l
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, (argv, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_out_holding_an_image_of_a_set_aside_row_is_refused(tmp_path, reference_models):
+    """A row whose sample is missing is skipped, but its golden image still lies where it lies."""
+    root = tmp_path / "data"
+    csv_path = write_set(str(root), [("a", "PASS", 100, 101)])
+    (root / "others").mkdir()
+    (root / "others" / "b.png").write_bytes((root / "golden" / "a.png").read_bytes())
+    with open(csv_path, "a") as handle:
+        handle.write("gone,others,PASS,b\n")  # sample missing: set aside, golden in data/others
+    with pytest.raises(InputError, match="holds the input"):
+        evaluate(reference_models["learnable_dynamic"], csv_path, images_dir=str(root), out_dir=str(root / "others"),
+                 layout=SINGLE, progress=False, plots=False)
+    assert os.listdir(str(root / "others")) == ["b.png"]

@@ -41,16 +41,24 @@ def test_tao_static_exports_become_dynamic_and_proven(variant, tao_like_models, 
     report = prepare_model(source, out)
     assert report.original_batch == 16 and [c.batch for c in report.checks] == [1, 3, 16, 17, 32]
     assert all(c.ok for c in report.checks)
-    # pos.repeat(B, 1, 1, 1) and cls_token.expand(B, -1, -1), once per branch
-    assert sum(c.startswith("Tile input ") and "[16, 1, 1, 1]" in c for c in report.changes) == 2
-    assert sum(c.startswith("Where input ") and "[16, -1, -1]" in c for c in report.changes) == 2
+    if variant.endswith("opset12"):
+        # unfolded: the batch is a scalar Constant each shape Unsqueezes and Concats
+        assert sum(c.startswith("Unsqueeze input ") and ": the batch at [0]" in c for c in report.changes) >= 6
+    else:
+        # pos.repeat(B, 1, 1, 1) and cls_token.expand(B, -1, -1), once per branch
+        assert sum(c.startswith("Tile input ") and "[16, 1, 1, 1]" in c for c in report.changes) == 2
+        assert sum(c.startswith("Where input ") and "[16, -1, -1]" in c for c in report.changes) == 2
     prepared = onnx.load(out)
     onnx.checker.check_model(prepared, full_check=True)
     onnx.shape_inference.infer_shapes(prepared, strict_mode=True)
     assert len(prepared.graph.value_info) == 0
     assert read_contract(prepared).static_batch is None
-    if variant.startswith("learnable"):
+    if variant == "learnable_static16":
         assert _constant_of(prepared, W8_RESHAPE) == [0, -1, 64, 16]  # the batch became 0, W/8 stayed
+    elif variant.startswith("learnable"):  # unfolded: Concat(Unsqueeze(batch), [-1, 64, 16]); W/8 stayed
+        shape = next(n for n in prepared.graph.node if n.output[0] == next(
+            n for n in prepared.graph.node if n.name == W8_RESHAPE).input[1])
+        assert shape.op_type == "Concat" and _constant_of(prepared, shape.name, 1) == [-1, 64, 16]
     # every node of the original keeps its name and its output names
     names = {(n.name, tuple(n.output)) for n in prepared.graph.node}
     assert all((n.name, tuple(n.output)) in names for n in onnx.load(source).graph.node if n.op_type != "Constant")
@@ -118,3 +126,14 @@ def test_batch_taken_by_an_operator_the_analysis_does_not_follow_is_refused(tao_
     onnx.save(model, path)
     with pytest.raises(BuildError, match="the analysis does not follow the batch through Einsum .Einsum '/einsum'."):
         prepare_model(path, str(tmp_path / "never.onnx"))
+
+
+@pytest.mark.parametrize("kind,batch,opset", [("learnable", 1, 17), ("euclidean", 3, 12)])
+def test_other_static_batches_too(kind, batch, opset, tmp_path):
+    # a static batch of 1 leaves only positions to tell the batch from other size-1 axes
+    from changenet_trt.models.tao_like import write_tao_like_model
+
+    source = write_tao_like_model(str(tmp_path / "static.onnx"), kind=kind, batch=batch, opset=opset)
+    report = prepare_model(source, str(tmp_path / "dynamic.onnx"))
+    assert report.original_batch == batch and all(c.ok for c in report.checks)
+    assert sum(c.startswith("Tile input " if opset == 17 else "Unsqueeze input ") for c in report.changes) >= 2

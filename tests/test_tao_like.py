@@ -20,6 +20,18 @@ def _constants(model):
     return values
 
 
+def _shape_values(model):
+    """Name -> ndarray of constants and of the Unsqueeze/Concat chains an unfolded export builds
+    shapes with (TAO 5.x: Concat(Unsqueeze(Constant 16), Constant [..]))."""
+    values = _constants(model)
+    for node in model.graph.node:
+        if node.op_type == "Unsqueeze" and node.input[0] in values and values[node.input[0]].ndim == 0:
+            values[node.output[0]] = values[node.input[0]].reshape(1)
+        elif node.op_type == "Concat" and all(name in values for name in node.input):
+            values[node.output[0]] = np.concatenate([values[name] for name in node.input])
+    return values
+
+
 def _consumers(model, op_type):
     return [node for node in model.graph.node if node.op_type == op_type]
 
@@ -33,7 +45,7 @@ def _run(model, sample, golden):
 @pytest.mark.parametrize("opset", [12, 17])
 def test_static_export_carries_the_batch_where_tao_does(kind, opset):
     model = build_tao_like_model(kind, batch=16, opset=opset)
-    consts = _constants(model)
+    consts = _shape_values(model)
     contract = read_contract(model)
     assert contract.static_batch == 16 and contract.output_kind == kind
     # pos.repeat(B, 1, 1, 1) -> Tile [16,1,1,1], once per branch
@@ -57,6 +69,9 @@ def test_static_export_carries_the_batch_where_tao_does(kind, opset):
     assert ("LayerNormalization" in ops) == (opset == 17)
     # TAO 5.x (opset 12, no folding): shape constants stay Constant nodes, expand keeps ConstantOfShape
     assert ("ConstantOfShape" in ops) == (opset == 12)
+    scalar_batch = [n for n in model.graph.node if n.op_type == "Constant" and not n.attribute[0].t.dims
+                    and numpy_helper.to_array(n.attribute[0].t).tolist() == 16]
+    assert bool(scalar_batch) == (opset == 12)  # the traced int B, unsqueezed into shapes
     gammas = [v for k, v in consts.items() if k.endswith(".gamma")]
     assert gammas and all(np.allclose(g, LAYER_SCALE) for g in gammas)
     if kind == "learnable":

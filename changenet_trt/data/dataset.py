@@ -188,6 +188,8 @@ class Dataset:
     header: List[str] = field(default_factory=list)
     records: List[Tuple[int, List[str]]] = field(default_factory=list)
     labelled: bool = True
+    #: every folder an image of a row lies in, set-aside rows included (outputs must stay out of them)
+    image_folders: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -327,6 +329,7 @@ def load_dataset(
         if on_problem is not None and pairs:
             on_problem(item)
 
+    folders = set()  # type: Set[str]
     for index, (line, values) in enumerate(rows):
         if len(values) < width:
             problem(RowProblem(line, "", "", "row has {} fields; the columns {} need {}".format(
@@ -344,6 +347,7 @@ def load_dataset(
         names = layout.file_names(object_name)
         sample_files = tuple(os.path.join(images_dir, input_path, n) for n in names)
         golden_files = tuple(os.path.join(images_dir, golden_path, n) for n in names)
+        folders.update(os.path.dirname(p) for p in sample_files + golden_files)
         if check_files:
             missing = [p for p in sample_files + golden_files if not os.path.isfile(p)]
             if missing:
@@ -370,7 +374,7 @@ def load_dataset(
     for text in warnings:
         (on_warning or _log.warning)(text)
     return Dataset(csv_path, images_dir, layout, pairs, problems, rows=len(rows), warnings=warnings, header=header,
-                   records=rows, labelled="label" in columns)
+                   records=rows, labelled="label" in columns, image_folders=sorted(folders))
 
 
 def extra_columns(header: Sequence[str]) -> List[int]:

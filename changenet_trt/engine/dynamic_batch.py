@@ -144,6 +144,13 @@ def _constant_arrays(graph: Any, limit: Optional[int]) -> Dict[str, np.ndarray]:
     return out
 
 
+def onnx_type_proto() -> Any:
+    """An empty TypeProto: an output whose type the evaluator finds out."""
+    from onnx import TypeProto
+
+    return TypeProto()
+
+
 def _static_shapes(model: Any, known: Dict[str, np.ndarray]) -> Dict[str, Tuple[int, ...]]:
     """Every tensor's static shape from ONNX shape inference, run on a copy whose large weights
     are typed graph inputs (only their shapes matter), so a 300 MB model is not copied. Nodes
@@ -252,11 +259,19 @@ class _Analyser:
             return
         if any(self.size_of(out) is None or self.size_of(out) > MAX_VALUE_ELEMENTS for out in node.output):
             return
+        from onnx import helper
         from onnx.reference import ReferenceEvaluator
 
+        feeds = {name: self.values[name] for name in node.input if name}
+        # a one-node model, so that the node runs in the graph's opset (Unsqueeze's axes: 12 vs 13)
+        graph = helper.make_graph(
+            [node], "node",
+            [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
+             for name, value in feeds.items()],
+            [helper.make_value_info(name, onnx_type_proto()) for name in node.output])
         try:
-            results = ReferenceEvaluator(node, opsets={"": self.opset}).run(
-                None, {name: self.values[name] for name in node.input if name})
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+            results = ReferenceEvaluator(model).run(None, feeds)
         except Exception:  # an op the reference evaluator cannot run: its value stays unknown
             return
         for name, value in zip(node.output, results):
@@ -565,12 +580,13 @@ class _Analyser:
                     self.uf.union(self.dim(out, j), self.elem(index, 1, shape_name, j))
         if in_shape is None or out_shape is None:
             return
-        # an axis that Reshape keeps: equal size after equal products of the axes before it
+        # an axis that Reshape keeps: equal size after equal products of the axes before it (a size-1
+        # axis only in the same position: [1, 1, X] -> [1, X] keeps axis 0, not axis 1)
         before_in = np.cumprod((1,) + in_shape[:-1]) if in_shape else []
         before_out = np.cumprod((1,) + out_shape[:-1]) if out_shape else []
         for i, size in enumerate(in_shape):
             for j, out_size in enumerate(out_shape):
-                if size == out_size and before_in[i] == before_out[j] and size != 1:
+                if size == out_size and before_in[i] == before_out[j] and (size != 1 or i == j):
                     self.join_dims(data, i, out, j)
         value, result = self.value(data), self.value(out)
         if value is not None and result is not None and value.size == result.size:
@@ -656,8 +672,8 @@ class _Analyser:
                 raise BuildError("cannot make the batch dynamic: {} ({} '{}') reads a batch-carrying tensor".format(
                     why, node.op_type, node.name or node.output[0]))
         for node in nodes:
-            if node.op_type in _COMPARE or not node.output:
-                continue
+            if node.op_type in _COMPARE or node.op_type == "Shape" or not node.output:
+                continue  # a comparison's or a Shape's result is no row of the batch (its values are followed)
             label = "{} '{}'".format(node.op_type, node.name or node.output[0])
             outputs_carry = any(name in rows or name in elements for name in node.output)
             if any(name in rows for name in node.input) and not outputs_carry:

@@ -136,7 +136,7 @@ def evaluate(
     dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
                            on_warning=warn)
     if out_dir is not None:  # rows may name images anywhere (``../pngs``): none may lie in the folder replaced
-        check_output_dir(out_dir, what="eval output folder", inputs=inputs + _image_folders(dataset), replaces=True)
+        check_output_dir(out_dir, what="eval output folder", inputs=inputs + dataset.image_folders, replaces=True)
     own = classifier is None
     clf = load(os.fspath(model), cutoff=cutoff, **load_options) if own else classifier
     try:
@@ -159,12 +159,6 @@ def evaluate(
     if out_dir is not None:
         write_outputs(result, os.fspath(out_dir), plots=plots)
     return result
-
-
-def _image_folders(dataset: Dataset) -> List[str]:
-    """Every folder holding an image that a row of ``dataset`` names (each once)."""
-    folders = {os.path.dirname(path) for pair in dataset.pairs for path in pair.sample_files + pair.golden_files}
-    return sorted(folders)
 
 
 @dataclass

@@ -19,8 +19,9 @@ on, a static batch of 16 by the shipped spec (``cv/visual_changenet/scripts/expo
 * layer scale initialised to 1e-6 (ConvNeXt ``ls_init_value``), GELU as Erf, the position
   encoding's Sin/Cos computed in the graph (the exporter does not fold them), bilinear Resize,
   LayerNormalization at opset 17 and its ReduceMean/Sub/Pow/Sqrt/Div decomposition at opset 12
-  (TAO 5.x exported opset 12 without constant folding: shape constants stay Constant nodes and
-  ``expand`` keeps its ConstantOfShape/Mul/Equal/Where chain).
+  (TAO 5.x exported opset 12 without constant folding: the batch stays a scalar Constant that
+  Unsqueeze/Concat turn into shapes, and ``expand`` keeps its ConstantOfShape/Mul/Equal/Where
+  chain).
 
 A dynamic export (``batch=None``) computes the same batch values from ``Shape(input)[0]``
 (Gather, Unsqueeze, Concat), as the exporter does with a dynamic axis.
@@ -141,8 +142,12 @@ class _Graph:
     # -- the batch, as the exporter writes it --------------------------------------------------
     def batch_shape(self, image: str, rest: Sequence[int], scope: str) -> str:
         """``[B] + rest`` int64: a constant with the static batch, else Shape(image)[0] concatenated."""
-        if self.batch is not None:
+        if self.batch is not None and self.folded:
             return self.const(np.array([self.batch] + list(rest), np.int64), scope)
+        if self.batch is not None:
+            # unfolded (TAO 5.x): the traced int B stays a scalar Constant, unsqueezed and concatenated
+            first = self.unsqueeze(self.const(np.array(self.batch, np.int64), scope), [0], scope)
+            return self.op("Concat", [first, self.const(np.array(rest, np.int64), scope)], scope, axis=0)
         if image not in self.batch_of:
             shape = self.op("Shape", [image], scope)
             first = self.op("Gather", [shape, self.const(np.array(0, np.int64), scope)], scope, axis=0)
