@@ -220,3 +220,45 @@ def test_cli_prepare_prints_the_proof_and_refuses_in_one_line(reference_models, 
     err = capsys.readouterr().err
     assert err.startswith("error: cannot make a dynamic batch") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_constant_of_shape_slice_and_concat_of_shapes_follow_the_batch(tmp_path):
+    # ConstantOfShape([16, 12]) as a per-row offset, Range(0, 16) as a column, Slice ends [16] on
+    # the batch axis, a Reshape shape made by Concat([16], [12]): the batch in four places
+    def body():
+        nodes = [
+            helper.make_node("ConstantOfShape", ["offset.shape"], ["offset"], name="offset",
+                             value=numpy_helper.from_array(np.array([0.25], dtype=np.float32))),
+            helper.make_node("Add", ["flat", "offset"], ["offset_rows"]),
+            # Range(0, 16, 1) as a [16, 1] column (times zero): its length is the batch
+            helper.make_node("Range", ["range.start", "range.limit", "range.delta"], ["row_ids"], name="row_ids"),
+            helper.make_node("Cast", ["row_ids"], ["row_ids_float"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["row_ids_float", "one"], ["row_column"]),
+            helper.make_node("Mul", ["row_column", "zero_float"], ["zero_column"]),
+            helper.make_node("Add", ["offset_rows", "zero_column"], ["shifted"]),
+            helper.make_node("Slice", ["shifted", "zero", "rows.end", "zero"], ["sliced"], name="rows"),
+            helper.make_node("Concat", ["batch.part", "feature.part"], ["again.shape"], axis=0, name="again.shape"),
+            helper.make_node("Reshape", ["sliced", "again.shape"], ["again"]),
+        ]
+        head_nodes, inits = _head(source="again")()
+        inits += [numpy_helper.from_array(np.array([16, 12], dtype=np.int64), "offset.shape"),
+                  numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+                  numpy_helper.from_array(np.array([16], dtype=np.int64), "rows.end"),
+                  numpy_helper.from_array(np.array([16], dtype=np.int64), "batch.part"),
+                  numpy_helper.from_array(np.array([12], dtype=np.int64), "feature.part"),
+                  numpy_helper.from_array(np.array(0, dtype=np.int64), "range.start"),
+                  numpy_helper.from_array(np.array(16, dtype=np.int64), "range.limit"),
+                  numpy_helper.from_array(np.array(1, dtype=np.int64), "range.delta"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+                  numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero_float")]
+        return nodes + head_nodes, inits
+
+    path = _static_model(str(tmp_path / "shapes.onnx"), body)
+    report = prepare_model(path, str(tmp_path / "dyn.onnx"))
+    assert all(c.ok for c in report.checks)
+    for text in ("ConstantOfShape input 'offset.shape' [16, 12]: the batch at [0]",
+                 "Slice input 'rows.end' [16]: the batch at [0]",
+                 "Concat input 'batch.part' [16]: the batch at [0]",
+                 "Range input 'range.limit' [16]: the batch at [0]"):
+        assert any(c.startswith(text) for c in report.changes), text
+    assert not any("'feature.part'" in c or "'zero'" in c or "'range.start'" in c for c in report.changes)

@@ -67,9 +67,12 @@ def test_fp16_user_list_and_data_set_pairs(overflow16, tao_set, tmp_path, capsys
     listing.write_text("# kept float32 by hand\noverflow/scale_up\n")
     out = str(tmp_path / "fp16.onnx")
     assert main(["prepare", overflow16, "-o", out, "--precision", "fp16", "--fp32-layers", "@" + str(listing),
-                 "--calib-csv", tao_set.csv_path]) == 0
+                 "--calib-csv", tao_set.csv_path, "--calib-batches", "1"]) == 0
     text = capsys.readouterr().out
-    assert "pairs: 24 pairs of {}".format(tao_set.csv_path) in text and "synthetic" not in text
+    # the one rule prepare and build share: analyse the first batch, prove on the pairs held back
+    assert "pairs: the first 16 of 24 pairs of {}".format(tao_set.csv_path) in text and "synthetic" not in text
+    assert "pairs: 8 held back (after the first 16 of 24 pairs of {}".format(tao_set.csv_path) in text
+    assert "pairs:   8 (8 held back" in text
     assert "3 (2 flagged by fp16-check, 1 yours)" in text
     assert set(OVERFLOW_NODES) <= set(precision.graph_precision(out)["fp32_nodes"])
 
@@ -79,8 +82,8 @@ def test_int8_on_a_synthetic_tao_set_writes_qdq_that_infer_runs(overflow16, tao_
     assert main(["prepare", overflow16, "-o", out, "--precision", "int8", "--calib-csv", tao_set.csv_path,
                  "--calib-batches", "1", "--calib-method", "percentile"]) == 0
     text = capsys.readouterr().out
-    assert "calibration: percentile 99.999 on 16 pairs (1 batches)" in text
-    assert "pairs: 8 held back from calibration (after the first 16 of 24 pairs" in text
+    assert "calibration: percentile 99.999 on 16 pairs (1 batches, 2 pairs per run)" in text
+    assert "pairs: 8 held back (after the first 16 of 24 pairs" in text
     assert "FPR = FP/(FP+TN)" in text and "defect capture" in text and "TP / FP / TN / FN" in text
     model = onnx.load(out)
     onnx.checker.check_model(model, full_check=True)
@@ -101,7 +104,7 @@ def test_int8_compares_on_synthetic_pairs_when_calibration_used_every_pair(overf
     assert main(["prepare", overflow16, "-o", out, "--precision", "int8", "--calib-csv", small.csv_path]
                 + PAIRS) == 0
     text = capsys.readouterr().out
-    assert "16 synthetic pairs" in text and "calibration used every pair" in text
+    assert "16 synthetic pairs" in text and "was analysed; none held back" in text
 
 
 @pytest.mark.parametrize("precision_name", ["fp16", "int8"])
@@ -135,10 +138,10 @@ BAD = {
     "pattern matching nothing": (["--precision", "fp16", "--fp32-layers", "overflow/*", "nothing*"], "'nothing*'"),
     "missing layer list": (["--precision", "fp16", "--fp32-layers", "@NOFILE"], "cannot read the layer list"),
     "force without fp16": (["--force"], "--precision fp16"),
-    "calibration options with fp16": (["--precision", "fp16", "--calib-batches", "2"], "--precision int8"),
+    "calibration batches without data": (["--precision", "fp16", "--calib-batches", "2"], "--calib-csv"),
+    "calibration method with fp16": (["--precision", "fp16", "--calib-csv", "CSV", "--calib-method", "entropy"],
+                                     "--precision int8"),
     "data set without precision": (["--calib-csv", "CSV"], "--precision"),
-    "synthetic and data-set proof pairs": (["--precision", "fp16", "--calib-csv", "CSV", "--proof-pairs", "8"],
-                                           "--proof-pairs"),
     "too few pairs for a batch": (["--precision", "int8", "--calib-csv", "SMALL"], "calibration batch"),
 }
 

@@ -432,8 +432,9 @@ class Prepare(Command):
             "and proof pairs")
         self.calibration_data = DataSetArgs(
             csv="--calib-csv",
-            csv_help="TAO data set CSV: int8 calibrates on its first --calib-batches batches and is compared with "
-            "float32 on the rest; fp16's fp16-check and proof run on all its pairs (default: synthetic pairs)")
+            csv_help="TAO data set CSV: its first --calib-batches batches are analysed (int8 calibration, fp16's "
+            "fp16-check ranges) and the typed model is compared with float32 on the pairs after them (on "
+            "--proof-pairs synthetic pairs when none are left; default without a CSV: synthetic pairs)")
         super().__init__(self.names)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -456,13 +457,13 @@ class Prepare(Command):
         precision.add_argument("--force", action="store_true",
                                help="fp16: write the float16 model even when a decision flips against float32")
         precision.add_argument("--proof-pairs", type=positive_int, metavar="N",
-                               help="synthetic pairs to prove and compare on when no data-set pairs are left for "
-                               "it: fp16 without --calib-csv, int8 when calibration used every pair "
-                               "(default: {})".format(DEFAULT_PROOF_PAIRS))
+                               help="synthetic pairs to compare on when no data-set pair is held back (no "
+                               "--calib-csv, or the analysis used every pair) (default: {})".format(DEFAULT_PROOF_PAIRS))
         pairs = parser.add_argument_group("pairs for --precision (a TAO data set)")
         self.calibration_data.add_to_group(pairs)
         pairs.add_argument("--calib-batches", type=positive_int, metavar="N",
-                           help="int8: calibrate on at most N batches of {} pairs (default: {})".format(
+                           help="analyse (int8: calibrate; fp16: fp16-check) at most N batches of {} pairs of "
+                           "--calib-csv; the rest are held back for the comparison (default: {})".format(
                                BATCH_SIZE, DEFAULT_CALIB_BATCHES))
         pairs.add_argument("--calib-method", choices=INT8_METHODS,
                            help="int8: activation ranges by entropy or by the 99.999th percentile of |x| "
@@ -486,7 +487,10 @@ class Prepare(Command):
             if given and args.precision != "fp16":
                 raise InputError("{} applies to a float16 model".format(flag), expected="--precision fp16",
                                  found=chosen)
-        for flag, given in (("--calib-batches", args.calib_batches), ("--calib-method", args.calib_method)):
+        if args.calib_batches and not calib_csv:
+            raise InputError("--calib-batches says how many batches of --calib-csv are analysed",
+                             expected="--calib-csv with it", found="no --calib-csv")
+        for flag, given in (("--calib-method", args.calib_method),):
             if given and args.precision != "int8":
                 raise InputError("{} applies to INT8 calibration".format(flag), expected="--precision int8",
                                  found=chosen)
@@ -495,9 +499,6 @@ class Prepare(Command):
                 if given:
                     raise InputError("{} gives pairs for --precision".format(flag),
                                      expected="--precision fp16 or int8", found=chosen)
-        if args.precision == "fp16" and calib_csv and args.proof_pairs:
-            raise InputError("--proof-pairs sets the synthetic pairs fp16 proves on without a data set",
-                             expected="--calib-csv or --proof-pairs", found="both")
         if args.precision == "int8" and not calib_csv:
             raise InputError("--precision int8 calibrates on real pairs",
                              expected="--calib-csv CSV [--calib-images DIR] (a TAO data set)", found="no --calib-csv")
@@ -534,7 +535,15 @@ class Prepare(Command):
             from changenet_trt.engine.precision import match_nodes, name_nodes
 
             match_nodes(name_nodes(onnx.load(args.model)), patterns)  # a typo fails here, not after the proofs
-        calibration = self.calibration(args, data, contract, normalization) if args.precision == "int8" else None
+        if args.precision and data.csv:  # a bad CSV, or too few pairs to calibrate, fails before the proofs
+            from changenet_trt.data.dataset import load_dataset
+            from changenet_trt.engine.calibration import dataset_batches
+
+            if args.precision == "int8":
+                dataset_batches(data.csv, contract.input_shape, BATCH_SIZE, 1, images_dir=data.images,
+                                layout=data.layout)
+            else:
+                load_dataset(data.csv, images_dir=data.images, layout=data.layout)
         with tempfile.TemporaryDirectory(prefix="changenet-prepare-") as work:
             dynamic = os.path.join(work, "dynamic.onnx")
             labels = {dynamic: "{} (dynamic batch)".format(args.model)}
@@ -546,8 +555,7 @@ class Prepare(Command):
                 if args.uint8_input:  # a step on the way: the uint8 front is added to it
                     typed = os.path.join(work, args.precision + ".onnx")
                     labels[typed] = "the {} model".format("float16" if args.precision == "fp16" else "INT8")
-                lines += [""] + self.make_typed(args, current, typed, patterns, data, calibration, normalization,
-                                                names)
+                lines += [""] + self.make_typed(args, current, typed, patterns, data, normalization, names)
                 if not args.uint8_input:
                     lines.append("  wrote {}".format(typed))
                 current = typed
@@ -566,61 +574,23 @@ class Prepare(Command):
         return 0
 
     @staticmethod
-    def calibration(args: argparse.Namespace, data: Any, contract: Any, normalization: Any) -> Any:
-        """``(batches, pairs)``: the INT8 calibration batches of the data set (read lazily; the
-        CSV and its files are checked now) and how many of its pairs they use."""
-        from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES, dataset_batches
-
-        count, batches = dataset_batches(
-            data.csv, contract.input_shape, BATCH_SIZE, max_batches=args.calib_batches or DEFAULT_CALIB_BATCHES,
-            images_dir=data.images, layout=data.layout, normalization=normalization, workers=data.workers)
-        return batches, count * BATCH_SIZE
-
-    @staticmethod
-    def make_typed(args: argparse.Namespace, model: str, out: str, patterns: List[str], data: Any, calibration: Any,
+    def make_typed(args: argparse.Namespace, model: str, out: str, patterns: List[str], data: Any,
                    normalization: Any, names: dict) -> List[str]:
-        """Write the float16 (``patterns`` kept float32) or INT8 model of ``model`` to ``out``; the
-        lines of its report."""
+        """Write the float16 (``patterns`` kept float32) or INT8 model of ``model`` to ``out``
+        (:func:`changenet_trt.engine.typed.make_typed_model`, as build does); the lines of its report."""
         from changenet_trt.engine import precision
-        from changenet_trt.evaluation.validate import dataset_source, synthetic_source
+        from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES
+        from changenet_trt.engine.typed import TypedPairs, make_typed_model
 
-        proof_pairs = args.proof_pairs or precision.DEFAULT_PROOF_PAIRS
-        described: List[str] = []
-
-        def synthetic(contract: Any, norm: Any) -> Any:
-            return synthetic_source(proof_pairs, contract.input_shape, norm, layout=data.layout)
-
-        def from_data_set(skip: int) -> Any:
-            def make(contract: Any, norm: Any) -> Any:
-                source = dataset_source(data.csv, data.images, contract.input_shape, norm, layout=data.layout,
-                                        on_problem=lambda item: log.warning("set aside: %s", item))
-                return held_back(source, skip) if skip else source
-
-            return make
-
-        def recorded(make: Any, note: str) -> Any:
-            def make_and_record(contract: Any, norm: Any) -> Any:
-                source = make(contract, norm)
-                if not described:
-                    described.append("pairs: {}{}".format(source.description, note))
-                return source
-
-            return make_and_record
-
-        if args.precision == "fp16":
-            make = (recorded(from_data_set(0), "") if data.csv else
-                    recorded(synthetic, " (no --calib-csv: give a data set to prove on your own pairs)"))
-            report = precision.to_fp16(model, out, fp32_nodes=patterns, make_source=make,
-                                       force=args.force, normalization=normalization, contract_overrides=names,
-                                       origin=args.model)
-        else:
-            batches, used = calibration
-            left = count_pairs(data) - used
-            make = (recorded(from_data_set(used), "") if left > 0 else
-                    recorded(synthetic, " (calibration used every pair of {}; none held back)".format(data.csv)))
-            report = precision.to_int8(model, out, batches, method=args.calib_method or "entropy", make_source=make,
-                                       normalization=normalization, contract_overrides=names, origin=args.model)
-        lines = described + report.summary_lines()
+        pairs = TypedPairs(csv=data.csv, images=data.images, layout=data.layout, workers=data.workers,
+                           calib_batches=args.calib_batches or DEFAULT_CALIB_BATCHES, batch=BATCH_SIZE,
+                           proof_pairs=args.proof_pairs or precision.DEFAULT_PROOF_PAIRS,
+                           on_problem=lambda item: log.warning("set aside: %s", item))
+        result = make_typed_model(model, out, args.precision, pairs, fp32_layers=patterns, force=args.force,
+                                  method=args.calib_method or "entropy", normalization=normalization,
+                                  contract_overrides=names, origin=args.model)
+        report = result.report
+        lines = result.summary_lines()
         if args.precision == "int8":
             if report.flips:
                 lines.append("  written although INT8 changes {} decision(s) on these pairs: check it with "
@@ -629,28 +599,6 @@ class Prepare(Command):
                 lines.append("  (INT8 rounds the raw outputs beyond float tolerances by design; the decisions, "
                              "FPR and capture above are what to compare)")
         return lines
-
-
-def count_pairs(data: Any) -> int:
-    """Usable pairs of the data set ``data`` (a :class:`DataSetOptions` with a CSV)."""
-    from changenet_trt.data.dataset import load_dataset
-
-    return len(load_dataset(data.csv, images_dir=data.images, layout=data.layout).pairs)
-
-
-def held_back(source: Any, skip: int) -> Any:
-    """The pairs of ``source`` (a PairSource) after its first ``skip``: those calibration did not see."""
-    from changenet_trt.evaluation.validate import PairSource
-
-    def fill(golden: Any, sample: Any, lo: int, hi: int) -> None:
-        source.fill(golden, sample, lo + skip, hi + skip)
-
-    return PairSource(
-        count=source.count - skip, fill=fill,
-        description="{} held back from calibration (after the first {} of {})".format(
-            source.count - skip, skip, source.description),
-        labels=None if source.labels is None else source.labels[skip:], ids=list(source.ids[skip:]),
-        failed=lambda: [i - skip for i in source.failed() if i >= skip], close=source.close)
 
 
 # -- triton-repo -------------------------------------------------------------------------------
@@ -1036,10 +984,11 @@ class Fp16Check(Command):
         contract = read_contract(args.model, **names)
         source = make_source(contract, get_normalization(norm or contract.preprocess))
         try:
-            batch = contract.static_batch or 1  # every activation is held at once: keep it to one pair
+            # every activation of a run is held at once: check_model runs ANALYSIS_PAIRS pairs at a time
+            batch = contract.static_batch or fp16_check.ANALYSIS_PAIRS
             report = fp16_check.check_model(
                 args.model, fp16_check.source_batches(source, batch, contract.input_shape), contract=contract,
-                max_rel_error=args.max_rel_error, threads=runtime.backend_options.get("threads"),
+                max_rel_error=args.max_rel_error, threads=runtime.backend_options.get("threads"), total=source.count,
             )
         finally:
             source.close()

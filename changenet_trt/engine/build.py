@@ -192,68 +192,29 @@ class TypedModel:
         return lines
 
 
-def _batch_source(plan: BuildPlan) -> Any:
-    """``make_source(contract, normalization)`` of the pairs the typed model is checked on."""
-    opts = plan.options
-    if opts.calib_csv:
-        def from_data_set(contract: Any, normalization: Any) -> Any:
-            from changenet_trt.evaluation.validate import dataset_source
-
-            return dataset_source(opts.calib_csv, opts.calib_images, contract.input_shape, normalization,
-                                  layout=opts.calib_layout)
-
-        return from_data_set
-
-    def synthetic(contract: Any, normalization: Any) -> Any:
-        from changenet_trt.evaluation.validate import synthetic_source
-
-        return synthetic_source(opts.proof_pairs, contract.input_shape, normalization, seed=0)
-
-    return synthetic
-
-
 def _make_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]], progress: BuildProgress) -> Any:
-    """Write ``plan.typed_onnx`` from the prepared float32 model (to_fp16 / to_int8); its report."""
-    from changenet_trt.engine import precision as precisions
+    """Write ``plan.typed_onnx`` from the prepared float32 model, as ``prepare`` does
+    (:func:`~changenet_trt.engine.typed.make_typed_model`); returns its TypedResult."""
+    from changenet_trt.engine.typed import TypedPairs, make_typed_model
 
     opts = plan.options
     overrides = {k: v for k, v in opts.contract_overrides.items() if v is not None}
     inputs = dict(plan.typed_inputs or {})
     origin = opts.model if plan.rewrite_batch is not None else None  # the static-batch original
-    if plan.precision == "fp16":
-        return precisions.to_fp16(
-            plan.prepared_onnx, plan.typed_onnx, fp32_nodes=list(opts.fp32_layers), make_source=_batch_source(plan),
-            force=opts.force_fp16, normalization=plan.preprocess, contract_overrides=overrides, origin=origin,
-            extra_made={"build_inputs": inputs})
-    contract = read_contract(plan.prepared_onnx, **overrides)
-    count: Optional[int] = None
-    if calibration_batches is not None:
-        batches: Any = calibration_batches
+    if plan.precision == "int8" and calibration_batches is not None:
         inputs["calibration"] = "batches given by the caller"  # never matches a later plan: remade each time
-    elif opts.calib_csv:
-        from changenet_trt.engine.calibration import dataset_batches
-
-        count, batches = dataset_batches(opts.calib_csv, contract.input_shape, plan.profile.opt, opts.calib_batches,
-                                         images_dir=opts.calib_images, layout=opts.calib_layout,
-                                         normalization=plan.preprocess)
-    else:
+    elif plan.precision == "int8" and not opts.calib_csv:
         raise InputError("an INT8 build calibrates its Q/DQ model on real pairs",
                          expected="--calib-csv CSV (TAO layout), or a typed model cached from the same inputs "
                                   "({})".format(plan.typed_onnx), found="neither")
-    bar = progress.bar_for("calibrating (onnxruntime)", count, "batch")
-
-    def counted() -> Iterator[Any]:
-        for batch in batches:
-            bar.update(1)
-            yield batch
-
-    try:
-        return precisions.to_int8(
-            plan.prepared_onnx, plan.typed_onnx, counted(), method=opts.calib_method, exclude=list(opts.fp32_layers),
-            normalization=plan.preprocess, contract_overrides=overrides, origin=origin,
-            extra_made={"build_inputs": inputs})
-    finally:
-        bar.close()
+    pairs = TypedPairs(csv=opts.calib_csv, images=opts.calib_images, layout=opts.calib_layout,
+                       calib_batches=opts.calib_batches, batch=plan.profile.opt, proof_pairs=opts.proof_pairs)
+    return make_typed_model(
+        plan.prepared_onnx, plan.typed_onnx, plan.precision, pairs, fp32_layers=list(opts.fp32_layers),
+        force=opts.force_fp16, method=opts.calib_method,
+        calibration_batches=calibration_batches if plan.precision == "int8" else None,
+        normalization=plan.preprocess, contract_overrides=overrides, origin=origin,
+        extra_made={"build_inputs": inputs}, progress=progress.disable is not True, progress_file=progress.stream)
 
 
 def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] = None,
@@ -286,8 +247,9 @@ def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] 
             pairs = "calibration batches given by the caller" if fresh_batches else plan.pairs_description()
             what = "making the float16 model" if plan.precision == "fp16" else "making the INT8 Q/DQ model"
             with BuildProgress(stream=status_stream, enabled=opts.progress, desc=what) as progress:
-                report = _make_typed(plan, calibration_batches, progress)
-            for line in report.summary_lines():
+                result = _make_typed(plan, calibration_batches, progress)
+            report = result.report
+            for line in result.summary_lines():
                 log.info("%s", line)
         plan.apply_typed_model(graph_precision(plan.typed_onnx))
     elif plan.typed_source == "input":

@@ -144,7 +144,7 @@ def _constant_arrays(graph: Any, limit: Optional[int]) -> Dict[str, np.ndarray]:
     return out
 
 
-def onnx_type_proto() -> Any:
+def _empty_type() -> Any:
     """An empty TypeProto: an output whose type the evaluator finds out."""
     from onnx import TypeProto
 
@@ -268,7 +268,7 @@ class _Analyser:
             [node], "node",
             [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), None)
              for name, value in feeds.items()],
-            [helper.make_value_info(name, onnx_type_proto()) for name in node.output])
+            [helper.make_value_info(name, _empty_type()) for name in node.output])
         try:
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
             results = ReferenceEvaluator(model).run(None, feeds)

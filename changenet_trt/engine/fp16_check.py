@@ -36,6 +36,10 @@ DEFAULT_MAX_REL_ERROR = 1e-2
 
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _UPDATE_CHUNK = 1 << 20  # elements per statistics slice
+#: pairs per ONNX Runtime run while every activation is an output: all of a run's intermediates
+#: are alive at once (about 1.2 GB per pair on TAO's FAN-hybrid-small at 512x128), so memory is
+#: bounded by this, not by the number of pairs; statistics accumulate run by run
+ANALYSIS_PAIRS = 2
 
 
 def layer_name(node: Any) -> str:
@@ -213,22 +217,39 @@ def _expose(proto: Any, names: Sequence[str]) -> bytes:
     return proto.SerializeToString()
 
 
+def _runs(n: int, static: Optional[int], run_pairs: int) -> List[Tuple[int, int]]:
+    """Row ranges ``[lo, hi)`` of a batch of ``n`` pairs, one per ONNX Runtime run."""
+    step = static if static is not None else max(1, int(run_pairs))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
 def check_model(
     model: str,
     batches: Iterable[Tuple[np.ndarray, np.ndarray]],
     contract: Optional[ModelContract] = None,
     max_rel_error: float = DEFAULT_MAX_REL_ERROR,
     threads: Optional[int] = None,
+    run_pairs: int = ANALYSIS_PAIRS,
+    total: Optional[int] = None,
+    progress: bool = True,
+    progress_file: Any = None,
 ) -> Fp16Report:
     """Run ``model`` (ONNX path) on float32 ONNX Runtime with every float activation exposed.
 
     ``batches`` yields ``(golden, sample)`` preprocessed float arrays ``[n, 3, H, W]``; a
     static-batch model gets each batch padded to its batch with repeats of its pairs (padding
     rows are not counted where the batch axis is visible).
+    Memory is bounded by ``run_pairs`` pairs' intermediates, whatever the number of pairs:
+    each batch runs ``run_pairs`` pairs at a time and only running statistics are kept
+    (:class:`TensorStats`); a static-batch model runs its whole batch each time (its exposed
+    intermediates grow with that batch: check the dynamic model ``prepare`` writes). ``total``: pairs expected, for the progress bar (tqdm on stderr,
+    shown only on a terminal; ``progress=False`` hides it; ``progress_file``: another stream).
     Returns an :class:`Fp16Report`; layers are flagged when a tensor they produce or read
     exceeds 65504 (or its float16 relative error exceeds ``max_rel_error``), or when they read
     a weight beyond 65504.
     """
+    from tqdm import tqdm
+
     try:
         import onnxruntime as ort
     except ImportError:
@@ -276,32 +297,39 @@ def check_model(
     dtype = np.dtype(contract.input_dtype)
     pairs = 0
     skipped = set()
-    for golden, sample in batches:
-        n = int(golden.shape[0])
-        if n == 0:
-            continue
-        if static is not None and n > static:
-            raise InputError("a batch is larger than the model's static batch", expected=static, found=n)
-        feed = {}
-        for name, array in ((contract.golden_input, golden), (contract.sample_input, sample)):
-            if static is not None and n < static:
-                # pad with copies of the real pairs, not zeros: a tensor whose batch axis is
-                # folded away (and so cannot be sliced back) then holds only real values
-                array = np.take(np.asarray(array), np.arange(static) % n, axis=0)
-            feed[name] = np.ascontiguousarray(array, dtype=dtype)
-        results = session.run(out_names, feed)
-        for index, name in enumerate(out_names):
-            value, results[index] = np.asarray(results[index]), None  # free each output once measured
-            entry = stats.get(name)
-            if entry is None:
-                continue
-            if not np.issubdtype(value.dtype, np.floating):
-                skipped.add(name)  # an integer tensor the shape inference could not type
-                continue
-            if static is not None and value.ndim and value.shape[0] == static and n < static:
-                value = value[:n]
-            entry.update(value)
-        pairs += n
+    bar = tqdm(total=total, desc="fp16-check", unit="pair", disable=None if progress else True, leave=False,
+               file=progress_file)
+    try:
+        for golden, sample in batches:
+            n_batch = int(golden.shape[0])
+            if static is not None and n_batch > static:
+                raise InputError("a batch is larger than the model's static batch", expected=static, found=n_batch)
+            for lo, hi in _runs(n_batch, static, run_pairs):
+                n = hi - lo
+                feed = {}
+                for name, array in ((contract.golden_input, golden[lo:hi]), (contract.sample_input, sample[lo:hi])):
+                    if static is not None and n < static:
+                        # pad with copies of the real pairs, not zeros: a tensor whose batch axis is
+                        # folded away (and so cannot be sliced back) then holds only real values
+                        array = np.take(np.asarray(array), np.arange(static) % n, axis=0)
+                    feed[name] = np.ascontiguousarray(array, dtype=dtype)
+                results = session.run(out_names, feed)
+                for index, name in enumerate(out_names):
+                    value, results[index] = np.asarray(results[index]), None  # free each output once measured
+                    entry = stats.get(name)
+                    if entry is None:
+                        continue
+                    if not np.issubdtype(value.dtype, np.floating):
+                        skipped.add(name)  # an integer tensor the shape inference could not type
+                        continue
+                    if static is not None and value.ndim and value.shape[0] == static and n < static:
+                        value = value[:n]
+                    entry.update(value)
+                del results
+                pairs += n
+                bar.update(n)
+    finally:
+        bar.close()
     if pairs == 0:
         raise InputError("fp16-check needs at least one pair", found="0 pairs")
     tensors = sorted((s for name, s in stats.items() if name not in skipped), key=lambda t: t.name)

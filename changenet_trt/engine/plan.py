@@ -319,7 +319,8 @@ class BuildPlan:
                     opts.calib_batches, self.profile.opt, opts.calib_csv, opts.calib_method)
             return "calibration: none given (--calib-csv needed unless the typed model is cached)"
         if opts.calib_csv:
-            return "fp16-check and proof on the pairs of {}".format(opts.calib_csv)
+            return "fp16-check on the first {} batch(es) of {} pairs of {}, proof on the pairs after them".format(
+                opts.calib_batches, self.profile.opt, opts.calib_csv)
         return "fp16-check and proof on {} synthetic pairs (no --calib-csv)".format(opts.proof_pairs)
 
     def apply_typed_model(self, held: Dict[str, Any]) -> None:

@@ -47,6 +47,18 @@ class ErrorStats:
     beyond_tolerance: int  # elements failing |test - ref| <= atol + rtol * |ref|
     atol: float
     rtol: float
+    #: 10 log10(sum ref^2 / sum (test - ref)^2) over the finite elements, in dB (inf: identical)
+    sqnr_db: float = float("inf")
+
+
+def sqnr_db(signal_sq: float, noise_sq: float) -> float:
+    """Signal-to-quantization-noise ratio in dB from ``sum ref^2`` and ``sum (test - ref)^2``
+    (inf when there is no noise, -inf when there is no signal)."""
+    if noise_sq <= 0:
+        return float("inf")
+    if signal_sq <= 0:
+        return float("-inf")
+    return float(10.0 * np.log10(signal_sq / noise_sq))
 
 
 def _percentile(sorted_values: np.ndarray, p: float) -> float:
@@ -97,6 +109,8 @@ def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, r
         beyond_tolerance=beyond,
         atol=float(atol),
         rtol=float(rtol),
+        sqnr_db=sqnr_db(float(np.sum(np.where(both_finite, ref, 0.0) ** 2)),
+                        float(np.sum(np.where(both_finite, diff, 0.0) ** 2))),
     )
 
 
@@ -388,6 +402,7 @@ def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
         "  relative             max {:.4g}  mean {:.4g}  p99 {:.4g}".format(raw.rel_max, raw.rel_mean, raw.rel_p99),
         "  worst at {}: onnx {:.6g}, engine {:.6g}".format(raw.worst_index, raw.ref_at_worst, raw.test_at_worst),
         "  beyond atol {:g} + rtol {:g} * |onnx|: {} of {}".format(raw.atol, raw.rtol, raw.beyond_tolerance, raw.elements),
+        "  SQNR {:.1f} dB (10 log10 of sum onnx^2 / sum (engine - onnx)^2)".format(raw.sqnr_db),
     ]
     if raw.nonfinite:
         lines.append("  NaN/Inf on one side only: {} values".format(raw.nonfinite))

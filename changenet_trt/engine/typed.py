@@ -1,0 +1,177 @@
+"""The typed model (float16 or INT8 Q/DQ in the graph), made one way for ``prepare`` and ``build``.
+
+Both commands call :func:`make_typed_model`; it decides which pairs each step sees by one rule:
+
+* with a TAO data set, its first ``calib_batches x batch`` pairs are the *analysis* pairs (INT8
+  calibration; FP16's ``fp16-check`` range analysis) and the pairs after them are *held back*:
+  the typed model is compared with float32 on those only (decisions, FPR/capture, SQNR);
+* when no pair is held back (a small data set, or none), the comparison runs on ``proof_pairs``
+  synthetic pairs (:func:`~changenet_trt.evaluation.validate.synthetic_source`);
+* FP16 without a data set analyses and proves on the synthetic pairs; INT8 needs real pairs to
+  calibrate on (a data set, or ``calibration_batches`` from the API).
+
+Memory is bounded by a run of a few pairs in every step (see :mod:`.precision` and
+:mod:`.fp16_check`), whatever the data set's size.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class TypedPairs:
+    """Where the typed model's pairs come from: a TAO data set (``csv`` None for none, its
+    ``images`` root, light ``layout``, decode ``workers``), how many of its batches of
+    ``batch`` pairs are analysed (``calib_batches``), and the synthetic pairs proved on when
+    none are held back (``proof_pairs``)."""
+
+    csv: Optional[str] = None
+    images: Optional[str] = None
+    layout: Any = None
+    workers: Optional[int] = None
+    calib_batches: int = 32
+    batch: int = 16
+    proof_pairs: int = 64
+    on_problem: Optional[Callable[[Any], None]] = None
+
+
+@dataclass
+class TypedResult:
+    """The :class:`~changenet_trt.engine.precision.PrecisionReport` and where its pairs came from."""
+
+    report: Any
+    pairs: List[str] = field(default_factory=list)
+
+    def summary_lines(self) -> List[str]:
+        return ["pairs: " + line for line in self.pairs] + self.report.summary_lines()
+
+
+def head(source: Any, count: int) -> Any:
+    """The first ``count`` pairs of ``source`` (a PairSource)."""
+    from changenet_trt.evaluation.validate import PairSource
+
+    count = min(count, source.count)
+    return PairSource(
+        count=count, fill=source.fill,
+        description="the first {} of {}".format(count, source.description),
+        labels=None if source.labels is None else source.labels[:count], ids=list(source.ids[:count]),
+        failed=lambda: [i for i in source.failed() if i < count], close=source.close)
+
+
+def held_back(source: Any, skip: int) -> Any:
+    """The pairs of ``source`` (a PairSource) after its first ``skip``: those the analysis did not see."""
+    from changenet_trt.evaluation.validate import PairSource
+
+    def fill(golden: Any, sample: Any, lo: int, hi: int) -> None:
+        source.fill(golden, sample, lo + skip, hi + skip)
+
+    return PairSource(
+        count=source.count - skip, fill=fill,
+        description="{} held back (after the first {} of {})".format(source.count - skip, skip, source.description),
+        labels=None if source.labels is None else source.labels[skip:], ids=list(source.ids[skip:]),
+        failed=lambda: [i - skip for i in source.failed() if i >= skip], close=source.close)
+
+
+def _usable_pairs(pairs: TypedPairs) -> int:
+    from changenet_trt.data.dataset import load_dataset
+
+    return len(load_dataset(pairs.csv, images_dir=pairs.images, layout=pairs.layout).pairs)
+
+
+def make_typed_model(
+    model: PathLike,
+    out: PathLike,
+    precision: str,
+    pairs: TypedPairs,
+    fp32_layers: Sequence[str] = (),
+    force: bool = False,
+    method: str = "entropy",
+    calibration_batches: Optional[Iterable[Tuple[Any, Any]]] = None,
+    normalization: Any = None,
+    contract_overrides: Optional[Dict[str, Any]] = None,
+    origin: Optional[PathLike] = None,
+    extra_made: Optional[Dict[str, Any]] = None,
+    progress: bool = True,
+    progress_file: Any = None,
+) -> TypedResult:
+    """Write the float16 (``precision`` ``fp16``) or INT8 (``int8``) model of ``model`` (a
+    dynamic- or static-batch float32 ONNX) to ``out`` with the pairs of ``pairs`` (see the module
+    doc for the rule); ``fp32_layers``: nodes kept float32 (fp16) or float (int8);
+    ``calibration_batches``: INT8 calibration ``(golden, sample)`` batches given by the caller
+    instead of the data set's; ``progress``/``progress_file``: tqdm bars of the minutes-long steps
+    (shown on a terminal only; default stderr). The rest is :func:`~changenet_trt.engine.precision.to_fp16` /
+    :func:`~changenet_trt.engine.precision.to_int8`'s."""
+    from changenet_trt.contract import read_contract
+    from changenet_trt.engine import precision as precisions
+    from changenet_trt.errors import InputError
+    from changenet_trt.evaluation.validate import dataset_source, synthetic_source
+
+    if precision not in ("fp16", "int8"):
+        raise InputError("unknown precision for a typed model", expected="fp16 or int8", found=repr(precision))
+    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
+    contract = read_contract(os.fspath(model), **overrides)
+    described: List[str] = []
+
+    def synthetic(note: str) -> Any:
+        def make(c: Any, norm: Any) -> Any:
+            source = synthetic_source(pairs.proof_pairs, c.input_shape, norm, layout=pairs.layout)
+            if source.description + note not in described:
+                described.append(source.description + note)
+            return source
+
+        return make
+
+    def from_data_set(lo: int, hi: Optional[int]) -> Any:
+        def make(c: Any, norm: Any) -> Any:
+            source = dataset_source(pairs.csv, pairs.images, c.input_shape, norm, layout=pairs.layout,
+                                    on_problem=pairs.on_problem)
+            if lo:
+                source = held_back(source, lo)
+            elif hi is not None:
+                source = head(source, hi)
+            if source.description not in described:
+                described.append(source.description)
+            return source
+
+        return make
+
+    analysed = 0
+    total = _usable_pairs(pairs) if pairs.csv else 0
+    if pairs.csv and calibration_batches is None:
+        analysed = min(total, pairs.calib_batches * pairs.batch)
+    if pairs.csv and total > analysed:
+        proof = from_data_set(analysed, None)
+    elif pairs.csv and calibration_batches is None:
+        proof = synthetic(" (every pair of {} was analysed; none held back)".format(pairs.csv))
+    else:
+        proof = synthetic(" (no --calib-csv: give a data set to prove on your own pairs)" if not pairs.csv else "")
+    if precision == "fp16":
+        analysis = from_data_set(0, analysed) if pairs.csv else None
+        report = precisions.to_fp16(
+            model, out, fp32_nodes=list(fp32_layers), make_source=proof, analysis_source=analysis, force=force,
+            normalization=normalization, contract_overrides=overrides, origin=origin, extra_made=extra_made,
+            progress=progress, progress_file=progress_file)
+        return TypedResult(report, described)
+    count: Optional[int] = None
+    if calibration_batches is not None:
+        batches: Any = calibration_batches
+        described.append("calibration batches given by the caller")
+    elif pairs.csv:
+        from changenet_trt.engine.calibration import dataset_batches
+
+        count, batches = dataset_batches(pairs.csv, contract.input_shape, pairs.batch, pairs.calib_batches,
+                                         images_dir=pairs.images, layout=pairs.layout, normalization=normalization,
+                                         workers=pairs.workers)
+        described.append("calibration on the first {} pairs of {}".format(count * pairs.batch, pairs.csv))
+    else:
+        raise InputError("INT8 calibrates its Q/DQ model on real pairs",
+                         expected="a TAO data set (--calib-csv CSV [--calib-images DIR])", found="none")
+    report = precisions.to_int8(
+        model, out, batches, method=method, make_source=proof, exclude=list(fp32_layers), normalization=normalization,
+        contract_overrides=overrides, origin=origin, extra_made=extra_made,
+        calib_total=count * pairs.batch if count is not None else None, progress=progress,
+        progress_file=progress_file)
+    return TypedResult(report, described)
