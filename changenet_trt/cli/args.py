@@ -300,6 +300,8 @@ class PairSourceArgs:
         from changenet_trt.evaluation.validate import dataset_source, synthetic_source
 
         data = self.data_set.parse(args)
+        if data.csv and args.pairs and getattr(args, "_spec_defaults", {}).get("csv") == data.csv:
+            data.csv = data.images = None  # --pairs on the command line wins over a spec's test data set
         if data.csv and args.pairs:
             raise InputError("give either --csv (a data set) or --pairs (synthetic pairs), not both")
         pairs = args.pairs or self.default_pairs

@@ -297,7 +297,9 @@ class SpecUse:
         for keys, entry, value in self.used:
             given = getattr(args, entry.dest, value) if not entry.dest.startswith("_") else value
             shown = _show(value)
-            if given != value and not entry.dest.startswith("_"):
+            if entry.dest in ("csv", "images") and getattr(args, "pairs", None):  # synthetic pairs instead
+                lines.append("  {} = {}: overridden by the command line (--pairs {})".format(keys, shown, args.pairs))
+            elif given != value and not entry.dest.startswith("_"):
                 lines.append("  {} = {}: overridden by the command line ({} {})".format(
                     keys, shown, entry.flag, _show(given)))
             elif entry.dest.startswith("_"):

@@ -185,7 +185,10 @@ class FakeDevice:
         return stream
 
     def destroy_stream(self, stream: FakeStream) -> None:
-        if self._streams.pop(stream.handle, None) is not None:
+        # Handles restart at every reset: a stream of an earlier test, collected late, may share
+        # its handle with a live one, and must not remove it.
+        if self._streams.get(stream.handle) is stream:
+            del self._streams[stream.handle]
             self.counts["stream_destroy"] += 1
 
     def stream(self, handle: int) -> FakeStream:
