@@ -174,10 +174,11 @@ def _check_replaceable(target: str, what: str, inputs: Sequence[PathLike]) -> No
 SET_MANIFEST = ".changenet-trt-set.json"
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+    with open(os.fspath(path), "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -187,7 +188,7 @@ def _describe_set(folder: str) -> Dict[str, Dict[str, Any]]:
     entries = {}  # type: Dict[str, Dict[str, Any]]
     for entry in os.scandir(folder):
         if entry.name != SET_MANIFEST and entry.is_file(follow_symlinks=False):
-            entries[entry.name] = {"size": entry.stat(follow_symlinks=False).st_size, "sha256": _sha256(entry.path)}
+            entries[entry.name] = {"size": entry.stat(follow_symlinks=False).st_size, "sha256": file_sha256(entry.path)}
     return entries
 
 
@@ -207,7 +208,7 @@ def foreign_entries(folder: str) -> List[str]:
         known = recorded.get(entry.name)
         same = (isinstance(known, dict) and entry.is_file(follow_symlinks=False)
                 and known.get("size") == entry.stat(follow_symlinks=False).st_size
-                and known.get("sha256") == _sha256(entry.path))
+                and known.get("sha256") == file_sha256(entry.path))
         if not same:
             foreign.append(entry.name)
     return sorted(foreign)

@@ -6,7 +6,6 @@ The sidecar ``<engine>.json`` records all of that at build time; :func:`check_co
 explains, in one line per problem, why an engine cannot be used here.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -145,15 +144,6 @@ _FIELD_CHECKS = dict(
 def sidecar_path(engine_path: PathLike) -> str:
     """``engines/x.engine`` -> ``engines/x.engine.json``."""
     return os.fspath(engine_path) + SIDECAR_SUFFIX
-
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(os.fspath(path), "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_sidecar(engine_path: PathLike, meta: EngineMetadata) -> str:

@@ -11,7 +11,8 @@ from changenet_trt.cli import main
 from changenet_trt.engine.build import BatchProfile, build_engine_file, make_plan
 from changenet_trt.engine.precision import read_made
 from changenet_trt.errors import DependencyError, InputError
-from changenet_trt.sidecar import file_sha256, read_sidecar
+from changenet_trt.files import file_sha256
+from changenet_trt.sidecar import read_sidecar
 
 from fakes.device import DEVICE
 from helpers import build_options

@@ -272,7 +272,7 @@ def test_triton_repo_refuses_a_tampered_sidecar_in_one_line(tmp_path, capsys, ta
 def test_triton_repo_refuses_an_engine_its_sidecar_does_not_describe(tmp_path, capsys):
     import json
 
-    from changenet_trt.sidecar import file_sha256
+    from changenet_trt.files import file_sha256
 
     engine = triton_engine(tmp_path)
     with open(engine + ".json") as handle:

@@ -49,8 +49,8 @@ from changenet_trt.engine.plan import (
     read_layer_patterns,
 )
 from changenet_trt.errors import BuildError, ChangeNetError, InputError
-from changenet_trt.files import atomic_write, check_output_file
-from changenet_trt.sidecar import EngineMetadata, file_sha256, sidecar_path, write_sidecar
+from changenet_trt.files import atomic_write, check_output_file, file_sha256
+from changenet_trt.sidecar import EngineMetadata, sidecar_path, write_sidecar
 
 # The plan's names, importable from here as before the plan had its own module.
 __all__ = [

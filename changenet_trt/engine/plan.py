@@ -35,7 +35,8 @@ from packaging.version import Version
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
 from changenet_trt.defaults import ENGINE_PROFILE, ENGINES_DIR
 from changenet_trt.errors import ChangeNetError, InputError
-from changenet_trt.sidecar import file_sha256, gpu_slug, sidecar_path
+from changenet_trt.files import file_sha256
+from changenet_trt.sidecar import gpu_slug, sidecar_path
 
 log = logging.getLogger("changenet_trt.engine.plan")
 

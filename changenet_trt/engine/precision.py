@@ -23,7 +23,6 @@ write it atomically.
 
 import contextlib
 import fnmatch
-import hashlib
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ import numpy as np
 
 from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR, FP16_MAX, FP16_MIN_SUBNORMAL, layer_name
 from changenet_trt.errors import BuildError, ChangeNetError, InputError, missing_dependency
+from changenet_trt.files import file_sha256
 
 PathLike = Union[str, "os.PathLike[str]"]
 Batch = Tuple[np.ndarray, np.ndarray]  # (golden, sample), each float32 [n, C, H, W]
@@ -198,14 +198,6 @@ def _constants_of(proto: Any, nodes: Sequence[str]) -> List[str]:
     return found
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _set_meta(proto: Any, made: Dict[str, Any]) -> None:
     for prop in list(proto.metadata_props):
         if prop.key == META_PRECISION:
@@ -218,9 +210,9 @@ def _set_meta(proto: Any, made: Dict[str, Any]) -> None:
 def _provenance(source: str, origin: Optional[PathLike]) -> Dict[str, str]:
     """The sha256 of the model converted and, when it was itself made from another file (a
     static-batch original made dynamic first), that file's sha256 too."""
-    made = {"source_sha256": _sha256(source)}
+    made = {"source_sha256": file_sha256(source)}
     if origin is not None:
-        made["origin_sha256"] = _sha256(os.fspath(origin))
+        made["origin_sha256"] = file_sha256(origin)
     return made
 
 

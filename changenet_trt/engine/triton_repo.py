@@ -323,7 +323,8 @@ def write_model_repository(
             if max_batch > profile_max:
                 raise InputError("the max batch exceeds the engine's optimisation profile",
                                  expected="<= {}".format(profile_max), found=max_batch)
-            from changenet_trt.sidecar import file_sha256, sidecar_path
+            from changenet_trt.files import file_sha256
+            from changenet_trt.sidecar import sidecar_path
 
             if meta.engine_sha256 and file_sha256(source) != meta.engine_sha256:
                 raise EngineError("the engine {} is not the one its sidecar describes (sha256 differs): it was "
