@@ -106,6 +106,25 @@ def markdown(cpu: Dict[str, object], rows: Dict[str, List[Dict[str, float]]], ra
     return "\n".join(lines)
 
 
+def measure_rounds(paths: Dict[str, str], batch: int, queries: int, rounds: int,
+                   no_wait: bool) -> Dict[str, List[Dict[str, float]]]:
+    """``name -> one time_session result per round`` for every model of ``paths``.
+
+    Each round measures every model once; the order rotates by one per round, so no model is
+    always the one that runs first (or right after another's load).
+    """
+    rows = {name: [] for name in paths}  # type: Dict[str, List[Dict[str, float]]]
+    names = list(paths)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            measure = functools.partial(time_session, paths[name], batch, queries)
+            out = measure_loaded(measure) if no_wait else undisturbed(measure)
+            rows[name].append(out)
+            print("  round {} {:<8} {:7.2f} pairs/s ({:.0f} ms per batch; other processes {:.1%} of the CPUs)".format(
+                r + 1, name, out["fps"], out["ms_per_query"], out["foreign_cpu"]), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="realistic-learnable", choices=["realistic-learnable", "realistic-euclidean"])
@@ -134,18 +153,8 @@ def main() -> int:
         for line in report.summary_lines():
             print(line)
     accuracy = report.validation
-    rows = {"float32": [], "int8": []}  # type: Dict[str, List[Dict[str, float]]]
-    paths = {"float32": source, "int8": int8_path}
-    ratios = []
-    for r in range(args.rounds):
-        order = ["float32", "int8"] if r % 2 == 0 else ["int8", "float32"]
-        for name in order:
-            measure = functools.partial(time_session, paths[name], args.batch, args.queries)
-            out = measure_loaded(measure) if args.no_wait else undisturbed(measure)
-            rows[name].append(out)
-            print("  round {} {:<8} {:7.2f} pairs/s ({:.0f} ms per batch; other processes {:.1%} of the CPUs)".format(
-                r + 1, name, out["fps"], out["ms_per_query"], out["foreign_cpu"]), flush=True)
-        ratios.append(rows["int8"][-1]["fps"] / rows["float32"][-1]["fps"])
+    rows = measure_rounds({"float32": source, "int8": int8_path}, args.batch, args.queries, args.rounds, args.no_wait)
+    ratios = [i["fps"] / f["fps"] for i, f in zip(rows["int8"], rows["float32"])]
     print()
     print(markdown(cpu, rows, ratios, args.batch))
     metrics = accuracy.metrics

@@ -13,7 +13,6 @@ what a CPU deployment of the typed files costs, not what TensorRT makes of them.
 """
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -23,8 +22,7 @@ from typing import Dict, List
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_int8_cpu import cpu_description, measure_loaded, time_session  # noqa: E402
-from bench_runners import undisturbed  # noqa: E402
+from bench_int8_cpu import cpu_description, measure_rounds  # noqa: E402
 
 
 def markdown(cpu: Dict[str, object], rows: Dict[str, List[Dict[str, float]]], ratios: Dict[str, List[float]],
@@ -67,19 +65,8 @@ def main() -> int:
     cpu = cpu_description()
     print("cpu: {} ({} cores), int8 flags {}, onnxruntime {}".format(
         cpu["model"], cpu["cores"], cpu["int8_flags"], onnxruntime.__version__), flush=True)
-    rows = {name: [] for name in paths}  # type: Dict[str, List[Dict[str, float]]]
-    ratios = {name: [] for name in paths}  # type: Dict[str, List[float]]
-    names = list(paths)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            measure = functools.partial(time_session, paths[name], args.batch, args.queries)
-            out = measure_loaded(measure) if args.no_wait else undisturbed(measure)
-            rows[name].append(out)
-            print("  round {} {:<8} {:7.2f} pairs/s ({:.0f} ms per batch; other processes {:.1%} of the CPUs)".format(
-                r + 1, name, out["fps"], out["ms_per_query"], out["foreign_cpu"]), flush=True)
-        for name in names:
-            ratios[name].append(rows[name][-1]["fps"] / rows["float32"][-1]["fps"])
+    rows = measure_rounds(paths, args.batch, args.queries, args.rounds, args.no_wait)
+    ratios = {name: [m["fps"] / f["fps"] for m, f in zip(rows[name], rows["float32"])] for name in paths}
     print()
     print(markdown(cpu, rows, ratios, args.batch))
     if args.json:
