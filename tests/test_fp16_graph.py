@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from changenet_trt.cli import main
 from changenet_trt.engine import precision
 
 
@@ -179,6 +180,37 @@ def test_fp16_check_runs_a_few_pairs_at_a_time_and_its_statistics_do_not_depend_
     assert {"/ls/Mul", "/Add"} <= flagged
 
 
+def test_fp16_check_of_a_static_batch_export_runs_a_few_pairs_at_a_time(tao_like_models, tmp_path, monkeypatch, capsys):
+    """TAO's default export has a static batch of 16: fp16-check makes it dynamic (proven) so a run
+    holds 2 pairs' activations, not 16 (16 x 1.2 GB on the real model), and finds what the dynamic
+    export's check finds."""
+    from changenet_trt.engine import fp16_check
+
+    static = tao_like_models["learnable_static16"]
+    rows = []
+    real_session = ort.InferenceSession
+
+    class Recording(real_session):
+        def run(self, names, feed, *args, **kwargs):
+            if len(names) > 1:  # the exposed-activations session, not the proof's
+                rows.append(int(next(iter(feed.values())).shape[0]))
+            return super().run(names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+    out = tmp_path / "layers.txt"
+    code = main(["fp16-check", static, "--pairs", "5", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code in (0, 1)
+    assert rows == [2, 2, 1], rows
+    assert "static batch 16 made dynamic" in printed
+    rng = np.random.default_rng(2)
+    pairs = [tuple(rng.normal(size=(3, 3, 512, 128)).astype(np.float32) for _ in range(2))]
+    dynamic = fp16_check.check_model(tao_like_models["learnable_dynamic"], pairs, progress=False)
+    report = fp16_check.check_model(static, pairs, progress=False)
+    assert report.pairs == 3 and "made dynamic" in report.runs
+    assert {layer.layer for layer in report.layers} == {layer.layer for layer in dynamic.layers}
+
+
 def test_sqnr_of_raw_outputs():
     from changenet_trt.evaluation.validate import error_stats, sqnr_db
 
@@ -221,9 +253,16 @@ def test_every_tao_like_export_converts_to_a_strictly_typed_float16_graph(tao_li
     assert error_stats(ref, out).sqnr_db > 30
 
 
-def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models, tmp_path):
+def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models, tmp_path, monkeypatch):
+    from changenet_trt import api
+
     out = str(tmp_path / "fp16.onnx")
+    loaded = []
+    real_load = api.load
+    monkeypatch.setattr(api, "load", lambda model, *a, **k: loaded.append(str(model)) or real_load(model, *a, **k))
     report = precision.to_fp16(tao_like_models["learnable_dynamic"], out, make_source=_synthetic(6), progress=False)
+    # the float32 original runs once for both proofs (float16 storage emulated, and the file itself)
+    assert loaded.count(str(tao_like_models["learnable_dynamic"])) == 1 and len(loaded) == 3, loaded
     assert report.validation.raw.sqnr_db > 30 and report.direct.raw.sqnr_db > 30
     assert "dB" in report.details["raw-output SQNR vs float32"]
     assert report.details["MatMul/Conv/Gemm weights in float16"].endswith("elements")

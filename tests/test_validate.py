@@ -115,6 +115,28 @@ def test_identical_models_pass_with_zero_error(models):
     assert counts["tp"] + counts["fn"] == int(report.labels.sum())
 
 
+def test_validate_all_runs_the_reference_once_for_several_models(models, monkeypatch):
+    from changenet_trt import api
+
+    calls = []
+    real_load = api.load
+
+    def counting_load(model, *args, **kwargs):
+        classifier = real_load(model, *args, **kwargs)
+        predict = classifier.predict
+        classifier.predict = lambda g, s: calls.append(str(model)) or predict(g, s)
+        return classifier
+
+    monkeypatch.setattr(api, "load", counting_load)
+    same, drift = validate.validate_all([models["same"], models["drift"]], models["ref"], _synthetic(12),
+                                        backend="onnxruntime", chunk=4)
+    assert calls.count(models["ref"]) == 3 and calls.count(models["same"]) == 3 and calls.count(models["drift"]) == 3
+    assert same.passed and same.raw.abs_max == 0.0
+    alone = validate.validate(models["drift"], models["ref"], _synthetic(12), backend="onnxruntime")
+    assert drift.flips.indices == alone.flips.indices and np.array_equal(drift.test_scores, alone.test_scores)
+    assert np.array_equal(same.ref_scores, drift.ref_scores)
+
+
 def test_drifted_model_flips_decisions_and_fails(models):
     report = validate.validate(models["drift"], models["ref"], _synthetic(24), backend="onnxruntime")
     ref_s, test_s, cutoff = report.ref_scores, report.test_scores, report.flips.cutoff

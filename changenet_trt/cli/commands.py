@@ -985,6 +985,7 @@ class Fp16Check(Command):
         source = make_source(contract, get_normalization(norm or contract.preprocess))
         try:
             # every activation of a run is held at once: check_model runs ANALYSIS_PAIRS pairs at a time
+            # (a static batch is made dynamic for it)
             batch = contract.static_batch or fp16_check.ANALYSIS_PAIRS
             report = fp16_check.check_model(
                 args.model, fp16_check.source_batches(source, batch, contract.input_shape), contract=contract,

@@ -20,7 +20,7 @@ format ``build --fp32-layers @FILE`` reads.
 """
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -147,6 +147,8 @@ class Fp16Report:
     weights: List[TensorStats]
     max_rel_error: float
     layers: List[FlaggedLayer]
+    #: how the pairs were run (pairs per run; a static batch made dynamic for it, or why not)
+    runs: str = ""
 
     @property
     def overflow(self) -> List[TensorStats]:
@@ -172,6 +174,7 @@ class Fp16Report:
             "fp16_max": FP16_MAX,
             "fp16_min_normal": FP16_MIN_NORMAL,
             "max_rel_error": self.max_rel_error,
+            "runs": self.runs,
             "overflow": [t.name for t in self.overflow],
             "fp32_layers": [asdict(layer) for layer in self.layers],
             "tensors": [t.to_dict() for t in self.tensors],
@@ -223,6 +226,27 @@ def _runs(n: int, static: Optional[int], run_pairs: int) -> List[Tuple[int, int]
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
 
+def _dynamic_for_runs(proto: Any, contract: ModelContract, run_pairs: int) -> Tuple[Optional[Any], str]:
+    """``proto`` (static batch) made dynamic as ``prepare`` does and proven at ``run_pairs`` against
+    its own batch, so that a run holds ``run_pairs`` pairs' activations instead of its whole batch's
+    (16 x 1.2 GB on TAO's FAN export). Returns ``(model, note)``; the model is None, and the note
+    says why, when the batch cannot be made dynamic."""
+    from changenet_trt.engine.prepare import make_dynamic, prove
+    from changenet_trt.errors import BuildError
+
+    static = contract.static_batch
+    try:
+        dynamic, _ = make_dynamic(proto, static, contract)
+        checks = prove(proto, dynamic, contract, [run_pairs], original_batch=static)
+    except BuildError as exc:
+        return None, "the whole static batch of {} per run: it cannot be made dynamic ({})".format(static, exc)
+    if not all(check.ok for check in checks):
+        return None, "the whole static batch of {} per run: its dynamic rewrite differs at batch {}".format(
+            static, run_pairs)
+    return dynamic, "{} pairs per run (static batch {} made dynamic as prepare does, proven equal at batch {})".format(
+        run_pairs, static, run_pairs)
+
+
 def check_model(
     model: str,
     batches: Iterable[Tuple[np.ndarray, np.ndarray]],
@@ -236,13 +260,13 @@ def check_model(
 ) -> Fp16Report:
     """Run ``model`` (ONNX path) on float32 ONNX Runtime with every float activation exposed.
 
-    ``batches`` yields ``(golden, sample)`` preprocessed float arrays ``[n, 3, H, W]``; a
-    static-batch model gets each batch padded to its batch with repeats of its pairs (padding
-    rows are not counted where the batch axis is visible).
+    ``batches`` yields ``(golden, sample)`` preprocessed float arrays ``[n, 3, H, W]``.
     Memory is bounded by ``run_pairs`` pairs' intermediates, whatever the number of pairs:
     each batch runs ``run_pairs`` pairs at a time and only running statistics are kept
-    (:class:`TensorStats`); a static-batch model runs its whole batch each time (its exposed
-    intermediates grow with that batch: check the dynamic model ``prepare`` writes). ``total``: pairs expected, for the progress bar (tqdm on stderr,
+    (:class:`TensorStats`). A static-batch model is made dynamic for the runs (as ``prepare``
+    does, proven first); one whose batch cannot be made dynamic runs its whole batch each time,
+    each batch padded with repeats of its pairs (padding rows are not counted where the batch
+    axis is visible). ``total``: pairs expected, for the progress bar (tqdm on stderr,
     shown only on a terminal; ``progress=False`` hides it; ``progress_file``: another stream).
     Returns an :class:`Fp16Report`; layers are flagged when a tensor they produce or read
     exceeds 65504 (or its float16 relative error exceeds ``max_rel_error``), or when they read
@@ -262,6 +286,11 @@ def check_model(
     contract = contract or read_contract(model)
     load_onnx(model)  # a clear error for a missing or unreadable file
     proto = onnx.load(model)  # with external weights, which the check needs
+    runs = "{} pairs per run".format(run_pairs)
+    if contract.static_batch is not None:
+        dynamic, runs = _dynamic_for_runs(proto, contract, run_pairs)
+        if dynamic is not None:
+            proto, contract = dynamic, replace(contract, static_batch=None)
     names, producers, consumers = _float_tensor_names(proto)
     if not names:
         raise ModelContractError("the model has no float tensors to check", found="{} nodes".format(len(proto.graph.node)))
@@ -339,6 +368,7 @@ def check_model(
         tensors=tensors,
         weights=weights,
         max_rel_error=max_rel_error,
+        runs=runs,
         layers=_flag_layers(proto.graph.node, tensors, weights, producers, consumers, max_rel_error),
     )
 
@@ -436,8 +466,9 @@ def format_report(report: Fp16Report, top: int = 10) -> List[str]:
         "float16: max {:g}, smallest normal {:.2g}, smallest subnormal {:.2g}".format(
             FP16_MAX, FP16_MIN_NORMAL, FP16_MIN_SUBNORMAL
         ),
-        "",
     ]
+    lines += ["runs: " + report.runs] if report.runs else []
+    lines.append("")
     overflow = report.overflow
     if overflow:
         lines.append("OUT OF FLOAT16 RANGE ({} tensor{}):".format(len(overflow), "" if len(overflow) == 1 else "s"))

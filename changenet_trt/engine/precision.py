@@ -237,16 +237,16 @@ def _default_source(pairs: int = DEFAULT_PROOF_PAIRS, seed: int = 0) -> SourceFa
     return make
 
 
-def _compare(typed_path: str, original: str, make_source: SourceFactory, cutoff: Optional[float],
+def _compare(typed_paths: Sequence[str], original: str, make_source: SourceFactory, cutoff: Optional[float],
              normalization: Any, batch_size: Optional[int], contract_overrides: Optional[Dict[str, Any]],
-             atol: float, rtol: float, threads: Optional[int]) -> Any:
-    """``validate`` of the typed model (ONNX Runtime) against the float32 original."""
-    from changenet_trt.evaluation.validate import validate
+             atol: float, rtol: float, threads: Optional[int]) -> List[Any]:
+    """``validate`` of each typed model (ONNX Runtime) against the float32 original, which runs once."""
+    from changenet_trt.evaluation.validate import validate_all
 
     options = {"threads": threads} if threads else None
-    return validate(typed_path, original, make_source, cutoff=cutoff, atol=atol, rtol=rtol, max_flips=0,
-                    backend="onnxruntime", batch_size=batch_size, normalization=normalization,
-                    contract_overrides=contract_overrides, engine_options=options)
+    return validate_all(list(typed_paths), original, make_source, cutoff=cutoff, atol=atol, rtol=rtol, max_flips=0,
+                        backend="onnxruntime", batch_size=batch_size, normalization=normalization,
+                        contract_overrides=contract_overrides, engine_options=options)
 
 
 # -- float16 -------------------------------------------------------------------------------------
@@ -700,10 +700,8 @@ def to_fp16(
         with open(candidate, "wb") as handle:
             handle.write(payload)
         onnx.save(emulate_fp16(converted), emulated)
-        validation = _compare(emulated, source, make_source, cutoff, normalization, batch_size, overrides,
-                              atol, rtol, threads)
-        direct = _compare(candidate, source, make_source, cutoff, normalization, batch_size, overrides,
-                          atol, rtol, threads)
+        validation, direct = _compare([emulated, candidate], source, make_source, cutoff, normalization, batch_size,
+                                      overrides, atol, rtol, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     validation.test_model = "{} (float16 storage emulated)".format(output)
@@ -1147,8 +1145,8 @@ def to_int8(
         with open(quant_path, "wb") as handle:
             handle.write(payload)
         del model, quantized
-        validation = _compare(quant_path, source, make_source or _default_source(), cutoff, normalization,
-                              batch_size, overrides, 1e-2, 1e-2, threads)
+        validation, = _compare([quant_path], source, make_source or _default_source(), cutoff, normalization,
+                               batch_size, overrides, 1e-2, 1e-2, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     validation.test_model = output

@@ -12,7 +12,7 @@ of both when the pairs are labelled. :func:`validate` returns a :class:`Validati
 """
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -255,33 +255,39 @@ def write_json(report: ValidationReport, path: str) -> str:
 FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]
 
 
-def run_side_by_side(reference: Any, test: Any, count: int, fill: FillFn, chunk: int = CHUNK_PAIRS) -> Sequence[np.ndarray]:
-    """Run ``count`` pairs through two :class:`~changenet_trt.api.Classifier` objects.
+def run_side_by_side(reference: Any, tests: Sequence[Any], count: int, fill: FillFn,
+                     chunk: int = CHUNK_PAIRS) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Run ``count`` pairs through a reference and one or more test
+    :class:`~changenet_trt.api.Classifier` objects.
 
     Pairs are preprocessed once per chunk (``fill(golden, sample, lo, hi)`` writes normalised
-    float32 ``[hi-lo, C, H, W]``) and the same arrays go to both. Returns the raw outputs
-    ``(reference_raw, test_raw)`` ``[count, ...]``.
+    float32 ``[hi-lo, C, H, W]``) and the same arrays go to every model; the reference runs
+    once whatever the number of tests. Returns ``(reference_raw, [test_raw, ...])``, each
+    ``[count, ...]``.
     """
     if count < 1:
         raise InputError("nothing to validate", expected="at least one pair", found=count)
     shape = tuple(reference.contract.input_shape)
-    if tuple(test.contract.input_shape) != shape:
-        raise InputError(
-            "the engine and the ONNX model take different image sizes",
-            expected="[B,{},{},{}] (ONNX)".format(*shape),
-            found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
-        )
+    for test in tests:
+        if tuple(test.contract.input_shape) != shape:
+            raise InputError(
+                "the engine and the ONNX model take different image sizes",
+                expected="[B,{},{},{}] (ONNX)".format(*shape),
+                found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
+            )
     step = max(1, int(chunk))
     golden = np.empty((min(step, count),) + shape, dtype=np.float32)
     sample = np.empty_like(golden)
-    ref_out, test_out = [], []
+    ref_out: List[np.ndarray] = []
+    test_out: List[List[np.ndarray]] = [[] for _ in tests]
     for lo in range(0, count, step):
         hi = min(lo + step, count)
         g, s = golden[: hi - lo], sample[: hi - lo]
         fill(g, s, lo, hi)
         ref_out.append(reference.predict(g, s).raw)
-        test_out.append(test.predict(g, s).raw)
-    return np.concatenate(ref_out, axis=0), np.concatenate(test_out, axis=0)
+        for outs, test in zip(test_out, tests):
+            outs.append(test.predict(g, s).raw)
+    return np.concatenate(ref_out, axis=0), [np.concatenate(outs, axis=0) for outs in test_out]
 
 
 @dataclass
@@ -328,60 +334,79 @@ def compare(
     preprocessed arrays. Raw outputs are compared elementwise, scores (``contract.score``) per
     pair, decisions at ``cutoff``.
     """
+    return compare_all(reference, [test], source, cutoff, atol, rtol, max_flips, chunk)[0]
+
+
+def compare_all(
+    reference: Any,
+    tests: Sequence[Any],
+    source: PairSource,
+    cutoff: float,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    max_flips: int = DEFAULT_MAX_FLIPS,
+    chunk: int = CHUNK_PAIRS,
+) -> List[ValidationReport]:
+    """:func:`compare` of each of ``tests`` against ``reference``, which runs once: one report per test."""
     from changenet_trt.contract import score
 
     if atol < 0 or rtol < 0:
         raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
     if max_flips < 0:
         raise InputError("--max-flips must be >= 0", found=max_flips)
-    if reference.contract.output_kind != test.contract.output_kind:
-        raise InputError(
-            "the engine and the ONNX model have different output kinds",
-            expected=reference.contract.output_kind,
-            found=test.contract.output_kind,
-        )
-    ref_raw, test_raw = run_side_by_side(reference, test, source.count, source.fill, chunk=chunk)
+    for test in tests:
+        if reference.contract.output_kind != test.contract.output_kind:
+            raise InputError(
+                "the engine and the ONNX model have different output kinds",
+                expected=reference.contract.output_kind,
+                found=test.contract.output_kind,
+            )
+    ref_all, test_all = run_side_by_side(reference, tests, source.count, source.fill, chunk=chunk)
     keep = np.ones(source.count, dtype=bool)
     keep[list(source.failed())] = False
     if not keep.any():
         raise InputError("no pair could be read", expected="at least one readable pair", found="0 of {}".format(source.count))
-    ref_raw, test_raw = ref_raw[keep], test_raw[keep]
-    if ref_raw.shape != test_raw.shape:
-        raise InputError(
-            "the engine and the ONNX model give outputs of different shapes",
-            expected=list(ref_raw.shape),
-            found=list(test_raw.shape),
-        )
+    ref_raw = ref_all[keep]
     kind = reference.contract.output_kind
     ref_scores = score(ref_raw, kind)
-    test_scores = score(test_raw, kind)
     labels = source.labels[keep] if source.labels is not None else None
     ids = [i for i, k in zip(source.ids, keep) if k] if source.ids else []
-    metrics = {}
-    if labels is not None:
-        from changenet_trt.evaluation.metrics import confusion
+    reports = []
+    for test, raw in zip(tests, test_all):
+        test_raw = raw[keep]
+        if ref_raw.shape != test_raw.shape:
+            raise InputError(
+                "the engine and the ONNX model give outputs of different shapes",
+                expected=list(ref_raw.shape),
+                found=list(test_raw.shape),
+            )
+        test_scores = score(test_raw, kind)
+        metrics = {}
+        if labels is not None:
+            from changenet_trt.evaluation.metrics import confusion
 
-        for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
-            metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
-    return ValidationReport(
-        test_model=getattr(test.runner, "model_path", "?"),
-        test_backend=test.runner.name,
-        reference_model=getattr(reference.runner, "model_path", "?"),
-        reference_backend=reference.runner.name,
-        pairs=int(keep.sum()),
-        source=source.description,
-        output_name=reference.contract.output,
-        output_kind=kind,
-        raw=error_stats(ref_raw, test_raw, atol, rtol),
-        score=error_stats(ref_scores, test_scores, atol, rtol),
-        flips=decision_flips(ref_scores, test_scores, cutoff),
-        max_flips=int(max_flips),
-        ids=ids,
-        ref_scores=ref_scores,
-        test_scores=test_scores,
-        labels=labels,
-        metrics=metrics,
-    )
+            for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
+                metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
+        reports.append(ValidationReport(
+            test_model=getattr(test.runner, "model_path", "?"),
+            test_backend=test.runner.name,
+            reference_model=getattr(reference.runner, "model_path", "?"),
+            reference_backend=reference.runner.name,
+            pairs=int(keep.sum()),
+            source=source.description,
+            output_name=reference.contract.output,
+            output_kind=kind,
+            raw=error_stats(ref_raw, test_raw, atol, rtol),
+            score=error_stats(ref_scores, test_scores, atol, rtol),
+            flips=decision_flips(ref_scores, test_scores, cutoff),
+            max_flips=int(max_flips),
+            ids=ids,
+            ref_scores=ref_scores,
+            test_scores=test_scores,
+            labels=labels,
+            metrics=metrics,
+        ))
+    return reports
 
 
 def _pct(value: Optional[float]) -> str:
@@ -540,16 +565,42 @@ def validate(
     normalisation. ``cutoff`` defaults to the ONNX model's recommended cutoff; the engine is
     run with the same cutoff and normalisation.
     """
+    return validate_all([engine], onnx_model, make_source, cutoff, atol, rtol, max_flips, backend, batch_size,
+                        normalization, contract_overrides, engine_options, chunk)[0]
+
+
+def validate_all(
+    engines: Sequence[str],
+    onnx_model: str,
+    make_source: Callable[[Any, Any], PairSource],
+    cutoff: Optional[float] = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    max_flips: int = DEFAULT_MAX_FLIPS,
+    backend: str = "auto",
+    batch_size: Optional[int] = None,
+    normalization: Any = None,
+    contract_overrides: Optional[Dict[str, Any]] = None,
+    engine_options: Optional[Dict[str, Any]] = None,
+    chunk: int = CHUNK_PAIRS,
+) -> List[ValidationReport]:
+    """:func:`validate` of each of ``engines`` against ``onnx_model``, which runs once on the pairs
+    (a float16 model and its float16-storage emulation share one float32 pass): one report each."""
+    from contextlib import ExitStack
+
     from changenet_trt.api import load
 
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
-              normalization=normalization, **overrides) as reference:
-        with load(engine, cutoff=reference.cutoff, backend=backend, batch_size=batch_size,
-                  normalization=reference.normalization, **dict(overrides, **(engine_options or {}))) as test:
-            source = make_source(reference.contract, reference.normalization)
-            try:
-                return compare(reference, test, source, reference.cutoff, atol=atol, rtol=rtol,
+    with ExitStack() as stack:
+        reference = stack.enter_context(load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
+                                             normalization=normalization, **overrides))
+        tests = [stack.enter_context(load(engine, cutoff=reference.cutoff, backend=backend, batch_size=batch_size,
+                                          normalization=reference.normalization,
+                                          **dict(overrides, **(engine_options or {}))))
+                 for engine in engines]
+        source = make_source(reference.contract, reference.normalization)
+        try:
+            return compare_all(reference, tests, source, reference.cutoff, atol=atol, rtol=rtol,
                                max_flips=max_flips, chunk=chunk)
-            finally:
-                source.close()
+        finally:
+            source.close()
