@@ -403,3 +403,42 @@ def test_library_warnings_print_as_warning_lines():
                            "logging.getLogger('changenet_trt.api').warning('cutoff 3 is above every score')\n"],
                           capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip() == "warning: cutoff 3 is above every score"
+
+
+# -- argument groups: parsed by the command that registered them ------------------------------------
+def _minimal_argv(parser):
+    """Placeholder values for a command's positionals and required options."""
+    positionals = [a for a in parser._actions if not a.option_strings]
+    required = [s for a in parser._actions if a.required and a.option_strings for s in (a.option_strings[0], "X")]
+    return ["X"] * len(positionals) + required
+
+
+def test_every_command_receives_the_values_of_the_groups_it_registered(monkeypatch):
+    parser = build_parser()
+    for name, command in parser.commands.items():
+        received = []
+        for key, group in command.groups.items():
+            monkeypatch.setattr(group, "parse", lambda args, key=key: ("parsed", key))
+        monkeypatch.setattr(command, "run", lambda args, values, received=received: received.append(values) or 0)
+        args = parser.parse_args([name] + _minimal_argv(command.parser))
+        assert command.execute(args) == 0
+        assert len(received) == 1
+        assert vars(received[0]) == {key: ("parsed", key) for key in command.groups}, name
+
+
+def test_a_bad_group_value_stops_the_command_before_it_runs(monkeypatch, capsys):
+    from changenet_trt.cli.commands import data
+
+    ran = []
+    monkeypatch.setattr(data.Infer, "run", lambda self, args, values: ran.append(values) or 0)
+    assert main(["infer", "m.onnx", "--golden", "g.png", "--sample", "s.png", "--providers", ","]) == 2
+    assert "--providers names no provider" in capsys.readouterr().err and not ran
+
+
+def test_build_defaults_are_the_engines():
+    from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES
+    from changenet_trt.engine.precision import DEFAULT_PROOF_PAIRS, INT8_METHODS
+
+    args = subcommands()["build"].parse_args(["m.onnx"])
+    assert (args.calib_batches, args.proof_pairs, args.calib_method) == (
+        DEFAULT_CALIB_BATCHES, DEFAULT_PROOF_PAIRS, INT8_METHODS[0])

@@ -67,14 +67,15 @@ def test_resolve_refuses_names_that_do_not_exist():
 
 def package_tree():
     """{group: [module stems]}: group "" holds the top-level modules, else a subpackage's name
-    (``__init__`` and ``__main__`` left out)."""
+    (``__init__`` and ``__main__`` left out; a package inside a subpackage counts as one module)."""
     tree = {"": []}
     for name in sorted(os.listdir(PACKAGE_DIR)):
         path = os.path.join(PACKAGE_DIR, name)
         if name.endswith(".py") and name != "__init__.py":
             tree[""].append(name[:-3])
         elif os.path.isfile(os.path.join(path, "__init__.py")):
-            tree[name] = sorted(n[:-3] for n in os.listdir(path) if n.endswith(".py") and not n.startswith("__"))
+            tree[name] = sorted(n[:-3] if n.endswith(".py") else n for n in os.listdir(path) if not n.startswith("__")
+                                and (n.endswith(".py") or os.path.isfile(os.path.join(path, n, "__init__.py"))))
     return tree
 
 

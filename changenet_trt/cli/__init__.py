@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if spec is not None:
         print("\n".join(spec.report(args)), file=sys.stderr)
     try:
-        return int(args._command.run(args) or 0)
+        return int(args._command.execute(args) or 0)
     except ChangeNetError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return exc.exit_code

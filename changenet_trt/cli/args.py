@@ -2,7 +2,8 @@
 
 A group puts its options on a command's parser with ``add_to(parser)`` and turns the parsed
 namespace into the value the library takes with ``parse(args)``. Values are checked in
-``parse``, which a command calls before it does any work, so that a bad value is reported as
+``parse``, which the command that registered the group calls for it before any work starts
+(:meth:`changenet_trt.cli.commands.base.Command.execute`), so that a bad value is reported as
 one ``error:`` line (a :class:`~changenet_trt.errors.ChangeNetError`, exit 2) like every other
 user error. Constructor arguments say which of a group's options a command offers.
 
@@ -13,7 +14,7 @@ user error. Constructor arguments say which of a group's options a command offer
 * :class:`DataSetArgs`: ``--csv --images --lights --ext --concat --grid --workers --strict`` ->
   :class:`DataSetOptions` (with a :class:`~changenet_trt.data.dataset.LightLayout`)
 * :class:`PairSourceArgs`: a data set or ``--pairs N`` synthetic pairs -> a ``make_source``
-* :class:`ProgressArgs` (``--quiet``) and :class:`JsonReportArgs` (``--json FILE``)
+* :class:`ProgressArgs` (``--quiet``) and :class:`JsonReportArgs` (``--json FILE`` -> :class:`JsonReport`)
 """
 
 import argparse
@@ -23,6 +24,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError
+from changenet_trt.files import check_output_file
 
 log = logging.getLogger("changenet_trt")
 
@@ -332,6 +334,23 @@ class ProgressArgs:
         return not args.quiet
 
 
+@dataclass(frozen=True)
+class JsonReport:
+    """Where ``--json FILE`` asks the command's report to go (``path`` None: nowhere)."""
+
+    path: Optional[str] = None
+
+    def check(self, what: str, inputs: Sequence[Optional[str]]) -> None:
+        """With ``--json FILE``: check FILE can be written (and is none of ``inputs``) before the work."""
+        if self.path:
+            check_output_file(self.path, what=what, inputs=[p for p in inputs if p])
+
+    def write(self, report: Any, write_json: Callable[[Any, str], str]) -> None:
+        """With ``--json FILE``: ``write_json(report, FILE)`` and say where it went."""
+        if self.path:
+            print("wrote {}".format(write_json(report, self.path)))
+
+
 class JsonReportArgs:
     """``--json FILE``: also write the command's report as JSON."""
 
@@ -341,19 +360,5 @@ class JsonReportArgs:
     def add_to(self, parser: Any) -> None:
         parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write {} as JSON".format(self.what))
 
-    def parse(self, args: argparse.Namespace) -> Optional[str]:
-        return args.json_out
-
-    def check(self, args: argparse.Namespace, what: str, inputs: Sequence[Optional[str]]) -> None:
-        """With ``--json FILE``: check FILE can be written (and is none of ``inputs``) before the work."""
-        from changenet_trt.files import check_output_file
-
-        path = self.parse(args)
-        if path:
-            check_output_file(path, what=what, inputs=[p for p in inputs if p])
-
-    def write(self, args: argparse.Namespace, report: Any, write_json: Callable[[Any, str], str]) -> None:
-        """With ``--json FILE``: ``write_json(report, FILE)`` and say where it went."""
-        path = self.parse(args)
-        if path:
-            print("wrote {}".format(write_json(report, path)))
+    def parse(self, args: argparse.Namespace) -> JsonReport:
+        return JsonReport(args.json_out)
