@@ -278,7 +278,7 @@ def typed_models(tmp_path_factory):
     """A float16 reference model (float32 I/O) made by engine/precision.py."""
     import onnx
 
-    from changenet_trt.engine.precision import convert_fp16
+    from changenet_trt.engine.fp16 import convert_fp16
     from changenet_trt.models.reference import build_reference_model
 
     root = tmp_path_factory.mktemp("typed")

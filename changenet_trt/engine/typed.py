@@ -10,13 +10,15 @@ Both commands call :func:`make_typed_model`; it decides which pairs each step se
 * FP16 without a data set analyses and proves on the synthetic pairs; INT8 needs real pairs to
   calibrate on (a data set, or ``calibration_batches`` from the API).
 
-Memory is bounded by a run of a few pairs in every step (see :mod:`.precision` and
-:mod:`.fp16_check`), whatever the data set's size.
+Memory is bounded by a run of a few pairs in every step (see :mod:`.fp16`, :mod:`.int8`
+and :mod:`.fp16_check`), whatever the data set's size.
 """
 
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from changenet_trt.engine import fp16, int8
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -102,10 +104,9 @@ def make_typed_model(
     doc for the rule); ``fp32_layers``: nodes kept float32 (fp16) or float (int8);
     ``calibration_batches``: INT8 calibration ``(golden, sample)`` batches given by the caller
     instead of the data set's; ``progress``/``progress_file``: tqdm bars of the minutes-long steps
-    (shown on a terminal only; default stderr). The rest is :func:`~changenet_trt.engine.precision.to_fp16` /
-    :func:`~changenet_trt.engine.precision.to_int8`'s."""
+    (shown on a terminal only; default stderr). The rest is :func:`~changenet_trt.engine.fp16.to_fp16` /
+    :func:`~changenet_trt.engine.int8.to_int8`'s."""
     from changenet_trt.contract import read_contract
-    from changenet_trt.engine import precision as precisions
     from changenet_trt.errors import InputError
     from changenet_trt.evaluation.validate import dataset_source, synthetic_source
 
@@ -150,7 +151,7 @@ def make_typed_model(
         proof = synthetic(" (no --calib-csv: give a data set to prove on your own pairs)" if not pairs.csv else "")
     if precision == "fp16":
         analysis = from_data_set(0, analysed) if pairs.csv else None
-        report = precisions.to_fp16(
+        report = fp16.to_fp16(
             model, out, fp32_nodes=list(fp32_layers), make_source=proof, analysis_source=analysis, force=force,
             normalization=normalization, contract_overrides=overrides, origin=origin, extra_made=extra_made,
             progress=progress, progress_file=progress_file)
@@ -169,7 +170,7 @@ def make_typed_model(
     else:
         raise InputError("INT8 calibrates its Q/DQ model on real pairs",
                          expected="a TAO data set (--calib-csv CSV [--calib-images DIR])", found="none")
-    report = precisions.to_int8(
+    report = int8.to_int8(
         model, out, batches, method=method, make_source=proof, exclude=list(fp32_layers), normalization=normalization,
         contract_overrides=overrides, origin=origin, extra_made=extra_made,
         calib_total=count * pairs.batch if count is not None else None, progress=progress,
