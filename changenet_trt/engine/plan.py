@@ -336,7 +336,7 @@ class BuildPlan:
 
     def _batch_rewrite(self) -> str:
         """What prepare will rewrite to make the static batch dynamic (the analysis, not the proof)."""
-        from changenet_trt.engine.dynamic_batch import analyse
+        from changenet_trt.engine.batch_analysis import analyse
         from changenet_trt.errors import BuildError
 
         c = self.contract

@@ -5,7 +5,7 @@ batch, so :func:`prepare_model` rewrites the graph where that is safe:
 
 * the batch dimension of both inputs and of the output becomes the symbol ``batch``;
 * every constant that carries the batch is found by propagating the inputs' first dimension
-  through the graph (:mod:`changenet_trt.engine.dynamic_batch`), never by its value: Reshape
+  through the graph (:mod:`changenet_trt.engine.batch_analysis`), never by its value: Reshape
   shapes get ``0`` or ``-1`` there, Tile repeats, Expand shapes (also behind Equal/Where),
   ConstantOfShape, Range, Slice bounds and Concats of shapes get the runtime batch; the other
   16s (TAO's W/8) stay as they are;
