@@ -1,4 +1,4 @@
-"""bench: trtexec's statistics, stopping rule, report, JSON and exported times.
+"""bench: trtexec's summary statistics, stopping rule, report, JSON and exported times.
 
 Expected numbers are worked out by hand from trtexec's rules (sampleReporting.cpp,
 sampleInference.cpp); the timing loop runs against a fake clock, so nothing sleeps.
@@ -19,33 +19,6 @@ from changenet_trt.tools import bench
 from changenet_trt.tools.bench import BenchOptions, BenchResult, Trace
 
 # -- statistics ----------------------------------------------------------------------------------
-
-
-def test_percentile_is_trtexec_nearest_rank_in_float32():
-    ten = list(range(1, 11))
-    # exclude = int((1 - p/100) * N) in float32: p90 of 10 -> int(1.0000002) = 1 -> sorted[8]
-    assert bench.percentile(ten, 90) == 9
-    assert bench.percentile(ten, 95) == 10  # int(0.5) = 0 -> sorted[9]
-    assert bench.percentile(ten, 50) == 5  # int(5) = 5 -> sorted[4]
-    assert bench.percentile(ten, 0) == 1  # int(10) = 10 -> max(-1, 0) = 0
-    assert bench.percentile(ten, 100) == 10
-    hundred = list(range(1, 101))
-    # float32: (1 - 0.99f) * 100 = 0.99999905 -> 0 excluded -> the maximum (float64 would say 99)
-    assert bench.percentile(hundred, 99) == 100
-    assert bench.percentile(hundred, 90) == 90  # (1 - 0.9f) * 100 = 10.000002 -> sorted[89]
-    seven = [10, 20, 30, 40, 50, 60, 70]
-    assert bench.percentile(seven, 90) == 70  # int(0.7) = 0
-    assert bench.percentile(seven, 50) == 40  # int(3.5) = 3 -> sorted[3]
-    assert bench.percentile([], 90) == math.inf
-    with pytest.raises(InputError):
-        bench.percentile(ten, 101)
-
-
-def test_median_averages_the_two_middle_values_for_even_counts():
-    assert bench.median([1, 2, 3, 4]) == 2.5
-    assert bench.median([1, 2, 3, 4, 100]) == 3
-    assert bench.median([7]) == 7
-    assert bench.median([]) == math.inf
 
 
 def test_summarize_matches_hand_computed_values():

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from changenet_trt.errors import InputError
+from changenet_trt.evaluation.stats import median, percentile
 
 DEFAULT_ATOL = 1e-2
 DEFAULT_RTOL = 1e-2
@@ -29,7 +30,8 @@ CHUNK_PAIRS = 64
 @dataclass
 class ErrorStats:
     """Elementwise error of ``test`` against ``ref`` (same shape). ``rel`` is
-    ``|test - ref| / |ref|`` (with ``|ref|`` floored at 1e-12); percentiles are nearest-rank."""
+    ``|test - ref| / |ref|`` (with ``|ref|`` floored at 1e-12); median and percentiles by trtexec's
+    rules (:mod:`changenet_trt.evaluation.stats`: ``inf`` when no element is finite)."""
 
     shape: List[int]
     elements: int
@@ -61,15 +63,6 @@ def sqnr_db(signal_sq: float, noise_sq: float) -> float:
     return float(10.0 * np.log10(signal_sq / noise_sq))
 
 
-def _percentile(sorted_values: np.ndarray, p: float) -> float:
-    """Nearest-rank percentile (the rule trtexec uses) of an ascending array."""
-    n = sorted_values.size
-    if n == 0:
-        return 0.0
-    index = max(n - 1 - int((1.0 - p / 100.0) * n), 0)
-    return float(sorted_values[index])
-
-
 def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ErrorStats:
     """Compare two raw outputs of the same shape (float64 arithmetic)."""
     ref = np.asarray(ref, dtype=np.float64)
@@ -97,11 +90,11 @@ def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, r
         elements=int(ref.size),
         abs_max=float(flat_abs[-1]),
         abs_mean=float(finite_abs.mean()) if finite_abs.size else float("inf"),
-        abs_median=_median(finite_abs),
-        abs_p99=_percentile(flat_abs, 99),
+        abs_median=median(finite_abs),
+        abs_p99=percentile(flat_abs, 99),
         rel_max=float(flat_rel[-1]),
         rel_mean=float(finite_rel.mean()) if finite_rel.size else float("inf"),
-        rel_p99=_percentile(flat_rel, 99),
+        rel_p99=percentile(flat_rel, 99),
         worst_index=[int(i) for i in worst],
         ref_at_worst=float(ref[worst]),
         test_at_worst=float(test[worst]),
@@ -112,14 +105,6 @@ def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, r
         sqnr_db=sqnr_db(float(np.sum(np.where(both_finite, ref, 0.0) ** 2)),
                         float(np.sum(np.where(both_finite, diff, 0.0) ** 2))),
     )
-
-
-def _median(sorted_values: np.ndarray) -> float:
-    n = sorted_values.size
-    if n == 0:
-        return 0.0
-    mid = n // 2
-    return float(sorted_values[mid]) if n % 2 else float((sorted_values[mid - 1] + sorted_values[mid]) / 2.0)
 
 
 @dataclass

@@ -31,6 +31,7 @@ import numpy as np
 from changenet_trt.contract import ModelContract
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import ChangeNetError, InputError
+from changenet_trt.evaluation.stats import median, percentile
 from changenet_trt.runtime.base import Runner, now_ms
 
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0)
@@ -49,30 +50,6 @@ Clock = Callable[[], float]
 
 
 # -- statistics --------------------------------------------------------------------------------
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """trtexec's nearest-rank percentile of an ascending sequence (``inf`` when empty)."""
-    if not 0.0 <= p <= 100.0:
-        raise InputError("percentile outside [0, 100]", found=p)
-    count = len(sorted_values)
-    if count == 0:
-        return float("inf")
-    # trtexec computes this in float32; float64 rounds differently (e.g. p99 of 100 values)
-    one, hundred = np.float32(1.0), np.float32(100.0)
-    exclude = int((one - np.float32(p) / hundred) * np.float32(count))
-    return float(sorted_values[max(count - 1 - exclude, 0)])
-
-
-def median(sorted_values: Sequence[float]) -> float:
-    """Middle value of an ascending sequence; the mean of the two middle ones for even N."""
-    count = len(sorted_values)
-    if count == 0:
-        return float("inf")
-    mid = count // 2
-    if count % 2:
-        return float(sorted_values[mid])
-    return (float(sorted_values[mid - 1]) + float(sorted_values[mid])) / 2.0
-
-
 @dataclass
 class Stats:
     """Summary of one metric over the timed queries, in ms (``cv_percent``: std/mean x 100)."""
