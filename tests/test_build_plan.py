@@ -9,15 +9,10 @@ import pytest
 
 from changenet_trt.cli import main
 from changenet_trt.engine.build import _warn_slow_precisions, build_engine_file, fast_precisions
-from changenet_trt.engine.plan import (
-    TRTEXEC_FLAGS,
-    BatchProfile,
-    BuildOptions,
-    GpuInfo,
-    builder_flags,
-    make_plan,
-)
+from changenet_trt.engine.options import BatchProfile, BuildOptions
+from changenet_trt.engine.plan import TRTEXEC_FLAGS, builder_flags, make_plan
 from changenet_trt.errors import BuildError, InputError
+from changenet_trt.gpu.cuda import GpuInfo
 from changenet_trt.sidecar import read_sidecar
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -22,7 +22,8 @@ if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
 
 import changenet_trt  # noqa: E402
-from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
+from changenet_trt.engine.build import build_engine_file  # noqa: E402
+from changenet_trt.engine.options import BatchProfile, BuildOptions  # noqa: E402
 from changenet_trt.errors import EngineError, InputError  # noqa: E402
 from changenet_trt.gpu import cuda  # noqa: E402
 from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402

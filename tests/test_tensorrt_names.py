@@ -23,7 +23,8 @@ from typing import Dict, Iterable, Set
 
 import pytest
 
-from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
+from changenet_trt.engine.build import build_engine_file
+from changenet_trt.engine.options import BatchProfile, BuildOptions
 from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes
 
 from fakes.tensorrt import make_module

@@ -210,7 +210,8 @@ def test_cli_validate_refuses_both_sources(models, capsys):
 
 # -- the engine side through the TensorRT and pycuda test doubles ---------------------------------
 def _build_fake_engine(onnx_path, out_dir, name):
-    from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
+    from changenet_trt.engine.build import build_engine_file
+    from changenet_trt.engine.options import BatchProfile, BuildOptions
 
     options = BuildOptions(model=onnx_path, output=str(out_dir / (name + ".engine")), precision="fp16",
                            profile=BatchProfile(1, 8, 16), engines_dir=str(out_dir), progress=False)

@@ -35,29 +35,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from changenet_trt import __version__
 from changenet_trt.contract import ModelContract, read_contract
-from changenet_trt.engine.plan import (
-    CONSTRAINT_MODES,
-    PRECISIONS,
-    BatchProfile,
-    BuildOptions,
-    BuildPlan,
-    GpuInfo,
-    detect_gpu,
-    layer_matches,
-    make_plan,
-    match_layers,
-    read_layer_patterns,
-)
+from changenet_trt.engine.options import BuildOptions, match_layers
+from changenet_trt.engine.plan import BuildPlan, make_plan
 from changenet_trt.errors import BuildError, ChangeNetError, InputError
 from changenet_trt.files import atomic_write, check_output_file, file_sha256
+from changenet_trt.gpu.cuda import GpuInfo
 from changenet_trt.sidecar import EngineMetadata, sidecar_path, write_sidecar
-
-# The plan's names, importable from here as before the plan had its own module.
-__all__ = [
-    "CONSTRAINT_MODES", "PRECISIONS", "BatchProfile", "BuildOptions", "BuildPlan", "BuildProgress", "BuildResult",
-    "Configured", "GpuInfo", "TypedModel", "build_engine_file", "configure", "detect_gpu", "layer_matches",
-    "make_plan", "match_layers", "prepare_typed", "read_layer_patterns",
-]
 
 log = logging.getLogger("changenet_trt.engine.build")
 

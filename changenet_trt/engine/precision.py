@@ -19,15 +19,14 @@ import fnmatch
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from changenet_trt.engine.fp16_check import layer_name
 from changenet_trt.errors import BuildError, InputError
-from changenet_trt.files import file_sha256
+from changenet_trt.files import PathLike, file_sha256
 
-PathLike = Union[str, "os.PathLike[str]"]
 Batch = Tuple[np.ndarray, np.ndarray]  # (golden, sample), each float32 [n, C, H, W]
 #: make_source(contract, normalization) -> evaluation.validate.PairSource
 SourceFactory = Callable[[Any, Any], Any]

@@ -19,12 +19,13 @@ or hides the batch where no rewrite reaches, is refused with the reason and the 
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from changenet_trt.contract import META_PREPROCESS, ModelContract, load_onnx, read_contract
 from changenet_trt.errors import BuildError
+from changenet_trt.files import PathLike
 
 BATCH_SYMBOL = "batch"
 DEFAULT_PROOF_BATCHES = (1, 3, 17, 32)
@@ -34,7 +35,6 @@ RTOL = 1e-4
 #: batch the original runs at for the proof when it is already dynamic
 DYNAMIC_REFERENCE_BATCH = 16
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass

@@ -14,13 +14,18 @@ Memory is bounded by a run of a few pairs in every step (see :mod:`.fp16`, :mod:
 and :mod:`.fp16_check`), whatever the data set's size.
 """
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from changenet_trt import __version__
 from changenet_trt.engine import fp16, int8
-
-PathLike = Union[str, "os.PathLike[str]"]
+from changenet_trt.engine.options import BuildOptions
+from changenet_trt.engine.precision import read_made
+from changenet_trt.errors import ChangeNetError, InputError
+from changenet_trt.files import PathLike
 
 
 @dataclass
@@ -176,3 +181,53 @@ def make_typed_model(
         calib_total=count * pairs.batch if count is not None else None, progress=progress,
         progress_file=progress_file)
     return TypedResult(report, described)
+
+
+# -- where a build caches the typed model ----------------------------------------------------------
+def calibration_digest(options: BuildOptions) -> Optional[str]:
+    """sha256 of what the typed model's pairs come from: the CSV's bytes, the images folder,
+    the number of batches and the light layout (None without ``--calib-csv``)."""
+    if not options.calib_csv:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(options.calib_csv, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError("cannot read --calib-csv {}".format(options.calib_csv), found=str(exc)) from None
+    layout = options.calib_layout.describe() if options.calib_layout is not None else None
+    extra = [os.path.abspath(options.calib_images) if options.calib_images else None, options.calib_batches, layout]
+    digest.update(json.dumps(extra, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def typed_inputs(options: BuildOptions, precision: str, onnx_sha256: str, preprocess: str) -> Dict[str, Any]:
+    """What a typed model is made from; the build caches it by this (recorded in its metadata)."""
+    inputs: Dict[str, Any] = {
+        "source_sha256": onnx_sha256, "precision": precision, "fp32_layers": sorted(options.fp32_layers),
+        "calibration": calibration_digest(options), "preprocess": preprocess, "package": __version__,
+        "contract": {k: v for k, v in sorted(options.contract_overrides.items()) if v is not None},
+    }
+    if precision == "int8":
+        inputs.update(calib_method=options.calib_method, calib_batch=options.profile.opt)
+    elif not options.calib_csv:
+        inputs["proof_pairs"] = options.proof_pairs
+    return inputs
+
+
+def typed_path(engines_dir: str, stem: str, precision: str, inputs: Dict[str, Any]) -> str:
+    """``engines/<model>.<precision>-<short hash of its inputs>.onnx``."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:10]
+    return os.path.join(engines_dir, "{}.{}-{}.onnx".format(stem, precision, key))
+
+
+def typed_model_matches(path: str, inputs: Dict[str, Any]) -> bool:
+    """Is ``path`` a typed model made from ``inputs`` (reusable)?"""
+    if not os.path.isfile(path):
+        return False
+    try:
+        made = read_made(path)
+    except ChangeNetError:
+        return False
+    return bool(made) and made.get("build_inputs") == inputs
