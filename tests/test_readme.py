@@ -1,6 +1,9 @@
-"""The README names only things that exist: every ``changenet_trt`` dotted name, file path and
-``from changenet_trt... import`` resolves, and its layout list matches the package tree. And
-what pyproject.toml makes every user install, the package imports."""
+"""The README and docs/ name only things that exist: every ``changenet_trt`` dotted name, file
+path, ``from changenet_trt... import`` and relative link resolves, the layout list in
+docs/design.md matches the package tree, the README is a front page (under 300 lines, linking
+every docs/ page) whose set-up commands are the Makefile's and CI's, and measured figures live
+only in benchmarks/RESULTS.md. And what pyproject.toml makes every user install, the package
+imports."""
 
 import ast
 import importlib
@@ -13,12 +16,32 @@ import changenet_trt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.dirname(changenet_trt.__file__)
-with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _handle:
-    README = _handle.read()
+DOCS_DIR = os.path.join(ROOT, "docs")
 
-DOTTED = sorted(set(re.findall(r"changenet_trt(?:\.[A-Za-z_][A-Za-z0-9_]*)+", README)))
-PATHS = sorted({p.rstrip(".") for p in re.findall(r"changenet_trt/[A-Za-z0-9_./]*", README)})
-FROM_IMPORTS = sorted(set(re.findall(r"^\s*from (changenet_trt[\w.]*) import ([\w, ]+)$", README, re.MULTILINE)))
+
+def read(relpath):
+    with open(os.path.join(ROOT, relpath), encoding="utf-8") as handle:
+        return handle.read()
+
+
+#: the pages kept true here: README.md and every docs/*.md, by path relative to the root
+PAGES = ["README.md"] + sorted("docs/" + n for n in os.listdir(DOCS_DIR) if n.endswith(".md"))
+TEXTS = {page: read(page) for page in PAGES}
+README = TEXTS["README.md"]
+
+
+def found(pattern, flags=0):
+    """Sorted (page, match) pairs of ``pattern`` over every page (groups joined as a tuple)."""
+    return sorted({(page, m) for page, text in TEXTS.items() for m in re.findall(pattern, text, flags)})
+
+
+DOTTED = found(r"changenet_trt(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+PATHS = sorted({(page, p.rstrip(".")) for page, p in found(r"changenet_trt/[A-Za-z0-9_./]*")})
+FROM_IMPORTS = found(r"^\s*from (changenet_trt[\w.]*) import ([\w, ]+)$", re.MULTILINE)
+
+
+def page_id(value):
+    return "-".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def resolve(dotted):
@@ -38,22 +61,23 @@ def resolve(dotted):
     raise ImportError(dotted)
 
 
-def test_the_readme_names_things():
+def test_the_pages_name_things():
     assert len(DOTTED) >= 10 and PATHS and FROM_IMPORTS
+    assert len(PAGES) >= 5, PAGES
 
 
-@pytest.mark.parametrize("dotted", DOTTED)
-def test_dotted_name_exists(dotted):
+@pytest.mark.parametrize("page,dotted", DOTTED, ids=page_id)
+def test_dotted_name_exists(page, dotted):
     resolve(dotted)
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_path_exists(path):
-    assert os.path.exists(os.path.join(ROOT, path)), path
+@pytest.mark.parametrize("page,path", PATHS, ids=page_id)
+def test_path_exists(page, path):
+    assert os.path.exists(os.path.join(ROOT, path)), "{}: {}".format(page, path)
 
 
-@pytest.mark.parametrize("module,names", FROM_IMPORTS)
-def test_from_import_works(module, names):
+@pytest.mark.parametrize("page,module,names", [(p, m, n) for p, (m, n) in FROM_IMPORTS], ids=page_id)
+def test_from_import_works(page, module, names):
     for name in names.split(","):
         resolve(module + "." + name.strip())
 
@@ -63,6 +87,106 @@ def test_resolve_refuses_names_that_do_not_exist():
         resolve("changenet_trt.no_such_module.Thing")
     with pytest.raises(AttributeError):
         resolve("changenet_trt.api.no_such_function")
+
+
+FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def prose(text):
+    """``text`` without its fenced code blocks (commands and what they print)."""
+    return FENCE.sub("", text)
+
+
+def anchors(text):
+    """The anchors GitHub gives the headings of a Markdown page: lowercase, punctuation but ``-``
+    and ``_`` dropped, spaces as ``-``, a repeat suffixed ``-1``, ``-2``, ..."""
+    seen = {}
+    result = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", prose(text), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        result.add(slug if count == 0 else "{}-{}".format(slug, count))
+    return result
+
+
+def links(page):
+    """The relative links of a page, outside code blocks: [(target path from the root or "" for
+    the page itself, anchor or "")]."""
+    result = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose(TEXTS[page])):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: outside the repository
+        path, _, anchor = target.partition("#")
+        if path:
+            path = os.path.normpath(os.path.join(os.path.dirname(page), path))
+        result.append((path, anchor))
+    return result
+
+
+def test_anchors_follow_githubs_rule():
+    text = "# A `prepare`: static (CPU, no TensorRT)\n## `make demo` / x\n## Same\n## Same\n```\n# not a heading\n```\n"
+    assert anchors(text) == {"a-prepare-static-cpu-no-tensorrt", "make-demo--x", "same", "same-1"}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_relative_link_resolves(page):
+    for path, anchor in links(page):
+        target = path or page
+        assert os.path.exists(os.path.join(ROOT, target)), "{}: link to missing {}".format(page, target)
+        if anchor and target.endswith(".md"):
+            assert anchor in anchors(read(target)), "{}: no heading #{} in {}".format(page, anchor, target)
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {path for path, _ in links("README.md")}
+    docs = [page for page in PAGES if page.startswith("docs/")]
+    assert docs and not [page for page in docs if page not in linked], "docs pages the README does not link"
+
+
+def test_the_readme_is_a_front_page():
+    assert README.count("\n") < 300
+
+
+def test_the_readme_set_up_commands_are_the_makefiles_and_cis():
+    """The README opens with two commands, ``make demo`` and ``make test``; both are targets of
+    the Makefile and CI runs the second."""
+    first_block = FENCE.search(README).group(0)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines()[1:-1]]
+    assert commands == ["make demo", "make test"]
+    makefile = read("Makefile")
+    for target in ("demo", "test"):
+        assert re.search(r"^{}:".format(target), makefile, re.MULTILINE), target
+    ci_commands = [line.strip() for line in read(".ci/run").splitlines() if not line.lstrip().startswith("#")]
+    assert "make test" in ci_commands
+
+
+#: a measured figure: a number (or range), a space and the unit of a speed, a time, a memory peak
+#: or an accuracy (pairs/s, ms, s, seconds, minutes, GB, dB), or a count of tests. Names are not
+#: hit ("Orin Nano 8GB", "16s that are not the batch"); facts with such a unit (a default, a
+#: limit) are written in code (`--warmUp 200`) or in words ("under ten minutes").
+MEASURED = re.compile(
+    r"(?<![\w.])\d+(?:[.,]\d+)?(?:-\d+(?:\.\d+)?)? "
+    r"(?:pairs/s|ms|s|seconds?|min|minutes?|GB|dB|tests)(?![\w/])")
+
+
+def measured_figures(text):
+    """The measured figures in ``text``'s prose: outside code blocks and inline code."""
+    return MEASURED.findall(re.sub(r"`[^`\n]*`", "", prose(text)))
+
+
+def test_the_measured_figure_rule():
+    assert measured_figures("ran at 4.5 pairs/s, 3.53 ms, peaks at 4.76 GB, 69.3 dB; 850 tests") == [
+        "4.5 pairs/s", "3.53 ms", "4.76 GB", "69.3 dB", "850 tests"]
+    assert measured_figures("took 12.5 minutes, 2-3 s, 0.65-0.68 ms") == ["12.5 minutes", "2-3 s", "0.65-0.68 ms"]
+    facts = ("batch 16, 512x128, a 260 MB file, TensorRT 10.3, the 2 s timeout `--duration 3`, sm87, 1e-6,"
+             " 4 lights, Orin Nano 8GB, 16s that are not the batch, [x](../RESULTS.md#tao-730s-own)")
+    assert measured_figures(facts + "\n```\n$ x\n3591.52 pairs/s\n```\n") == ["2 s"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_measured_figures_live_in_results(page):
+    assert not measured_figures(TEXTS[page]), "{}: link benchmarks/RESULTS.md instead".format(page)
 
 
 def package_tree():
@@ -78,11 +202,12 @@ def package_tree():
     return tree
 
 
-def readme_layout():
-    """{group: [backticked words of its line]} from the README's layout list."""
-    start = README.index("Layout: `changenet_trt/`")
-    end = README.find("\n## ", start)
-    section = README[start:end if end >= 0 else len(README)]
+def layout_list():
+    """{group: [backticked words of its line]} from docs/design.md's layout list."""
+    text = TEXTS["docs/design.md"]
+    start = text.index("Layout: `changenet_trt/`")
+    end = text.find("\n## ", start)
+    section = text[start:end if end >= 0 else len(text)]
     layout = {}
     for line in re.split(r"\n- ", section)[1:]:
         head, _, body = line.partition(":")
@@ -94,13 +219,13 @@ def readme_layout():
 
 
 def test_layout_list_matches_the_package_tree():
-    layout, section = readme_layout()
+    layout, section = layout_list()
     tree = package_tree()
-    assert sorted(layout) == sorted(tree), "README layout groups vs package"
+    assert sorted(layout) == sorted(tree), "docs/design.md layout groups vs package"
     for group, words in layout.items():
         prefix = "changenet_trt." + (group + "." if group else "")
         modules = [w for w in words if w in tree[group]]
-        assert sorted(modules) == tree[group], "README layout of {!r} vs its modules".format(group or "top level")
+        assert sorted(modules) == tree[group], "docs/design.md layout of {!r} vs its modules".format(group or "top level")
         current = None
         for word in words:  # any other word is a name defined by the module listed before it
             if word in tree[group]:

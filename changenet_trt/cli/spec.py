@@ -197,7 +197,7 @@ TABLE = (
     SpecKey(("gen_trt_engine.trt_engine",), "out", "--out", _text, ("build",)),
     SpecKey(("gen_trt_engine.tensorrt.data_type",), "precision", "--fp32/--fp16/--int8", _precision, ("build",)),
     # documented "in MB" by TAO's TrtConfig; our --workspace is MiB (TAO Deploy 7.3.0's EngineBuilder
-    # multiplies it by 2**30 instead: see the README's table)
+    # multiplies it by 2**30 instead: see docs/evaluation.md's --spec table)
     SpecKey(("gen_trt_engine.tensorrt.workspace_size",), "workspace", "--workspace", _int, ("build",)),
     SpecKey(("gen_trt_engine.tensorrt.min_batch_size", "gen_trt_engine.tensorrt.opt_batch_size",
              "gen_trt_engine.tensorrt.max_batch_size"), "batch", "--batch", _batch_profile, ("build",)),
