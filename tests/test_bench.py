@@ -15,7 +15,7 @@ from changenet_trt.cli import main
 from changenet_trt.contract import ModelContract
 from changenet_trt.errors import InputError
 from changenet_trt.runtime.base import Runner, Timing
-from changenet_trt.tools import bench
+from changenet_trt.tools import bench, bench_report
 from changenet_trt.tools.bench import BenchOptions, BenchResult, Trace
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_multiple_streams_warning():
 def test_report_has_trtexec_sections_in_order_and_trace_averages():
     result = make_result([(0.1, 1.0, float(c), 1.0) for c in range(10, 35)])
     result.options.avg_runs = 10
-    text = bench.format_report(result)
+    text = bench_report.format_report(result)
     order = ["Warmup completed", "Timing trace has 25 queries", "=== Trace details ===",
              "=== Performance summary ===", "Throughput: ", "FPS: ", "Latency: ", "Enqueue Time: ",
              "H2D Latency: ", "GPU Compute Time: ", "D2H Latency: ", "Total Host Walltime: ",
@@ -223,7 +223,7 @@ def test_report_has_trtexec_sections_in_order_and_trace_averages():
     # first group: compute 10..19 -> mean 14.5; latency adds 2 ms of transfers
     assert averages[0] == "Average on 10 runs - GPU latency: 14.5 ms - Host latency: 16.5 ms (enqueue 0.1 ms)"
     assert "percentile(90%)" in text and "percentile(99%)" in text
-    assert "FPS: {} pairs/s (qps x batch 8)".format(bench._g(result.qps * 8)) in text
+    assert "FPS: {} pairs/s (qps x batch 8)".format(bench.stream_number(result.qps * 8)) in text
 
 
 def test_json_summary_schema():
@@ -315,7 +315,7 @@ def test_cli_bench_prints_report_and_json_agrees(reference_models, tmp_path, cap
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 100
     png2 = tmp_path / "again.png"
-    assert bench.latency_histogram(str(times), str(png2)) == str(png2) and png2.exists()
+    assert bench_report.latency_histogram(str(times), str(png2)) == str(png2) and png2.exists()
 
 
 def test_cli_bench_user_errors_are_one_line(tmp_path, capsys, reference_models):
@@ -327,7 +327,7 @@ def test_cli_bench_user_errors_are_one_line(tmp_path, capsys, reference_models):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(InputError, match="exportTimes"):
-        bench.read_exported_times(str(bad))
+        bench_report.read_exported_times(str(bad))
 
 
 # -- the TensorRT path through the fakes (fake tensorrt 10.x + fake pycuda) ------------------------
@@ -418,7 +418,7 @@ def test_cli_bench_on_an_engine(fake_gpu, tmp_path, reference_models, capsys):
     doc = json.loads(out.read_text())
     assert doc["backend"] == "tensorrt" and doc["batch"] == 8 and doc["options"]["cuda_graph"] is True
     assert "Timing: host clock" not in text and "H2D Latency: " in text
-    assert "FPS: {} pairs/s".format(bench._g(doc["fps"])) in text
+    assert "FPS: {} pairs/s".format(bench.stream_number(doc["fps"])) in text
 
 
 # -- end to end on a synthetic TAO data set --------------------------------------------------------
@@ -456,7 +456,7 @@ def test_end_to_end_times_whole_batches_of_the_repeated_data_set(small_dataset, 
     assert result.walltime_ms >= sum(result.batch_times_ms) - 1e-6
     doc = result.to_dict()
     assert doc["end_to_end"] is True and doc["batch_time_ms"]["median"] > 0
-    assert "End-to-End Batch Time: " in bench.format_report(result)
+    assert "End-to-End Batch Time: " in bench_report.format_report(result)
 
 
 def test_cli_end_to_end_and_its_argument_errors(small_dataset, reference_models, tmp_path, capsys):

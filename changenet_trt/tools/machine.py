@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from packaging.version import InvalidVersion, Version
 
@@ -27,6 +27,7 @@ from changenet_trt.gpu.trt import (
     create_builder,
     import_tensorrt,
     installed_description,
+    installed_version,
 )
 
 NOT_FOUND = "not found"
@@ -243,3 +244,36 @@ def installed_precision_path() -> str:
         return precision_path(str(trt.__version__))
     except (AttributeError, InvalidVersion) as exc:
         return "TensorRT of unknown version ({}: {})".format(type(exc).__name__, exc)
+
+
+# -- for the record of a measurement --------------------------------------------------------
+def machine_info(backend: str) -> Dict[str, Any]:
+    """CPU model, cores, OS and runtime versions, for the record."""
+    info: Dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if backend == "tensorrt":
+        found = installed_version()
+        if found is not None:
+            info["tensorrt"] = str(found)
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
