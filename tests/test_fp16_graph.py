@@ -274,7 +274,7 @@ def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models
 
 def _synthetic(pairs):
     def make(contract, normalization):
-        from changenet_trt.evaluation.validate import synthetic_source
+        from changenet_trt.data.pairs import synthetic_source
 
         return synthetic_source(pairs, contract.input_shape, normalization, seed=5)
 

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from changenet_trt.data.pairs import synthetic_source
 from changenet_trt.engine import int8, precision
 from changenet_trt.engine.fp16_check import source_batches
-from changenet_trt.evaluation.validate import synthetic_source
 
 SHAPE = (3, 512, 128)
 

@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from changenet_trt.data.pairs import dataset_source
 from changenet_trt.data.synth import synthesize
 from changenet_trt.engine import fp16, int8, precision
 from changenet_trt.engine.calibration import dataset_batches
 from changenet_trt.errors import BuildError, InputError
-from changenet_trt.evaluation.validate import dataset_source
 from changenet_trt.models.reference import OVERFLOW_NODES, write_reference_model
 
 PAIRS = 24
@@ -20,7 +20,7 @@ PAIRS = 24
 
 def synthetic(pairs=PAIRS, seed=3):
     def make(contract, normalization):
-        from changenet_trt.evaluation.validate import synthetic_source
+        from changenet_trt.data.pairs import synthetic_source
 
         return synthetic_source(pairs, contract.input_shape, normalization, seed=seed)
 

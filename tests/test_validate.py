@@ -8,6 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 from changenet_trt.cli import main
+from changenet_trt.data.pairs import dataset_source, synthetic_source
 from changenet_trt.errors import InputError
 from changenet_trt.evaluation import validate
 from changenet_trt.models.reference import write_reference_model
@@ -100,7 +101,7 @@ def models(tmp_path_factory):
 
 
 def _synthetic(count, seed=0):
-    return lambda contract, norm: validate.synthetic_source(count, contract.input_shape, norm, seed=seed)
+    return lambda contract, norm: synthetic_source(count, contract.input_shape, norm, seed=seed)
 
 
 def test_identical_models_pass_with_zero_error(models):
@@ -169,7 +170,7 @@ def test_dataset_source_reads_a_tao_csv(tmp_path, models):
     data = synthesize(str(tmp_path / "data"), pairs=6, defect_rate=0.5, seed=4)
     report = validate.validate(
         models["same"], models["ref"],
-        lambda contract, norm: validate.dataset_source(data.csv_path, data.images_dir, contract.input_shape, norm),
+        lambda contract, norm: dataset_source(data.csv_path, data.images_dir, contract.input_shape, norm),
         backend="onnxruntime",
     )
     assert report.pairs == 6

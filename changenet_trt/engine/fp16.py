@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR, FP16_MAX, FP16_MIN_SUBNORMAL
 from changenet_trt.engine.precision import (
     FLOAT,
@@ -22,7 +23,6 @@ from changenet_trt.engine.precision import (
     SHAPE_OPS,
     PathLike,
     PrecisionReport,
-    SourceFactory,
     check_typed,
     default_source,
     float_types,
@@ -397,7 +397,7 @@ def to_fp16(
     ``fp32_nodes``: node names or fnmatch patterns the user keeps float32 (``@FILE`` lists are
     read by the caller); with ``check_ranges`` the nodes ``fp16-check`` flags on the pairs are
     added. ``make_source(contract, normalization)`` gives the pairs
-    (:func:`~changenet_trt.evaluation.validate.dataset_source` for a TAO data set; default:
+    (:func:`~changenet_trt.data.pairs.dataset_source` for a TAO data set; default:
     64 synthetic pairs); ``analysis_source``, when given, gives fp16-check's pairs instead
     (:mod:`.typed` analyses a data set's first pairs and proves on the rest). The float16 model must pass ONNX's full check and strict type
     inference, then runs beside the original on the same pairs; if any decision flips at the

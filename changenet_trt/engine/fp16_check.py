@@ -525,7 +525,7 @@ def write_json(report: Fp16Report, path: str) -> str:
 
 def source_batches(source: Any, batch: int, input_shape: Sequence[int]) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
     """Yield ``(golden, sample)`` float32 ``[n, C, H, W]`` batches of a
-    :class:`~changenet_trt.evaluation.validate.PairSource`, without the pairs it could not read."""
+    :class:`~changenet_trt.data.pairs.PairSource`, without the pairs it could not read."""
     shape = tuple(int(d) for d in input_shape)
     golden = np.empty((batch,) + shape, dtype=np.float32)
     sample = np.empty_like(golden)

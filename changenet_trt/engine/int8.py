@@ -19,13 +19,13 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 
 import numpy as np
 
+from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.engine.precision import (
     INT8_METHODS,
     QDQ_OPS,
     Batch,
     PathLike,
     PrecisionReport,
-    SourceFactory,
     check_typed,
     default_source,
     graph_precision,

@@ -22,6 +22,7 @@ TensorRT version:
 the engine's sidecar records what was applied. None of this needs TensorRT or a GPU.
 """
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -64,9 +65,14 @@ TRTEXEC_FLAGS = {
 
 
 # -- the plan --------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class BuildPlan:
     """What a build will do; printable, renderable as trtexec, and what ``build_engine_file`` applies.
+
+    A frozen value made in two stages: :func:`make_plan` resolves the options; when the typed
+    model's facts are known (it exists, or no typed model is made), :meth:`with_typed_model`
+    gives the complete plan, else :func:`~changenet_trt.engine.build.prepare_typed` makes the
+    model and returns the complete plan with it. ``typed_ready`` says which stage a plan is at.
 
     ``precision``: fp16 / int8 / fp32 (resolved: a typed input model keeps its own).
     ``typed_onnx``: the model TensorRT parses (float16 / Q/DQ / float32 ONNX); ``typed_inputs``:
@@ -145,15 +151,15 @@ class BuildPlan:
                 opts.calib_batches, self.profile.opt, opts.calib_csv)
         return "fp16-check and proof on {} synthetic pairs (no --calib-csv)".format(opts.proof_pairs)
 
-    def apply_typed_model(self, held: Dict[str, Any]) -> None:
-        """Complete the plan from what the typed model holds (:func:`~changenet_trt.engine.precision.graph_precision`):
-        TensorRT 8.x derives its flags and FP32 layers from it. Called once the model is made."""
-        self.held = dict(held)
+    def with_typed_model(self, held: Dict[str, Any]) -> "BuildPlan":
+        """The complete plan, from what the typed model holds
+        (:func:`~changenet_trt.engine.precision.graph_precision`): TensorRT 8.x derives its flags
+        and FP32 layers from it."""
+        fp32_layers = self.fp32_layers
         if not self.strongly_typed and not self.legacy_calibrator:
-            self.fp32_layers = list(held.get("fp32_nodes") or [])
-        self.typed_ready = True
-        self.flags = builder_flags(self.options, self.strongly_typed, self.held, self.legacy_calibrator,
-                                   self.fp32_layers)
+            fp32_layers = list(held.get("fp32_nodes") or [])
+        flags = builder_flags(self.options, self.strongly_typed, held, self.legacy_calibrator, fp32_layers)
+        return dataclasses.replace(self, held=dict(held), fp32_layers=fp32_layers, typed_ready=True, flags=flags)
 
     def _batch_rewrite(self) -> str:
         """What prepare will rewrite to make the static batch dynamic (the analysis, not the proof)."""
@@ -480,18 +486,19 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
         fp32 = []
     else:
         fp32 = None  # the typed model's float32 nodes, read once it exists
+    if legacy or precision == "fp32":
+        known: Optional[Dict[str, Any]] = {"float16": False, "qdq": False, "fp32_nodes": []}
+    elif held_by_input is not None:
+        known = held
+    elif ready:
+        known = graph_precision(typed)
+    else:
+        known = None  # the typed model is made by the build (prepare_typed)
+    # until then, the flags this precision will need (8.x: FP16 / INT8; its layers once made)
+    flags = builder_flags(options, strongly, {"float16": precision == "fp16", "qdq": precision == "int8"},
+                          legacy, options.fp32_layers)
     plan = BuildPlan(options, contract, onnx_sha256, prepared, rewrite, engine, timing, calib, trt_version, gpu,
                      shapes, fp32, preprocess, precision=precision, typed_onnx=typed, typed_inputs=inputs,
                      typed_ready=False, typed_source=source, strongly_typed=strongly, legacy_calibrator=legacy,
-                     user_fp32_layers=user_fp32, memory_pools=pools, opt_level=opt_level, notes=notes)
-    if held_by_input is not None:
-        plan.apply_typed_model(held)
-    elif ready and source == "made":
-            plan.apply_typed_model(graph_precision(typed))
-    elif legacy or precision == "fp32":
-        plan.apply_typed_model({"float16": False, "qdq": False, "fp32_nodes": []})
-    else:
-        # not made yet: the flags this precision will need (8.x: FP16 / INT8; layers once made)
-        plan.flags = builder_flags(options, strongly, {"float16": precision == "fp16", "qdq": precision == "int8"},
-                                   legacy, options.fp32_layers)
-    return plan
+                     user_fp32_layers=user_fp32, flags=flags, memory_pools=pools, opt_level=opt_level, notes=notes)
+    return plan if known is None else plan.with_typed_model(known)

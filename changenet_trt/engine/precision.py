@@ -19,17 +19,16 @@ import fnmatch
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from changenet_trt.data.pairs import SourceFactory, synthetic_source
 from changenet_trt.engine.fp16_check import layer_name
 from changenet_trt.errors import BuildError, InputError
 from changenet_trt.files import PathLike, file_sha256
 
 Batch = Tuple[np.ndarray, np.ndarray]  # (golden, sample), each float32 [n, C, H, W]
-#: make_source(contract, normalization) -> evaluation.validate.PairSource
-SourceFactory = Callable[[Any, Any], Any]
 
 #: metadata key holding how a typed model was made (JSON)
 META_PRECISION = "changenet_trt.precision"
@@ -188,8 +187,6 @@ def read_made(model: Any) -> Optional[Dict[str, Any]]:
 
 def default_source(pairs: int = DEFAULT_PROOF_PAIRS, seed: int = 0) -> SourceFactory:
     def make(contract: Any, normalization: Any) -> Any:
-        from changenet_trt.evaluation.validate import synthetic_source
-
         return synthetic_source(pairs, contract.input_shape, normalization, seed=seed)
 
     return make

@@ -6,7 +6,7 @@ Both commands call :func:`make_typed_model`; it decides which pairs each step se
   calibration; FP16's ``fp16-check`` range analysis) and the pairs after them are *held back*:
   the typed model is compared with float32 on those only (decisions, FPR/capture, SQNR);
 * when no pair is held back (a small data set, or none), the comparison runs on ``proof_pairs``
-  synthetic pairs (:func:`~changenet_trt.evaluation.validate.synthetic_source`);
+  synthetic pairs (:func:`~changenet_trt.data.pairs.synthetic_source`);
 * FP16 without a data set analyses and proves on the synthetic pairs; INT8 needs real pairs to
   calibrate on (a data set, or ``calibration_batches`` from the API).
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from changenet_trt import __version__
+from changenet_trt.data.pairs import dataset_source, synthetic_source
 from changenet_trt.engine import fp16, int8
 from changenet_trt.engine.options import BuildOptions
 from changenet_trt.engine.precision import read_made
@@ -56,32 +57,6 @@ class TypedResult:
         return ["pairs: " + line for line in self.pairs] + self.report.summary_lines()
 
 
-def head(source: Any, count: int) -> Any:
-    """The first ``count`` pairs of ``source`` (a PairSource)."""
-    from changenet_trt.evaluation.validate import PairSource
-
-    count = min(count, source.count)
-    return PairSource(
-        count=count, fill=source.fill,
-        description="the first {} of {}".format(count, source.description),
-        labels=None if source.labels is None else source.labels[:count], ids=list(source.ids[:count]),
-        failed=lambda: [i for i in source.failed() if i < count], close=source.close)
-
-
-def held_back(source: Any, skip: int) -> Any:
-    """The pairs of ``source`` (a PairSource) after its first ``skip``: those the analysis did not see."""
-    from changenet_trt.evaluation.validate import PairSource
-
-    def fill(golden: Any, sample: Any, lo: int, hi: int) -> None:
-        source.fill(golden, sample, lo + skip, hi + skip)
-
-    return PairSource(
-        count=source.count - skip, fill=fill,
-        description="{} held back (after the first {} of {})".format(source.count - skip, skip, source.description),
-        labels=None if source.labels is None else source.labels[skip:], ids=list(source.ids[skip:]),
-        failed=lambda: [i - skip for i in source.failed() if i >= skip], close=source.close)
-
-
 def _usable_pairs(pairs: TypedPairs) -> int:
     from changenet_trt.data.dataset import load_dataset
 
@@ -113,7 +88,6 @@ def make_typed_model(
     :func:`~changenet_trt.engine.int8.to_int8`'s."""
     from changenet_trt.contract import read_contract
     from changenet_trt.errors import InputError
-    from changenet_trt.evaluation.validate import dataset_source, synthetic_source
 
     if precision not in ("fp16", "int8"):
         raise InputError("unknown precision for a typed model", expected="fp16 or int8", found=repr(precision))
@@ -135,9 +109,9 @@ def make_typed_model(
             source = dataset_source(pairs.csv, pairs.images, c.input_shape, norm, layout=pairs.layout,
                                     on_problem=pairs.on_problem)
             if lo:
-                source = held_back(source, lo)
+                source = source.held_back(lo)
             elif hi is not None:
-                source = head(source, hi)
+                source = source.head(hi)
             if source.description not in described:
                 described.append(source.description)
             return source

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from changenet_trt.data.pairs import FillFn, PairSource
 from changenet_trt.errors import InputError
 from changenet_trt.evaluation.stats import median, percentile
 
@@ -237,9 +238,6 @@ def write_json(report: ValidationReport, path: str) -> str:
     return write_json_report(path, report.to_dict(), what="validate JSON report")
 
 
-FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]
-
-
 def run_side_by_side(reference: Any, tests: Sequence[Any], count: int, fill: FillFn,
                      chunk: int = CHUNK_PAIRS) -> Tuple[np.ndarray, List[np.ndarray]]:
     """Run ``count`` pairs through a reference and one or more test
@@ -273,22 +271,6 @@ def run_side_by_side(reference: Any, tests: Sequence[Any], count: int, fill: Fil
         for outs, test in zip(test_out, tests):
             outs.append(test.predict(g, s).raw)
     return np.concatenate(ref_out, axis=0), [np.concatenate(outs, axis=0) for outs in test_out]
-
-
-@dataclass
-class PairSource:
-    """Pairs to validate on: ``fill(golden, sample, lo, hi)`` writes pairs ``[lo, hi)`` as
-    normalised float ``[hi-lo, C, H, W]``; ``labels`` bool ``[count]`` (True = defect) or
-    ``None``; ``failed()`` gives the indexes whose files could not be decoded (dropped from the
-    comparison); ``close()`` frees what the source holds."""
-
-    count: int
-    fill: FillFn
-    description: str
-    labels: Optional[np.ndarray] = None
-    ids: List[str] = field(default_factory=list)
-    failed: Callable[[], Sequence[int]] = lambda: ()
-    close: Callable[[], None] = lambda: None
 
 
 def _finite_for_metrics(scores: np.ndarray, cutoff: float) -> np.ndarray:
@@ -453,78 +435,6 @@ def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
     else:
         lines.append("FAIL: " + "; ".join(report.failures))
     return lines
-
-
-# -- pair sources ------------------------------------------------------------------------------
-def synthetic_source(
-    pairs: int,
-    input_shape: Sequence[int],
-    normalization: Any = None,
-    seed: int = 0,
-    defect_rate: float = 0.3,
-    layout: Any = None,
-) -> PairSource:
-    """``pairs`` synthetic PCB pairs (:mod:`changenet_trt.data.synth`, rendered in memory, not
-    written to disk) with their labels, assembled per light layout (TAO's 4 lights stacked
-    along H by default) and normalised. Deterministic by ``seed``."""
-    from changenet_trt.data.dataset import LightLayout
-    from changenet_trt.data.preprocess import get_normalization, prepare_tiles, shared_pool, wait_all
-    from changenet_trt.data.synth import plan_rows, render_pair
-
-    if pairs < 1:
-        raise InputError("--pairs must be positive", found=pairs)
-    layout = layout or LightLayout()
-    lights = list(layout.lights) or ["UniformLight"]
-    boxes = layout.boxes(int(input_shape[1]), int(input_shape[2]))
-    norm = get_normalization(normalization)
-    rows = plan_rows(pairs, defect_rate, seed)
-
-    def one(index: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
-        golden, sample = render_pair(rows[index], seed, lights)
-        prepare_tiles(golden, golden_dst, boxes, norm)
-        prepare_tiles(sample, sample_dst, boxes, norm)
-
-    def fill(golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
-        pool = shared_pool()
-        wait_all([pool.submit(one, i, golden_dst[i - lo], sample_dst[i - lo]) for i in range(lo, hi)])
-
-    return PairSource(
-        count=pairs,
-        fill=fill,
-        description="{} synthetic pairs, seed {}, {} defects".format(
-            pairs, seed, sum(1 for r in rows if r.label != "PASS")),
-        labels=np.array([r.label != "PASS" for r in rows], dtype=bool),
-        ids=["board_{:03d}/{} {}".format(r.board, r.object_name, r.label) for r in rows],
-    )
-
-
-def dataset_source(
-    csv_path: str,
-    images_dir: Optional[str],
-    input_shape: Sequence[int],
-    normalization: Any = None,
-    layout: Any = None,
-    strict: bool = False,
-    on_problem: Optional[Callable[[Any], None]] = None,
-) -> PairSource:
-    """The pairs of a TAO data set (:func:`changenet_trt.data.dataset.load_dataset`) with their
-    labels; rows with missing files are set aside (or stop the run with ``strict``), pairs that
-    fail to decode are dropped from the comparison."""
-    from changenet_trt.data.dataset import LightLayout, PairLoader, load_dataset
-
-    layout = layout or LightLayout()
-    data = load_dataset(csv_path, images_dir, layout=layout, strict=strict, on_problem=on_problem)
-    loader = PairLoader(data.pairs, layout, tuple(input_shape), normalization, strict=strict, on_problem=on_problem)
-    skipped = "" if not data.problems else ", {} row{} set aside".format(len(data.problems), "" if len(data.problems) == 1 else "s")
-    return PairSource(
-        count=len(data),
-        fill=loader.fill,
-        description="{} pairs of {}{}".format(len(data), csv_path, skipped),
-        labels=data.is_defect,
-        ids=["line {} {}".format(p.line, p.object_name) for p in data.pairs],
-        failed=lambda: sorted(loader.failed),
-        close=loader.close,
-    )
 
 
 def validate(

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from changenet_trt.data.pairs import synthetic_source
 from changenet_trt.gpu.cuda import CudaInfo, probe_driver, pycuda_version
 from changenet_trt.gpu.trt import installed_description
 from changenet_trt.tools.machine import NOT_FOUND, RunFn, environment, run_command
@@ -384,7 +385,7 @@ def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] =
 
 
 def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
-    from changenet_trt.evaluation.validate import synthetic_source, validate
+    from changenet_trt.evaluation.validate import validate
 
     return validate(engine, onnx_path, lambda contract, norm: synthetic_source(
         DEVICE_PAIRS, contract.input_shape, norm, seed=1), backend="tensorrt")
@@ -426,7 +427,6 @@ def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
         from changenet_trt.contract import read_contract
         from changenet_trt.engine.fp16_check import check_model, source_batches, write_layer_list
         from changenet_trt.engine.options import read_layer_patterns
-        from changenet_trt.evaluation.validate import synthetic_source
 
         model = write_reference_model(os.path.join(workdir, "doctor_fp16_overflow.onnx"), kind="learnable",
                                       fp16_overflow=True)
