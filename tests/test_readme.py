@@ -5,7 +5,9 @@ every docs/ page) whose set-up commands are the Makefile's and CI's, and measure
 only in benchmarks/RESULTS.md. And what pyproject.toml makes every user install, the package
 imports."""
 
+import argparse
 import ast
+import functools
 import importlib
 import os
 import re
@@ -13,6 +15,7 @@ import re
 import pytest
 
 import changenet_trt
+from changenet_trt.cli import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.dirname(changenet_trt.__file__)
@@ -187,6 +190,39 @@ def test_the_measured_figure_rule():
 @pytest.mark.parametrize("page", PAGES)
 def test_measured_figures_live_in_results(page):
     assert not measured_figures(TEXTS[page]), "{}: link benchmarks/RESULTS.md instead".format(page)
+
+
+@functools.lru_cache(maxsize=None)
+def cli_commands():
+    """{command name: its argparse subparser} of ``changenet-trt`` (made once)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_the_commands_page_lists_every_command():
+    table = re.findall(r"^\| `([a-z0-9-]+)` \|", TEXTS["docs/commands.md"], re.MULTILINE)
+    assert sorted(table) == sorted(cli_commands()), "docs/commands.md's table vs changenet-trt --help"
+
+
+def command_lines():
+    """(page, command, options) of every ``changenet-trt COMMAND ...`` line in a code block."""
+    result = []
+    for page, text in TEXTS.items():
+        for block in FENCE.findall(text):
+            for line in block.splitlines():
+                match = re.search(r"changenet-trt(?: -v+)? ([a-z0-9-]+)(.*)", line.split("  #")[0])
+                if match:
+                    result.append((page, match.group(1), re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", match.group(2))))
+    return result
+
+
+@pytest.mark.parametrize("page,command,options", command_lines(), ids=page_id)
+def test_shown_commands_take_their_options(page, command, options):
+    """Every command a page shows exists and takes the options the line gives it."""
+    commands = dict(cli_commands())
+    assert command in commands, "{}: no command {!r}".format(page, command)
+    known = commands[command]._option_string_actions
+    assert not [o for o in options if o not in known], "{}: {} options".format(page, command)
 
 
 def package_tree():

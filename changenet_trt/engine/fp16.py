@@ -417,11 +417,12 @@ def to_fp16(
 
     source = os.fspath(model_path)
     output = check_output_file(out_path, "float16 model", inputs=[source])
-    original = name_nodes(load_model(source))
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
     contract = read_contract(source, **overrides)
     make_source = make_source or default_source()
-    user_nodes = match_nodes(original, list(fp32_nodes))
+    # the user's patterns are checked before minutes of analysis; the model (with its weights) is
+    # loaded again after it, so it is not resident while fp16-check holds a run's activations
+    user_nodes = match_nodes(name_nodes(load_model(source)), list(fp32_nodes))
     flagged: Dict[str, List[str]] = {}
     if check_ranges:
         from changenet_trt.data.preprocess import get_normalization
@@ -435,6 +436,7 @@ def to_fp16(
         finally:
             pairs.close()
         flagged = {layer.layer: list(layer.reasons) for layer in report.layers}
+    original = name_nodes(load_model(source))
     present = {node.name for node in original.graph.node}
     unknown = sorted(set(flagged) - present)
     if unknown:  # fp16-check names layers as TensorRT does; after name_nodes they are node names

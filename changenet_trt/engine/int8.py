@@ -38,6 +38,7 @@ from changenet_trt.engine.precision import (
     record_made,
 )
 from changenet_trt.errors import BuildError, ChangeNetError, InputError, missing_dependency
+from changenet_trt.threads import release_freed_memory
 
 #: TensorRT 8.5 parses ONNX opsets up to 17; per-channel Q/DQ (DequantizeLinear axis) needs 13
 MIN_QDQ_OPSET = 13
@@ -439,6 +440,7 @@ def to_int8(
                 raise BuildError("onnxruntime could not calibrate and quantize {}".format(source),
                                  found="{}: {}".format(type(exc).__name__, str(exc).strip().splitlines()[0]
                                                        if str(exc).strip() else "")) from None
+        release_freed_memory()  # the calibration session's activations, before the next sessions
         quantized = onnx.load(quant_path)
         _dedicate_qdq(quantized, reads_int8)
         qdq = graph_precision(quantized)
@@ -453,6 +455,7 @@ def to_int8(
         with tqdm(total=min(layer_pairs, spool.pairs), desc="per-layer error", unit="pair", disable=disable, file=progress_file,
                   leave=False) as bar:
             errors, error_pairs = layer_errors(model, quantized, layers, spool, layer_pairs, bar, threads)
+        release_freed_memory()
         made = {"precision": "int8", "format": "QDQ", "method": method, "calibration_batches": spool.batches,
                 "calibration_pairs": spool.pairs, "op_types": list(op_types), "float_nodes": excluded,
                 "stem_float": stems, "residual_adds": sorted(residuals), "opset": main_opset(quantized),
@@ -467,6 +470,7 @@ def to_int8(
         with open(quant_path, "wb") as handle:
             handle.write(payload)
         del model, quantized
+        release_freed_memory()
         validation, = prove([quant_path], source, make_source or default_source(), cutoff, normalization,
                                batch_size, overrides, 1e-2, 1e-2, threads)
     finally:
