@@ -37,6 +37,7 @@ import numpy as np
 from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR, FP16_MAX, FP16_MIN_SUBNORMAL, layer_name
 from changenet_trt.errors import BuildError, ChangeNetError, InputError, missing_dependency
 from changenet_trt.files import file_sha256
+from changenet_trt.threads import release_freed_memory
 
 PathLike = Union[str, "os.PathLike[str]"]
 Batch = Tuple[np.ndarray, np.ndarray]  # (golden, sample), each float32 [n, C, H, W]
@@ -661,11 +662,12 @@ def to_fp16(
 
     source = os.fspath(model_path)
     output = check_output_file(out_path, "float16 model", inputs=[source])
-    original = name_nodes(_load(source))
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
     contract = read_contract(source, **overrides)
     make_source = make_source or _default_source()
-    user_nodes = match_nodes(original, list(fp32_nodes))
+    # the user's patterns are checked before minutes of analysis; the model (with its weights) is
+    # loaded again after it, so it is not resident while fp16-check holds a run's activations
+    user_nodes = match_nodes(name_nodes(_load(source)), list(fp32_nodes))
     flagged: Dict[str, List[str]] = {}
     if check_ranges:
         from changenet_trt.data.preprocess import get_normalization
@@ -679,6 +681,7 @@ def to_fp16(
         finally:
             pairs.close()
         flagged = {layer.layer: list(layer.reasons) for layer in report.layers}
+    original = name_nodes(_load(source))
     present = {node.name for node in original.graph.node}
     unknown = sorted(set(flagged) - present)
     if unknown:  # fp16-check names layers as TensorRT does; after name_nodes they are node names
@@ -1117,6 +1120,7 @@ def to_int8(
                 raise BuildError("onnxruntime could not calibrate and quantize {}".format(source),
                                  found="{}: {}".format(type(exc).__name__, str(exc).strip().splitlines()[0]
                                                        if str(exc).strip() else "")) from None
+        release_freed_memory()  # the calibration session's activations, before the next sessions
         quantized = onnx.load(quant_path)
         _dedicate_qdq(quantized, reads_int8)
         qdq = graph_precision(quantized)
@@ -1131,6 +1135,7 @@ def to_int8(
         with tqdm(total=min(layer_pairs, spool.pairs), desc="per-layer error", unit="pair", disable=disable, file=progress_file,
                   leave=False) as bar:
             errors, error_pairs = layer_errors(model, quantized, layers, spool, layer_pairs, bar, threads)
+        release_freed_memory()
         made = {"precision": "int8", "format": "QDQ", "method": method, "calibration_batches": spool.batches,
                 "calibration_pairs": spool.pairs, "op_types": list(op_types), "float_nodes": excluded,
                 "stem_float": stems, "residual_adds": sorted(residuals), "opset": main_opset(quantized),
@@ -1145,6 +1150,7 @@ def to_int8(
         with open(quant_path, "wb") as handle:
             handle.write(payload)
         del model, quantized
+        release_freed_memory()
         validation, = _compare([quant_path], source, make_source or _default_source(), cutoff, normalization,
                                batch_size, overrides, 1e-2, 1e-2, threads)
     finally:

@@ -25,6 +25,7 @@ import numpy as np
 
 from changenet_trt.contract import META_PREPROCESS, ModelContract, load_onnx, read_contract
 from changenet_trt.errors import BuildError
+from changenet_trt.threads import release_freed_memory
 
 BATCH_SYMBOL = "batch"
 DEFAULT_PROOF_BATCHES = (1, 3, 17, 32)
@@ -213,6 +214,8 @@ def prove(
         worst = int(np.argmax(row_diff))
         ok = bool((diff <= limit).all()) and bool(np.isfinite(out).all())
         checks.append(BatchCheck(batch, float(row_diff[worst]), worst, ok))
+    del sess
+    release_freed_memory()  # both sessions' pages back before the caller's next step
     return checks
 
 

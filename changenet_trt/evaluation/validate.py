@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from changenet_trt.errors import InputError
+from changenet_trt.threads import release_freed_memory
 
 DEFAULT_ATOL = 1e-2
 DEFAULT_RTOL = 1e-2
@@ -600,7 +601,9 @@ def validate_all(
                  for engine in engines]
         source = make_source(reference.contract, reference.normalization)
         try:
-            return compare_all(reference, tests, source, reference.cutoff, atol=atol, rtol=rtol,
-                               max_flips=max_flips, chunk=chunk)
+            reports = compare_all(reference, tests, source, reference.cutoff, atol=atol, rtol=rtol,
+                                  max_flips=max_flips, chunk=chunk)
         finally:
             source.close()
+    release_freed_memory()  # the sessions are closed: their pages back before the caller's next step
+    return reports
