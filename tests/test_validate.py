@@ -127,10 +127,25 @@ def test_validate_all_runs_the_reference_once_for_several_models(models, monkeyp
         classifier.predict = lambda g, s: calls.append(str(model)) or predict(g, s)
         return classifier
 
+    active, most = [0], [0]
+    enter, leave = api.Classifier.__enter__, api.Classifier.__exit__
+
+    def entering(self):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        return enter(self)
+
+    def leaving(self, *exc):
+        active[0] -= 1
+        return leave(self, *exc)
+
     monkeypatch.setattr(api, "load", counting_load)
+    monkeypatch.setattr(api.Classifier, "__enter__", entering)
+    monkeypatch.setattr(api.Classifier, "__exit__", leaving)
     same, drift = validate.validate_all([models["same"], models["drift"]], models["ref"], _synthetic(12),
                                         backend="onnxruntime", chunk=4)
     assert calls.count(models["ref"]) == 3 and calls.count(models["same"]) == 3 and calls.count(models["drift"]) == 3
+    assert most[0] == 1 and active[0] == 0  # one model's session at a time: memory holds one, not three
     assert same.passed and same.raw.abs_max == 0.0
     alone = validate.validate(models["drift"], models["ref"], _synthetic(12), backend="onnxruntime")
     assert drift.flips.indices == alone.flips.indices and np.array_equal(drift.test_scores, alone.test_scores)

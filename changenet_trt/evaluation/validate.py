@@ -12,7 +12,7 @@ of both when the pairs are labelled. :func:`validate` returns a :class:`Validati
 """
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -256,39 +256,51 @@ def write_json(report: ValidationReport, path: str) -> str:
 FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]
 
 
-def run_side_by_side(reference: Any, tests: Sequence[Any], count: int, fill: FillFn,
-                     chunk: int = CHUNK_PAIRS) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """Run ``count`` pairs through a reference and one or more test
-    :class:`~changenet_trt.api.Classifier` objects.
-
-    Pairs are preprocessed once per chunk (``fill(golden, sample, lo, hi)`` writes normalised
-    float32 ``[hi-lo, C, H, W]``) and the same arrays go to every model; the reference runs
-    once whatever the number of tests. Returns ``(reference_raw, [test_raw, ...])``, each
-    ``[count, ...]``.
-    """
+def run_pairs(classifier: Any, count: int, fill: FillFn, chunk: int = CHUNK_PAIRS) -> np.ndarray:
+    """Raw outputs ``[count, ...]`` of an active :class:`~changenet_trt.api.Classifier` on ``count``
+    pairs, preprocessed ``chunk`` at a time (``fill(golden, sample, lo, hi)`` writes normalised
+    float32 ``[hi-lo, C, H, W]``; a pair source fills the same arrays each time it is asked)."""
     if count < 1:
         raise InputError("nothing to validate", expected="at least one pair", found=count)
-    shape = tuple(reference.contract.input_shape)
-    for test in tests:
-        if tuple(test.contract.input_shape) != shape:
-            raise InputError(
-                "the engine and the ONNX model take different image sizes",
-                expected="[B,{},{},{}] (ONNX)".format(*shape),
-                found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
-            )
+    shape = tuple(classifier.contract.input_shape)
     step = max(1, int(chunk))
     golden = np.empty((min(step, count),) + shape, dtype=np.float32)
     sample = np.empty_like(golden)
-    ref_out: List[np.ndarray] = []
-    test_out: List[List[np.ndarray]] = [[] for _ in tests]
+    outputs = []
     for lo in range(0, count, step):
         hi = min(lo + step, count)
         g, s = golden[: hi - lo], sample[: hi - lo]
         fill(g, s, lo, hi)
-        ref_out.append(reference.predict(g, s).raw)
-        for outs, test in zip(test_out, tests):
-            outs.append(test.predict(g, s).raw)
-    return np.concatenate(ref_out, axis=0), [np.concatenate(outs, axis=0) for outs in test_out]
+        outputs.append(classifier.predict(g, s).raw)
+    return np.concatenate(outputs, axis=0)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """What a report says of one model: its path, backend and contract."""
+
+    model: str
+    backend: str
+    contract: Any
+
+    @classmethod
+    def of(cls, classifier: Any) -> "_Side":
+        return cls(getattr(classifier.runner, "model_path", "?"), classifier.runner.name, classifier.contract)
+
+
+def _check_comparable(reference: _Side, test: _Side) -> None:
+    if tuple(test.contract.input_shape) != tuple(reference.contract.input_shape):
+        raise InputError(
+            "the engine and the ONNX model take different image sizes",
+            expected="[B,{},{},{}] (ONNX)".format(*reference.contract.input_shape),
+            found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
+        )
+    if reference.contract.output_kind != test.contract.output_kind:
+        raise InputError(
+            "the engine and the ONNX model have different output kinds",
+            expected=reference.contract.output_kind,
+            found=test.contract.output_kind,
+        )
 
 
 @dataclass
@@ -319,6 +331,13 @@ def _finite_for_metrics(scores: np.ndarray, cutoff: float) -> np.ndarray:
     return out
 
 
+def _check_tolerances(atol: float, rtol: float, max_flips: int) -> None:
+    if atol < 0 or rtol < 0:
+        raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
+    if max_flips < 0:
+        raise InputError("--max-flips must be >= 0", found=max_flips)
+
+
 def compare(
     reference: Any,
     test: Any,
@@ -332,82 +351,63 @@ def compare(
     """Run ``source``'s pairs through two active classifiers and measure the differences.
 
     ``reference`` is the ONNX (float32) classifier, ``test`` the engine's; both read the same
-    preprocessed arrays. Raw outputs are compared elementwise, scores (``contract.score``) per
+    preprocessed pairs. Raw outputs are compared elementwise, scores (``contract.score``) per
     pair, decisions at ``cutoff``.
     """
-    return compare_all(reference, [test], source, cutoff, atol, rtol, max_flips, chunk)[0]
+    _check_tolerances(atol, rtol, max_flips)
+    ref, other = _Side.of(reference), _Side.of(test)
+    _check_comparable(ref, other)
+    ref_raw = run_pairs(reference, source.count, source.fill, chunk)
+    test_raw = run_pairs(test, source.count, source.fill, chunk)
+    return _report(ref, other, ref_raw, test_raw, source, cutoff, atol, rtol, max_flips)
 
 
-def compare_all(
-    reference: Any,
-    tests: Sequence[Any],
-    source: PairSource,
-    cutoff: float,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    max_flips: int = DEFAULT_MAX_FLIPS,
-    chunk: int = CHUNK_PAIRS,
-) -> List[ValidationReport]:
-    """:func:`compare` of each of ``tests`` against ``reference``, which runs once: one report per test."""
+def _report(reference: _Side, test: _Side, ref_all: np.ndarray, test_all: np.ndarray, source: PairSource,
+            cutoff: float, atol: float, rtol: float, max_flips: int) -> ValidationReport:
+    """The :class:`ValidationReport` of two models' raw outputs ``[count, ...]`` on ``source``."""
     from changenet_trt.contract import score
 
-    if atol < 0 or rtol < 0:
-        raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
-    if max_flips < 0:
-        raise InputError("--max-flips must be >= 0", found=max_flips)
-    for test in tests:
-        if reference.contract.output_kind != test.contract.output_kind:
-            raise InputError(
-                "the engine and the ONNX model have different output kinds",
-                expected=reference.contract.output_kind,
-                found=test.contract.output_kind,
-            )
-    ref_all, test_all = run_side_by_side(reference, tests, source.count, source.fill, chunk=chunk)
     keep = np.ones(source.count, dtype=bool)
     keep[list(source.failed())] = False
     if not keep.any():
         raise InputError("no pair could be read", expected="at least one readable pair", found="0 of {}".format(source.count))
-    ref_raw = ref_all[keep]
+    ref_raw, test_raw = ref_all[keep], test_all[keep]
+    if ref_raw.shape != test_raw.shape:
+        raise InputError(
+            "the engine and the ONNX model give outputs of different shapes",
+            expected=list(ref_raw.shape),
+            found=list(test_raw.shape),
+        )
     kind = reference.contract.output_kind
     ref_scores = score(ref_raw, kind)
+    test_scores = score(test_raw, kind)
     labels = source.labels[keep] if source.labels is not None else None
     ids = [i for i, k in zip(source.ids, keep) if k] if source.ids else []
-    reports = []
-    for test, raw in zip(tests, test_all):
-        test_raw = raw[keep]
-        if ref_raw.shape != test_raw.shape:
-            raise InputError(
-                "the engine and the ONNX model give outputs of different shapes",
-                expected=list(ref_raw.shape),
-                found=list(test_raw.shape),
-            )
-        test_scores = score(test_raw, kind)
-        metrics = {}
-        if labels is not None:
-            from changenet_trt.evaluation.metrics import confusion
+    metrics = {}
+    if labels is not None:
+        from changenet_trt.evaluation.metrics import confusion
 
-            for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
-                metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
-        reports.append(ValidationReport(
-            test_model=getattr(test.runner, "model_path", "?"),
-            test_backend=test.runner.name,
-            reference_model=getattr(reference.runner, "model_path", "?"),
-            reference_backend=reference.runner.name,
-            pairs=int(keep.sum()),
-            source=source.description,
-            output_name=reference.contract.output,
-            output_kind=kind,
-            raw=error_stats(ref_raw, test_raw, atol, rtol),
-            score=error_stats(ref_scores, test_scores, atol, rtol),
-            flips=decision_flips(ref_scores, test_scores, cutoff),
-            max_flips=int(max_flips),
-            ids=ids,
-            ref_scores=ref_scores,
-            test_scores=test_scores,
-            labels=labels,
-            metrics=metrics,
-        ))
-    return reports
+        for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
+            metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
+    return ValidationReport(
+        test_model=test.model,
+        test_backend=test.backend,
+        reference_model=reference.model,
+        reference_backend=reference.backend,
+        pairs=int(keep.sum()),
+        source=source.description,
+        output_name=reference.contract.output,
+        output_kind=kind,
+        raw=error_stats(ref_raw, test_raw, atol, rtol),
+        score=error_stats(ref_scores, test_scores, atol, rtol),
+        flips=decision_flips(ref_scores, test_scores, cutoff),
+        max_flips=int(max_flips),
+        ids=ids,
+        ref_scores=ref_scores,
+        test_scores=test_scores,
+        labels=labels,
+        metrics=metrics,
+    )
 
 
 def _pct(value: Optional[float]) -> str:
@@ -585,25 +585,34 @@ def validate_all(
     engine_options: Optional[Dict[str, Any]] = None,
     chunk: int = CHUNK_PAIRS,
 ) -> List[ValidationReport]:
-    """:func:`validate` of each of ``engines`` against ``onnx_model``, which runs once on the pairs
-    (a float16 model and its float16-storage emulation share one float32 pass): one report each."""
-    from contextlib import ExitStack
-
+    """:func:`validate` of each of ``engines`` against ``onnx_model``, one model loaded at a time:
+    the float32 model runs once on the pairs and its raw outputs are kept (``[pairs, ...]``, a few
+    KB), then each engine runs on the same pairs, so memory holds one session, not all of them (a
+    float16 model and its float16-storage emulation share one float32 pass). One report each."""
     from changenet_trt.api import load
 
+    _check_tolerances(atol, rtol, max_flips)
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    with ExitStack() as stack:
-        reference = stack.enter_context(load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
-                                             normalization=normalization, **overrides))
-        tests = [stack.enter_context(load(engine, cutoff=reference.cutoff, backend=backend, batch_size=batch_size,
-                                          normalization=reference.normalization,
-                                          **dict(overrides, **(engine_options or {}))))
-                 for engine in engines]
-        source = make_source(reference.contract, reference.normalization)
+    with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
+              normalization=normalization, **overrides) as classifier:
+        reference, cutoff, normalization = _Side.of(classifier), classifier.cutoff, classifier.normalization
+        source = make_source(reference.contract, normalization)
         try:
-            reports = compare_all(reference, tests, source, reference.cutoff, atol=atol, rtol=rtol,
-                                  max_flips=max_flips, chunk=chunk)
-        finally:
+            ref_raw = run_pairs(classifier, source.count, source.fill, chunk)
+        except BaseException:
             source.close()
-    release_freed_memory()  # the sessions are closed: their pages back before the caller's next step
+            raise
+    release_freed_memory()
+    reports = []
+    try:
+        for engine in engines:
+            with load(engine, cutoff=cutoff, backend=backend, batch_size=batch_size, normalization=normalization,
+                      **dict(overrides, **(engine_options or {}))) as classifier:
+                test = _Side.of(classifier)
+                _check_comparable(reference, test)
+                test_raw = run_pairs(classifier, source.count, source.fill, chunk)
+            release_freed_memory()  # this session's pages back before the next one
+            reports.append(_report(reference, test, ref_raw, test_raw, source, cutoff, atol, rtol, max_flips))
+    finally:
+        source.close()
     return reports
