@@ -16,6 +16,7 @@ import pytest
 
 import changenet_trt
 from changenet_trt.cli import build_parser
+from changenet_trt.gpu.trt import PrecisionPath
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.dirname(changenet_trt.__file__)
@@ -223,6 +224,43 @@ def test_shown_commands_take_their_options(page, command, options):
     assert command in commands, "{}: no command {!r}".format(page, command)
     known = commands[command]._option_string_actions
     assert not [o for o in options if o not in known], "{}: {} options".format(page, command)
+
+
+def target_rows():
+    """[(TensorRT cell, precision path cell)] of the README's target table."""
+    start = README.index("| target | TensorRT |")
+    rows = []
+    for line in README[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows.append((cells[1], cells[3]))
+    return rows
+
+
+def precision_path_named(cell):
+    """The ``PrecisionPath`` a table cell names: the one whose value's headline (its words before
+    the first ``:``, ``;`` or ``(``) is the longest that starts the cell; None when none does."""
+    headlines = {path: re.split(r"[:;(]", path.value)[0].strip() for path in PrecisionPath}
+    named = [path for path, words in headlines.items() if cell.startswith(words)]
+    return max(named, key=lambda path: len(headlines[path]), default=None)
+
+
+def test_precision_path_named_tells_the_paths_apart():
+    assert precision_path_named("strongly typed build of the typed model (x)") is PrecisionPath.TYPED_MODEL
+    assert precision_path_named("strongly typed: precision from the ONNX graph only") is PrecisionPath.STRONGLY_TYPED
+    assert precision_path_named("builder flags derived from the typed graph") is PrecisionPath.DERIVED_FLAGS
+    assert precision_path_named("runs the float16 model as it is") is None
+
+
+def test_the_target_tables_precision_paths_are_the_releases():
+    """Each TensorRT row of the README's table names the precision path its release takes
+    (``PrecisionPath.of``, what the build plan and doctor decide by)."""
+    rows = [(trt, cell) for trt, cell in target_rows() if trt[:1].isdigit()]
+    assert len(rows) >= 7, rows
+    for trt, cell in rows:
+        version = re.match(r"\d+\.(?:\d+|x)(?:\.\d+)?", trt).group(0).replace("x", "0")
+        assert precision_path_named(cell) is PrecisionPath.of(version), "TensorRT {}: {!r}".format(trt, cell)
 
 
 def package_tree():
