@@ -82,10 +82,10 @@ def measure_loaded(measure) -> Dict[str, float]:
 
 
 def make_int8(source: str, out: str, method: str, calib_pairs: int, held_pairs: int, workdir: str):
+    from changenet_trt.data.pairs import dataset_source
     from changenet_trt.data.synth import synthesize
     from changenet_trt.engine.calibration import dataset_batches
-    from changenet_trt.engine.precision import to_int8
-    from changenet_trt.evaluation.validate import dataset_source
+    from changenet_trt.engine.int8 import to_int8
 
     calib = synthesize(os.path.join(workdir, "calib"), pairs=calib_pairs, seed=101)
     held = synthesize(os.path.join(workdir, "held"), pairs=held_pairs, seed=102)

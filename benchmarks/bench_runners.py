@@ -135,13 +135,13 @@ def query_seconds(path: str, batch: int) -> float:
 
 
 def run_ours(path: str, batch: int, queries: int, warmup_ms: float, times_path: str = "") -> Dict[str, float]:
-    from changenet_trt.tools import bench
+    from changenet_trt.tools import bench, bench_report
 
     options = bench.BenchOptions(batch=batch, warmup_ms=warmup_ms, duration_s=0.0, iterations=queries)
     result = bench.run_benchmark(path, options)
     if times_path:
-        bench.export_times(result, times_path)
-        bench.latency_histogram(times_path, times_path.replace(".json", ".png"))
+        bench_report.export_times(result, times_path)
+        bench_report.latency_histogram(times_path, times_path.replace(".json", ".png"))
     return {"fps": result.fps, "queries": len(result.timed), "median_ms": result.stats("latency").median}
 
 
@@ -245,7 +245,7 @@ def main() -> int:
     if not os.path.exists(polygraphy_command("", 0)[0]):
         parser.error("polygraphy is not installed in this environment; install the bench extra: "
                      "{} -m pip install -e '.[bench]'".format(sys.executable))
-    from changenet_trt.tools.bench import machine_info
+    from changenet_trt.tools.machine import machine_info
 
     machine = machine_info("onnxruntime")
     print("machine: {} ({} cores), onnxruntime {}, {}".format(machine["cpu"], machine["cpu_count"],

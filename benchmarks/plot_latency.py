@@ -14,7 +14,7 @@ def main() -> int:
     parser.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
     args = parser.parse_args()
     from changenet_trt.errors import ChangeNetError
-    from changenet_trt.tools.bench import latency_histogram
+    from changenet_trt.tools.bench_report import latency_histogram
 
     try:
         print("wrote {}".format(latency_histogram(args.times, args.png, bins=args.bins)))

@@ -21,6 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from changenet_trt.contract import ModelContract, read_contract, score
+from changenet_trt.data.pairs import FillFn
 from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
 from changenet_trt.errors import EngineError, InputError, ModelContractError
 from changenet_trt.runtime.base import Runner, check_batch_size
@@ -31,7 +32,6 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 #: fill(golden_dst, sample_dst, start, stop) writes pairs [start, stop) into [n,C,H,W] buffers
-FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]
 
 
 @dataclass

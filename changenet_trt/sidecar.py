@@ -10,16 +10,15 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 from packaging.version import InvalidVersion, Version
 
 from changenet_trt.errors import EngineError
-from changenet_trt.files import atomic_write
+from changenet_trt.files import PathLike, atomic_write
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass

@@ -52,7 +52,7 @@ def run_in_threads(work, count):
 
 def build_options(model, **kw):
     """BuildOptions for the fake builds: no progress bars, a short fp16 proof, engines/ under cwd."""
-    from changenet_trt.engine.plan import BuildOptions
+    from changenet_trt.engine.options import BuildOptions
 
     kw.setdefault("progress", False)
     kw.setdefault("proof_pairs", 8)

@@ -1,4 +1,4 @@
-"""bench: trtexec's statistics, stopping rule, report, JSON and exported times.
+"""bench: trtexec's summary statistics, stopping rule, report, JSON and exported times.
 
 Expected numbers are worked out by hand from trtexec's rules (sampleReporting.cpp,
 sampleInference.cpp); the timing loop runs against a fake clock, so nothing sleeps.
@@ -15,37 +15,10 @@ from changenet_trt.cli import main
 from changenet_trt.contract import ModelContract
 from changenet_trt.errors import InputError
 from changenet_trt.runtime.base import Runner, Timing
-from changenet_trt.tools import bench
+from changenet_trt.tools import bench, bench_report
 from changenet_trt.tools.bench import BenchOptions, BenchResult, Trace
 
 # -- statistics ----------------------------------------------------------------------------------
-
-
-def test_percentile_is_trtexec_nearest_rank_in_float32():
-    ten = list(range(1, 11))
-    # exclude = int((1 - p/100) * N) in float32: p90 of 10 -> int(1.0000002) = 1 -> sorted[8]
-    assert bench.percentile(ten, 90) == 9
-    assert bench.percentile(ten, 95) == 10  # int(0.5) = 0 -> sorted[9]
-    assert bench.percentile(ten, 50) == 5  # int(5) = 5 -> sorted[4]
-    assert bench.percentile(ten, 0) == 1  # int(10) = 10 -> max(-1, 0) = 0
-    assert bench.percentile(ten, 100) == 10
-    hundred = list(range(1, 101))
-    # float32: (1 - 0.99f) * 100 = 0.99999905 -> 0 excluded -> the maximum (float64 would say 99)
-    assert bench.percentile(hundred, 99) == 100
-    assert bench.percentile(hundred, 90) == 90  # (1 - 0.9f) * 100 = 10.000002 -> sorted[89]
-    seven = [10, 20, 30, 40, 50, 60, 70]
-    assert bench.percentile(seven, 90) == 70  # int(0.7) = 0
-    assert bench.percentile(seven, 50) == 40  # int(3.5) = 3 -> sorted[3]
-    assert bench.percentile([], 90) == math.inf
-    with pytest.raises(InputError):
-        bench.percentile(ten, 101)
-
-
-def test_median_averages_the_two_middle_values_for_even_counts():
-    assert bench.median([1, 2, 3, 4]) == 2.5
-    assert bench.median([1, 2, 3, 4, 100]) == 3
-    assert bench.median([7]) == 7
-    assert bench.median([]) == math.inf
 
 
 def test_summarize_matches_hand_computed_values():
@@ -238,7 +211,7 @@ def test_multiple_streams_warning():
 def test_report_has_trtexec_sections_in_order_and_trace_averages():
     result = make_result([(0.1, 1.0, float(c), 1.0) for c in range(10, 35)])
     result.options.avg_runs = 10
-    text = bench.format_report(result)
+    text = bench_report.format_report(result)
     order = ["Warmup completed", "Timing trace has 25 queries", "=== Trace details ===",
              "=== Performance summary ===", "Throughput: ", "FPS: ", "Latency: ", "Enqueue Time: ",
              "H2D Latency: ", "GPU Compute Time: ", "D2H Latency: ", "Total Host Walltime: ",
@@ -250,7 +223,7 @@ def test_report_has_trtexec_sections_in_order_and_trace_averages():
     # first group: compute 10..19 -> mean 14.5; latency adds 2 ms of transfers
     assert averages[0] == "Average on 10 runs - GPU latency: 14.5 ms - Host latency: 16.5 ms (enqueue 0.1 ms)"
     assert "percentile(90%)" in text and "percentile(99%)" in text
-    assert "FPS: {} pairs/s (qps x batch 8)".format(bench._g(result.qps * 8)) in text
+    assert "FPS: {} pairs/s (qps x batch 8)".format(bench.stream_number(result.qps * 8)) in text
 
 
 def test_json_summary_schema():
@@ -342,7 +315,7 @@ def test_cli_bench_prints_report_and_json_agrees(reference_models, tmp_path, cap
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 100
     png2 = tmp_path / "again.png"
-    assert bench.latency_histogram(str(times), str(png2)) == str(png2) and png2.exists()
+    assert bench_report.latency_histogram(str(times), str(png2)) == str(png2) and png2.exists()
 
 
 def test_cli_bench_user_errors_are_one_line(tmp_path, capsys, reference_models):
@@ -354,7 +327,7 @@ def test_cli_bench_user_errors_are_one_line(tmp_path, capsys, reference_models):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(InputError, match="exportTimes"):
-        bench.read_exported_times(str(bad))
+        bench_report.read_exported_times(str(bad))
 
 
 # -- the TensorRT path through the fakes (fake tensorrt 10.x + fake pycuda) ------------------------
@@ -445,7 +418,7 @@ def test_cli_bench_on_an_engine(fake_gpu, tmp_path, reference_models, capsys):
     doc = json.loads(out.read_text())
     assert doc["backend"] == "tensorrt" and doc["batch"] == 8 and doc["options"]["cuda_graph"] is True
     assert "Timing: host clock" not in text and "H2D Latency: " in text
-    assert "FPS: {} pairs/s".format(bench._g(doc["fps"])) in text
+    assert "FPS: {} pairs/s".format(bench.stream_number(doc["fps"])) in text
 
 
 # -- end to end on a synthetic TAO data set --------------------------------------------------------
@@ -483,7 +456,7 @@ def test_end_to_end_times_whole_batches_of_the_repeated_data_set(small_dataset, 
     assert result.walltime_ms >= sum(result.batch_times_ms) - 1e-6
     doc = result.to_dict()
     assert doc["end_to_end"] is True and doc["batch_time_ms"]["median"] > 0
-    assert "End-to-End Batch Time: " in bench.format_report(result)
+    assert "End-to-End Batch Time: " in bench_report.format_report(result)
 
 
 def test_cli_end_to_end_and_its_argument_errors(small_dataset, reference_models, tmp_path, capsys):

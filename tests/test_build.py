@@ -10,12 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from changenet_trt.cli import main
-from changenet_trt.engine.build import (
-    BatchProfile,
-    build_engine_file,
-    make_plan,
-    read_layer_patterns,
-)
+from changenet_trt.engine.build import build_engine_file
+from changenet_trt.engine.options import BatchProfile, read_layer_patterns
+from changenet_trt.engine.plan import make_plan
 from changenet_trt.engine.prepare import proof_pairs
 from changenet_trt.errors import BuildError, ChangeNetError, DatasetError, DependencyError, InputError
 from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes

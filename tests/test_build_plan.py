@@ -1,6 +1,7 @@
 """The build executes its plan: one BuildPlan says the flags, pools and profile; ``--dry-run``,
 ``--print-trtexec``, the builder config the build fills and the sidecar all read it."""
 
+import dataclasses
 import os
 import shlex
 import types
@@ -9,15 +10,10 @@ import pytest
 
 from changenet_trt.cli import main
 from changenet_trt.engine.build import _warn_slow_precisions, build_engine_file, fast_precisions
-from changenet_trt.engine.plan import (
-    TRTEXEC_FLAGS,
-    BatchProfile,
-    BuildOptions,
-    GpuInfo,
-    builder_flags,
-    make_plan,
-)
+from changenet_trt.engine.options import BatchProfile, BuildOptions
+from changenet_trt.engine.plan import TRTEXEC_FLAGS, builder_flags, make_plan
 from changenet_trt.errors import BuildError, InputError
+from changenet_trt.gpu.cuda import GpuInfo
 from changenet_trt.sidecar import read_sidecar
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,8 +75,10 @@ def test_flags_set_on_the_builder_config_are_the_plan_flags_and_the_sidecar_flag
         batches = array_batches(golden, sample, 4) if options.precision == "int8" else None
         result = build_engine_file(plan=plan, calibration_batches=batches)
         meta = read_sidecar(result.engine_path)
-        # the build completes the same plan object from the typed model it made
-        assert result.plan is plan
+        # the plan is a frozen value: the build returns a new, complete plan made from it and the typed model
+        assert result.plan is result.typed.plan and result.plan.typed_ready
+        assert (result.plan.options, result.plan.engine_path) == (plan.options, plan.engine_path)
+        plan = result.plan
         assert set_flags == plan.flags == result.configured.flags == meta.flags["builder_flags"], options
         assert meta.flags["strongly_typed"] == plan.strongly_typed == (mode != "8.5" and not options.int8_calibrator)
         assert meta.flags["typed_onnx_sha256"] == result.typed.sha256
@@ -227,3 +225,18 @@ def test_calibration_batches_show_as_a_bar_on_a_terminal(fake_trt, fake_cuda, re
     assert result.typed.made["calibration_batches"] == 2
     text = shown.getvalue()
     assert "making the INT8 Q/DQ model" in text and "calibrating (onnxruntime)" in text and "building engine" in text
+
+
+def test_the_plan_is_a_frozen_value_made_in_two_stages(fake_trt_factory, reference_models, workdir):
+    fake_trt_factory("8.5")
+    options = BuildOptions(model=reference_models["learnable_dynamic"], precision="fp16", progress=False)
+    first = make_plan(options, trt_version="8.5.2", gpu=GpuInfo())
+    # stage one: the typed model is not made yet, so TensorRT 8.x's FP32 layers are not known
+    assert not first.typed_ready and first.fp32_layers is None and first.flags == ["FP16"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.flags = []
+    complete = first.with_typed_model({"float16": True, "qdq": False, "fp32_nodes": ["node_a"]})
+    # stage two: a new plan with the typed model's facts; the first one is unchanged
+    assert complete.typed_ready and complete.fp32_layers == ["node_a"] and complete.held["fp32_nodes"] == ["node_a"]
+    assert complete.flags == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert not first.typed_ready and first.fp32_layers is None and first.held == {}

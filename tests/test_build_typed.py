@@ -8,7 +8,9 @@ import onnxruntime as ort
 import pytest
 
 from changenet_trt.cli import main
-from changenet_trt.engine.build import BatchProfile, build_engine_file, make_plan
+from changenet_trt.engine.build import build_engine_file
+from changenet_trt.engine.options import BatchProfile
+from changenet_trt.engine.plan import make_plan
 from changenet_trt.engine.precision import read_made
 from changenet_trt.errors import DependencyError, InputError
 from changenet_trt.files import file_sha256
@@ -142,7 +144,7 @@ def test_typed_model_is_cached_reused_and_invalidated(fake_trt, fake_cuda, refer
     plan = make_plan(build_options(model))
     plan_inputs = dict(plan.typed_inputs)
     plan_inputs["package"] = "0.0.0"
-    from changenet_trt.engine.plan import typed_model_matches
+    from changenet_trt.engine.typed import typed_model_matches
 
     assert typed_model_matches(path, plan.typed_inputs) and not typed_model_matches(path, plan_inputs)
 

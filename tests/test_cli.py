@@ -205,9 +205,9 @@ NORMALIZATION_CALLS = {
               lambda a, kw: kw["normalization"]),
     "validate": (["MODEL", "--onnx", "MODEL"], "changenet_trt.evaluation.validate", "validate",
                  lambda a, kw: kw["normalization"]),
-    "fp16-check": (["MODEL", "--pairs", "2"], "changenet_trt.evaluation.validate", "synthetic_source",
+    "fp16-check": (["MODEL", "--pairs", "2"], "changenet_trt.data.pairs", "synthetic_source",
                    lambda a, kw: a[2]),
-    "build": (["MODEL", "--dry-run"], "changenet_trt.engine.build", "make_plan", lambda a, kw: a[0].normalization),
+    "build": (["MODEL", "--dry-run"], "changenet_trt.engine.plan", "make_plan", lambda a, kw: a[0].normalization),
     # with --uint8-input, the normalisation goes into the model's graph
     "prepare": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.engine.prepare", "add_uint8_input",
                 lambda a, kw: kw["normalization"]),

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 
 from changenet_trt.cli import main
-from changenet_trt.tools import doctor
+from changenet_trt.engine.options import BuildOptions
+from changenet_trt.engine.plan import make_plan
+from changenet_trt.gpu.cuda import CudaInfo, GpuInfo
+from changenet_trt.gpu.trt import PrecisionPath
+from changenet_trt.tools import doctor, machine
 
-NO_GPU = doctor.CudaInfo(error="no CUDA driver library (libcuda): test machine")
+NO_GPU = CudaInfo(error="no CUDA driver library (libcuda): test machine")
 
 
 def _no_commands(argv):
@@ -38,8 +42,8 @@ def _jetson_commands(argv):
 
 
 def test_environment_on_a_jetson(jetson_root):
-    gpu = doctor.GpuInfo(0, "Orin", "8.7", 30000, True)
-    env = dict(doctor.environment(jetson_root, _jetson_commands, doctor.CudaInfo(driver="11.4", gpus=[gpu])))
+    gpu = GpuInfo("Orin", (8, 7), 0, 30000, True)
+    env = dict(machine.environment(jetson_root, _jetson_commands, CudaInfo(driver="11.4", gpus=[gpu])))
     assert env["Jetson model"] == "NVIDIA Jetson AGX Orin Developer Kit"
     assert env["JetPack"] == "5.1.1, L4T R35.3.1"
     assert env["power mode"] == "MAXN (mode 0)"
@@ -54,12 +58,12 @@ def test_jetpack_from_packages_when_the_release_file_is_missing(tmp_path):
             return "36.3.0-20240506102626"
         return None
 
-    assert doctor.jetpack_version(str(tmp_path), dpkg) == "6.0, L4T R36.3.0"
+    assert machine.jetpack_version(str(tmp_path), dpkg) == "6.0, L4T R36.3.0"
 
     def with_meta(argv):
         return "6.1+b123" if argv[-1] == "nvidia-jetpack" else dpkg(argv)
 
-    assert doctor.jetpack_version(str(tmp_path), with_meta) == "6.1+b123 (nvidia-jetpack package), L4T R36.3.0"
+    assert machine.jetpack_version(str(tmp_path), with_meta) == "6.1+b123 (nvidia-jetpack package), L4T R36.3.0"
 
 
 @pytest.mark.parametrize("release, jetpack", [
@@ -69,26 +73,26 @@ def test_jetpack_from_packages_when_the_release_file_is_missing(tmp_path):
 ])
 def test_l4t_38_and_39_are_jetpack_7(tmp_path, release, jetpack):
     _write(str(tmp_path / "etc/nv_tegra_release"), "# {}, GCID: 1\n".format(release))
-    assert doctor.jetpack_version(str(tmp_path), _no_commands) == jetpack
+    assert machine.jetpack_version(str(tmp_path), _no_commands) == jetpack
 
 
 @pytest.mark.parametrize("version, says", [
     ("10.0.1", None), ("10.3.0", "the calibrator deprecated since 10.1; the flags not yet"),
     ("10.16.1", "both deprecated: the calibrator since 10.1, the flags since 10.12"),
 ])
-def test_the_10x_path_names_what_that_release_deprecates(fake_trt_factory, version, says):
-    path = doctor.precision_path(fake_trt_factory("10.x", version))
-    assert path.startswith("TensorRT {}: {}".format(version, doctor.PATH_TYPED_MODEL))
+def test_the_10x_path_names_what_that_release_deprecates(version, says):
+    path = machine.precision_path(version)
+    assert path.startswith("TensorRT {}: {}".format(version, PrecisionPath.TYPED_MODEL.value))
     assert (says in path) if says else "deprecated" not in path
 
 
 def test_unknown_l4t_release_is_reported_as_such(tmp_path):
     _write(str(tmp_path / "etc/nv_tegra_release"), "# R99 (release), REVISION: 1.0, GCID: 1\n")
-    assert doctor.jetpack_version(str(tmp_path), _no_commands) == "unknown for this L4T, L4T R99.1.0"
+    assert machine.jetpack_version(str(tmp_path), _no_commands) == "unknown for this L4T, L4T R99.1.0"
 
 
 def test_environment_without_anything_reads_not_found(tmp_path):
-    env = dict(doctor.environment(str(tmp_path), _no_commands, NO_GPU))
+    env = dict(machine.environment(str(tmp_path), _no_commands, NO_GPU))
     for key in ("CUDA driver", "DLA cores", "Jetson model", "JetPack"):
         assert env[key] == "not found", key
     assert env["GPU"].startswith("not found (no CUDA driver library")
@@ -105,55 +109,62 @@ def test_garbage_files_and_failing_commands_do_not_crash(tmp_path):
     def odd(argv):
         return "NV Power Mode:\n" if argv[0] == "nvpmodel" else "not-a-version"
 
-    env = dict(doctor.environment(str(tmp_path), odd, NO_GPU))
+    env = dict(machine.environment(str(tmp_path), odd, NO_GPU))
     assert env["Jetson model"] == "not found" and env["JetPack"] == "not found"
 
 
 def test_run_command_and_module_version_are_defensive(tmp_path, monkeypatch):
-    assert doctor.run_command(["surely-not-a-command-changenet"]) is None
-    assert doctor.run_command(["false"]) is None
-    assert doctor.module_version("surely_not_a_module_changenet") == "not found"
+    assert machine.run_command(["surely-not-a-command-changenet"]) is None
+    assert machine.run_command(["false"]) is None
+    assert machine.module_version("surely_not_a_module_changenet") == "not found"
     _write(str(tmp_path / "broken_changenet_mod.py"), "raise RuntimeError('bad install')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert doctor.module_version("broken_changenet_mod").startswith("broken (RuntimeError: bad install")
+    assert machine.module_version("broken_changenet_mod").startswith("broken (RuntimeError: bad install")
 
 
 def test_power_mode_parsing():
-    assert doctor.power_mode(lambda argv: "NV Power Mode: 15W\n2\n") == "15W (mode 2)"
-    assert doctor.power_mode(_no_commands) == "not found"
+    assert machine.power_mode(lambda argv: "NV Power Mode: 15W\n2\n") == "15W (mode 2)"
+    assert machine.power_mode(_no_commands) == "not found"
 
 
 # -- which precision path the installed TensorRT takes ------------------------------------------------
 @pytest.mark.parametrize("fake_trt, version, path, says", [
-    ("8.5", "8.5.2.2", doctor.PATH_DERIVED_FLAGS, "builder flags derived from the typed graph"),
-    ("8.6", "8.6.2.3", doctor.PATH_DERIVED_FLAGS, "FP16 when it holds float16 tensors, INT8 when it holds Q/DQ"),
-    ("10.x", "10.3.0", doctor.PATH_TYPED_MODEL, "calibrator still exist"),
-    ("11.x", "11.4.0", doctor.PATH_STRONGLY_TYPED, "no precision flags, no calibrators"),
+    ("8.5", "8.5.2.2", PrecisionPath.DERIVED_FLAGS.value, "builder flags derived from the typed graph"),
+    ("8.6", "8.6.2.3", PrecisionPath.DERIVED_FLAGS.value, "FP16 when it holds float16 tensors, INT8 when it holds Q/DQ"),
+    ("10.x", "10.3.0", PrecisionPath.TYPED_MODEL.value, "calibrator still exist"),
+    ("11.x", "11.4.0", PrecisionPath.STRONGLY_TYPED.value, "no precision flags, no calibrators"),
 ], indirect=["fake_trt"])
 def test_environment_names_the_precision_path_of_each_tensorrt(fake_trt, version, path, says, tmp_path):
-    env = dict(doctor.environment(str(tmp_path), _no_commands, NO_GPU))
+    env = dict(machine.environment(str(tmp_path), _no_commands, NO_GPU))
     assert env["TensorRT"] == version
     assert env["TensorRT precision"].startswith("TensorRT {}: {}".format(version, path))
     assert says in path
     assert ("strongly typed" in path) == (version[:2] in ("10", "11"))
 
 
-def test_precision_path_follows_what_the_module_binds_not_its_version_string(fake_trt_factory):
-    # a 10.x point release reads as 10.x: the path comes from the bindings, the version only names it
-    assert doctor.precision_path(fake_trt_factory("10.x", "10.12.0")).startswith(
-        "TensorRT 10.12.0: " + doctor.PATH_TYPED_MODEL)
-    assert doctor.precision_path(fake_trt_factory("11.x", "11.0.0")) == "TensorRT 11.0.0: " + doctor.PATH_STRONGLY_TYPED
+@pytest.mark.parametrize("version, path", [
+    ("8.5.2.2", PrecisionPath.DERIVED_FLAGS), ("8.6.2.3", PrecisionPath.DERIVED_FLAGS),
+    ("10.0.1", PrecisionPath.TYPED_MODEL), ("10.16.1", PrecisionPath.TYPED_MODEL),
+    ("11.0.0", PrecisionPath.STRONGLY_TYPED), ("11.4.1", PrecisionPath.STRONGLY_TYPED),
+])
+def test_doctor_and_the_build_plan_read_one_precision_path(version, path, reference_models):
+    # one enum decides: doctor's words, and whether the plan builds strongly typed
+    assert PrecisionPath.of(version) is path
+    assert machine.precision_path(version).startswith("TensorRT {}: {}".format(version, path.value))
+    plan = make_plan(BuildOptions(model=reference_models["learnable_dynamic"], precision="fp32"), trt_version=version,
+                     gpu=GpuInfo())
+    assert plan.strongly_typed == path.strongly_typed
 
 
 def test_precision_path_without_tensorrt(no_tensorrt, tmp_path):
-    env = dict(doctor.environment(str(tmp_path), _no_commands, NO_GPU))
+    env = dict(machine.environment(str(tmp_path), _no_commands, NO_GPU))
     assert env["TensorRT"] == "not found"
     assert env["TensorRT precision"].startswith("not found (prepare --precision")
 
 
 @pytest.mark.parametrize("fake_trt", ["11.x"], indirect=True)
 def test_cli_doctor_reports_the_precision_path(fake_trt, capsys, monkeypatch):
-    monkeypatch.setattr(doctor, "probe_cuda", lambda *a: NO_GPU)
+    monkeypatch.setattr(doctor, "probe_driver", lambda: NO_GPU)
     for name in ("check_onnxruntime_vs_numpy", "check_preprocessing", "check_decisions"):  # CPU checks run elsewhere
         monkeypatch.setattr(doctor, name, lambda workdir, name=name: doctor.Check(name, "PASS", "stand-in"))
     assert main(["doctor", "--cpu-only"]) == 0
@@ -221,9 +232,10 @@ def test_an_exception_in_a_check_is_that_check_failing():
 
 
 def test_gpu_without_tensorrt_fails_and_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "module_version", lambda name, attribute="__version__": "not found")
-    gpu = doctor.GpuInfo(0, "Tesla T4", "7.5", 15000, False)
-    checks = doctor.device_checks(str(tmp_path), doctor.CudaInfo(driver="12.2", gpus=[gpu]))
+    monkeypatch.setattr(doctor, "installed_description", lambda: "not found")
+    monkeypatch.setattr(doctor, "pycuda_version", lambda: "not found")
+    gpu = GpuInfo("Tesla T4", (7, 5), 0, 15000, False)
+    checks = doctor.device_checks(str(tmp_path), CudaInfo(driver="12.2", gpus=[gpu]))
     assert checks[0].status == "FAIL"
     assert "tensorrt not installed" in checks[0].detail and "pip install" in checks[0].detail
     assert [c.status for c in checks[1:]] == ["SKIP"] * len(doctor.DEVICE_CHECKS)
@@ -257,8 +269,8 @@ def test_cuda_copies_fail_when_bytes_change(fake_cuda, monkeypatch):
 
 
 def test_cpu_only_skips_device_checks(tmp_path):
-    gpu = doctor.GpuInfo(0, "Tesla T4", "7.5", 15000, False)
-    checks = doctor.device_checks(str(tmp_path), doctor.CudaInfo(gpus=[gpu]), enabled=False)
+    gpu = GpuInfo("Tesla T4", (7, 5), 0, 15000, False)
+    checks = doctor.device_checks(str(tmp_path), CudaInfo(gpus=[gpu]), enabled=False)
     assert [c.status for c in checks] == ["SKIP"] * len(doctor.DEVICE_CHECKS)
 
 
@@ -284,7 +296,7 @@ def test_cli_doctor_exit_code_is_1_when_a_check_fails(monkeypatch, capsys):
 
 
 # -- device path through the TensorRT and pycuda test doubles ------------------------------------
-FAKE_GPU = doctor.CudaInfo(driver="12.2", gpus=[doctor.GpuInfo(0, "Fake GPU (Orin)", "8.7", 8192, True)])
+FAKE_GPU = CudaInfo(driver="12.2", gpus=[GpuInfo("Fake GPU (Orin)", (8, 7), 0, 8192, True)])
 
 
 @pytest.mark.parametrize("fake_trt", ["8.5", "10.x"], indirect=True)

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from changenet_trt.data.pairs import synthetic_source
 from changenet_trt.engine import fp16_check
-from changenet_trt.evaluation.validate import synthetic_source
 from changenet_trt.models.reference import OVERFLOW_NODES, write_reference_model
 
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.cli import main
-from changenet_trt.engine import precision
+from changenet_trt.engine import fp16, precision
 
 
 def var_mean_model(opset=17):
@@ -78,11 +78,11 @@ def test_the_reference_converter_fails_on_var_mean_as_the_issue_says():
 @pytest.mark.parametrize("opset", [12, 17])
 def test_var_mean_shape_arithmetic_stays_float32_and_the_graph_is_strictly_typed(opset):
     original = var_mean_model(opset)
-    plan = precision.plan_fp16(precision.name_nodes(var_mean_model(opset)))
+    plan = fp16.plan_fp16(precision.name_nodes(var_mean_model(opset)))
     # found by value dependence, not by names: exactly the Shape -> ... -> Div chain
     assert set(plan.shape_math) == {"/norm/Shape", "/norm/Cast", "/norm/Sub_1", "/norm/Div"}  # its float readers/writers
     assert "/norm/Mul_1" in plan.half and "/conv" in plan.half
-    typed = precision.convert_fp16(original)
+    typed = fp16.convert_fp16(original)
     precision.check_typed(typed, "float16 model")  # full check + strict typed inference
     by_name = {n.name: n for n in typed.graph.node}
     cast = by_name["/norm/Cast"]
@@ -105,7 +105,7 @@ def test_var_mean_shape_arithmetic_stays_float32_and_the_graph_is_strictly_typed
     assert weights["conv.w"] == weights["fc.w"] == weights["gamma"] == TensorProto.FLOAT16
     assert weights["one"] == TensorProto.FLOAT  # read by the float32 shape arithmetic only
     # value_info: no entry for a tensor that is gone, the types of the others are the new ones
-    types = precision._elem_types(typed)
+    types = fp16._elem_types(typed)
     for vi in typed.graph.value_info:
         assert vi.name in new_tensors
         assert vi.type.tensor_type.elem_type == types[vi.name]
@@ -116,7 +116,7 @@ def test_var_mean_shape_arithmetic_stays_float32_and_the_graph_is_strictly_typed
 
 def test_kept_nodes_and_a_weight_read_both_ways():
     original = var_mean_model()
-    typed = precision.convert_fp16(original, ["/ls/Mul"])  # the 1e-6 layer scale, as fp16-check flags it
+    typed = fp16.convert_fp16(original, ["/ls/Mul"])  # the 1e-6 layer scale, as fp16-check flags it
     precision.check_typed(typed, "float16 model")
     by_name = {n.name: n for n in typed.graph.node}
     assert by_name["/ls/Mul"].input == ["normed/to_fp32", "gamma"]
@@ -129,7 +129,7 @@ def test_kept_nodes_and_a_weight_read_both_ways():
     shared = var_mean_model()
     shared.graph.node.append(helper.make_node("Mul", ["var", "eps"], ["var_scaled"], name="/extra"))
     shared.graph.output.append(helper.make_tensor_value_info("var_scaled", TensorProto.FLOAT, ["batch", 1, 16, 16]))
-    typed = precision.convert_fp16(shared, ["/extra"])
+    typed = fp16.convert_fp16(shared, ["/extra"])
     precision.check_typed(typed, "float16 model")
     by_name = {n.name: n for n in typed.graph.node}
     assert by_name["/norm/Add"].input[1] == "eps/fp16" and by_name["/extra"].input[1] == "eps"
@@ -139,7 +139,7 @@ def test_kept_nodes_and_a_weight_read_both_ways():
 
 def test_weights_are_clamped_only_outside_the_float16_range():
     values = np.array([1e5, -1e5, 1e-9, -1e-9, 0.0, 1e-6, 3.0], dtype=np.float32)
-    half = precision._half_values(values)
+    half = fp16._half_values(values)
     assert half.dtype == np.float16
     assert half[0] == 65504 and half[1] == -65504
     assert half[2] == np.float16(2.0 ** -24) and half[3] == -np.float16(2.0 ** -24)
@@ -225,9 +225,9 @@ def test_sqnr_of_raw_outputs():
                                      "learnable_static16_opset12", "euclidean_static16_opset12"])
 def test_every_tao_like_export_converts_to_a_strictly_typed_float16_graph(tao_like_models, variant):
     original = onnx.load(tao_like_models[variant])
-    typed = precision.convert_fp16(original)
+    typed = fp16.convert_fp16(original)
     precision.check_typed(typed, "float16 model")
-    plan = precision.plan_fp16(precision.name_nodes(onnx.load(tao_like_models[variant])))
+    plan = fp16.plan_fp16(precision.name_nodes(onnx.load(tao_like_models[variant])))
     ops = {n.name: n.op_type for n in typed.graph.node}
     # var_mean's Cast(to=FLOAT) of the element count stays float32 shape arithmetic
     casts = [n for n in plan.shape_math if ops[n] == "Cast"]
@@ -239,7 +239,7 @@ def test_every_tao_like_export_converts_to_a_strictly_typed_float16_graph(tao_li
     assert not any(ops[n] == "ReduceProd" for n in plan.half)
     assert set(ops) >= {n.name for n in precision.name_nodes(original).graph.node}
     # every weight but the position encoding's (computed from shapes and constants: float32) is float16
-    share = float(precision._weight_share(typed).split("%")[0])
+    share = float(fp16._weight_share(typed).split("%")[0])
     assert 90 <= share < 100
     golden = np.random.default_rng(0).normal(size=(2, 3, 512, 128)).astype(np.float32)
     sample = golden + np.random.default_rng(1).normal(scale=0.5, size=golden.shape).astype(np.float32)
@@ -260,7 +260,7 @@ def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models
     loaded = []
     real_load = api.load
     monkeypatch.setattr(api, "load", lambda model, *a, **k: loaded.append(str(model)) or real_load(model, *a, **k))
-    report = precision.to_fp16(tao_like_models["learnable_dynamic"], out, make_source=_synthetic(6), progress=False)
+    report = fp16.to_fp16(tao_like_models["learnable_dynamic"], out, make_source=_synthetic(6), progress=False)
     # the float32 original runs once for both proofs (float16 storage emulated, and the file itself)
     assert loaded.count(str(tao_like_models["learnable_dynamic"])) == 1 and len(loaded) == 3, loaded
     assert report.validation.raw.sqnr_db > 30 and report.direct.raw.sqnr_db > 30
@@ -274,8 +274,27 @@ def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models
 
 def _synthetic(pairs):
     def make(contract, normalization):
-        from changenet_trt.evaluation.validate import synthetic_source
+        from changenet_trt.data.pairs import synthetic_source
 
         return synthetic_source(pairs, contract.input_shape, normalization, seed=5)
 
     return make
+
+
+def test_the_long_steps_give_their_memory_back(tao_like_models, tmp_path, monkeypatch):
+    """fp16-check, the dynamic-batch proof and the typed model's comparison each release the freed
+    heap when their sessions are gone (memory.release_freed_memory), so one step's high-water mark
+    is not added to the next's (FP16 prepare of TAO's export peaked at 8.9 GB before, with 4.1 GB of
+    fp16-check's freed activations still resident)."""
+    from changenet_trt.engine import fp16_check, prepare
+    from changenet_trt.evaluation import validate as validation
+
+    released = []
+    for module in (fp16_check, prepare, validation):
+        monkeypatch.setattr(module, "release_freed_memory", lambda m=module.__name__: released.append(m))
+    out = str(tmp_path / "fp16.onnx")
+    fp16.to_fp16(tao_like_models["learnable_static16"], out, make_source=_synthetic(3), progress=False)
+    # the static export is made dynamic for fp16-check (prepare.prove), checked, then compared: the
+    # float32 model, the float16-storage emulation and the float16 file, one session at a time
+    assert released == ["changenet_trt.engine.prepare", "changenet_trt.engine.fp16_check"] + [
+        "changenet_trt.evaluation.validate"] * 3, released

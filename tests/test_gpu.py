@@ -22,7 +22,8 @@ if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
 
 import changenet_trt  # noqa: E402
-from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file  # noqa: E402
+from changenet_trt.engine.build import build_engine_file  # noqa: E402
+from changenet_trt.engine.options import BatchProfile, BuildOptions  # noqa: E402
 from changenet_trt.errors import EngineError, InputError  # noqa: E402
 from changenet_trt.gpu import cuda  # noqa: E402
 from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402
@@ -167,7 +168,8 @@ def test_threads_and_the_api(engines, reference_models):
 def test_realistic_model_fp16_through_validate_and_bench(tmp_path):
     """The FAN-size realistic model built at FP16: validate against ONNX Runtime, then the
     trtexec-style benchmark (its numbers are printed for the check's report)."""
-    from changenet_trt.evaluation.validate import synthetic_source, validate
+    from changenet_trt.data.pairs import synthetic_source
+    from changenet_trt.evaluation.validate import validate
     from changenet_trt.models.realistic import write_realistic_model
     from changenet_trt.tools.bench import BenchOptions, run_benchmark
 

@@ -144,3 +144,26 @@ def test_only_gpu_subpackage_imports_tensorrt_or_pycuda():
 def test_package_top_level_stays_small():
     top = sorted(n for n in os.listdir(PACKAGE_DIR) if n.endswith(".py"))
     assert len(top) <= 8, top
+
+
+def test_no_module_outside_gpu_imports_tensorrt_or_pycuda_by_name():
+    # importlib.import_module("tensorrt") would go around the rule above: a call that imports a
+    # module by name (import_module, __import__, find_spec) names no GPU binding outside gpu/
+    offenders = []
+    for root, _, files in os.walk(PACKAGE_DIR):
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.endswith(".py") or os.path.relpath(path, PACKAGE_DIR).startswith("gpu" + os.sep):
+                continue
+            for node in ast.walk(ast.parse(open(path).read(), path)):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called not in ("import_module", "__import__", "find_spec"):
+                    continue
+                for arg in node.args[:1]:
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.split(".")[0] in (
+                            "tensorrt", "tensorrt_lean", "tensorrt_dispatch", "pycuda"):
+                        offenders.append("{}:{}: {}".format(os.path.relpath(path, PACKAGE_DIR), node.lineno, arg.value))
+    assert not offenders

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from changenet_trt.engine import precision
+from changenet_trt.data.pairs import synthetic_source
+from changenet_trt.engine import int8, precision
 from changenet_trt.engine.fp16_check import source_batches
-from changenet_trt.evaluation.validate import synthetic_source
 
 SHAPE = (3, 512, 128)
 
@@ -39,10 +39,10 @@ def _residual_graph():
 
 def test_residual_adds_are_the_ones_fused_into_a_weighted_layer():
     model = _residual_graph()
-    found = precision.residual_adds(model, ["conv", "mm", "mm2"])
+    found = int8.residual_adds(model, ["conv", "mm", "mm2"])
     # the bias Add is part of the MatMul's epilogue, not a residual; the layer-scaled Add is not fused
     assert found == {"res_conv": 0, "res_mm": 1}
-    assert precision.residual_adds(model, ["mm"]) == {"res_mm": 1}
+    assert int8.residual_adds(model, ["mm"]) == {"res_mm": 1}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def int8_report(tao_like_models, tmp_path_factory):
 
     ort.InferenceSession = Recording
     try:
-        report = precision.to_int8(tao_like_models["learnable_dynamic"], out, source_batches(source, 6, SHAPE),
+        report = int8.to_int8(tao_like_models["learnable_dynamic"], out, source_batches(source, 6, SHAPE),
                                    make_source=_synthetic(8), run_pairs=2, layer_pairs=4, progress=False)
     finally:
         ort.InferenceSession = real

@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from changenet_trt.data.pairs import dataset_source
 from changenet_trt.data.synth import synthesize
-from changenet_trt.engine import precision
+from changenet_trt.engine import fp16, int8, precision
 from changenet_trt.engine.calibration import dataset_batches
 from changenet_trt.errors import BuildError, InputError
-from changenet_trt.evaluation.validate import dataset_source
 from changenet_trt.models.reference import OVERFLOW_NODES, write_reference_model
 
 PAIRS = 24
@@ -20,7 +20,7 @@ PAIRS = 24
 
 def synthetic(pairs=PAIRS, seed=3):
     def make(contract, normalization):
-        from changenet_trt.evaluation.validate import synthetic_source
+        from changenet_trt.data.pairs import synthetic_source
 
         return synthetic_source(pairs, contract.input_shape, normalization, seed=seed)
 
@@ -42,7 +42,7 @@ def _strictly_typed(path):
 
 def test_fp16_keeps_the_overflow_chain_float32_and_keeps_every_decision(overflow_model, tmp_path):
     out = str(tmp_path / "fp16.onnx")
-    report = precision.to_fp16(overflow_model, out, make_source=synthetic())
+    report = fp16.to_fp16(overflow_model, out, make_source=synthetic())
     # fp16-check flagged the planted overflow: its producer and its consumer stay float32
     assert {"overflow/square", "overflow/scale_down"} <= set(report.fp32_nodes)
     assert "overflow/scale_up" not in report.fp32_nodes
@@ -69,10 +69,10 @@ def test_fp16_keeps_the_overflow_chain_float32_and_keeps_every_decision(overflow
 def test_fp16_without_the_float32_islands_flips_decisions_and_is_refused(overflow_model, tmp_path):
     out = tmp_path / "fp16.onnx"
     with pytest.raises(BuildError, match=r"flips \d+ decision") as info:
-        precision.to_fp16(overflow_model, str(out), make_source=synthetic(), check_ranges=False)
+        fp16.to_fp16(overflow_model, str(out), make_source=synthetic(), check_ranges=False)
     assert "pair " in str(info.value)
     assert not out.exists()
-    forced = precision.to_fp16(overflow_model, str(out), make_source=synthetic(), check_ranges=False, force=True)
+    forced = fp16.to_fp16(overflow_model, str(out), make_source=synthetic(), check_ranges=False, force=True)
     assert out.exists() and forced.fp32_nodes == []
     # every PASS pair's distance squares past 65504: float16 calls them all defects
     assert forced.validation.flips.count == forced.validation.metrics["onnx"]["tn"] > 0
@@ -83,12 +83,12 @@ def test_fp16_without_the_float32_islands_flips_decisions_and_is_refused(overflo
 def test_emulated_storage_shows_the_overflow_onnxruntime_hides(overflow_model):
     # ORT's CPU provider computes float16 Mul in float32 and drops the round trips between such
     # ops, so the float16 file alone would not show the planted overflow
-    typed = precision.convert_fp16(onnx.load(overflow_model))
+    typed = fp16.convert_fp16(onnx.load(overflow_model))
     rng = np.random.default_rng(0)
     golden = rng.normal(size=(2, 3, 512, 128)).astype(np.float32)
     feed = {"input_1": golden + 0.5 * rng.normal(size=golden.shape).astype(np.float32), "input_2": golden}
     direct = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    emulated_model = precision.emulate_fp16(typed)
+    emulated_model = fp16.emulate_fp16(typed)
     onnx.checker.check_model(emulated_model, full_check=True)
     emulated = ort.InferenceSession(emulated_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     assert np.isfinite(direct).all()
@@ -97,17 +97,17 @@ def test_emulated_storage_shows_the_overflow_onnxruntime_hides(overflow_model):
 
 def test_fp16_user_list_adds_nodes_and_a_typo_is_refused(overflow_model, tmp_path):
     out = str(tmp_path / "fp16.onnx")
-    report = precision.to_fp16(overflow_model, out, fp32_nodes=["node_of_head.*"], make_source=synthetic(8))
+    report = fp16.to_fp16(overflow_model, out, fp32_nodes=["node_of_head.*"], make_source=synthetic(8))
     assert "node_of_head.rms" in report.fp32_nodes and "node_of_head.rms" in report.user_nodes
     assert set(OVERFLOW_NODES[1:]) <= set(report.fp32_nodes)
     _strictly_typed(out)
     with pytest.raises(InputError, match="no node of the model matches"):
-        precision.to_fp16(overflow_model, out, fp32_nodes=["no_such_layer"], make_source=synthetic(8))
+        fp16.to_fp16(overflow_model, out, fp32_nodes=["no_such_layer"], make_source=synthetic(8))
 
 
 def test_fp16_refuses_to_overwrite_its_input(overflow_model):
     with pytest.raises(InputError, match="also an input"):
-        precision.to_fp16(overflow_model, overflow_model, make_source=synthetic(8))
+        fp16.to_fp16(overflow_model, overflow_model, make_source=synthetic(8))
 
 
 # -- int8 ------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_int8_writes_symmetric_per_channel_qdq_that_onnxruntime_runs(method, tao
     count, batches = dataset_batches(calib.csv_path, (3, 512, 128), 8, images_dir=calib.images_dir)
     assert count == 2
     out = str(tmp_path / "int8.onnx")
-    report = precision.to_int8(source, out, batches, method=method,
+    report = int8.to_int8(source, out, batches, method=method,
                                make_source=lambda c, norm: dataset_source(held.csv_path, held.images_dir,
                                                                           c.input_shape, norm))
     model = _strictly_typed(out)
@@ -154,10 +154,10 @@ def test_int8_writes_symmetric_per_channel_qdq_that_onnxruntime_runs(method, tao
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
         if node.op_type == "Gemm":
             assert producers[node.input[1]].op_type == "DequantizeLinear" and node.input[2] in arrays
-        if node.op_type in precision.NO_QDQ_OPS:
+        if node.op_type in int8.NO_QDQ_OPS:
             assert all(producers.get(i) is None or producers[i].op_type not in ("DequantizeLinear", "QuantizeLinear")
                        for i in node.input)
-    assert set(report.fp32_nodes) == set(precision.stem_convolutions(model)) == {"node_of_sample.conv", "node_of_golden.conv"}
+    assert set(report.fp32_nodes) == set(int8.stem_convolutions(model)) == {"node_of_sample.conv", "node_of_golden.conv"}
     made = precision.read_made(out)
     assert made["method"] == method and made["calibration_pairs"] == 16
     # validate's report on the held-back pairs: FPR and capture of both models
@@ -174,11 +174,11 @@ def test_int8_writes_symmetric_per_channel_qdq_that_onnxruntime_runs(method, tao
 def test_int8_refuses_qdq_on_softmax_reshape_transpose_and_empty_calibration(tmp_path):
     source = write_reference_model(str(tmp_path / "ref.onnx"), kind="learnable")
     with pytest.raises(InputError, match="Q/DQ around these ops"):
-        precision.to_int8(source, str(tmp_path / "q.onnx"), [], op_types=("Gemm", "Softmax"))
+        int8.to_int8(source, str(tmp_path / "q.onnx"), [], op_types=("Gemm", "Softmax"))
     with pytest.raises(InputError, match="calibration method"):
-        precision.to_int8(source, str(tmp_path / "q.onnx"), [], method="minmax")
+        int8.to_int8(source, str(tmp_path / "q.onnx"), [], method="minmax")
     with pytest.raises(BuildError):
-        precision.to_int8(source, str(tmp_path / "q.onnx"), iter([]))
+        int8.to_int8(source, str(tmp_path / "q.onnx"), iter([]))
     assert not os.path.exists(tmp_path / "q.onnx")
 
 

@@ -8,7 +8,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from changenet_trt.contract import read_contract
-from changenet_trt.engine.dynamic_batch import BATCH_TENSOR, analyse
+from changenet_trt.engine.batch_analysis import analyse
+from changenet_trt.engine.dynamic_batch import BATCH_TENSOR
 from changenet_trt.engine.prepare import ATOL, RTOL, prepare_model, proof_pairs, prove
 from changenet_trt.errors import BuildError
 

@@ -5,7 +5,9 @@ every docs/ page) whose set-up commands are the Makefile's and CI's, and measure
 only in benchmarks/RESULTS.md. And what pyproject.toml makes every user install, the package
 imports."""
 
+import argparse
 import ast
+import functools
 import importlib
 import os
 import re
@@ -13,6 +15,8 @@ import re
 import pytest
 
 import changenet_trt
+from changenet_trt.cli import build_parser
+from changenet_trt.gpu.trt import PrecisionPath
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.dirname(changenet_trt.__file__)
@@ -187,6 +191,76 @@ def test_the_measured_figure_rule():
 @pytest.mark.parametrize("page", PAGES)
 def test_measured_figures_live_in_results(page):
     assert not measured_figures(TEXTS[page]), "{}: link benchmarks/RESULTS.md instead".format(page)
+
+
+@functools.lru_cache(maxsize=None)
+def cli_commands():
+    """{command name: its argparse subparser} of ``changenet-trt`` (made once)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_the_commands_page_lists_every_command():
+    table = re.findall(r"^\| `([a-z0-9-]+)` \|", TEXTS["docs/commands.md"], re.MULTILINE)
+    assert sorted(table) == sorted(cli_commands()), "docs/commands.md's table vs changenet-trt --help"
+
+
+def command_lines():
+    """(page, command, options) of every ``changenet-trt COMMAND ...`` line in a code block."""
+    result = []
+    for page, text in TEXTS.items():
+        for block in FENCE.findall(text):
+            for line in block.splitlines():
+                match = re.search(r"changenet-trt(?: -v+)? ([a-z0-9-]+)(.*)", line.split("  #")[0])
+                if match:
+                    result.append((page, match.group(1), re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", match.group(2))))
+    return result
+
+
+@pytest.mark.parametrize("page,command,options", command_lines(), ids=page_id)
+def test_shown_commands_take_their_options(page, command, options):
+    """Every command a page shows exists and takes the options the line gives it."""
+    commands = dict(cli_commands())
+    assert command in commands, "{}: no command {!r}".format(page, command)
+    known = commands[command]._option_string_actions
+    assert not [o for o in options if o not in known], "{}: {} options".format(page, command)
+
+
+def target_rows():
+    """[(TensorRT cell, precision path cell)] of the README's target table."""
+    start = README.index("| target | TensorRT |")
+    rows = []
+    for line in README[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows.append((cells[1], cells[3]))
+    return rows
+
+
+def precision_path_named(cell):
+    """The ``PrecisionPath`` a table cell names: the one whose value's headline (its words before
+    the first ``:``, ``;`` or ``(``) is the longest that starts the cell; None when none does."""
+    headlines = {path: re.split(r"[:;(]", path.value)[0].strip() for path in PrecisionPath}
+    named = [path for path, words in headlines.items() if cell.startswith(words)]
+    return max(named, key=lambda path: len(headlines[path]), default=None)
+
+
+def test_precision_path_named_tells_the_paths_apart():
+    assert precision_path_named("strongly typed build of the typed model (x)") is PrecisionPath.TYPED_MODEL
+    assert precision_path_named("strongly typed: precision from the ONNX graph only") is PrecisionPath.STRONGLY_TYPED
+    assert precision_path_named("builder flags derived from the typed graph") is PrecisionPath.DERIVED_FLAGS
+    assert precision_path_named("runs the float16 model as it is") is None
+
+
+def test_the_target_tables_precision_paths_are_the_releases():
+    """Each TensorRT row of the README's table names the precision path its release takes
+    (``PrecisionPath.of``, what the build plan and doctor decide by)."""
+    rows = [(trt, cell) for trt, cell in target_rows() if trt[:1].isdigit()]
+    assert len(rows) >= 7, rows
+    for trt, cell in rows:
+        version = re.match(r"\d+\.(?:\d+|x)(?:\.\d+)?", trt).group(0).replace("x", "0")
+        assert precision_path_named(cell) is PrecisionPath.of(version), "TensorRT {}: {!r}".format(trt, cell)
 
 
 def package_tree():

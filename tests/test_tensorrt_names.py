@@ -23,7 +23,8 @@ from typing import Dict, Iterable, Set
 
 import pytest
 
-from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
+from changenet_trt.engine.build import build_engine_file
+from changenet_trt.engine.options import BatchProfile, BuildOptions
 from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes
 
 from fakes.tensorrt import make_module
@@ -278,7 +279,7 @@ def typed_models(tmp_path_factory):
     """A float16 reference model (float32 I/O) made by engine/precision.py."""
     import onnx
 
-    from changenet_trt.engine.precision import convert_fp16
+    from changenet_trt.engine.fp16 import convert_fp16
     from changenet_trt.models.reference import build_reference_model
 
     root = tmp_path_factory.mktemp("typed")

@@ -8,6 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 from changenet_trt.cli import main
+from changenet_trt.data.pairs import dataset_source, synthetic_source
 from changenet_trt.errors import InputError
 from changenet_trt.evaluation import validate
 from changenet_trt.models.reference import write_reference_model
@@ -100,7 +101,7 @@ def models(tmp_path_factory):
 
 
 def _synthetic(count, seed=0):
-    return lambda contract, norm: validate.synthetic_source(count, contract.input_shape, norm, seed=seed)
+    return lambda contract, norm: synthetic_source(count, contract.input_shape, norm, seed=seed)
 
 
 def test_identical_models_pass_with_zero_error(models):
@@ -127,10 +128,25 @@ def test_validate_all_runs_the_reference_once_for_several_models(models, monkeyp
         classifier.predict = lambda g, s: calls.append(str(model)) or predict(g, s)
         return classifier
 
+    active, most = [0], [0]
+    enter, leave = api.Classifier.__enter__, api.Classifier.__exit__
+
+    def entering(self):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        return enter(self)
+
+    def leaving(self, *exc):
+        active[0] -= 1
+        return leave(self, *exc)
+
     monkeypatch.setattr(api, "load", counting_load)
+    monkeypatch.setattr(api.Classifier, "__enter__", entering)
+    monkeypatch.setattr(api.Classifier, "__exit__", leaving)
     same, drift = validate.validate_all([models["same"], models["drift"]], models["ref"], _synthetic(12),
                                         backend="onnxruntime", chunk=4)
     assert calls.count(models["ref"]) == 3 and calls.count(models["same"]) == 3 and calls.count(models["drift"]) == 3
+    assert most[0] == 1 and active[0] == 0  # one model's session at a time: memory holds one, not three
     assert same.passed and same.raw.abs_max == 0.0
     alone = validate.validate(models["drift"], models["ref"], _synthetic(12), backend="onnxruntime")
     assert drift.flips.indices == alone.flips.indices and np.array_equal(drift.test_scores, alone.test_scores)
@@ -169,7 +185,7 @@ def test_dataset_source_reads_a_tao_csv(tmp_path, models):
     data = synthesize(str(tmp_path / "data"), pairs=6, defect_rate=0.5, seed=4)
     report = validate.validate(
         models["same"], models["ref"],
-        lambda contract, norm: validate.dataset_source(data.csv_path, data.images_dir, contract.input_shape, norm),
+        lambda contract, norm: dataset_source(data.csv_path, data.images_dir, contract.input_shape, norm),
         backend="onnxruntime",
     )
     assert report.pairs == 6
@@ -210,7 +226,8 @@ def test_cli_validate_refuses_both_sources(models, capsys):
 
 # -- the engine side through the TensorRT and pycuda test doubles ---------------------------------
 def _build_fake_engine(onnx_path, out_dir, name):
-    from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
+    from changenet_trt.engine.build import build_engine_file
+    from changenet_trt.engine.options import BatchProfile, BuildOptions
 
     options = BuildOptions(model=onnx_path, output=str(out_dir / (name + ".engine")), precision="fp16",
                            profile=BatchProfile(1, 8, 16), engines_dir=str(out_dir), progress=False)

@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError
 from changenet_trt.files import check_output_file
@@ -278,10 +279,6 @@ class DataSetArgs:
                               strict=bool(self.strict and args.strict))
 
 
-#: ``make_source(contract, normalization) -> PairSource``, as ``validate`` takes it
-SourceFactory = Callable[[Any, Any], Any]
-
-
 class PairSourceArgs:
     """Real pairs from a TAO data set (:class:`DataSetArgs`), or ``--pairs N`` synthetic PCB pairs."""
 
@@ -299,7 +296,7 @@ class PairSourceArgs:
         group.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs (default: 0)")
 
     def parse(self, args: argparse.Namespace) -> SourceFactory:
-        from changenet_trt.evaluation.validate import dataset_source, synthetic_source
+        from changenet_trt.data.pairs import dataset_source, synthetic_source
 
         data = self.data_set.parse(args)
         if data.csv and args.pairs and getattr(args, "_spec_defaults", {}).get("csv") == data.csv:

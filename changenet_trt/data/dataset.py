@@ -41,6 +41,7 @@ from changenet_trt.data.preprocess import (
     write_normalized,
 )
 from changenet_trt.errors import ChangeNetError, DatasetError
+from changenet_trt.files import PathLike
 from changenet_trt.threads import ForkSafePool
 
 TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
@@ -57,7 +58,6 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 STRETCH_WARNING = 3.0
 _log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)

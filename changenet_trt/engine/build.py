@@ -35,29 +35,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from changenet_trt import __version__
 from changenet_trt.contract import ModelContract, read_contract
-from changenet_trt.engine.plan import (
-    CONSTRAINT_MODES,
-    PRECISIONS,
-    BatchProfile,
-    BuildOptions,
-    BuildPlan,
-    GpuInfo,
-    detect_gpu,
-    layer_matches,
-    make_plan,
-    match_layers,
-    read_layer_patterns,
-)
+from changenet_trt.engine.options import BuildOptions, match_layers
+from changenet_trt.engine.plan import BuildPlan, make_plan
 from changenet_trt.errors import BuildError, ChangeNetError, InputError
 from changenet_trt.files import atomic_write, check_output_file, file_sha256
+from changenet_trt.gpu.cuda import GpuInfo
 from changenet_trt.sidecar import EngineMetadata, sidecar_path, write_sidecar
-
-# The plan's names, importable from here as before the plan had its own module.
-__all__ = [
-    "CONSTRAINT_MODES", "PRECISIONS", "BatchProfile", "BuildOptions", "BuildPlan", "BuildProgress", "BuildResult",
-    "Configured", "GpuInfo", "TypedModel", "build_engine_file", "configure", "detect_gpu", "layer_matches",
-    "make_plan", "match_layers", "prepare_typed", "read_layer_patterns",
-]
 
 log = logging.getLogger("changenet_trt.engine.build")
 
@@ -168,7 +151,8 @@ class TypedModel:
     None for a float32 model); ``reused``: a cached model with the same inputs was used;
     ``report``: the :class:`~changenet_trt.engine.precision.PrecisionReport` when it was made now;
     ``pairs``: what its pairs were (fp16-check/proof or calibration); ``prepare_report``: the
-    static -> dynamic batch preparation's report, if any.
+    static -> dynamic batch preparation's report, if any; ``plan``: the complete build plan, with
+    what the typed model holds (:meth:`~changenet_trt.engine.plan.BuildPlan.with_typed_model`).
     """
 
     path: str
@@ -178,6 +162,7 @@ class TypedModel:
     report: Any = None
     pairs: Optional[str] = None
     prepare_report: Any = None
+    plan: Optional[BuildPlan] = None
 
     def summary_lines(self) -> List[str]:
         if self.made is None:
@@ -220,8 +205,8 @@ def _make_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]], p
 def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] = None,
                   status_stream: Optional[IO[str]] = None) -> TypedModel:
     """Make (or reuse) everything the build parses, on the CPU: the dynamic-batch ONNX, then
-    the typed model (float16 / INT8 Q/DQ) cached as ``plan.typed_onnx``; completes ``plan`` from
-    what the typed model holds (:meth:`BuildPlan.apply_typed_model`). No TensorRT needed.
+    the typed model (float16 / INT8 Q/DQ) cached as ``plan.typed_onnx``; its ``plan`` is ``plan``
+    completed with what the typed model holds (:meth:`BuildPlan.with_typed_model`). No TensorRT needed.
 
     ``calibration_batches``: (golden, sample) preprocessed arrays to calibrate the INT8 model
     from instead of ``--calib-csv`` (the API path; the model is then always remade).
@@ -251,11 +236,11 @@ def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] 
             report = result.report
             for line in result.summary_lines():
                 log.info("%s", line)
-        plan.apply_typed_model(graph_precision(plan.typed_onnx))
+        plan = plan.with_typed_model(graph_precision(plan.typed_onnx))
     elif plan.typed_source == "input":
-        plan.apply_typed_model(graph_precision(plan.typed_onnx))
+        plan = plan.with_typed_model(graph_precision(plan.typed_onnx))
     made = read_made(plan.typed_onnx) if plan.typed_source != "float32" else None
-    return TypedModel(plan.typed_onnx, file_sha256(plan.typed_onnx), made, reused, report, pairs, prepare_report)
+    return TypedModel(plan.typed_onnx, file_sha256(plan.typed_onnx), made, reused, report, pairs, prepare_report, plan)
 
 
 def _parse_network(trt: Any, logger: Any, builder: Any, plan: BuildPlan) -> Any:
@@ -635,6 +620,7 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
                     "so runners cannot check it")
 
     typed = prepare_typed(plan, None if plan.legacy_calibrator else calibration_batches, status_stream)
+    plan = typed.plan
     contract = read_contract(plan.typed_onnx, **plan.options.contract_overrides)
     logger = make_logger(trt)
     builder = create_builder(trt)

@@ -15,17 +15,16 @@ import datetime
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from changenet_trt.defaults import CALIBRATION_DIR
 from changenet_trt.errors import BuildError, InputError
-from changenet_trt.files import atomic_write
+from changenet_trt.files import PathLike, atomic_write
 
 HEADER_SUFFIX = ".json"
 DEFAULT_CALIB_BATCHES = 32
-PathLike = Union[str, "os.PathLike[str]"]
 
 Batch = Tuple[np.ndarray, np.ndarray]  # (golden, sample), each [n, C, H, W]
 

@@ -28,6 +28,7 @@ import numpy as np
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
 from changenet_trt.errors import InputError, ModelContractError, missing_dependency
 from changenet_trt.files import atomic_write, check_output_file, write_json_report
+from changenet_trt.threads import release_freed_memory
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14 = 6.1e-5
@@ -359,6 +360,8 @@ def check_model(
                 bar.update(n)
     finally:
         bar.close()
+    del session
+    release_freed_memory()  # every run's activations are gone; give their pages back before the next step
     if pairs == 0:
         raise InputError("fp16-check needs at least one pair", found="0 pairs")
     tensors = sorted((s for name, s in stats.items() if name not in skipped), key=lambda t: t.name)
@@ -525,7 +528,7 @@ def write_json(report: Fp16Report, path: str) -> str:
 
 def source_batches(source: Any, batch: int, input_shape: Sequence[int]) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
     """Yield ``(golden, sample)`` float32 ``[n, C, H, W]`` batches of a
-    :class:`~changenet_trt.evaluation.validate.PairSource`, without the pairs it could not read."""
+    :class:`~changenet_trt.data.pairs.PairSource`, without the pairs it could not read."""
     shape = tuple(int(d) for d in input_shape)
     golden = np.empty((batch,) + shape, dtype=np.float32)
     sample = np.empty_like(golden)

@@ -22,9 +22,7 @@ TensorRT version:
 the engine's sidecar records what was applied. None of this needs TensorRT or a GPU.
 """
 
-import fnmatch
-import hashlib
-import json
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,21 +31,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from packaging.version import Version
 
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
-from changenet_trt.defaults import ENGINE_PROFILE, ENGINES_DIR
-from changenet_trt.errors import ChangeNetError, InputError
+from changenet_trt.engine.options import BatchProfile, BuildOptions, check_dla, match_layers
+from changenet_trt.engine.precision import graph_precision
+from changenet_trt.engine.typed import typed_inputs, typed_model_matches, typed_path
+from changenet_trt.errors import InputError
 from changenet_trt.files import file_sha256
+from changenet_trt.gpu.cuda import GpuInfo, current_gpu
+from changenet_trt.gpu.trt import CALIBRATOR_DEPRECATED_SINCE, PrecisionPath
 from changenet_trt.sidecar import gpu_slug, sidecar_path
 
 log = logging.getLogger("changenet_trt.engine.plan")
 
-PRECISIONS = ("fp16", "fp32", "int8")
-CONSTRAINT_MODES = ("obey", "prefer")
 SINCE_8_6 = Version("8.6")
 """First TensorRT with the builder optimisation level and version-compatible engines."""
-STRONGLY_TYPED_SINCE = Version("10.0")
-"""First TensorRT with strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED)."""
-NO_CALIBRATOR_SINCE = Version("11.0")
-"""TensorRT 11 removed the INT8 calibrators and every builder-side precision control."""
 #: TensorRT releases without DLA, as [first, end): NVIDIA's "Working with DLA" (TensorRT 11.4.1
 #: docs, inference-library/work-with-dla.html): "TensorRT 10.7 was the last 10.x release that
 #: supported DLA", "DLA was unavailable in TensorRT 11.0 through 11.3", "TensorRT 11.4.0 supported
@@ -68,184 +64,15 @@ TRTEXEC_FLAGS = {
 """trtexec's spelling of each ``trt.BuilderFlag`` a plan can set."""
 
 
-# -- options ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchProfile:
-    """The optimisation profile's batch range, in pairs: ``min <= opt <= max``."""
-
-    min: int = ENGINE_PROFILE[0]
-    opt: int = ENGINE_PROFILE[1]
-    max: int = ENGINE_PROFILE[2]
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise InputError(
-                "invalid batch profile",
-                expected="1 <= MIN <= OPT <= MAX",
-                found="{}:{}:{}".format(self.min, self.opt, self.max),
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> "BatchProfile":
-        """``"1:16:32"`` (or one number N for a fixed batch N:N:N)."""
-        parts = str(text).split(":")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise InputError("cannot read the batch profile", expected="MIN:OPT:MAX such as 1:16:32",
-                             found=repr(text)) from None
-        if len(values) == 1:
-            values = values * 3
-        if len(values) != 3:
-            raise InputError("cannot read the batch profile", expected="MIN:OPT:MAX such as 1:16:32",
-                             found=repr(text))
-        return cls(*values)
-
-    @property
-    def label(self) -> str:
-        return "b{}-{}-{}".format(self.min, self.opt, self.max)
-
-    def as_dict(self) -> Dict[str, int]:
-        return {"min": self.min, "opt": self.opt, "max": self.max}
-
-
-def read_layer_patterns(values: Sequence[str]) -> List[str]:
-    """Layer-name patterns from ``--fp32-layers``: each value is a pattern (fnmatch: ``*``,
-    ``?``) or ``@FILE`` with one pattern per line (``#`` starts a comment; the format
-    ``changenet-trt fp16-check`` writes)."""
-    patterns: List[str] = []
-    for value in values:
-        if value.startswith("@"):
-            path = value[1:]
-            try:
-                with open(path) as handle:
-                    lines = handle.read().splitlines()
-            except OSError as exc:
-                raise InputError("cannot read the layer list {}".format(path), found=str(exc)) from None
-            for line in lines:
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    patterns.append(line)
-        elif value.strip():
-            patterns.append(value.strip())
-    return patterns
-
-
-def layer_matches(name: str, pattern: str) -> bool:
-    """Exact name, or an fnmatch pattern (names with ``[`` still match themselves literally)."""
-    return name == pattern or fnmatch.fnmatchcase(name, pattern)
-
-
-def match_layers(names: Sequence[str], patterns: Sequence[str]) -> List[str]:
-    """Names matching any pattern, in order; InputError naming the patterns that match nothing."""
-    unmatched = [p for p in patterns if not any(layer_matches(n, p) for n in names)]
-    if unmatched:
-        raise InputError(
-            "--fp32-layers pattern(s) match no layer: {}".format(", ".join(repr(p) for p in unmatched)),
-            expected="layer names such as {}".format(", ".join(list(names)[:5])),
-        )
-    return [n for n in names if any(layer_matches(n, p) for p in patterns)]
-
-
-@dataclass
-class BuildOptions:
-    """Everything ``changenet-trt build`` accepts (see the CLI help for each)."""
-
-    model: str
-    output: Optional[str] = None
-    #: fp16 / int8 / fp32; None: the precision a typed model already holds, else fp16
-    precision: Optional[str] = None
-    profile: BatchProfile = field(default_factory=BatchProfile)
-    workspace_mib: Optional[int] = None
-    timing_cache: Optional[str] = None
-    use_timing_cache: bool = True
-    opt_level: Optional[int] = None
-    dla_core: Optional[int] = None
-    fp32_layers: Sequence[str] = ()
-    precision_constraints: str = "obey"
-    version_compatible: bool = False
-    exclude_lean_runtime: bool = False
-    calib_csv: Optional[str] = None
-    calib_images: Optional[str] = None
-    calib_batches: int = 32
-    calib_cache: Optional[str] = None
-    recalibrate: bool = False
-    calib_layout: Any = None
-    normalization: Optional[str] = None
-    #: read_contract's keywords: sample_input, golden_input, output (the tensor), output_kind
-    contract_overrides: Dict[str, Optional[str]] = field(default_factory=dict)
-    engines_dir: str = ENGINES_DIR
-    progress: bool = True
-    #: the legacy INT8 path (TensorRT 8.5-10.x): entropy calibrator on the float32 model
-    int8_calibrator: bool = False
-    #: INT8 typed model: how quantize_static picks activation ranges (entropy or percentile)
-    calib_method: str = "entropy"
-    #: float16 model: synthetic pairs fp16-check and the proof run on without --calib-csv
-    proof_pairs: int = 64
-    #: write the float16 model even when it flips decisions on the proof pairs
-    force_fp16: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise InputError("unknown precision", expected=" or ".join(PRECISIONS), found=repr(self.precision))
-        if self.precision_constraints not in CONSTRAINT_MODES:
-            raise InputError("unknown precision-constraint mode", expected=" or ".join(CONSTRAINT_MODES),
-                             found=repr(self.precision_constraints))
-        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
-            raise InputError("builder optimisation level out of range", expected="0..5", found=self.opt_level)
-        if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise InputError("workspace must be at least 1 MiB", found=self.workspace_mib)
-        if self.dla_core is not None:
-            _check_dla(self.dla_core, self.profile, self.precision)
-        if self.calib_batches < 1:
-            raise InputError("--calib-batches must be at least 1", found=self.calib_batches)
-        if self.precision == "fp32" and self.calib_csv:
-            raise InputError("--calib-csv gives pairs to --fp16 (fp16-check, proof) or --int8 (calibration)",
-                             found="precision fp32")
-        if self.precision != "int8" and (self.calib_cache or self.int8_calibrator or self.recalibrate):
-            raise InputError("the calibrator options need --int8", found="precision {}".format(self.precision or "fp16"))
-        if self.calib_cache and not self.int8_calibrator:
-            raise InputError("--calib-cache is the legacy calibrator's cache",
-                             expected="--int8-calibrator with it (the typed INT8 model is cached next to the engine)",
-                             found="--calib-cache alone")
-        if self.precision == "fp32" and self.fp32_layers:
-            raise InputError("--fp32-layers keeps layers of an --fp16 or --int8 build in float32",
-                             found="precision fp32 (every layer is float32)")
-        if self.calib_method not in ("entropy", "percentile"):
-            raise InputError("unknown calibration method", expected="entropy or percentile", found=repr(self.calib_method))
-        if self.proof_pairs < 1:
-            raise InputError("the proof needs at least one pair", found=self.proof_pairs)
-        if self.exclude_lean_runtime and not self.version_compatible:
-            raise InputError("--exclude-lean-runtime only applies to version-compatible engines",
-                             expected="--version-compatible with it", found="--exclude-lean-runtime alone")
-
-
 # -- the plan --------------------------------------------------------------------------------------
-@dataclass
-class GpuInfo:
-    name: str = "unknown"
-    compute_capability: Tuple[int, ...] = ()
-
-    @property
-    def known(self) -> bool:
-        return bool(self.compute_capability)
-
-
-def detect_gpu() -> GpuInfo:
-    """Name and compute capability of GPU 0 through :mod:`changenet_trt.gpu.cuda`; unknown without pycuda/GPU."""
-    try:
-        from changenet_trt.gpu.cuda import primary_context
-
-        ctx = primary_context()
-        return GpuInfo(ctx.name, tuple(ctx.compute_capability))
-    except ChangeNetError as exc:
-        log.debug("no GPU information: %s", exc)
-        return GpuInfo()
-
-
-@dataclass
+@dataclass(frozen=True)
 class BuildPlan:
     """What a build will do; printable, renderable as trtexec, and what ``build_engine_file`` applies.
+
+    A frozen value made in two stages: :func:`make_plan` resolves the options; when the typed
+    model's facts are known (it exists, or no typed model is made), :meth:`with_typed_model`
+    gives the complete plan, else :func:`~changenet_trt.engine.build.prepare_typed` makes the
+    model and returns the complete plan with it. ``typed_ready`` says which stage a plan is at.
 
     ``precision``: fp16 / int8 / fp32 (resolved: a typed input model keeps its own).
     ``typed_onnx``: the model TensorRT parses (float16 / Q/DQ / float32 ONNX); ``typed_inputs``:
@@ -324,19 +151,19 @@ class BuildPlan:
                 opts.calib_batches, self.profile.opt, opts.calib_csv)
         return "fp16-check and proof on {} synthetic pairs (no --calib-csv)".format(opts.proof_pairs)
 
-    def apply_typed_model(self, held: Dict[str, Any]) -> None:
-        """Complete the plan from what the typed model holds (:func:`~changenet_trt.engine.precision.graph_precision`):
-        TensorRT 8.x derives its flags and FP32 layers from it. Called once the model is made."""
-        self.held = dict(held)
+    def with_typed_model(self, held: Dict[str, Any]) -> "BuildPlan":
+        """The complete plan, from what the typed model holds
+        (:func:`~changenet_trt.engine.precision.graph_precision`): TensorRT 8.x derives its flags
+        and FP32 layers from it."""
+        fp32_layers = self.fp32_layers
         if not self.strongly_typed and not self.legacy_calibrator:
-            self.fp32_layers = list(held.get("fp32_nodes") or [])
-        self.typed_ready = True
-        self.flags = builder_flags(self.options, self.strongly_typed, self.held, self.legacy_calibrator,
-                                   self.fp32_layers)
+            fp32_layers = list(held.get("fp32_nodes") or [])
+        flags = builder_flags(self.options, self.strongly_typed, held, self.legacy_calibrator, fp32_layers)
+        return dataclasses.replace(self, held=dict(held), fp32_layers=fp32_layers, typed_ready=True, flags=flags)
 
     def _batch_rewrite(self) -> str:
         """What prepare will rewrite to make the static batch dynamic (the analysis, not the proof)."""
-        from changenet_trt.engine.dynamic_batch import analyse
+        from changenet_trt.engine.batch_analysis import analyse
         from changenet_trt.errors import BuildError
 
         c = self.contract
@@ -467,7 +294,7 @@ class BuildPlan:
         cmd = ["trtexec", "--onnx={}".format(self.typed_onnx), "--saveEngine={}".format(self.engine_path),
                "--minShapes={}".format(shapes(0)), "--optShapes={}".format(shapes(1)),
                "--maxShapes={}".format(shapes(2))]
-        if self.strongly_typed and version < NO_CALIBRATOR_SINCE:
+        if self.strongly_typed and PrecisionPath.of(version).has_calibrator:
             # trtexec 11 still accepts --stronglyTyped, as a deprecated no-op (every network is
             # strongly typed there), so it is left out of 11.x commands
             cmd.append("--stronglyTyped")
@@ -500,23 +327,6 @@ def _onnx_layer_names(model_path: str) -> List[str]:
     return [layer_name(node) for node in load_onnx(model_path).graph.node]
 
 
-def _check_dla(core: int, profile: BatchProfile, precision: Optional[str]) -> None:
-    """What a DLA build needs, refused before any work (TensorRT's "Working with DLA": DLA runs
-    static shapes only, so the profile's min, opt and max must be equal, and FP16 or INT8 only).
-    A dynamic profile would leave every layer on the GPU: an engine that claims DLA and has none."""
-    if core < 0:
-        raise InputError("DLA core must be 0 or more", found=core)
-    if not profile.min == profile.opt == profile.max:
-        raise InputError(
-            "--dla-core needs a static batch: DLA runs static shapes only (profile min = opt = max), and with "
-            "a dynamic profile no layer would run on it",
-            expected="--batch N (N:N:N), e.g. --batch {}".format(profile.opt),
-            found="profile {}:{}:{}".format(profile.min, profile.opt, profile.max))
-    if precision == "fp32":
-        raise InputError("DLA runs FP16 and INT8 only", expected="--fp16 or --int8 with --dla-core",
-                         found="precision fp32")
-
-
 def _check_version_features(options: BuildOptions, trt_version: Optional[str]) -> None:
     """Refuse options the TensorRT version cannot do (nothing is refused when it is unknown)."""
     if trt_version is None:
@@ -527,7 +337,7 @@ def _check_version_features(options: BuildOptions, trt_version: Optional[str]) -
             "Jetson AGX Orin with JetPack >= 7.2.2)".format(trt_version),
             expected="TensorRT <= 10.7 (JetPack 5/6) or >= 11.4.1 on AGX Orin, or a GPU build without --dla-core",
             found="TensorRT {}".format(trt_version))
-    if options.int8_calibrator and Version(trt_version) >= NO_CALIBRATOR_SINCE:
+    if options.int8_calibrator and not PrecisionPath.of(trt_version).has_calibrator:
         raise InputError(
             "--int8-calibrator: TensorRT {} has no INT8 calibrator (TensorRT 11 removed them)".format(trt_version),
             expected="--int8 without --int8-calibrator (Q/DQ calibrated on the CPU; runs on every TensorRT), or "
@@ -544,10 +354,11 @@ def _check_version_features(options: BuildOptions, trt_version: Optional[str]) -
 
 
 def _strongly_typed(trt_version: Optional[str], legacy_calibrator: bool) -> bool:
-    """TensorRT 10+ (or an unknown one, planned as 10.x) builds strongly typed, except the legacy calibrator path."""
+    """The version's :class:`~changenet_trt.gpu.trt.PrecisionPath` says (an unknown TensorRT is
+    planned as 10.x: strongly typed), except the legacy calibrator path, which is weakly typed."""
     if legacy_calibrator:
         return False
-    return trt_version is None or Version(trt_version) >= STRONGLY_TYPED_SINCE
+    return trt_version is None or PrecisionPath.of(trt_version).strongly_typed
 
 
 def builder_flags(options: BuildOptions, strongly_typed: bool = True, held: Optional[Dict[str, Any]] = None,
@@ -579,63 +390,8 @@ def builder_flags(options: BuildOptions, strongly_typed: bool = True, held: Opti
     return flags
 
 
-def calibration_digest(options: BuildOptions) -> Optional[str]:
-    """sha256 of what the typed model's pairs come from: the CSV's bytes, the images folder,
-    the number of batches and the light layout (None without ``--calib-csv``)."""
-    if not options.calib_csv:
-        return None
-    digest = hashlib.sha256()
-    try:
-        with open(options.calib_csv, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise InputError("cannot read --calib-csv {}".format(options.calib_csv), found=str(exc)) from None
-    layout = options.calib_layout.describe() if options.calib_layout is not None else None
-    extra = [os.path.abspath(options.calib_images) if options.calib_images else None, options.calib_batches, layout]
-    digest.update(json.dumps(extra, sort_keys=True).encode("utf-8"))
-    return digest.hexdigest()
-
-
-def typed_inputs(options: BuildOptions, precision: str, onnx_sha256: str, preprocess: str) -> Dict[str, Any]:
-    """What a typed model is made from; the build caches it by this (recorded in its metadata)."""
-    from changenet_trt import __version__
-
-    inputs: Dict[str, Any] = {
-        "source_sha256": onnx_sha256, "precision": precision, "fp32_layers": sorted(options.fp32_layers),
-        "calibration": calibration_digest(options), "preprocess": preprocess, "package": __version__,
-        "contract": {k: v for k, v in sorted(options.contract_overrides.items()) if v is not None},
-    }
-    if precision == "int8":
-        inputs.update(calib_method=options.calib_method, calib_batch=options.profile.opt)
-    elif not options.calib_csv:
-        inputs["proof_pairs"] = options.proof_pairs
-    return inputs
-
-
-def typed_path(engines_dir: str, stem: str, precision: str, inputs: Dict[str, Any]) -> str:
-    """``engines/<model>.<precision>-<short hash of its inputs>.onnx``."""
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:10]
-    return os.path.join(engines_dir, "{}.{}-{}.onnx".format(stem, precision, key))
-
-
-def typed_model_matches(path: str, inputs: Dict[str, Any]) -> bool:
-    """Is ``path`` a typed model made from ``inputs`` (reusable)?"""
-    from changenet_trt.engine.precision import read_made
-
-    if not os.path.isfile(path):
-        return False
-    try:
-        made = read_made(path)
-    except ChangeNetError:
-        return False
-    return bool(made) and made.get("build_inputs") == inputs
-
-
 def _held_by_input(model: str) -> Tuple[Optional[str], Dict[str, Any]]:
     """The precision a model already holds (``fp16``/``int8``/None for float32) and its graph_precision."""
-    from changenet_trt.engine.precision import graph_precision
-
     held = graph_precision(model)
     if held["qdq"]:
         return "int8", held
@@ -666,12 +422,12 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
         check_supported(trt_version, "building an engine")
     _check_version_features(options, trt_version)
     if gpu is None:
-        gpu = detect_gpu()
+        gpu = current_gpu()
     notes = []
     held_by_input, held = _held_by_input(model)
     precision = options.precision or held_by_input or "fp16"
     if options.dla_core is not None:
-        _check_dla(options.dla_core, options.profile, precision)
+        check_dla(options.dla_core, options.profile, precision)
     if held_by_input is not None and precision != held_by_input:
         raise InputError("{} already holds {} precision; it builds as it is".format(model, held_by_input),
                          expected="--{} or no precision option".format(held_by_input), found="--{}".format(precision))
@@ -694,7 +450,7 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     calib = None
     if legacy:
         calib = options.calib_cache or default_cache_path(model, onnx_sha256)
-        if trt_version is not None and Version(trt_version) >= Version("10.1"):
+        if trt_version is not None and Version(trt_version) >= CALIBRATOR_DEPRECATED_SINCE:
             notes.append("TensorRT 10.1 deprecated the INT8 calibrators and 11 removed them; --int8 without "
                          "--int8-calibrator builds Q/DQ calibrated on the CPU")
     shapes = {}
@@ -730,20 +486,19 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
         fp32 = []
     else:
         fp32 = None  # the typed model's float32 nodes, read once it exists
+    if legacy or precision == "fp32":
+        known: Optional[Dict[str, Any]] = {"float16": False, "qdq": False, "fp32_nodes": []}
+    elif held_by_input is not None:
+        known = held
+    elif ready:
+        known = graph_precision(typed)
+    else:
+        known = None  # the typed model is made by the build (prepare_typed)
+    # until then, the flags this precision will need (8.x: FP16 / INT8; its layers once made)
+    flags = builder_flags(options, strongly, {"float16": precision == "fp16", "qdq": precision == "int8"},
+                          legacy, options.fp32_layers)
     plan = BuildPlan(options, contract, onnx_sha256, prepared, rewrite, engine, timing, calib, trt_version, gpu,
                      shapes, fp32, preprocess, precision=precision, typed_onnx=typed, typed_inputs=inputs,
                      typed_ready=False, typed_source=source, strongly_typed=strongly, legacy_calibrator=legacy,
-                     user_fp32_layers=user_fp32, memory_pools=pools, opt_level=opt_level, notes=notes)
-    if held_by_input is not None:
-        plan.apply_typed_model(held)
-    elif ready and source == "made":
-        from changenet_trt.engine.precision import graph_precision
-
-        plan.apply_typed_model(graph_precision(typed))
-    elif legacy or precision == "fp32":
-        plan.apply_typed_model({"float16": False, "qdq": False, "fp32_nodes": []})
-    else:
-        # not made yet: the flags this precision will need (8.x: FP16 / INT8; layers once made)
-        plan.flags = builder_flags(options, strongly, {"float16": precision == "fp16", "qdq": precision == "int8"},
-                                   legacy, options.fp32_layers)
-    return plan
+                     user_fp32_layers=user_fp32, flags=flags, memory_pools=pools, opt_level=opt_level, notes=notes)
+    return plan if known is None else plan.with_typed_model(known)

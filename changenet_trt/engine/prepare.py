@@ -5,7 +5,7 @@ batch, so :func:`prepare_model` rewrites the graph where that is safe:
 
 * the batch dimension of both inputs and of the output becomes the symbol ``batch``;
 * every constant that carries the batch is found by propagating the inputs' first dimension
-  through the graph (:mod:`changenet_trt.engine.dynamic_batch`), never by its value: Reshape
+  through the graph (:mod:`changenet_trt.engine.batch_analysis`), never by its value: Reshape
   shapes get ``0`` or ``-1`` there, Tile repeats, Expand shapes (also behind Equal/Where),
   ConstantOfShape, Range, Slice bounds and Concats of shapes get the runtime batch; the other
   16s (TAO's W/8) stay as they are;
@@ -19,12 +19,14 @@ or hides the batch where no rewrite reaches, is refused with the reason and the 
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from changenet_trt.contract import META_PREPROCESS, ModelContract, load_onnx, read_contract
 from changenet_trt.errors import BuildError
+from changenet_trt.files import PathLike
+from changenet_trt.threads import release_freed_memory
 
 BATCH_SYMBOL = "batch"
 DEFAULT_PROOF_BATCHES = (1, 3, 17, 32)
@@ -34,7 +36,6 @@ RTOL = 1e-4
 #: batch the original runs at for the proof when it is already dynamic
 DYNAMIC_REFERENCE_BATCH = 16
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass
@@ -213,6 +214,8 @@ def prove(
         worst = int(np.argmax(row_diff))
         ok = bool((diff <= limit).all()) and bool(np.isfinite(out).all())
         checks.append(BatchCheck(batch, float(row_diff[worst]), worst, ok))
+    del sess
+    release_freed_memory()  # both sessions' pages back before the caller's next step
     return checks
 
 

@@ -6,19 +6,27 @@ Both commands call :func:`make_typed_model`; it decides which pairs each step se
   calibration; FP16's ``fp16-check`` range analysis) and the pairs after them are *held back*:
   the typed model is compared with float32 on those only (decisions, FPR/capture, SQNR);
 * when no pair is held back (a small data set, or none), the comparison runs on ``proof_pairs``
-  synthetic pairs (:func:`~changenet_trt.evaluation.validate.synthetic_source`);
+  synthetic pairs (:func:`~changenet_trt.data.pairs.synthetic_source`);
 * FP16 without a data set analyses and proves on the synthetic pairs; INT8 needs real pairs to
   calibrate on (a data set, or ``calibration_batches`` from the API).
 
-Memory is bounded by a run of a few pairs in every step (see :mod:`.precision` and
-:mod:`.fp16_check`), whatever the data set's size.
+Memory is bounded by a run of a few pairs in every step (see :mod:`.fp16`, :mod:`.int8`
+and :mod:`.fp16_check`), whatever the data set's size.
 """
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-PathLike = Union[str, "os.PathLike[str]"]
+from changenet_trt import __version__
+from changenet_trt.data.pairs import dataset_source, synthetic_source
+from changenet_trt.engine import fp16, int8
+from changenet_trt.engine.options import BuildOptions
+from changenet_trt.engine.precision import read_made
+from changenet_trt.errors import ChangeNetError, InputError
+from changenet_trt.files import PathLike
 
 
 @dataclass
@@ -49,32 +57,6 @@ class TypedResult:
         return ["pairs: " + line for line in self.pairs] + self.report.summary_lines()
 
 
-def head(source: Any, count: int) -> Any:
-    """The first ``count`` pairs of ``source`` (a PairSource)."""
-    from changenet_trt.evaluation.validate import PairSource
-
-    count = min(count, source.count)
-    return PairSource(
-        count=count, fill=source.fill,
-        description="the first {} of {}".format(count, source.description),
-        labels=None if source.labels is None else source.labels[:count], ids=list(source.ids[:count]),
-        failed=lambda: [i for i in source.failed() if i < count], close=source.close)
-
-
-def held_back(source: Any, skip: int) -> Any:
-    """The pairs of ``source`` (a PairSource) after its first ``skip``: those the analysis did not see."""
-    from changenet_trt.evaluation.validate import PairSource
-
-    def fill(golden: Any, sample: Any, lo: int, hi: int) -> None:
-        source.fill(golden, sample, lo + skip, hi + skip)
-
-    return PairSource(
-        count=source.count - skip, fill=fill,
-        description="{} held back (after the first {} of {})".format(source.count - skip, skip, source.description),
-        labels=None if source.labels is None else source.labels[skip:], ids=list(source.ids[skip:]),
-        failed=lambda: [i - skip for i in source.failed() if i >= skip], close=source.close)
-
-
 def _usable_pairs(pairs: TypedPairs) -> int:
     from changenet_trt.data.dataset import load_dataset
 
@@ -102,12 +84,10 @@ def make_typed_model(
     doc for the rule); ``fp32_layers``: nodes kept float32 (fp16) or float (int8);
     ``calibration_batches``: INT8 calibration ``(golden, sample)`` batches given by the caller
     instead of the data set's; ``progress``/``progress_file``: tqdm bars of the minutes-long steps
-    (shown on a terminal only; default stderr). The rest is :func:`~changenet_trt.engine.precision.to_fp16` /
-    :func:`~changenet_trt.engine.precision.to_int8`'s."""
+    (shown on a terminal only; default stderr). The rest is :func:`~changenet_trt.engine.fp16.to_fp16` /
+    :func:`~changenet_trt.engine.int8.to_int8`'s."""
     from changenet_trt.contract import read_contract
-    from changenet_trt.engine import precision as precisions
     from changenet_trt.errors import InputError
-    from changenet_trt.evaluation.validate import dataset_source, synthetic_source
 
     if precision not in ("fp16", "int8"):
         raise InputError("unknown precision for a typed model", expected="fp16 or int8", found=repr(precision))
@@ -129,9 +109,9 @@ def make_typed_model(
             source = dataset_source(pairs.csv, pairs.images, c.input_shape, norm, layout=pairs.layout,
                                     on_problem=pairs.on_problem)
             if lo:
-                source = held_back(source, lo)
+                source = source.held_back(lo)
             elif hi is not None:
-                source = head(source, hi)
+                source = source.head(hi)
             if source.description not in described:
                 described.append(source.description)
             return source
@@ -150,7 +130,7 @@ def make_typed_model(
         proof = synthetic(" (no --calib-csv: give a data set to prove on your own pairs)" if not pairs.csv else "")
     if precision == "fp16":
         analysis = from_data_set(0, analysed) if pairs.csv else None
-        report = precisions.to_fp16(
+        report = fp16.to_fp16(
             model, out, fp32_nodes=list(fp32_layers), make_source=proof, analysis_source=analysis, force=force,
             normalization=normalization, contract_overrides=overrides, origin=origin, extra_made=extra_made,
             progress=progress, progress_file=progress_file)
@@ -169,9 +149,59 @@ def make_typed_model(
     else:
         raise InputError("INT8 calibrates its Q/DQ model on real pairs",
                          expected="a TAO data set (--calib-csv CSV [--calib-images DIR])", found="none")
-    report = precisions.to_int8(
+    report = int8.to_int8(
         model, out, batches, method=method, make_source=proof, exclude=list(fp32_layers), normalization=normalization,
         contract_overrides=overrides, origin=origin, extra_made=extra_made,
         calib_total=count * pairs.batch if count is not None else None, progress=progress,
         progress_file=progress_file)
     return TypedResult(report, described)
+
+
+# -- where a build caches the typed model ----------------------------------------------------------
+def calibration_digest(options: BuildOptions) -> Optional[str]:
+    """sha256 of what the typed model's pairs come from: the CSV's bytes, the images folder,
+    the number of batches and the light layout (None without ``--calib-csv``)."""
+    if not options.calib_csv:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(options.calib_csv, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError("cannot read --calib-csv {}".format(options.calib_csv), found=str(exc)) from None
+    layout = options.calib_layout.describe() if options.calib_layout is not None else None
+    extra = [os.path.abspath(options.calib_images) if options.calib_images else None, options.calib_batches, layout]
+    digest.update(json.dumps(extra, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def typed_inputs(options: BuildOptions, precision: str, onnx_sha256: str, preprocess: str) -> Dict[str, Any]:
+    """What a typed model is made from; the build caches it by this (recorded in its metadata)."""
+    inputs: Dict[str, Any] = {
+        "source_sha256": onnx_sha256, "precision": precision, "fp32_layers": sorted(options.fp32_layers),
+        "calibration": calibration_digest(options), "preprocess": preprocess, "package": __version__,
+        "contract": {k: v for k, v in sorted(options.contract_overrides.items()) if v is not None},
+    }
+    if precision == "int8":
+        inputs.update(calib_method=options.calib_method, calib_batch=options.profile.opt)
+    elif not options.calib_csv:
+        inputs["proof_pairs"] = options.proof_pairs
+    return inputs
+
+
+def typed_path(engines_dir: str, stem: str, precision: str, inputs: Dict[str, Any]) -> str:
+    """``engines/<model>.<precision>-<short hash of its inputs>.onnx``."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:10]
+    return os.path.join(engines_dir, "{}.{}-{}.onnx".format(stem, precision, key))
+
+
+def typed_model_matches(path: str, inputs: Dict[str, Any]) -> bool:
+    """Is ``path`` a typed model made from ``inputs`` (reusable)?"""
+    if not os.path.isfile(path):
+        return False
+    try:
+        made = read_made(path)
+    except ChangeNetError:
+        return False
+    return bool(made) and made.get("build_inputs") == inputs

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Union
+from typing import IO, Any, Dict, List, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -52,9 +52,8 @@ from changenet_trt.evaluation.metrics import (
     sweep,
     tao_metrics,
 )
-from changenet_trt.files import atomic_dir, check_output_dir
+from changenet_trt.files import PathLike, atomic_dir, check_output_dir
 
-PathLike = Union[str, "os.PathLike[str]"]
 MAX_LISTED_PROBLEMS = 20
 
 

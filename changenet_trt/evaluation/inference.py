@@ -16,16 +16,15 @@ import csv
 import os
 import sys
 from dataclasses import dataclass
-from typing import IO, Any, Dict, List, Optional, Union
+from typing import IO, Any, Dict, List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from changenet_trt.data.dataset import Dataset, LightLayout, RowProblem, load_dataset
 from changenet_trt.evaluation.evaluate import MAX_LISTED_PROBLEMS, carried_names, score_pairs
-from changenet_trt.files import atomic_open, check_output_file
+from changenet_trt.files import PathLike, atomic_open, check_output_file
 
-PathLike = Union[str, "os.PathLike[str]"]
 #: the columns the output adds after the input's own
 ADDED_COLUMNS = ["score", "decision"]
 SKIPPED = "skipped"

@@ -7,13 +7,12 @@ same label keeps its colour across plots.
 
 import math
 import os
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from changenet_trt.errors import InputError
-
-PathLike = Union[str, "os.PathLike[str]"]
+from changenet_trt.files import PathLike
 
 WIDTH, HEIGHT = 900, 560
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 90, 30, 50, 70

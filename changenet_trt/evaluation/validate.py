@@ -12,11 +12,14 @@ of both when the pairs are labelled. :func:`validate` returns a :class:`Validati
 """
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from changenet_trt.data.pairs import FillFn, PairSource
 from changenet_trt.errors import InputError
+from changenet_trt.evaluation.stats import median, percentile
+from changenet_trt.threads import release_freed_memory
 
 DEFAULT_ATOL = 1e-2
 DEFAULT_RTOL = 1e-2
@@ -29,7 +32,8 @@ CHUNK_PAIRS = 64
 @dataclass
 class ErrorStats:
     """Elementwise error of ``test`` against ``ref`` (same shape). ``rel`` is
-    ``|test - ref| / |ref|`` (with ``|ref|`` floored at 1e-12); percentiles are nearest-rank."""
+    ``|test - ref| / |ref|`` (with ``|ref|`` floored at 1e-12); median and percentiles by trtexec's
+    rules (:mod:`changenet_trt.evaluation.stats`: ``inf`` when no element is finite)."""
 
     shape: List[int]
     elements: int
@@ -61,15 +65,6 @@ def sqnr_db(signal_sq: float, noise_sq: float) -> float:
     return float(10.0 * np.log10(signal_sq / noise_sq))
 
 
-def _percentile(sorted_values: np.ndarray, p: float) -> float:
-    """Nearest-rank percentile (the rule trtexec uses) of an ascending array."""
-    n = sorted_values.size
-    if n == 0:
-        return 0.0
-    index = max(n - 1 - int((1.0 - p / 100.0) * n), 0)
-    return float(sorted_values[index])
-
-
 def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ErrorStats:
     """Compare two raw outputs of the same shape (float64 arithmetic)."""
     ref = np.asarray(ref, dtype=np.float64)
@@ -97,11 +92,11 @@ def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, r
         elements=int(ref.size),
         abs_max=float(flat_abs[-1]),
         abs_mean=float(finite_abs.mean()) if finite_abs.size else float("inf"),
-        abs_median=_median(finite_abs),
-        abs_p99=_percentile(flat_abs, 99),
+        abs_median=median(finite_abs),
+        abs_p99=percentile(flat_abs, 99),
         rel_max=float(flat_rel[-1]),
         rel_mean=float(finite_rel.mean()) if finite_rel.size else float("inf"),
-        rel_p99=_percentile(flat_rel, 99),
+        rel_p99=percentile(flat_rel, 99),
         worst_index=[int(i) for i in worst],
         ref_at_worst=float(ref[worst]),
         test_at_worst=float(test[worst]),
@@ -112,14 +107,6 @@ def error_stats(ref: np.ndarray, test: np.ndarray, atol: float = DEFAULT_ATOL, r
         sqnr_db=sqnr_db(float(np.sum(np.where(both_finite, ref, 0.0) ** 2)),
                         float(np.sum(np.where(both_finite, diff, 0.0) ** 2))),
     )
-
-
-def _median(sorted_values: np.ndarray) -> float:
-    n = sorted_values.size
-    if n == 0:
-        return 0.0
-    mid = n // 2
-    return float(sorted_values[mid]) if n % 2 else float((sorted_values[mid - 1] + sorted_values[mid]) / 2.0)
 
 
 @dataclass
@@ -252,58 +239,51 @@ def write_json(report: ValidationReport, path: str) -> str:
     return write_json_report(path, report.to_dict(), what="validate JSON report")
 
 
-FillFn = Callable[[np.ndarray, np.ndarray, int, int], None]
-
-
-def run_side_by_side(reference: Any, tests: Sequence[Any], count: int, fill: FillFn,
-                     chunk: int = CHUNK_PAIRS) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """Run ``count`` pairs through a reference and one or more test
-    :class:`~changenet_trt.api.Classifier` objects.
-
-    Pairs are preprocessed once per chunk (``fill(golden, sample, lo, hi)`` writes normalised
-    float32 ``[hi-lo, C, H, W]``) and the same arrays go to every model; the reference runs
-    once whatever the number of tests. Returns ``(reference_raw, [test_raw, ...])``, each
-    ``[count, ...]``.
-    """
+def run_pairs(classifier: Any, count: int, fill: FillFn, chunk: int = CHUNK_PAIRS) -> np.ndarray:
+    """Raw outputs ``[count, ...]`` of an active :class:`~changenet_trt.api.Classifier` on ``count``
+    pairs, preprocessed ``chunk`` at a time (``fill(golden, sample, lo, hi)`` writes normalised
+    float32 ``[hi-lo, C, H, W]``; a pair source fills the same arrays each time it is asked)."""
     if count < 1:
         raise InputError("nothing to validate", expected="at least one pair", found=count)
-    shape = tuple(reference.contract.input_shape)
-    for test in tests:
-        if tuple(test.contract.input_shape) != shape:
-            raise InputError(
-                "the engine and the ONNX model take different image sizes",
-                expected="[B,{},{},{}] (ONNX)".format(*shape),
-                found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
-            )
+    shape = tuple(classifier.contract.input_shape)
     step = max(1, int(chunk))
     golden = np.empty((min(step, count),) + shape, dtype=np.float32)
     sample = np.empty_like(golden)
-    ref_out: List[np.ndarray] = []
-    test_out: List[List[np.ndarray]] = [[] for _ in tests]
+    outputs = []
     for lo in range(0, count, step):
         hi = min(lo + step, count)
         g, s = golden[: hi - lo], sample[: hi - lo]
         fill(g, s, lo, hi)
-        ref_out.append(reference.predict(g, s).raw)
-        for outs, test in zip(test_out, tests):
-            outs.append(test.predict(g, s).raw)
-    return np.concatenate(ref_out, axis=0), [np.concatenate(outs, axis=0) for outs in test_out]
+        outputs.append(classifier.predict(g, s).raw)
+    return np.concatenate(outputs, axis=0)
 
 
-@dataclass
-class PairSource:
-    """Pairs to validate on: ``fill(golden, sample, lo, hi)`` writes pairs ``[lo, hi)`` as
-    normalised float ``[hi-lo, C, H, W]``; ``labels`` bool ``[count]`` (True = defect) or
-    ``None``; ``failed()`` gives the indexes whose files could not be decoded (dropped from the
-    comparison); ``close()`` frees what the source holds."""
+@dataclass(frozen=True)
+class _Side:
+    """What a report says of one model: its path, backend and contract."""
 
-    count: int
-    fill: FillFn
-    description: str
-    labels: Optional[np.ndarray] = None
-    ids: List[str] = field(default_factory=list)
-    failed: Callable[[], Sequence[int]] = lambda: ()
-    close: Callable[[], None] = lambda: None
+    model: str
+    backend: str
+    contract: Any
+
+    @classmethod
+    def of(cls, classifier: Any) -> "_Side":
+        return cls(getattr(classifier.runner, "model_path", "?"), classifier.runner.name, classifier.contract)
+
+
+def _check_comparable(reference: _Side, test: _Side) -> None:
+    if tuple(test.contract.input_shape) != tuple(reference.contract.input_shape):
+        raise InputError(
+            "the engine and the ONNX model take different image sizes",
+            expected="[B,{},{},{}] (ONNX)".format(*reference.contract.input_shape),
+            found="[B,{},{},{}] (engine)".format(*test.contract.input_shape),
+        )
+    if reference.contract.output_kind != test.contract.output_kind:
+        raise InputError(
+            "the engine and the ONNX model have different output kinds",
+            expected=reference.contract.output_kind,
+            found=test.contract.output_kind,
+        )
 
 
 def _finite_for_metrics(scores: np.ndarray, cutoff: float) -> np.ndarray:
@@ -316,6 +296,13 @@ def _finite_for_metrics(scores: np.ndarray, cutoff: float) -> np.ndarray:
     out[np.isposinf(s)] = cutoff + 1.0
     out[np.isneginf(s)] = cutoff - 1.0
     return out
+
+
+def _check_tolerances(atol: float, rtol: float, max_flips: int) -> None:
+    if atol < 0 or rtol < 0:
+        raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
+    if max_flips < 0:
+        raise InputError("--max-flips must be >= 0", found=max_flips)
 
 
 def compare(
@@ -331,82 +318,63 @@ def compare(
     """Run ``source``'s pairs through two active classifiers and measure the differences.
 
     ``reference`` is the ONNX (float32) classifier, ``test`` the engine's; both read the same
-    preprocessed arrays. Raw outputs are compared elementwise, scores (``contract.score``) per
+    preprocessed pairs. Raw outputs are compared elementwise, scores (``contract.score``) per
     pair, decisions at ``cutoff``.
     """
-    return compare_all(reference, [test], source, cutoff, atol, rtol, max_flips, chunk)[0]
+    _check_tolerances(atol, rtol, max_flips)
+    ref, other = _Side.of(reference), _Side.of(test)
+    _check_comparable(ref, other)
+    ref_raw = run_pairs(reference, source.count, source.fill, chunk)
+    test_raw = run_pairs(test, source.count, source.fill, chunk)
+    return _report(ref, other, ref_raw, test_raw, source, cutoff, atol, rtol, max_flips)
 
 
-def compare_all(
-    reference: Any,
-    tests: Sequence[Any],
-    source: PairSource,
-    cutoff: float,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    max_flips: int = DEFAULT_MAX_FLIPS,
-    chunk: int = CHUNK_PAIRS,
-) -> List[ValidationReport]:
-    """:func:`compare` of each of ``tests`` against ``reference``, which runs once: one report per test."""
+def _report(reference: _Side, test: _Side, ref_all: np.ndarray, test_all: np.ndarray, source: PairSource,
+            cutoff: float, atol: float, rtol: float, max_flips: int) -> ValidationReport:
+    """The :class:`ValidationReport` of two models' raw outputs ``[count, ...]`` on ``source``."""
     from changenet_trt.contract import score
 
-    if atol < 0 or rtol < 0:
-        raise InputError("tolerances must be >= 0", found="atol {}, rtol {}".format(atol, rtol))
-    if max_flips < 0:
-        raise InputError("--max-flips must be >= 0", found=max_flips)
-    for test in tests:
-        if reference.contract.output_kind != test.contract.output_kind:
-            raise InputError(
-                "the engine and the ONNX model have different output kinds",
-                expected=reference.contract.output_kind,
-                found=test.contract.output_kind,
-            )
-    ref_all, test_all = run_side_by_side(reference, tests, source.count, source.fill, chunk=chunk)
     keep = np.ones(source.count, dtype=bool)
     keep[list(source.failed())] = False
     if not keep.any():
         raise InputError("no pair could be read", expected="at least one readable pair", found="0 of {}".format(source.count))
-    ref_raw = ref_all[keep]
+    ref_raw, test_raw = ref_all[keep], test_all[keep]
+    if ref_raw.shape != test_raw.shape:
+        raise InputError(
+            "the engine and the ONNX model give outputs of different shapes",
+            expected=list(ref_raw.shape),
+            found=list(test_raw.shape),
+        )
     kind = reference.contract.output_kind
     ref_scores = score(ref_raw, kind)
+    test_scores = score(test_raw, kind)
     labels = source.labels[keep] if source.labels is not None else None
     ids = [i for i, k in zip(source.ids, keep) if k] if source.ids else []
-    reports = []
-    for test, raw in zip(tests, test_all):
-        test_raw = raw[keep]
-        if ref_raw.shape != test_raw.shape:
-            raise InputError(
-                "the engine and the ONNX model give outputs of different shapes",
-                expected=list(ref_raw.shape),
-                found=list(test_raw.shape),
-            )
-        test_scores = score(test_raw, kind)
-        metrics = {}
-        if labels is not None:
-            from changenet_trt.evaluation.metrics import confusion
+    metrics = {}
+    if labels is not None:
+        from changenet_trt.evaluation.metrics import confusion
 
-            for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
-                metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
-        reports.append(ValidationReport(
-            test_model=getattr(test.runner, "model_path", "?"),
-            test_backend=test.runner.name,
-            reference_model=getattr(reference.runner, "model_path", "?"),
-            reference_backend=reference.runner.name,
-            pairs=int(keep.sum()),
-            source=source.description,
-            output_name=reference.contract.output,
-            output_kind=kind,
-            raw=error_stats(ref_raw, test_raw, atol, rtol),
-            score=error_stats(ref_scores, test_scores, atol, rtol),
-            flips=decision_flips(ref_scores, test_scores, cutoff),
-            max_flips=int(max_flips),
-            ids=ids,
-            ref_scores=ref_scores,
-            test_scores=test_scores,
-            labels=labels,
-            metrics=metrics,
-        ))
-    return reports
+        for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
+            metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
+    return ValidationReport(
+        test_model=test.model,
+        test_backend=test.backend,
+        reference_model=reference.model,
+        reference_backend=reference.backend,
+        pairs=int(keep.sum()),
+        source=source.description,
+        output_name=reference.contract.output,
+        output_kind=kind,
+        raw=error_stats(ref_raw, test_raw, atol, rtol),
+        score=error_stats(ref_scores, test_scores, atol, rtol),
+        flips=decision_flips(ref_scores, test_scores, cutoff),
+        max_flips=int(max_flips),
+        ids=ids,
+        ref_scores=ref_scores,
+        test_scores=test_scores,
+        labels=labels,
+        metrics=metrics,
+    )
 
 
 def _pct(value: Optional[float]) -> str:
@@ -470,78 +438,6 @@ def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
     return lines
 
 
-# -- pair sources ------------------------------------------------------------------------------
-def synthetic_source(
-    pairs: int,
-    input_shape: Sequence[int],
-    normalization: Any = None,
-    seed: int = 0,
-    defect_rate: float = 0.3,
-    layout: Any = None,
-) -> PairSource:
-    """``pairs`` synthetic PCB pairs (:mod:`changenet_trt.data.synth`, rendered in memory, not
-    written to disk) with their labels, assembled per light layout (TAO's 4 lights stacked
-    along H by default) and normalised. Deterministic by ``seed``."""
-    from changenet_trt.data.dataset import LightLayout
-    from changenet_trt.data.preprocess import get_normalization, prepare_tiles, shared_pool, wait_all
-    from changenet_trt.data.synth import plan_rows, render_pair
-
-    if pairs < 1:
-        raise InputError("--pairs must be positive", found=pairs)
-    layout = layout or LightLayout()
-    lights = list(layout.lights) or ["UniformLight"]
-    boxes = layout.boxes(int(input_shape[1]), int(input_shape[2]))
-    norm = get_normalization(normalization)
-    rows = plan_rows(pairs, defect_rate, seed)
-
-    def one(index: int, golden_dst: np.ndarray, sample_dst: np.ndarray) -> None:
-        golden, sample = render_pair(rows[index], seed, lights)
-        prepare_tiles(golden, golden_dst, boxes, norm)
-        prepare_tiles(sample, sample_dst, boxes, norm)
-
-    def fill(golden_dst: np.ndarray, sample_dst: np.ndarray, lo: int, hi: int) -> None:
-        pool = shared_pool()
-        wait_all([pool.submit(one, i, golden_dst[i - lo], sample_dst[i - lo]) for i in range(lo, hi)])
-
-    return PairSource(
-        count=pairs,
-        fill=fill,
-        description="{} synthetic pairs, seed {}, {} defects".format(
-            pairs, seed, sum(1 for r in rows if r.label != "PASS")),
-        labels=np.array([r.label != "PASS" for r in rows], dtype=bool),
-        ids=["board_{:03d}/{} {}".format(r.board, r.object_name, r.label) for r in rows],
-    )
-
-
-def dataset_source(
-    csv_path: str,
-    images_dir: Optional[str],
-    input_shape: Sequence[int],
-    normalization: Any = None,
-    layout: Any = None,
-    strict: bool = False,
-    on_problem: Optional[Callable[[Any], None]] = None,
-) -> PairSource:
-    """The pairs of a TAO data set (:func:`changenet_trt.data.dataset.load_dataset`) with their
-    labels; rows with missing files are set aside (or stop the run with ``strict``), pairs that
-    fail to decode are dropped from the comparison."""
-    from changenet_trt.data.dataset import LightLayout, PairLoader, load_dataset
-
-    layout = layout or LightLayout()
-    data = load_dataset(csv_path, images_dir, layout=layout, strict=strict, on_problem=on_problem)
-    loader = PairLoader(data.pairs, layout, tuple(input_shape), normalization, strict=strict, on_problem=on_problem)
-    skipped = "" if not data.problems else ", {} row{} set aside".format(len(data.problems), "" if len(data.problems) == 1 else "s")
-    return PairSource(
-        count=len(data),
-        fill=loader.fill,
-        description="{} pairs of {}{}".format(len(data), csv_path, skipped),
-        labels=data.is_defect,
-        ids=["line {} {}".format(p.line, p.object_name) for p in data.pairs],
-        failed=lambda: sorted(loader.failed),
-        close=loader.close,
-    )
-
-
 def validate(
     engine: str,
     onnx_model: str,
@@ -560,9 +456,9 @@ def validate(
     """Validate ``engine`` (a TensorRT engine, or any model ``backend`` runs) against
     ``onnx_model`` run by ONNX Runtime in float32 on CPU.
 
-    ``make_source(contract, normalization)`` returns the :class:`PairSource` (see
-    :func:`synthetic_source`, :func:`dataset_source`) for the ONNX model's contract and
-    normalisation. ``cutoff`` defaults to the ONNX model's recommended cutoff; the engine is
+    ``make_source(contract, normalization)`` returns the :class:`~changenet_trt.data.pairs.PairSource`
+    (:func:`~changenet_trt.data.pairs.synthetic_source`, :func:`~changenet_trt.data.pairs.dataset_source`)
+    for the ONNX model's contract and normalisation. ``cutoff`` defaults to the ONNX model's recommended cutoff; the engine is
     run with the same cutoff and normalisation.
     """
     return validate_all([engine], onnx_model, make_source, cutoff, atol, rtol, max_flips, backend, batch_size,
@@ -584,23 +480,34 @@ def validate_all(
     engine_options: Optional[Dict[str, Any]] = None,
     chunk: int = CHUNK_PAIRS,
 ) -> List[ValidationReport]:
-    """:func:`validate` of each of ``engines`` against ``onnx_model``, which runs once on the pairs
-    (a float16 model and its float16-storage emulation share one float32 pass): one report each."""
-    from contextlib import ExitStack
-
+    """:func:`validate` of each of ``engines`` against ``onnx_model``, one model loaded at a time:
+    the float32 model runs once on the pairs and its raw outputs are kept (``[pairs, ...]``, a few
+    KB), then each engine runs on the same pairs, so memory holds one session, not all of them (a
+    float16 model and its float16-storage emulation share one float32 pass). One report each."""
     from changenet_trt.api import load
 
+    _check_tolerances(atol, rtol, max_flips)
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    with ExitStack() as stack:
-        reference = stack.enter_context(load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
-                                             normalization=normalization, **overrides))
-        tests = [stack.enter_context(load(engine, cutoff=reference.cutoff, backend=backend, batch_size=batch_size,
-                                          normalization=reference.normalization,
-                                          **dict(overrides, **(engine_options or {}))))
-                 for engine in engines]
-        source = make_source(reference.contract, reference.normalization)
+    with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
+              normalization=normalization, **overrides) as classifier:
+        reference, cutoff, normalization = _Side.of(classifier), classifier.cutoff, classifier.normalization
+        source = make_source(reference.contract, normalization)
         try:
-            return compare_all(reference, tests, source, reference.cutoff, atol=atol, rtol=rtol,
-                               max_flips=max_flips, chunk=chunk)
-        finally:
+            ref_raw = run_pairs(classifier, source.count, source.fill, chunk)
+        except BaseException:
             source.close()
+            raise
+    release_freed_memory()
+    reports = []
+    try:
+        for engine in engines:
+            with load(engine, cutoff=cutoff, backend=backend, batch_size=batch_size, normalization=normalization,
+                      **dict(overrides, **(engine_options or {}))) as classifier:
+                test = _Side.of(classifier)
+                _check_comparable(reference, test)
+                test_raw = run_pairs(classifier, source.count, source.fill, chunk)
+            release_freed_memory()  # this session's pages back before the next one
+            reports.append(_report(reference, test, ref_raw, test_raw, source, cutoff, atol, rtol, max_flips))
+    finally:
+        source.close()
+    return reports

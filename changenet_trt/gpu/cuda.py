@@ -23,6 +23,7 @@ import ctypes
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -326,6 +327,25 @@ def _open_driver_library() -> Any:
     raise GraphCaptureError("cannot load the CUDA driver library: {}".format("; ".join(errors)))
 
 
+def _initialise(lib: Any) -> Tuple[Optional[str], int]:
+    """``cuInit`` and ``cuDeviceGetCount`` through the driver library: ``(problem, GPU count)``,
+    ``problem`` None when both answer."""
+    try:
+        init, count_devices = lib.cuInit, lib.cuDeviceGetCount
+    except AttributeError as exc:
+        return "the CUDA driver library is incomplete ({})".format(exc), 0
+    init.argtypes, init.restype = [ctypes.c_uint], ctypes.c_int
+    count_devices.argtypes, count_devices.restype = [ctypes.POINTER(ctypes.c_int)], ctypes.c_int
+    code = init(0)
+    if code != _CUDA_SUCCESS:
+        return "the CUDA driver does not initialise (cuInit: {})".format(_error_name(lib, code)), 0
+    count = ctypes.c_int(0)
+    code = count_devices(ctypes.pointer(count))
+    if code != _CUDA_SUCCESS:
+        return "the CUDA driver cannot count GPUs (cuDeviceGetCount: {})".format(_error_name(lib, code)), 0
+    return None, int(count.value)
+
+
 def driver_problem() -> Optional[str]:
     """Why CUDA cannot be used on this machine (no driver library, ``cuInit`` fails, no GPU), or
     ``None`` when it can. Asked through the driver library with ctypes, so it answers without
@@ -335,22 +355,104 @@ def driver_problem() -> Optional[str]:
         lib = _open_driver_library()
     except GraphCaptureError as exc:
         return "no CUDA driver ({})".format(exc)
-    try:
-        init, count_devices = lib.cuInit, lib.cuDeviceGetCount
-    except AttributeError as exc:
-        return "the CUDA driver library is incomplete ({})".format(exc)
-    init.argtypes, init.restype = [ctypes.c_uint], ctypes.c_int
-    count_devices.argtypes, count_devices.restype = [ctypes.POINTER(ctypes.c_int)], ctypes.c_int
-    code = init(0)
-    if code != _CUDA_SUCCESS:
-        return "the CUDA driver does not initialise (cuInit: {})".format(_error_name(lib, code))
-    count = ctypes.c_int(0)
-    code = count_devices(ctypes.pointer(count))
-    if code != _CUDA_SUCCESS:
-        return "the CUDA driver cannot count GPUs (cuDeviceGetCount: {})".format(_error_name(lib, code))
-    if count.value < 1:
+    problem, count = _initialise(lib)
+    if problem is None and count < 1:
         return "the CUDA driver sees no GPU"
-    return None
+    return problem
+
+
+# cuDeviceGetAttribute codes (cuda.h, CUdevice_attribute)
+_CU_ATTR_INTEGRATED = 18
+_CU_ATTR_CC_MAJOR = 75
+_CU_ATTR_CC_MINOR = 76
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA device: its ``name``, ``compute_capability`` (``(8, 7)``; empty when unknown),
+    driver ``index``, memory in MiB and whether it is ``integrated`` (a Jetson's shared memory)."""
+
+    name: str = "unknown"
+    compute_capability: Tuple[int, ...] = ()
+    index: int = 0
+    memory_mib: int = 0
+    integrated: bool = False
+
+    @property
+    def known(self) -> bool:
+        return bool(self.compute_capability)
+
+    @property
+    def capability(self) -> str:
+        """``"8.7"``, or ``"unknown"``."""
+        return ".".join(str(v) for v in self.compute_capability) if self.known else "unknown"
+
+
+@dataclass
+class CudaInfo:
+    """What the driver library says: its version (``"12.2"``) and devices; ``error`` when it could not say."""
+
+    driver: Optional[str] = None
+    gpus: List[GpuInfo] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+def probe_driver() -> CudaInfo:
+    """The driver's version and every device it sees, asked through the driver library with
+    ctypes (no pycuda, no TensorRT needed); never raises: a broken install is the ``error``."""
+    try:
+        lib = _open_driver_library()
+    except GraphCaptureError as exc:
+        return CudaInfo(error="no CUDA driver ({})".format(exc))
+    info = CudaInfo()
+    try:
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == _CUDA_SUCCESS and version.value > 0:
+            info.driver = "{}.{}".format(version.value // 1000, (version.value % 1000) // 10)
+        info.error, count = _initialise(lib)
+        for index in range(count):
+            device = ctypes.c_int(0)
+            if lib.cuDeviceGet(ctypes.byref(device), index) != _CUDA_SUCCESS:
+                continue
+            name = ctypes.create_string_buffer(256)
+            lib.cuDeviceGetName(name, 256, device)
+            values = {}
+            for attr in (_CU_ATTR_CC_MAJOR, _CU_ATTR_CC_MINOR, _CU_ATTR_INTEGRATED):
+                value = ctypes.c_int(0)
+                lib.cuDeviceGetAttribute(ctypes.byref(value), attr, device)
+                values[attr] = value.value
+            memory = ctypes.c_size_t(0)
+            total = getattr(lib, "cuDeviceTotalMem_v2", None) or lib.cuDeviceTotalMem
+            total(ctypes.byref(memory), device)
+            info.gpus.append(GpuInfo(
+                name=name.value.decode("utf-8", "replace"),
+                compute_capability=(values[_CU_ATTR_CC_MAJOR], values[_CU_ATTR_CC_MINOR]),
+                index=index, memory_mib=int(memory.value >> 20), integrated=bool(values[_CU_ATTR_INTEGRATED])))
+    except Exception as exc:  # a broken driver install must not crash the report
+        info.error = "CUDA driver query failed: {}: {}".format(type(exc).__name__, exc)
+    return info
+
+
+def current_gpu() -> GpuInfo:
+    """Name and compute capability of GPU 0 through pycuda's primary context; unknown without
+    pycuda or a GPU."""
+    try:
+        ctx = primary_context()
+        return GpuInfo(ctx.name, tuple(ctx.compute_capability))
+    except ChangeNetError:
+        return GpuInfo()
+
+
+def pycuda_version() -> str:
+    """pycuda's version, ``"not found"``, or ``"broken (<error>)"`` for an install that fails to
+    import; never raises."""
+    try:
+        import pycuda
+    except ImportError:
+        return "not found"
+    except Exception as exc:  # there but failing to import (bad install)
+        return "broken ({}: {})".format(type(exc).__name__, exc)
+    return str(getattr(pycuda, "VERSION_TEXT", "installed (version unknown)"))
 
 
 def require_driver(feature: str = FEATURE) -> None:

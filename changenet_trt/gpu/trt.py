@@ -15,8 +15,11 @@ TensorRT outside the tested range (8.5 <= version < 12) is refused with the reas
 * :func:`create_runtime` / :func:`create_builder` -- only once the CUDA driver is known to work
 * :func:`to_numpy_dtype` / :func:`from_numpy_dtype` -- ``trt.DataType`` <-> numpy
 * :func:`network_flags`, :func:`has_feature`, :func:`check` -- small version-aware helpers
+* :class:`PrecisionPath` -- how a TensorRT release takes precision (the plan, the build and
+  ``doctor`` read it from here)
 """
 
+import enum
 import importlib
 import logging
 import os
@@ -91,6 +94,65 @@ def import_tensorrt(feature: str = "this command", check_version: bool = True) -
     if check_version:
         check_supported(getattr(tensorrt, "__version__", "0"), feature)
     return tensorrt
+
+
+#: first TensorRT with strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+STRONGLY_TYPED_SINCE = Version("10.0")
+#: TensorRT 10 deprecations (its release notes): the INT8 calibrators from 10.1, the FP16/INT8
+#: builder flags (weak typing) from 10.12
+CALIBRATOR_DEPRECATED_SINCE = Version("10.1")
+FLAGS_DEPRECATED_SINCE = Version("10.12")
+#: TensorRT 11 removed the INT8 calibrators and every builder-side precision control
+NO_PRECISION_CONTROLS_SINCE = Version("11.0")
+
+
+class PrecisionPath(enum.Enum):
+    """How a TensorRT release takes precision, decided by its version (:meth:`of`); the value
+    says it in words.
+
+    * 8.5/8.6 (no strong typing): :attr:`DERIVED_FLAGS`;
+    * 10.x (STRONGLY_TYPED beside the legacy flags and calibrators): :attr:`TYPED_MODEL`;
+    * 11.x (no FP16/INT8 flag, no calibrator: every network strongly typed): :attr:`STRONGLY_TYPED`.
+    """
+
+    DERIVED_FLAGS = ("builder flags derived from the typed graph: FP16 when it holds float16 tensors, INT8 when "
+                     "it holds Q/DQ, its float32 nodes kept float32 with precision constraints (no strong typing)")
+    TYPED_MODEL = ("strongly typed build of the typed model (prepare --precision); the FP16/INT8 flags and the INT8 "
+                   "calibrator still exist")
+    STRONGLY_TYPED = ("strongly typed: precision from the ONNX graph only (float16 tensors, Q/DQ from prepare "
+                      "--precision); no precision flags, no calibrators")
+
+    @classmethod
+    def of(cls, trt_version: Any) -> "PrecisionPath":
+        """The path of TensorRT ``trt_version`` (a string or ``Version``)."""
+        found = Version(str(trt_version))
+        if found >= NO_PRECISION_CONTROLS_SINCE:
+            return cls.STRONGLY_TYPED
+        if found >= STRONGLY_TYPED_SINCE:
+            return cls.TYPED_MODEL
+        return cls.DERIVED_FLAGS
+
+    @property
+    def strongly_typed(self) -> bool:
+        """Builds strongly typed networks (precision from the ONNX types)."""
+        return self is not PrecisionPath.DERIVED_FLAGS
+
+    @property
+    def has_calibrator(self) -> bool:
+        """Still binds the INT8 calibrators and the FP16/INT8 builder flags."""
+        return self is not PrecisionPath.STRONGLY_TYPED
+
+
+def installed_description() -> str:
+    """The installed TensorRT's version, ``"not found"``, or ``"broken (<error>)"`` for an
+    install that fails to import; never raises."""
+    try:
+        return str(getattr(import_tensorrt("the environment report", check_version=False), "__version__",
+                           "installed (version unknown)"))
+    except ChangeNetError:
+        return "not found"
+    except Exception as exc:  # there but failing to import (bad install)
+        return "broken ({}: {})".format(type(exc).__name__, exc)
 
 
 #: runtime-only TensorRT modules (TensorRT 8.6+), each under its package's name and its bindings

@@ -19,9 +19,7 @@ Runtime they are host clock times and H2D/D2H are 0. A query's intervals are pla
 host clock so that its D2H ends when ``fetch`` returned.
 """
 
-import json
 import os
-import platform
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -31,7 +29,9 @@ import numpy as np
 from changenet_trt.contract import ModelContract
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import ChangeNetError, InputError
+from changenet_trt.evaluation.stats import median, percentile
 from changenet_trt.runtime.base import Runner, now_ms
+from changenet_trt.tools.machine import cpu_model, machine_info
 
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0)
 #: percentiles the JSON report always carries, whatever --percentile asks for
@@ -49,30 +49,6 @@ Clock = Callable[[], float]
 
 
 # -- statistics --------------------------------------------------------------------------------
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """trtexec's nearest-rank percentile of an ascending sequence (``inf`` when empty)."""
-    if not 0.0 <= p <= 100.0:
-        raise InputError("percentile outside [0, 100]", found=p)
-    count = len(sorted_values)
-    if count == 0:
-        return float("inf")
-    # trtexec computes this in float32; float64 rounds differently (e.g. p99 of 100 values)
-    one, hundred = np.float32(1.0), np.float32(100.0)
-    exclude = int((one - np.float32(p) / hundred) * np.float32(count))
-    return float(sorted_values[max(count - 1 - exclude, 0)])
-
-
-def median(sorted_values: Sequence[float]) -> float:
-    """Middle value of an ascending sequence; the mean of the two middle ones for even N."""
-    count = len(sorted_values)
-    if count == 0:
-        return float("inf")
-    mid = count // 2
-    if count % 2:
-        return float(sorted_values[mid])
-    return (float(sorted_values[mid - 1]) + float(sorted_values[mid])) / 2.0
-
-
 @dataclass
 class Stats:
     """Summary of one metric over the timed queries, in ms (``cv_percent``: std/mean x 100)."""
@@ -90,6 +66,11 @@ class Stats:
             out[percentile_key(p)] = value
         out["cv_percent"] = self.cv_percent
         return out
+
+
+def stream_number(value: float) -> str:
+    """A number as C++ iostreams print it by default (6 significant digits), as trtexec does."""
+    return "{:g}".format(value)
 
 
 def percentile_key(p: float) -> str:
@@ -351,7 +332,7 @@ class BenchResult:
                     "the stability." if self.backend == "tensorrt" else
                     "  On a CPU, other processes and frequency scaling cause this; a longer --duration helps.")
             out.append("* GPU compute time is unstable, with coefficient of variance = {}%.\n{}".format(
-                _g(compute.cv_percent), hint))
+                stream_number(compute.cv_percent), hint))
         if self.options.streams > 1:
             out.append("* Multiple inference streams are used. Latencies may not be accurate since inferences "
                        "may run in parallel. Please use \"Throughput\" as the performance metric instead.")
@@ -392,154 +373,7 @@ class BenchResult:
         }
 
 
-def _g(value: float) -> str:
-    """A number as C++ iostreams print it by default (6 significant digits), as trtexec does."""
-    return "{:g}".format(value)
-
-
-def _perf_string(stats: Stats, percentiles: Sequence[float]) -> str:
-    text = "min = {} ms, max = {} ms, mean = {} ms, median = {} ms".format(
-        _g(stats.min), _g(stats.max), _g(stats.mean), _g(stats.median))
-    for p in percentiles:
-        text += ", percentile({}%) = {} ms".format(_g(p), _g(stats.percentiles[float(p)]))
-    return text
-
-
-def format_report(result: BenchResult) -> str:
-    """The trtexec-style text report: prolog, trace averages, performance summary, warnings."""
-    opts = result.options
-    lines = []
-    lines.append("=== Benchmark ===")
-    lines.append("Model: {} ({}, batch {} pairs per query, {} stream{}{})".format(
-        result.model, result.backend, result.batch, opts.streams, "s" if opts.streams > 1 else "",
-        ", end to end: decode + preprocess + inference" if result.end_to_end else ""))
-    for note in result.notes:
-        lines.append(note)
-    lines.append("Warmup completed {} queries over {} ms".format(len(result.warmup), _g(opts.warmup_ms)))
-    lines.append("Timing trace has {} queries over {} s".format(len(result.timed), _g(result.walltime_ms / 1000.0)))
-    lines.append("")
-    lines.append("=== Trace details ===")
-    lines.append("Trace averages of {} runs:".format(opts.avg_runs))
-    runs = opts.avg_runs
-    for lo in range(0, len(result.timed) - runs + 1, runs):
-        chunk = result.timed[lo:lo + runs]
-        lines.append("Average on {} runs - GPU latency: {} ms - Host latency: {} ms (enqueue {} ms)".format(
-            runs,
-            _g(sum(t.compute_ms for t in chunk) / runs),
-            _g(sum(t.latency_ms for t in chunk) / runs),
-            _g(sum(t.enqueue_ms for t in chunk) / runs),
-        ))
-    lines.append("")
-    lines.append("=== Performance summary ===")
-    lines.append("Throughput: {} qps".format(_g(result.qps)))
-    lines.append("FPS: {} pairs/s (qps x batch {})".format(_g(result.fps), result.batch))
-    percentiles = list(opts.percentiles)
-    for label, metric in (("Latency", "latency"), ("Enqueue Time", "enqueue"), ("H2D Latency", "h2d"),
-                          ("GPU Compute Time", "compute"), ("D2H Latency", "d2h")):
-        lines.append("{}: {}".format(label, _perf_string(result.stats(metric), percentiles)))
-    if result.batch_times_ms:
-        lines.append("End-to-End Batch Time: {}".format(
-            _perf_string(summarize(result.batch_times_ms, percentiles), percentiles)))
-    lines.append("Total Host Walltime: {} s".format(_g(result.walltime_ms / 1000.0)))
-    lines.append("Total GPU Compute Time: {} s".format(_g(result.total_compute_s)))
-    warnings = result.warnings + result.performance_warnings()
-    if warnings:
-        lines.append("")
-        lines.extend("[W] " + line for w in warnings for line in w.splitlines())
-    lines.append("")
-    return "\n".join(lines)
-
-
-def export_times(result: BenchResult, path: str) -> str:
-    """Write the timed queries as trtexec's ``--exportTimes`` JSON (a list of per-query records)."""
-    _write_text(path, json.dumps([t.export() for t in result.timed], indent=1) + "\n")
-    return path
-
-
-def write_json(result: BenchResult, path: str) -> str:
-    """Write :meth:`BenchResult.to_dict` to ``path``."""
-    from changenet_trt.files import write_json_report
-
-    return write_json_report(path, result.to_dict(), what="bench JSON report")
-
-
-def read_exported_times(path: str) -> List[Dict[str, float]]:
-    """Read an ``--exportTimes`` file (ours or trtexec's)."""
-    try:
-        with open(path) as handle:
-            records = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise InputError("cannot read exported times {}: {}".format(path, exc)) from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "latencyMs" in r for r in records):
-        raise InputError("not an --exportTimes file: {}".format(path),
-                         expected="a JSON list of records with latencyMs", found=type(records).__name__)
-    return records
-
-
-def latency_histogram(times_path: str, png_path: str, bins: int = 50) -> str:
-    """Histogram PNG of the latency and GPU compute time in an ``--exportTimes`` file."""
-    return _histogram(read_exported_times(times_path), png_path, bins)
-
-
-def latency_histogram_png(result: BenchResult, png_path: str, bins: int = 50) -> str:
-    """Histogram PNG of the timed queries' latency and GPU compute time."""
-    return _histogram([t.export() for t in result.timed], png_path, bins)
-
-
-def _histogram(records: Sequence[Dict[str, float]], png_path: str, bins: int) -> str:
-    from changenet_trt.evaluation.plots import histogram_png
-
-    latency = np.array([r["latencyMs"] for r in records], dtype=np.float64)
-    compute = np.array([r.get("computeMs", np.nan) for r in records], dtype=np.float64)
-    series = {"Latency": latency}
-    if not np.allclose(latency, compute, equal_nan=False):
-        # with transfers (TensorRT) the compute share is worth its own bars
-        series["GPU Compute Time"] = compute
-    return histogram_png(series, png_path, title="Query latency ({} queries)".format(len(records)),
-                         xlabel="ms", bins=bins)
-
-
-def _write_text(path: str, text: str) -> None:
-    from changenet_trt.files import atomic_write, check_output_file
-
-    atomic_write(check_output_file(path, what="--exportTimes file"), text)
-
-
 # -- running a model ---------------------------------------------------------------------------
-def machine_info(backend: str) -> Dict[str, Any]:
-    """CPU model, cores, OS and runtime versions, for the record."""
-    info: Dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    if backend == "tensorrt":
-        from changenet_trt.gpu.trt import installed_version
-
-        found = installed_version()
-        if found is not None:
-            info["tensorrt"] = str(found)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def runner_options(backend: str, options: BenchOptions, extra: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], List[str]]:
     """Backend options for ``make_runner`` from the flags; plus one warning per flag that does
     not apply (the TensorRT-only flags on onnxruntime are ignored, with a warning)."""
@@ -623,7 +457,7 @@ def run_benchmark(
         "2 (double buffering)" if options.overlap(which) else "1 (--exposeDMA)")]
     if which != "tensorrt":
         notes.append("Timing: host clock ({} on {}; H2D/D2H are 0, \"GPU Compute Time\" is the session run "
-                     "time)".format(which, _cpu_model()))
+                     "time)".format(which, cpu_model()))
     return BenchResult(
         model=os.fspath(model), backend=which, batch=batch, options=options, warmup=warmup, timed=timed,
         clock="cuda events" if which == "tensorrt" else "host", warnings=warnings, notes=notes,
@@ -779,7 +613,7 @@ def run_end_to_end(
              "(Classifier.run_pipeline)".format(total, csv_path, len(dataset.problems))]
     if which != "tensorrt":
         notes.append("Timing: host clock ({} on {}; H2D/D2H are 0, \"GPU Compute Time\" is the session run "
-                     "time)".format(which, _cpu_model()))
+                     "time)".format(which, cpu_model()))
     return BenchResult(
         model=os.fspath(model), backend=which, batch=batch, options=options, warmup=warm, timed=traces,
         clock="cuda events" if which == "tensorrt" else "host", warnings=warnings, notes=notes,

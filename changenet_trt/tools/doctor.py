@@ -1,8 +1,8 @@
 """``changenet-trt doctor``: what this machine has, and proof that the stack works on it.
 
-First an environment report (every probe is defensive: a missing library, file or command
-reads "not found", never an exception), including the precision path the installed TensorRT
-builds with (:func:`precision_path`), then checks, each PASS, FAIL or SKIP:
+First the environment report (:mod:`changenet_trt.tools.machine`: every probe defensive,
+including the precision path the installed TensorRT builds with), then checks, each PASS, FAIL
+or SKIP:
 
 * CPU checks (always): the reference model through ONNX Runtime equals a direct numpy
   computation of the same graph; image files are decoded and normalised exactly as the
@@ -18,78 +18,21 @@ builds with (:func:`precision_path`), then checks, each PASS, FAIL or SKIP:
 The exit status is 0 when every check that applies passes.
 """
 
-import ctypes
-import importlib
 import os
-import platform
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from packaging.version import InvalidVersion, Version
 
-NOT_FOUND = "not found"
+from changenet_trt.data.pairs import synthetic_source
+from changenet_trt.gpu.cuda import CudaInfo, probe_driver, pycuda_version
+from changenet_trt.gpu.trt import installed_description
+from changenet_trt.tools.machine import NOT_FOUND, RunFn, environment, run_command
+
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
-
-# L4T release -> JetPack release (NVIDIA's JetPack archive); other releases print the L4T only.
-L4T_TO_JETPACK = {
-    "32.7.1": "4.6.1",
-    "32.7.2": "4.6.2",
-    "32.7.3": "4.6.3",
-    "32.7.4": "4.6.4",
-    "32.7.5": "4.6.5",
-    "35.1.0": "5.0.2",
-    "35.2.1": "5.1",
-    "35.3.1": "5.1.1",
-    "35.4.1": "5.1.2",
-    "35.5.0": "5.1.3",
-    "35.6.0": "5.1.4",
-    "36.2.0": "6.0 DP",
-    "36.3.0": "6.0",
-    "36.4.0": "6.1",
-    "36.4.3": "6.2",
-    # JetPack 7 (NVIDIA's JetPack downloads pages): 7.0 = Jetson Linux 38.2/38.2.1, 7.1 = 38.4
-    # (Thor); 7.2 = 39.2 (Orin and Thor; its developer guide is docs.nvidia.com/jetson/archives/r39.2)
-    "38.2.0": "7.0",
-    "38.2.1": "7.0",
-    "38.4.0": "7.1",
-    "39.2.0": "7.2",
-}
-#: L4T major release -> JetPack major, for a point release the table above does not list
-L4T_MAJOR_TO_JETPACK = {"32": "4", "34": "5", "35": "5", "36": "6", "38": "7", "39": "7"}
-
-# cuDeviceGetAttribute codes (cuda.h)
-_CU_ATTR_INTEGRATED = 18
-_CU_ATTR_CC_MAJOR = 75
-_CU_ATTR_CC_MINOR = 76
-
-RunFn = Callable[[Sequence[str]], Optional[str]]
-
-
-@dataclass
-class GpuInfo:
-    """One CUDA device as the driver reports it."""
-
-    index: int
-    name: str
-    compute_capability: str  # "8.7"
-    memory_mib: int
-    integrated: bool
-
-
-@dataclass
-class CudaInfo:
-    """What libcuda says: driver version ("12.2") and devices; ``error`` when it could not say."""
-
-    driver: Optional[str] = None
-    gpus: List[GpuInfo] = field(default_factory=list)
-    error: Optional[str] = None
 
 
 @dataclass
@@ -104,271 +47,6 @@ class Check:
     def failed(self) -> bool:
         return self.status == FAIL
 
-
-# -- environment ----------------------------------------------------------------------------
-def run_command(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
-    """stdout of a command, or ``None`` when it is missing, fails or hangs."""
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        done = subprocess.run(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode("utf-8", "replace")
-
-
-def module_version(name: str, attribute: str = "__version__") -> str:
-    """``module.<attribute>`` or "not found"/"broken (<error>)"; never raises."""
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        return NOT_FOUND
-    except Exception as exc:  # a module that is there but fails to import (bad install)
-        return "broken ({}: {})".format(type(exc).__name__, exc)
-    return str(getattr(module, attribute, "installed (version unknown)"))
-
-
-def probe_cuda(library_names: Sequence[str] = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")) -> CudaInfo:
-    """Ask the CUDA driver library directly (ctypes), so GPUs show even without pycuda."""
-    lib = None
-    for name in library_names:
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        return CudaInfo(error="no CUDA driver library (libcuda): no NVIDIA driver on this machine")
-    info = CudaInfo()
-    try:
-        version = ctypes.c_int(0)
-        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value > 0:
-            info.driver = "{}.{}".format(version.value // 1000, (version.value % 1000) // 10)
-        status = lib.cuInit(0)
-        if status != 0:
-            info.error = "cuInit failed with CUDA error {} (no usable GPU, or the driver is not loaded)".format(status)
-            return info
-        count = ctypes.c_int(0)
-        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            info.error = "cuDeviceGetCount failed"
-            return info
-        for index in range(count.value):
-            device = ctypes.c_int(0)
-            if lib.cuDeviceGet(ctypes.byref(device), index) != 0:
-                continue
-            name = ctypes.create_string_buffer(256)
-            lib.cuDeviceGetName(name, 256, device)
-            values = {}
-            for attr in (_CU_ATTR_CC_MAJOR, _CU_ATTR_CC_MINOR, _CU_ATTR_INTEGRATED):
-                value = ctypes.c_int(0)
-                lib.cuDeviceGetAttribute(ctypes.byref(value), attr, device)
-                values[attr] = value.value
-            memory = ctypes.c_size_t(0)
-            total = getattr(lib, "cuDeviceTotalMem_v2", None) or lib.cuDeviceTotalMem
-            total(ctypes.byref(memory), device)
-            info.gpus.append(
-                GpuInfo(
-                    index=index,
-                    name=name.value.decode("utf-8", "replace"),
-                    compute_capability="{}.{}".format(values[_CU_ATTR_CC_MAJOR], values[_CU_ATTR_CC_MINOR]),
-                    memory_mib=int(memory.value >> 20),
-                    integrated=bool(values[_CU_ATTR_INTEGRATED]),
-                )
-            )
-    except Exception as exc:  # a broken driver install must not crash the report
-        info.error = "CUDA driver query failed: {}: {}".format(type(exc).__name__, exc)
-    return info
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace").replace("\x00", "").strip()
-    except OSError:
-        return None
-
-
-def jetson_model(root: str = "/") -> Optional[str]:
-    """The board name from the device tree (``/proc/device-tree/model``), if it is a Jetson."""
-    text = _read_text(os.path.join(root, "proc", "device-tree", "model"))
-    if text and ("jetson" in text.lower() or "nvidia" in text.lower()):
-        return text
-    return None
-
-
-def l4t_release(root: str = "/", run: RunFn = run_command) -> Optional[str]:
-    """L4T release ("35.3.1") from /etc/nv_tegra_release, else the nvidia-l4t-core package."""
-    text = _read_text(os.path.join(root, "etc", "nv_tegra_release"))
-    if text:
-        match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-        if match:
-            return "{}.{}".format(match.group(1), match.group(2))
-    version = run(["dpkg-query", "-W", "-f=${Version}", "nvidia-l4t-core"])
-    if version:
-        match = re.match(r"\s*(\d+\.\d+(?:\.\d+)?)", version)
-        if match:
-            return match.group(1)
-    return None
-
-
-def jetpack_version(root: str = "/", run: RunFn = run_command) -> str:
-    """JetPack (from the nvidia-jetpack package, else mapped from the L4T release)."""
-    l4t = l4t_release(root, run)
-    package = run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]) or ""
-    match = re.match(r"\s*(\d+(?:\.\d+)*\S*?)(?:-|\s|$)", package)
-    if match:
-        jetpack = match.group(1) + " (nvidia-jetpack package)"
-    elif l4t and l4t in L4T_TO_JETPACK:
-        jetpack = L4T_TO_JETPACK[l4t]
-    elif l4t and l4t.split(".")[0] in L4T_MAJOR_TO_JETPACK:
-        jetpack = "{}.x".format(L4T_MAJOR_TO_JETPACK[l4t.split(".")[0]])
-    elif l4t:
-        jetpack = "unknown for this L4T"
-    else:
-        return NOT_FOUND
-    return "{}{}".format(jetpack, ", L4T R{}".format(l4t) if l4t else "")
-
-
-def power_mode(run: RunFn = run_command) -> str:
-    """``nvpmodel -q``: "MAXN (mode 0)"."""
-    text = run(["nvpmodel", "-q"])
-    if not text:
-        return NOT_FOUND
-    match = re.search(r"NV Power Mode:\s*(.+)", text)
-    if not match:
-        return NOT_FOUND
-    name = match.group(1).strip()
-    rest = text[match.end():].split()
-    mode = next((tok for tok in rest if tok.isdigit()), None)
-    return "{} (mode {})".format(name, mode) if mode is not None else name
-
-
-def dla_cores() -> str:
-    """DLA cores TensorRT sees (needs TensorRT and a GPU)."""
-    from changenet_trt.errors import ChangeNetError
-    from changenet_trt.gpu.trt import import_tensorrt
-
-    try:
-        trt = import_tensorrt("counting DLA cores")
-    except ChangeNetError:
-        return NOT_FOUND + " (needs TensorRT)"
-    try:
-        from changenet_trt.gpu.trt import create_builder
-
-        builder = create_builder(trt, "counting DLA cores")  # checks the CUDA driver first
-        return str(int(builder.num_DLA_cores))
-    except Exception as exc:
-        return "{} ({}: {})".format(NOT_FOUND, type(exc).__name__, exc)
-
-
-def environment(root: str = "/", run: RunFn = run_command, cuda: Optional[CudaInfo] = None) -> List[Tuple[str, str]]:
-    """``[(label, value)]`` of the environment report. ``root``/``run`` exist for tests."""
-    cuda = probe_cuda() if cuda is None else cuda
-    rows = [
-        ("Python", "{} ({})".format(platform.python_version(), sys.executable)),
-        ("platform", "{} {}, {} CPU cores".format(platform.system(), platform.machine(), os.cpu_count() or "?")),
-        ("changenet-trt", module_version("changenet_trt")),
-        ("numpy", module_version("numpy")),
-        ("OpenCV", module_version("cv2")),
-        ("onnx", module_version("onnx")),
-    ]
-    ort_version = module_version("onnxruntime")
-    if ort_version not in (NOT_FOUND,) and not ort_version.startswith("broken"):
-        try:
-            import onnxruntime
-
-            ort_version += " (providers: {})".format(", ".join(onnxruntime.get_available_providers()))
-        except Exception:
-            pass
-    rows.append(("onnxruntime", ort_version))
-    rows.append(("TensorRT", module_version("tensorrt")))
-    rows.append(("TensorRT precision", installed_precision_path()))
-    rows.append(("pycuda", module_version("pycuda", "VERSION_TEXT")))
-    rows.append(("CUDA driver", cuda.driver or NOT_FOUND))
-    if cuda.gpus:
-        for gpu in cuda.gpus:
-            rows.append((
-                "GPU {}".format(gpu.index),
-                "{}, compute capability {}, {} MiB{}".format(
-                    gpu.name, gpu.compute_capability, gpu.memory_mib, ", integrated" if gpu.integrated else ""
-                ),
-            ))
-        rows.append(("DLA cores", dla_cores()))
-    else:
-        rows.append(("GPU", "{}{}".format(NOT_FOUND, " ({})".format(cuda.error) if cuda.error else "")))
-        rows.append(("DLA cores", NOT_FOUND))
-    model = jetson_model(root)
-    rows.append(("Jetson model", model or NOT_FOUND))
-    rows.append(("JetPack", jetpack_version(root, run)))
-    rows.append(("power mode", power_mode(run) if model else NOT_FOUND + " (not a Jetson)"))
-    return rows
-
-
-# -- which precision path TensorRT takes ---------------------------------------------------------
-PATH_STRONGLY_TYPED = ("strongly typed: precision from the ONNX graph only (float16 tensors, Q/DQ from prepare "
-                       "--precision); no precision flags, no calibrators")
-PATH_TYPED_MODEL = ("strongly typed build of the typed model (prepare --precision); the FP16/INT8 flags and the INT8 "
-                    "calibrator still exist")
-#: TensorRT 10 deprecations (its release notes): the INT8 calibrators from 10.1, the FP16/INT8
-#: builder flags (weak typing) from 10.12; 11.0 removed both
-CALIBRATOR_DEPRECATED_SINCE = Version("10.1")
-FLAGS_DEPRECATED_SINCE = Version("10.12")
-PATH_DERIVED_FLAGS = ("builder flags derived from the typed graph: FP16 when it holds float16 tensors, INT8 when "
-                      "it holds Q/DQ, its float32 nodes kept float32 with precision constraints (no strong typing)")
-
-
-def precision_path(trt: Any) -> str:
-    """Which precision path the TensorRT module ``trt`` builds with, read from what it binds
-    (feature detection) and named with its version:
-
-    * 11.x (no FP16 builder flag, STRONGLY_TYPED networks): :data:`PATH_STRONGLY_TYPED`;
-    * 10.x (STRONGLY_TYPED beside the legacy flags and calibrators): :data:`PATH_TYPED_MODEL`;
-    * 8.5/8.6 (no STRONGLY_TYPED): :data:`PATH_DERIVED_FLAGS`.
-    """
-    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
-    strongly_typed = creation is not None and hasattr(creation, "STRONGLY_TYPED")
-    flags = hasattr(getattr(trt, "BuilderFlag", None), "FP16")
-    version = str(getattr(trt, "__version__", "unknown version"))
-    if strongly_typed and not flags:
-        path = PATH_STRONGLY_TYPED
-    elif strongly_typed:
-        path = PATH_TYPED_MODEL + _deprecations(version)
-    elif flags:
-        path = PATH_DERIVED_FLAGS
-    else:
-        return "TensorRT {} binds neither strongly typed networks nor precision flags".format(version)
-    return "TensorRT {}: {}".format(version, path)
-
-
-def _deprecations(version: str) -> str:
-    """Which of 10.x's legacy precision controls ``version`` deprecates, as a clause."""
-    try:
-        release = Version(version)
-    except InvalidVersion:
-        return ""
-    if release >= FLAGS_DEPRECATED_SINCE:
-        return " (both deprecated: the calibrator since 10.1, the flags since 10.12)"
-    if release >= CALIBRATOR_DEPRECATED_SINCE:
-        return " (the calibrator deprecated since 10.1; the flags not yet, until 10.12)"
-    return ""
-
-
-def installed_precision_path() -> str:
-    """:func:`precision_path` of the installed TensorRT, or why there is none; never raises."""
-    from changenet_trt.errors import ChangeNetError
-    from changenet_trt.gpu.trt import import_tensorrt
-
-    try:
-        trt = import_tensorrt("the doctor's precision report")
-    except ChangeNetError:
-        return NOT_FOUND + " (prepare --precision still makes float16/INT8 models on the CPU)"
-    except Exception as exc:  # a module that is there but fails to import (bad install)
-        return "broken ({}: {})".format(type(exc).__name__, exc)
-    return precision_path(trt)
 
 
 # -- CPU checks -----------------------------------------------------------------------------
@@ -568,7 +246,7 @@ def run_doctor(
 ) -> DoctorReport:
     """Probe the environment and run every check. ``workdir`` keeps the files the checks write
     (default: a temporary folder, removed afterwards). ``device=False`` skips the GPU checks."""
-    cuda = probe_cuda() if cuda is None else cuda
+    cuda = probe_driver() if cuda is None else cuda
     env = environment(root, run, cuda)
     own_dir = workdir is None
     work = tempfile.mkdtemp(prefix="changenet-doctor-") if own_dir else os.fspath(workdir)
@@ -609,7 +287,7 @@ def device_checks(workdir: str, cuda: CudaInfo, enabled: bool = True, bench_seco
     if not cuda.gpus:
         why = "no GPU: {}".format(cuda.error or "the CUDA driver reports no device")
         return [Check(name, SKIP, why if i == 0 else "no GPU") for i, name in enumerate(DEVICE_CHECKS)]
-    state = {name: module_version(name) for name in ("tensorrt", "pycuda")}
+    state = {"tensorrt": installed_description(), "pycuda": pycuda_version()}
     usable = {name: value != NOT_FOUND and not value.startswith("broken") for name, value in state.items()}
     checks: List[Check] = []
     if not all(usable.values()):
@@ -691,7 +369,8 @@ def check_cuda_copies(batch: int = 16, rows: int = 7) -> Check:
 
 
 def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] = ()) -> Any:
-    from changenet_trt.engine.build import BatchProfile, BuildOptions, build_engine_file
+    from changenet_trt.engine.build import build_engine_file
+    from changenet_trt.engine.options import BatchProfile, BuildOptions
 
     options = BuildOptions(
         model=onnx_path,
@@ -706,7 +385,7 @@ def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] =
 
 
 def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
-    from changenet_trt.evaluation.validate import synthetic_source, validate
+    from changenet_trt.evaluation.validate import validate
 
     return validate(engine, onnx_path, lambda contract, norm: synthetic_source(
         DEVICE_PAIRS, contract.input_shape, norm, seed=1), backend="tensorrt")
@@ -746,9 +425,8 @@ def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
 
     def fp32_check() -> Check:
         from changenet_trt.contract import read_contract
-        from changenet_trt.engine.build import read_layer_patterns
         from changenet_trt.engine.fp16_check import check_model, source_batches, write_layer_list
-        from changenet_trt.evaluation.validate import synthetic_source
+        from changenet_trt.engine.options import read_layer_patterns
 
         model = write_reference_model(os.path.join(workdir, "doctor_fp16_overflow.onnx"), kind="learnable",
                                       fp16_overflow=True)
@@ -782,3 +460,4 @@ def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
 
     checks.append(_guarded(bench_check, "benchmark"))
     return checks
+

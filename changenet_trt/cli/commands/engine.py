@@ -136,7 +136,7 @@ class Prepare(Command):
         import tempfile
 
         from changenet_trt.contract import read_contract
-        from changenet_trt.engine.plan import read_layer_patterns
+        from changenet_trt.engine.options import read_layer_patterns
         from changenet_trt.files import check_output_file
 
         check_output_file(args.out, "prepared model", inputs=[p for p in (args.model, data.csv) if p])
@@ -350,8 +350,8 @@ class Build(Command):
 
     @staticmethod
     def options(args: argparse.Namespace, values: GroupValues) -> Any:
-        """The :class:`~changenet_trt.engine.build.BuildOptions` of the parsed arguments."""
-        from changenet_trt.engine.build import BatchProfile, BuildOptions, read_layer_patterns
+        """The :class:`~changenet_trt.engine.options.BuildOptions` of the parsed arguments."""
+        from changenet_trt.engine.options import BatchProfile, BuildOptions, read_layer_patterns
 
         calibration = values.calibration_data
         return BuildOptions(
@@ -368,7 +368,8 @@ class Build(Command):
         )
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.engine.build import build_engine_file, make_plan, prepare_typed
+        from changenet_trt.engine.build import build_engine_file, prepare_typed
+        from changenet_trt.engine.plan import make_plan
 
         plan = make_plan(self.options(args, values), trt_version=args.trt_version)
         if args.typed_only:

@@ -85,7 +85,7 @@ class Bench(Command):
         )
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.tools import bench
+        from changenet_trt.tools import bench, bench_report
 
         runtime, names, data, norm = values.runtime, values.names, values.data_set, values.normalization
         inputs = [args.model, data.csv]
@@ -109,12 +109,12 @@ class Bench(Command):
                 args.model, self.bench_options(args), backend=runtime.backend,
                 contract_overrides=names, backend_options=runtime.backend_options,
             )
-        print(bench.format_report(result), end="")
-        values.json_report.write(result, bench.write_json)
+        print(bench_report.format_report(result), end="")
+        values.json_report.write(result, bench_report.write_json)
         if args.export_times:
-            print("wrote {}".format(bench.export_times(result, args.export_times)))
+            print("wrote {}".format(bench_report.export_times(result, args.export_times)))
         if args.histogram:
-            print("wrote {}".format(bench.latency_histogram_png(result, args.histogram)))
+            print("wrote {}".format(bench_report.latency_histogram_png(result, args.histogram)))
         return 0
 
 
