@@ -8,6 +8,12 @@
 #   4. changenet-trt doctor.
 # Everything it prints is also kept in gpu-check-output/ (the pipeline figures in pipeline.json).
 # Exit status: 0 when both the tests and doctor pass and the CUDA tier really ran.
+#
+# On a machine without network (a line PC, an air-gapped test rig): OFFLINE_WHEELS=DIR takes every
+# package from DIR and the interpreter's own site-packages (pip --no-index), installs only what the
+# GPU tiers need (the package itself, not the dev/lint tools) into VENV, and builds pycuda from the
+# source distribution in DIR. Point VENV at an existing environment that already has numpy, onnx,
+# onnxruntime, opencv-python-headless, tqdm and pytest (VENV=$(python3 -c 'import sys; print(sys.prefix)')).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -23,7 +29,14 @@ for cuda in "${CUDA_HOME:-}" /usr/local/cuda; do
     fi
 done
 
-make install PYTHON="$PYTHON" VENV="$VENV"
+if [ -n "${OFFLINE_WHEELS:-}" ]; then
+    [ -d "$OFFLINE_WHEELS" ] || { echo "error: OFFLINE_WHEELS=$OFFLINE_WHEELS is not a folder" >&2; exit 2; }
+    [ -x "$BIN/python" ] || { echo "error: OFFLINE_WHEELS needs an existing environment in VENV (found no $BIN/python)" >&2; exit 2; }
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS="$(cd "$OFFLINE_WHEELS" && pwd)"
+    "$BIN/python" -m pip install --quiet --no-build-isolation -e .
+else
+    make install PYTHON="$PYTHON" VENV="$VENV"
+fi
 mkdir -p "$OUT"
 
 if ! "$BIN/python" -c "import pycuda.driver" 2>/dev/null; then
