@@ -107,6 +107,24 @@ def test_int8_compares_on_synthetic_pairs_when_calibration_used_every_pair(overf
     assert "16 synthetic pairs" in text and "was analysed; none held back" in text
 
 
+def test_int8_leaves_the_fp32_layers_unquantized(tao_like_models, tao_set, tmp_path, capsys):
+    """--fp32-layers with int8 (e.g. the worst layers of an INT8 report): the named MatMul gets no
+    Q/DQ on its inputs (it runs in float), the other MatMuls still do; the metadata names it."""
+    source = tao_like_models["learnable_dynamic"]
+    names = [n.name for n in precision.name_nodes(onnx.load(source)).graph.node if n.op_type == "MatMul"]
+    kept = names[len(names) // 2]
+    out = str(tmp_path / "int8.onnx")
+    assert main(["prepare", source, "-o", out, "--precision", "int8", "--calib-csv", tao_set.csv_path,
+                 "--calib-batches", "1", "--fp32-layers", kept]) == 0
+    assert kept in capsys.readouterr().out
+    model = onnx.load(out)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    matmuls = {n.name: n for n in model.graph.node if n.op_type == "MatMul"}
+    assert not any(producers.get(i) == "DequantizeLinear" for i in matmuls[kept].input)
+    assert all(any(producers.get(i) == "DequantizeLinear" for i in n.input) for n in matmuls.values() if n.name != kept)
+    assert kept in precision.read_made(out)["float_nodes"]
+
+
 @pytest.mark.parametrize("precision_name", ["fp16", "int8"])
 def test_uint8_input_chains_after_the_precision(precision_name, overflow16, tao_set, tmp_path, capsys):
     """dynamic -> float16/INT8 (proven on float pairs) -> uint8 front (proven equal to host
@@ -132,9 +150,9 @@ def test_uint8_input_chains_after_the_precision(precision_name, overflow16, tao_
 # -- refused before any work: one error line, exit 2, nothing written -------------------------------
 BAD = {
     "int8 without data": (["--precision", "int8"], "--calib-csv"),
-    "fp32 layers without fp16": (["--fp32-layers", "overflow/*"], "--precision fp16"),
-    "fp32 layers with int8": (["--precision", "int8", "--calib-csv", "CSV", "--fp32-layers", "overflow/*"],
-                              "--precision fp16"),
+    "fp32 layers without precision": (["--fp32-layers", "overflow/*"], "--precision fp16 or int8"),
+    "int8 layer pattern matching nothing": (["--precision", "int8", "--calib-csv", "CSV", "--fp32-layers",
+                                             "nothing*"], "'nothing*'"),
     "pattern matching nothing": (["--precision", "fp16", "--fp32-layers", "overflow/*", "nothing*"], "'nothing*'"),
     "missing layer list": (["--precision", "fp16", "--fp32-layers", "@NOFILE"], "cannot read the layer list"),
     "force without fp16": (["--force"], "--precision fp16"),

@@ -139,15 +139,23 @@ def residual_adds(proto: Any, weighted: Sequence[str]) -> Dict[str, int]:
     return found
 
 
-def _dedicate_qdq(proto: Any, reads_int8: Dict[str, Optional[Set[int]]]) -> int:
+def _dedicate_qdq(proto: Any, reads_int8: Dict[str, Optional[Set[int]]], float_model: Any = None,
+                  float_nodes: Sequence[str] = ()) -> int:
     """Rewire every input not in ``reads_int8`` (node name -> quantized input indices, None for
     all) to the float tensor instead of the Q/DQ pair the quantizer shares between all readers
     of an activation: only the weighted layers and the residual inputs of fused Adds read
     int8-rounded values; Softmax, LayerNorm, GELU, Reshape, Transpose and the rest read float
     (TensorRT's placement guide: Q/DQ in front of them blocks its fusions; ModelOpt keeps
-    LayerNorm and the attention Softmax out of its quantizable partitions). Returns the inputs
-    rewired; Q/DQ pairs nobody reads any more are removed."""
+    LayerNorm and the attention Softmax out of its quantizable partitions). The ``float_nodes``
+    (the user's, kept float) also get their weights back from ``float_model`` where the quantizer
+    stored them int8 for another reader: the two branches of the Siamese network share every
+    weight, so keeping one branch's layer float would otherwise still round its weights. Returns
+    the inputs rewired; Q/DQ pairs nobody reads any more are removed."""
     producers = {out: node for node in proto.graph.node for out in node.output}
+    float_inputs = {n.name: list(n.input) for n in float_model.graph.node if n.name in set(float_nodes)} \
+        if float_model is not None else {}
+    float_weights = {init.name: init for init in float_model.graph.initializer} if float_inputs else {}
+    present = {init.name for init in proto.graph.initializer}
     rewired = 0
     for node in proto.graph.node:
         if node.op_type in QDQ_OPS:
@@ -162,6 +170,15 @@ def _dedicate_qdq(proto: Any, reads_int8: Dict[str, Optional[Set[int]]]) -> int:
             q = producers.get(dq.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[index] = q.input[0]
+                rewired += 1
+                continue
+            original = float_inputs.get(node.name, [])
+            weight = original[index] if index < len(original) else None
+            if weight in float_weights:  # an int8 weight shared with a quantized reader: this one reads float
+                if weight not in present:
+                    proto.graph.initializer.append(float_weights[weight])
+                    present.add(weight)
+                node.input[index] = weight
                 rewired += 1
     if rewired:  # pairs nobody reads any more
         changed = True
@@ -390,7 +407,8 @@ def to_int8(
     contract = read_contract(source, **overrides)
     model, changes = _float_model_for_qdq(load_model(source))
     stems = stem_convolutions(model) if keep_stem_float else []
-    excluded = [n.name for n in model.graph.node if n.name in set(stems) | set(match_nodes(model, list(exclude)))]
+    user_float = match_nodes(model, list(exclude))
+    excluded = [n.name for n in model.graph.node if n.name in set(stems) | set(user_float)]
     weighted = [n.name for n in model.graph.node if n.op_type in op_types and n.name not in excluded]
     residuals = residual_adds(model, weighted) if quantize_residuals else {}
     reads_int8: Dict[str, Optional[Set[int]]] = {name: None for name in weighted}
@@ -442,7 +460,7 @@ def to_int8(
                                                        if str(exc).strip() else "")) from None
         release_freed_memory()  # the calibration session's activations, before the next sessions
         quantized = onnx.load(quant_path)
-        _dedicate_qdq(quantized, reads_int8)
+        _dedicate_qdq(quantized, reads_int8, model, user_float)
         qdq = graph_precision(quantized)
         if not qdq["qdq"]:
             raise BuildError("the quantizer placed no Q/DQ in {}".format(source),

@@ -69,8 +69,10 @@ class Prepare(Command):
                                "islands where fp16-check finds overflow; int8: explicit symmetric Q/DQ on "
                                "Conv/MatMul/Gemm inputs, per-channel weights (default: keep the model's types)")
         precision.add_argument("--fp32-layers", nargs="+", default=[], metavar="PATTERN",
-                               help="fp16: also keep these nodes float32 (names or fnmatch patterns, or @FILE with "
-                               "one per line as fp16-check writes it); a pattern matching no node is an error")
+                               help="fp16: also keep these nodes float32; int8: leave them unquantized (no Q/DQ "
+                               "on their inputs), e.g. the worst layers of the INT8 report (names or fnmatch "
+                               "patterns, or @FILE with one per line as fp16-check writes it); a pattern matching "
+                               "no node is an error")
         precision.add_argument("--force", action="store_true",
                                help="fp16: write the float16 model even when a decision flips against float32")
         precision.add_argument("--proof-pairs", type=positive_int, metavar="N",
@@ -100,10 +102,11 @@ class Prepare(Command):
             raise InputError("--normalization in prepare says what --uint8-input puts in the graph, or how "
                              "--precision's pairs are normalised", expected="--uint8-input or --precision with it, "
                              "or no --normalization")
-        for flag, given in (("--fp32-layers", args.fp32_layers), ("--force", args.force)):
-            if given and args.precision != "fp16":
-                raise InputError("{} applies to a float16 model".format(flag), expected="--precision fp16",
-                                 found=chosen)
+        if args.fp32_layers and not args.precision:
+            raise InputError("--fp32-layers keeps layers out of a typed model", expected="--precision fp16 or int8",
+                             found=chosen)
+        if args.force and args.precision != "fp16":
+            raise InputError("--force applies to a float16 model", expected="--precision fp16", found=chosen)
         if args.calib_batches and not calib_csv:
             raise InputError("--calib-batches says how many batches of --calib-csv are analysed",
                              expected="--calib-csv with it", found="no --calib-csv")
