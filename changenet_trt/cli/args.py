@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from changenet_trt.api import BACKENDS
 from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError
@@ -31,7 +32,6 @@ log = logging.getLogger("changenet_trt")
 
 #: the tensor-name and output-kind overrides, keyed by ``read_contract``'s keyword names
 ContractNames = Dict[str, str]
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 # -- argparse types ------------------------------------------------------------------------------
