@@ -16,11 +16,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Type, Union
 
 import numpy as np
 
-from changenet_trt.contract import ModelContract, read_contract, score
+from changenet_trt.contract import ContractNames, ModelContract, score
 from changenet_trt.data.pairs import FillFn
 from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
 from changenet_trt.errors import EngineError, InputError, ModelContractError
@@ -99,17 +99,30 @@ def backend_for(path: str, backend: str = "auto") -> str:
     )
 
 
+def runner_class(backend: str) -> Type[Runner]:
+    """The runner class of a backend named by :func:`backend_for` (imported only when asked for)."""
+    if backend == "triton":
+        from changenet_trt.runtime.triton import TritonRunner
+
+        return TritonRunner
+    if backend == "onnxruntime":
+        from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner
+    from changenet_trt.runtime.tensorrt import TensorRTRunner
+
+    return TensorRTRunner
+
+
 def make_runner(
     path: str,
     backend: str = "auto",
     batch_size: Optional[int] = None,
-    sample_input: Optional[str] = None,
-    golden_input: Optional[str] = None,
-    output: Optional[str] = None,
-    output_kind: Optional[str] = None,
+    names: Optional[ContractNames] = None,
     **options: Any
 ) -> Runner:
-    """Create (not activate) the runner for ``path``. ``options`` go to the backend.
+    """Create (not activate) the runner for ``path``. ``names``: tensor-name and output-kind
+    overrides; ``options`` go to the backend, which declares the ones it takes (``OPTIONS``).
 
     ``path``: a model file, or Triton URLs (``grpc://HOST:8001/NAME``, ``http://HOST:8000/NAME``;
     several as a list or comma-separated spread the batches over the servers).
@@ -119,45 +132,16 @@ def make_runner(
     path = os.fspath(path)
     which = backend_for(path, backend)
     batch_size = check_batch_size(batch_size)
+    names = ContractNames.of(names)
     if which != "triton":
         # before the backend's import: a missing file is the thing to fix, not a missing TensorRT
         _check_model_file(path, which)
-    if which == "triton":
-        from changenet_trt.runtime.triton import TritonRunner
-
-        allowed = {"shared_memory", "timeout_s", "slots"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise InputError("unknown option for the triton backend", expected=sorted(allowed), found=unknown)
-        return TritonRunner([u.strip() for u in path.split(",") if u.strip()], max_batch=batch_size,
-                            sample_input=sample_input, golden_input=golden_input, output=output,
-                            output_kind=output_kind, **options)
-    if which == "onnxruntime":
-        from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
-
-        contract = read_contract(
-            path, sample_input=sample_input, golden_input=golden_input, output=output, output_kind=output_kind
-        )
-        allowed = {"providers", "threads"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise InputError("unknown option for the onnxruntime backend", expected=sorted(allowed), found=unknown)
-        return OnnxRuntimeRunner(path, contract=contract, max_batch=batch_size, **options)
-    from changenet_trt.runtime.tensorrt import TensorRTRunner
-
-    allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device", "lean_library"}
-    unknown = sorted(set(options) - allowed)
+    cls = runner_class(which)
+    unknown = sorted(set(options) - cls.OPTIONS)
     if unknown:
-        raise InputError("unknown option for the tensorrt backend", expected=sorted(allowed), found=unknown)
-    return TensorRTRunner(
-        path,
-        max_batch=batch_size,
-        sample_input=sample_input,
-        golden_input=golden_input,
-        output=output,
-        output_kind=output_kind,
-        **options
-    )
+        raise InputError("unknown option for the {} backend".format(which), expected=sorted(cls.OPTIONS), found=unknown)
+    target: Any = [u.strip() for u in path.split(",") if u.strip()] if which == "triton" else path
+    return cls(target, names, batch_size, **options)  # type: ignore[call-arg]
 
 
 def _check_model_file(path: str, backend: str) -> None:
@@ -243,13 +227,18 @@ class Classifier:
         self, runner: Runner, cutoff: Optional[float] = None, normalization: Union[str, Normalization, None] = None
     ) -> None:
         self.runner = runner
-        self.contract: ModelContract = runner.contract
-        self.cutoff = _checked_cutoff(self.contract.cutoff if cutoff is None else cutoff, self.contract.output_kind)
-        self.normalization = get_normalization(
-            normalization if normalization is not None else (self.contract.preprocess or "tao")
-        )
+        # active first: a runner of a served model knows its contract once it has asked the server
+        runner.activate()
+        try:
+            self.contract: ModelContract = runner.contract
+            self.cutoff = _checked_cutoff(self.contract.cutoff if cutoff is None else cutoff, self.contract.output_kind)
+            self.normalization = get_normalization(
+                normalization if normalization is not None else (self.contract.preprocess or "tao")
+            )
+        except BaseException:
+            runner.deactivate()
+            raise
         self._slots = _SlotPool(runner.num_slots)
-        self.runner.activate()
 
     def with_cutoff(self, cutoff: float) -> "Classifier":
         """This classifier with another cutoff; ``self`` is left as it is.
@@ -529,6 +518,7 @@ def load(
     golden_input: Optional[str] = None,
     output: Optional[str] = None,
     output_kind: Optional[str] = None,
+    names: Optional[ContractNames] = None,
     **options: Any
 ) -> Classifier:
     """Load a ChangeNet model (``.onnx``; ``.engine`` with TensorRT) as a :class:`Classifier`.
@@ -538,20 +528,14 @@ def load(
     ``tensorrt``. ``batch_size``: pairs per batch for dynamic-batch models (default 16; a
     static-batch model always runs at its own batch). ``normalization``: ``tao`` (default),
     ``deepstream`` or a :class:`~changenet_trt.data.preprocess.Normalization`. Tensor names and the
-    output kind override what is read from the model. ``options`` go to the backend
+    output kind (the four keywords, or ``names``, a :class:`~changenet_trt.contract.ContractNames`;
+    a keyword wins) override what is read from the model. ``options`` go to the backend
     (onnxruntime: ``providers=["cpu"|"cuda"|"tensorrt"]``, ``threads=N``; tensorrt:
     ``cuda_graph``, ``spin_wait``, ``zero_copy``, ``data_transfers``, ``device=N``, ``lean_library=PATH``; triton, for
     ``grpc://HOST:8001/NAME`` / ``http://HOST:8000/NAME`` URLs: ``shared_memory``, ``timeout_s``,
     ``slots``).
     """
-    runner = make_runner(
-        path,
-        backend=backend,
-        batch_size=batch_size,
-        sample_input=sample_input,
-        golden_input=golden_input,
-        output=output,
-        output_kind=output_kind,
-        **options
-    )
+    names = ContractNames.of(names, sample_input=sample_input, golden_input=golden_input, output=output,
+                             output_kind=output_kind)
+    runner = make_runner(path, backend=backend, batch_size=batch_size, names=names, **options)
     return Classifier(runner, cutoff=cutoff, normalization=normalization)

@@ -85,6 +85,11 @@ class ModelContract:
         """The cutoff a model recommends (from its metadata), else :data:`DEFAULT_CUTOFF`."""
         return DEFAULT_CUTOFF if self.recommended_cutoff is None else self.recommended_cutoff
 
+    @property
+    def names(self) -> "ContractNames":
+        """The names and output kind this contract resolved, as overrides that read it again."""
+        return ContractNames(self.sample_input, self.golden_input, self.output, self.output_kind)
+
     def input_names(self) -> Tuple[str, str]:
         """``(golden_input, sample_input)`` in the API's argument order."""
         return (self.golden_input, self.sample_input)
@@ -186,18 +191,74 @@ def check_external_data(proto: Any, path: str) -> None:
                                      expected="offset + length within the external data file")
 
 
+@dataclass(frozen=True)
+class ContractNames:
+    """The user's overrides of a model's tensor names and output kind; None keeps the default.
+
+    ``sample_input``, ``golden_input``, ``output``: tensor names (default TAO's ``input_1``,
+    ``input_2`` and the single output); ``output_kind``: ``euclidean`` or ``learnable`` (default:
+    what the output shape says). Empty (false) when nothing is overridden.
+    """
+
+    sample_input: Optional[str] = None
+    golden_input: Optional[str] = None
+    output: Optional[str] = None
+    output_kind: Optional[str] = None
+
+    @classmethod
+    def of(cls, names: Union["ContractNames", Dict[str, Optional[str]], None] = None,
+           **keywords: Optional[str]) -> "ContractNames":
+        """``names`` (a ContractNames, a dict of the four keywords, or None) updated by ``keywords``;
+        keys whose value is None (or empty) are dropped, so they keep the earlier value or the default."""
+        if isinstance(names, ContractNames):
+            given = names.as_dict()
+        elif names is None or isinstance(names, dict):
+            given = dict(names or {})
+        else:
+            raise InputError("contract names must be a ContractNames or a dict",
+                             expected="ContractNames(sample_input=..., golden_input=..., output=..., output_kind=...)",
+                             found=type(names).__name__)
+        given.update(keywords)
+        unknown = sorted(set(given) - set(CONTRACT_NAME_KEYS))
+        if unknown:
+            raise InputError("unknown contract name key", expected=", ".join(CONTRACT_NAME_KEYS),
+                             found=", ".join(map(str, unknown)))
+        for key, value in given.items():
+            if value is not None and not isinstance(value, str):  # a str subclass is text too
+                raise InputError("contract name {} must be text".format(key), expected="a str or None",
+                                 found=repr(value))
+        # an empty name is no tensor's: it keeps the default as None does
+        return cls(**{key: value for key, value in given.items() if value})
+
+    def as_dict(self) -> Dict[str, str]:
+        """The overrides given, keyed by field name (no None values)."""
+        return {key: getattr(self, key) for key in CONTRACT_NAME_KEYS if getattr(self, key) is not None}
+
+    def or_else(self, fallback: "ContractNames") -> "ContractNames":
+        """These names, with ``fallback``'s for the ones not given."""
+        return ContractNames.of(fallback, **self.as_dict())
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.as_dict()
+
+    def __bool__(self) -> bool:
+        return not self.is_empty
+
+
+#: the fields of :class:`ContractNames`, in order
+CONTRACT_NAME_KEYS = ("sample_input", "golden_input", "output", "output_kind")
+
+
 def read_contract(
     model: Union[str, "os.PathLike[str]", Any],
-    sample_input: Optional[str] = None,
-    golden_input: Optional[str] = None,
-    output: Optional[str] = None,
-    output_kind: Optional[str] = None,
+    names: Optional[ContractNames] = None,
 ) -> ModelContract:
     """Read the contract of an ONNX model (path or ``onnx.ModelProto``).
 
-    Names default to TAO's (``input_1`` sample, ``input_2`` golden, the single output);
-    ``output_kind`` defaults to what the output shape says. Raises ModelContractError with
-    what was expected and what the model has when it does not fit.
+    ``names``: the user's overrides; names default to TAO's (``input_1`` sample, ``input_2``
+    golden, the single output) and ``output_kind`` to what the output shape says. Raises
+    ModelContractError with what was expected and what the model has when it does not fit.
     """
     proto = load_onnx(model)
     graph = proto.graph
@@ -209,16 +270,7 @@ def read_contract(
         if imp.domain in ("", "ai.onnx"):
             opset = int(imp.version)
     meta = {prop.key: prop.value for prop in proto.metadata_props}
-    return make_contract(
-        inputs,
-        outputs,
-        sample_input=sample_input,
-        golden_input=golden_input,
-        output=output,
-        output_kind=output_kind,
-        opset=opset,
-        metadata=meta,
-    )
+    return make_contract(inputs, outputs, names, opset=opset, metadata=meta)
 
 
 def _pick(tensors: Sequence[TensorInfo], name: str, role: str, flag: str) -> TensorInfo:
@@ -239,14 +291,15 @@ def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
 def make_contract(
     inputs: Sequence[TensorInfo],
     outputs: Sequence[TensorInfo],
-    sample_input: Optional[str] = None,
-    golden_input: Optional[str] = None,
-    output: Optional[str] = None,
-    output_kind: Optional[str] = None,
+    names: Optional[ContractNames] = None,
     opset: Optional[int] = None,
     metadata: Optional[Dict[str, str]] = None,
 ) -> ModelContract:
-    """Check tensor descriptions (from ONNX or from an engine) against the ChangeNet contract."""
+    """Check tensor descriptions (from ONNX or from an engine) against the ChangeNet contract;
+    ``names``: the user's overrides, as :func:`read_contract`'s."""
+    names = ContractNames.of(names)
+    sample_input, golden_input = names.sample_input, names.golden_input
+    output, output_kind = names.output, names.output_kind
     sample_name = sample_input or DEFAULT_SAMPLE_INPUT
     golden_name = golden_input or DEFAULT_GOLDEN_INPUT
     if sample_name == golden_name:

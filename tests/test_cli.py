@@ -320,10 +320,10 @@ def test_contract_names_work_the_same_in_commands(command, renamed_model, tmp_pa
     assert main([command, renamed_model] + extra + RENAMED) == 0
     out = capsys.readouterr().out
     if command == "prepare":
-        from changenet_trt.contract import read_contract
+        from changenet_trt.contract import ContractNames, read_contract
 
-        prepared = read_contract(str(tmp_path / "dynamic.onnx"), sample_input="test", golden_input="ref",
-                                 output="logits")
+        prepared = read_contract(str(tmp_path / "dynamic.onnx"),
+                                 ContractNames(sample_input="test", golden_input="ref", output="logits"))
         assert prepared.static_batch is None and prepared.output == "logits"
     elif command == "inspect":
         assert json.loads(out)["sample_input"] == "test"

@@ -3,7 +3,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from changenet_trt.contract import TensorInfo, make_contract, read_contract, score
+from changenet_trt.contract import ContractNames, TensorInfo, make_contract, read_contract, score
 from changenet_trt.errors import InputError, ModelContractError
 from changenet_trt.models.reference import build_reference_model
 
@@ -56,7 +56,7 @@ def test_renamed_inputs_are_refused_with_the_names_found_then_accepted_with_over
         read_contract(m)
     text = str(err.value)
     assert "input_1" in text and "'golden'" in text and "'test'" in text and "--sample-input" in text
-    c = read_contract(m, sample_input="test", golden_input="golden")
+    c = read_contract(m, ContractNames(sample_input="test", golden_input="golden"))
     assert (c.sample_input, c.golden_input, c.output, c.output_kind) == ("test", "golden", "score", "learnable")
 
 
@@ -84,21 +84,21 @@ def test_malformed_models_are_refused_with_expected_and_found(inputs, outputs, f
 def test_output_kind_override():
     m = _model([("input_1", F, IMG), ("input_2", F, IMG)], [("output", F, ["B", 2])])
     with pytest.raises(ModelContractError, match="cannot be read as 'euclidean'"):
-        read_contract(m, output_kind="euclidean")
+        read_contract(m, ContractNames(output_kind="euclidean"))
     with pytest.raises(ModelContractError, match="unknown output kind"):
-        read_contract(m, output_kind="cosine")
+        read_contract(m, ContractNames(output_kind="cosine"))
     # An output of unknown rank can be declared by the user.
     m2 = _model([("input_1", F, IMG), ("input_2", F, IMG)], [("output", F, None)])
     with pytest.raises(ModelContractError, match="cannot tell the output kind"):
         read_contract(m2)
-    assert read_contract(m2, output_kind="learnable").output_kind == "learnable"
+    assert read_contract(m2, ContractNames(output_kind="learnable")).output_kind == "learnable"
 
 
 def test_multiple_outputs_pick_by_name():
     m = _model([("input_1", F, IMG), ("input_2", F, IMG)], [("output", F, ["B"]), ("embedding", F, ["B", 64])])
     assert read_contract(m).output == "output"
     with pytest.raises(ModelContractError, match="no output tensor named 'nope'"):
-        read_contract(m, output="nope")
+        read_contract(m, ContractNames(output="nope"))
 
 
 def test_not_an_onnx_file(tmp_path):
@@ -144,3 +144,32 @@ def test_reference_model_is_small_and_valid():
     m = build_reference_model()
     assert m.ByteSize() < 4 * 1024 * 1024
     onnx.checker.check_model(m)
+
+
+def test_contract_names_drop_nones_and_are_frozen():
+    import dataclasses
+
+    names = ContractNames.of({"sample_input": "test", "golden_input": None}, output=None, output_kind="learnable")
+    assert names == ContractNames(sample_input="test", output_kind="learnable")
+    assert names.as_dict() == {"sample_input": "test", "output_kind": "learnable"}
+    assert names and not names.is_empty
+    empty = ContractNames.of(None)
+    assert not empty and empty.is_empty and empty.as_dict() == {}
+    assert ContractNames.of(names) == names  # a ContractNames passes through
+    assert ContractNames.of(names, sample_input="other").sample_input == "other"
+    assert names.or_else(ContractNames(sample_input="x", output="y")) == ContractNames("test", None, "y", "learnable")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        names.output = "logits"  # type: ignore[misc]
+    with pytest.raises(InputError, match="unknown contract name key") as err:
+        ContractNames.of({"sample": "test"})
+    assert "sample_input" in str(err.value) and "sample" in str(err.value)
+    with pytest.raises(InputError, match="must be text"):
+        ContractNames.of(output=3)
+    with pytest.raises(InputError, match="must be a ContractNames or a dict"):
+        ContractNames.of(["input_1"])
+
+
+def test_contract_names_read_back_what_a_contract_resolved(reference_models):
+    contract = read_contract(reference_models["learnable_dynamic"])
+    assert contract.names == ContractNames("input_1", "input_2", "output", "learnable")
+    assert read_contract(reference_models["learnable_dynamic"], contract.names) == contract

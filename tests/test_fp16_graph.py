@@ -147,12 +147,12 @@ def test_weights_are_clamped_only_outside_the_float16_range():
 
 
 def test_fp16_check_runs_a_few_pairs_at_a_time_and_its_statistics_do_not_depend_on_it(tmp_path, monkeypatch):
-    from changenet_trt.contract import read_contract
+    from changenet_trt.contract import ContractNames, read_contract
     from changenet_trt.engine import fp16_check
 
     path = str(tmp_path / "var_mean.onnx")
     onnx.save(var_mean_model(), path)
-    contract = read_contract(path, output_kind="learnable")
+    contract = read_contract(path, ContractNames(output_kind="learnable"))
     golden, sample = _pairs(7)
     rows = []
     real_session = ort.InferenceSession

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import changenet_trt
-from changenet_trt.contract import read_contract, score
+from changenet_trt.contract import ContractNames, read_contract, score
 from changenet_trt.errors import DependencyError, EngineError, InputError, ModelContractError
 from changenet_trt.runtime.tensorrt import TensorRTRunner
 from changenet_trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
@@ -640,8 +640,8 @@ def test_contract_comes_from_the_engine_and_its_sidecar(gpu10, tmp_path, referen
     assert got.preprocess == read_sidecar(engine).preprocess
     # overrides go through the same checks as for ONNX models
     with pytest.raises(ModelContractError, match="no golden input tensor named 'golden'"):
-        TensorRTRunner(engine, golden_input="golden")
-    swapped = TensorRTRunner(engine, sample_input="input_2", golden_input="input_1")
+        TensorRTRunner(engine, ContractNames(golden_input="golden"))
+    swapped = TensorRTRunner(engine, ContractNames(sample_input="input_2", golden_input="input_1"))
     assert swapped.contract.sample_input == "input_2"
 
 

@@ -103,6 +103,30 @@ def test_urls_select_the_triton_backend_and_errors_are_clear():
         load("http://127.0.0.1:{}/cn".format(free_port()), timeout_s=2)
 
 
+def test_making_a_runner_contacts_no_server(monkeypatch):
+    from changenet_trt.runtime import triton
+    from changenet_trt.tools.triton_server import free_port
+
+    made = []
+    real = triton._Connection
+
+    def counting(endpoint, timeout_s):
+        made.append(endpoint.url)
+        return real(endpoint, timeout_s)
+
+    monkeypatch.setattr(triton, "_Connection", counting)
+    url = "grpc://127.0.0.1:{}/cn".format(free_port())
+    runner = triton.TritonRunner(url, max_batch=4, timeout_s=2)  # nothing listens there: no error yet
+    assert made == [] and runner.num_slots == 2
+    with pytest.raises(triton.ChangeNetError, match="when it activates"):
+        assert runner.contract is None  # never reached: reading it raises
+    with pytest.raises(triton.ChangeNetError, match="when it activates"):
+        assert runner.batch_range is None  # never reached: reading it raises
+    with pytest.raises(TritonError, match="no Triton server answers"):
+        runner.activate()  # the server is first asked here
+    assert made == [url] and not runner.is_active
+
+
 # -- a real server ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, reference_models):

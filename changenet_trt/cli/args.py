@@ -8,7 +8,7 @@ one ``error:`` line (a :class:`~changenet_trt.errors.ChangeNetError`, exit 2) li
 user error. Constructor arguments say which of a group's options a command offers.
 
 * :class:`ContractNamesArgs`: ``--sample-input --golden-input --output --output-kind`` ->
-  ``read_contract``'s keywords as one dict
+  one :class:`~changenet_trt.contract.ContractNames`
 * :class:`NormalizationArgs`: ``--normalization`` (preset or custom mean/std) -> its text
 * :class:`RuntimeArgs`: ``--backend --batch-size --cutoff --providers --threads`` -> :class:`RuntimeOptions`
 * :class:`DataSetArgs`: ``--csv --images --lights --ext --concat --grid --workers --strict`` ->
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from changenet_trt.api import BACKENDS
+from changenet_trt.contract import CONTRACT_NAME_KEYS, ContractNames
 from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError
@@ -30,8 +31,6 @@ from changenet_trt.files import check_output_file
 
 log = logging.getLogger("changenet_trt")
 
-#: the tensor-name and output-kind overrides, keyed by ``read_contract``'s keyword names
-ContractNames = Dict[str, str]
 
 
 # -- argparse types ------------------------------------------------------------------------------
@@ -104,9 +103,8 @@ class ContractNamesArgs:
         )
 
     def parse(self, args: argparse.Namespace) -> ContractNames:
-        """The overrides given, as ``read_contract``'s keywords (``load(model, **names)`` takes them too)."""
-        names = {key: getattr(args, key) for key in ("sample_input", "golden_input", "output", "output_kind")}
-        return {key: value for key, value in names.items() if value is not None}
+        """The overrides given, as the one value every reader and runner takes."""
+        return ContractNames.of({key: getattr(args, key) for key in CONTRACT_NAME_KEYS})
 
 
 class NormalizationArgs:

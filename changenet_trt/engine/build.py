@@ -183,7 +183,7 @@ def _make_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]], p
     from changenet_trt.engine.typed import TypedPairs, make_typed_model
 
     opts = plan.options
-    overrides = {k: v for k, v in opts.contract_overrides.items() if v is not None}
+    names = opts.names
     inputs = dict(plan.typed_inputs or {})
     origin = opts.model if plan.rewrite_batch is not None else None  # the static-batch original
     if plan.precision == "int8" and calibration_batches is not None:
@@ -198,7 +198,7 @@ def _make_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]], p
         plan.prepared_onnx, plan.typed_onnx, plan.precision, pairs, fp32_layers=list(opts.fp32_layers),
         force=opts.force_fp16, method=opts.calib_method,
         calibration_batches=calibration_batches if plan.precision == "int8" else None,
-        normalization=plan.preprocess, contract_overrides=overrides, origin=origin,
+        normalization=plan.preprocess, names=names, origin=origin,
         extra_made={"build_inputs": inputs}, progress=progress.disable is not True, progress_file=progress.stream)
 
 
@@ -217,7 +217,7 @@ def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] 
     opts = plan.options
     prepare_report = None
     if plan.rewrite_batch is not None:
-        prepare_report = prepare_model(opts.model, plan.prepared_onnx, contract_overrides=opts.contract_overrides)
+        prepare_report = prepare_model(opts.model, plan.prepared_onnx, names=opts.names)
         for line in prepare_report.summary_lines():
             log.info("%s", line)
     report = None
@@ -621,7 +621,7 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
 
     typed = prepare_typed(plan, None if plan.legacy_calibrator else calibration_batches, status_stream)
     plan = typed.plan
-    contract = read_contract(plan.typed_onnx, **plan.options.contract_overrides)
+    contract = read_contract(plan.typed_onnx, plan.options.names)
     logger = make_logger(trt)
     builder = create_builder(trt)
     network, parser = _parse_network(trt, logger, builder, plan)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from changenet_trt.contract import ContractNames
 from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR, FP16_MAX, FP16_MIN_SUBNORMAL
 from changenet_trt.engine.precision import (
@@ -384,7 +385,7 @@ def to_fp16(
     atol: float = 1e-2,
     rtol: float = 1e-2,
     batch_size: Optional[int] = None,
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     threads: Optional[int] = None,
     origin: Optional[PathLike] = None,
     extra_made: Optional[Dict[str, Any]] = None,
@@ -417,8 +418,8 @@ def to_fp16(
 
     source = os.fspath(model_path)
     output = check_output_file(out_path, "float16 model", inputs=[source])
-    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    contract = read_contract(source, **overrides)
+    names = ContractNames.of(names)
+    contract = read_contract(source, names)
     make_source = make_source or default_source()
     # the user's patterns are checked before minutes of analysis; the model (with its weights) is
     # loaded again after it, so it is not resident while fp16-check holds a run's activations
@@ -459,7 +460,7 @@ def to_fp16(
             handle.write(payload)
         onnx.save(emulate_fp16(converted), emulated)
         validation, direct = prove([emulated, candidate], source, make_source, cutoff, normalization, batch_size,
-                                      overrides, atol, rtol, threads)
+                                   names, atol, rtol, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     validation.test_model = "{} (float16 storage emulated)".format(output)

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 
 import numpy as np
 
+from changenet_trt.contract import ContractNames
 from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.engine.precision import (
     INT8_METHODS,
@@ -351,7 +352,7 @@ def to_int8(
     cutoff: Optional[float] = None,
     normalization: Any = None,
     batch_size: Optional[int] = None,
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     threads: Optional[int] = None,
     origin: Optional[PathLike] = None,
     extra_made: Optional[Dict[str, Any]] = None,
@@ -403,8 +404,8 @@ def to_int8(
                          found=", ".join(banned))
     source = os.fspath(model_path)
     output = check_output_file(out_path, "INT8 model", inputs=[source])
-    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    contract = read_contract(source, **overrides)
+    names = ContractNames.of(names)
+    contract = read_contract(source, names)
     model, changes = _float_model_for_qdq(load_model(source))
     stems = stem_convolutions(model) if keep_stem_float else []
     user_float = match_nodes(model, list(exclude))
@@ -490,7 +491,7 @@ def to_int8(
         del model, quantized
         release_freed_memory()
         validation, = prove([quant_path], source, make_source or default_source(), cutoff, normalization,
-                               batch_size, overrides, 1e-2, 1e-2, threads)
+                               batch_size, names, 1e-2, 1e-2, threads)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     validation.test_model = output

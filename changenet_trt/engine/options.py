@@ -7,6 +7,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from changenet_trt.contract import ContractNames
 from changenet_trt.defaults import ENGINE_PROFILE, ENGINES_DIR
 from changenet_trt.engine.precision import INT8_METHODS
 from changenet_trt.errors import InputError
@@ -119,7 +120,7 @@ class BuildOptions:
     calib_layout: Any = None
     normalization: Optional[str] = None
     #: read_contract's keywords: sample_input, golden_input, output (the tensor), output_kind
-    contract_overrides: Dict[str, Optional[str]] = field(default_factory=dict)
+    names: ContractNames = field(default_factory=ContractNames)
     engines_dir: str = ENGINES_DIR
     progress: bool = True
     #: the legacy INT8 path (TensorRT 8.5-10.x): entropy calibrator on the float32 model

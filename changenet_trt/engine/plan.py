@@ -413,7 +413,7 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     from changenet_trt.gpu.trt import check_supported, installed_version
 
     model = os.fspath(options.model)
-    contract = read_contract(model, **options.contract_overrides)
+    contract = read_contract(model, options.names)
     onnx_sha256 = file_sha256(model)
     if trt_version is None:
         installed = installed_version()

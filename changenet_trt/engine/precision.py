@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from changenet_trt.contract import ContractNames
 from changenet_trt.data.pairs import SourceFactory, synthetic_source
 from changenet_trt.engine.fp16_check import layer_name
 from changenet_trt.errors import BuildError, InputError
@@ -193,7 +194,7 @@ def default_source(pairs: int = DEFAULT_PROOF_PAIRS, seed: int = 0) -> SourceFac
 
 
 def prove(typed_paths: Sequence[str], original: str, make_source: SourceFactory, cutoff: Optional[float],
-          normalization: Any, batch_size: Optional[int], contract_overrides: Optional[Dict[str, Any]],
+          normalization: Any, batch_size: Optional[int], names: Optional[ContractNames],
           atol: float, rtol: float, threads: Optional[int]) -> List[Any]:
     """``validate`` of each typed model (ONNX Runtime) against the float32 original, which runs once."""
     from changenet_trt.evaluation.validate import validate_all
@@ -201,7 +202,7 @@ def prove(typed_paths: Sequence[str], original: str, make_source: SourceFactory,
     options = {"threads": threads} if threads else None
     return validate_all(list(typed_paths), original, make_source, cutoff=cutoff, atol=atol, rtol=rtol, max_flips=0,
                         backend="onnxruntime", batch_size=batch_size, normalization=normalization,
-                        contract_overrides=contract_overrides, engine_options=options)
+                        names=names, engine_options=options)
 
 
 # -- reading a graph -----------------------------------------------------------------------------

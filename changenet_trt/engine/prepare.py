@@ -19,11 +19,11 @@ or hides the batch where no rewrite reaches, is refused with the reason and the 
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from changenet_trt.contract import META_PREPROCESS, ModelContract, load_onnx, read_contract
+from changenet_trt.contract import META_PREPROCESS, ContractNames, ModelContract, load_onnx, read_contract
 from changenet_trt.errors import BuildError
 from changenet_trt.files import PathLike
 from changenet_trt.threads import release_freed_memory
@@ -226,14 +226,14 @@ def prepare_model(
     batches: Sequence[int] = DEFAULT_PROOF_BATCHES,
     atol: float = ATOL,
     rtol: float = RTOL,
-    contract_overrides: Optional[Dict[str, Optional[str]]] = None,
+    names: Optional[ContractNames] = None,
 ) -> PrepareReport:
     """Check the contract, make the batch dynamic if it is static, prove it, write ``output``.
 
     A model that is already dynamic is proven the same way (against itself at batch 16) and
     written unchanged. Raises ModelContractError (not a ChangeNet model) or BuildError (the
-    batch cannot be made dynamic, with the reason). ``contract_overrides`` holds
-    :func:`read_contract`'s keywords (``sample_input``, ``golden_input``, ``output``, ``output_kind``).
+    batch cannot be made dynamic, with the reason). ``names``: the user's
+    :class:`~changenet_trt.contract.ContractNames`.
     """
     import onnx
 
@@ -242,7 +242,7 @@ def prepare_model(
     source = os.fspath(model) if not isinstance(model, onnx.ModelProto) else ""
     check_output_file(output, what="prepared ONNX file", inputs=[source] if source else [])
     proto = load_onnx(model)
-    contract = read_contract(proto, **(contract_overrides or {}))
+    contract = read_contract(proto, names)
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise BuildError("proof batches must be positive", found=list(batches))
@@ -287,7 +287,7 @@ def prepare_model(
         checks=checks,
         atol=atol,
         rtol=rtol,
-        contract=read_contract(prepared, **(contract_overrides or {})),
+        contract=read_contract(prepared, names),
     )
 
 
@@ -391,7 +391,7 @@ def add_uint8_input(
     pairs: int = 8,
     atol: float = UINT8_ATOL,
     rtol: float = RTOL,
-    contract_overrides: Optional[Dict[str, Optional[str]]] = None,
+    names: Optional[ContractNames] = None,
 ) -> Uint8Report:
     """Write a copy of ``model`` that takes uint8 RGB pixels and normalises them in the graph.
 
@@ -400,7 +400,7 @@ def add_uint8_input(
     bytes than float32). Proven before writing: ``pairs`` random uint8 pairs through the new model
     equal the original fed with the same pixels normalised on the host
     (``|diff| <= atol + rtol * |original|``); BuildError otherwise. The output is written whole
-    or not at all. ``contract_overrides``: as :func:`prepare_model`'s.
+    or not at all. ``names``: as :func:`prepare_model`'s.
     """
     import onnx
 
@@ -410,7 +410,7 @@ def add_uint8_input(
     source = os.fspath(model)
     out_path = check_output_file(output, "uint8 model", inputs=[source])
     proto = load_onnx(source)
-    contract = read_contract(proto, **(contract_overrides or {}))
+    contract = read_contract(proto, names)
     if contract.input_dtype == "uint8":
         raise BuildError("{} already takes uint8 inputs".format(source), expected="a float32 or float16 model")
     prepared = uint8_input_model(proto, contract, normalization)
@@ -451,5 +451,5 @@ def add_uint8_input(
     atomic_write(out_path, prepared.SerializeToString())
     label = normalization if isinstance(normalization, str) else "mean {} std {}".format(norm.mean, norm.std)
     return Uint8Report(source=source, output=out_path, normalization=label, pairs=pairs, max_abs_diff=worst,
-                       contract=read_contract(prepared, **(contract_overrides or {})))
+                       contract=read_contract(prepared, names))
 

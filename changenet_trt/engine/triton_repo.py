@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.contract import ContractNames, ModelContract, read_contract
 from changenet_trt.errors import BuildError, EngineError, InputError, missing_dependency
 from changenet_trt.runtime.triton import CONTRACT_PARAMETERS, PARAM_OUTPUT_SHAPE
 
@@ -238,8 +238,8 @@ def _engine_contract(engine: str) -> Tuple[ModelContract, Any]:
         info = TensorInfo(tensor["name"], tuple(None if int(d) < 0 else int(d) for d in tensor["shape"]),
                           str(tensor["dtype"]))
         (inputs if tensor.get("mode", "").lower().startswith("in") else outputs).append(info)
-    contract = make_contract(inputs, outputs, sample_input=meta.sample_input, golden_input=meta.golden_input,
-                             output=meta.output, output_kind=meta.output_kind)
+    built = ContractNames(meta.sample_input, meta.golden_input, meta.output, meta.output_kind)
+    contract = make_contract(inputs, outputs, built)
     return contract, meta
 
 
@@ -255,10 +255,7 @@ def write_model_repository(
     overwrite: bool = False,
     ort_threads: int = 0,
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    sample_input: Optional[str] = None,
-    golden_input: Optional[str] = None,
-    output: Optional[str] = None,
-    output_kind: Optional[str] = None,
+    names: Optional[ContractNames] = None,
 ) -> RepositoryReport:
     """Write ``out_dir/name`` as a Triton model (see the module docstring for the layout).
 
@@ -267,7 +264,8 @@ def write_model_repository(
     max caps it). ``instances``: model instances (parallel executions). ``uint8_input``: the
     ONNX gets the ``normalization`` preset (default: the model's, else ``tao``) in its graph and
     clients send uint8 pixels. ``ort_threads``: ONNX Runtime threads of the python model (0 =
-    its default). An existing ``out_dir/name`` is refused unless ``overwrite``.
+    its default). ``names``: tensor-name and output-kind overrides of an ONNX model. An existing
+    ``out_dir/name`` is refused unless ``overwrite``.
     """
     from changenet_trt.files import check_output_dir
 
@@ -301,7 +299,7 @@ def write_model_repository(
         raise InputError("the model folder {} already exists".format(target),
                          expected="a new model name (--name), or overwrite=True (--overwrite) to replace it")
     model_config_class()  # fail on a missing tritonclient before any work
-    names = dict(sample_input=sample_input, golden_input=golden_input, output=output, output_kind=output_kind)
+    names = ContractNames.of(names)
     os.makedirs(repo, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="." + name + ".", suffix=".tmp", dir=repo)
     notes: List[str] = []
@@ -338,20 +336,20 @@ def write_model_repository(
         else:
             from changenet_trt.engine.prepare import add_uint8_input, prepare_model
 
-            original = read_contract(source, **names)
+            original = read_contract(source, names)
             prepared = os.path.join(staging, "prepared.onnx")
-            report = prepare_model(source, prepared, contract_overrides=names)
+            report = prepare_model(source, prepared, names=names)
             if report.rewritten:
                 notes.append("static batch {} made dynamic (proven at batches {})".format(
                     report.original_batch, ", ".join(str(c.batch) for c in report.checks)))
             preprocess = normalization or original.preprocess or "tao"
             if uint8_input:
-                add_uint8_input(prepared, model_path, normalization=preprocess, contract_overrides=names)
+                add_uint8_input(prepared, model_path, normalization=preprocess, names=names)
                 os.unlink(prepared)
                 notes.append("inputs are uint8 RGB pixels; the graph applies '{}' normalisation".format(preprocess))
             else:
                 os.replace(prepared, model_path)
-            contract = read_contract(model_path, **names)
+            contract = read_contract(model_path, names)
             if platform == "python":
                 with open(os.path.join(version_dir, "model.py"), "w") as handle:
                     handle.write(PYTHON_MODEL)

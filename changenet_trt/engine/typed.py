@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from changenet_trt import __version__
+from changenet_trt.contract import ContractNames
 from changenet_trt.data.pairs import dataset_source, synthetic_source
 from changenet_trt.engine import fp16, int8
 from changenet_trt.engine.options import BuildOptions
@@ -73,7 +74,7 @@ def make_typed_model(
     method: str = "entropy",
     calibration_batches: Optional[Iterable[Tuple[Any, Any]]] = None,
     normalization: Any = None,
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     origin: Optional[PathLike] = None,
     extra_made: Optional[Dict[str, Any]] = None,
     progress: bool = True,
@@ -91,8 +92,8 @@ def make_typed_model(
 
     if precision not in ("fp16", "int8"):
         raise InputError("unknown precision for a typed model", expected="fp16 or int8", found=repr(precision))
-    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
-    contract = read_contract(os.fspath(model), **overrides)
+    names = ContractNames.of(names)
+    contract = read_contract(os.fspath(model), names)
     described: List[str] = []
 
     def synthetic(note: str) -> Any:
@@ -132,7 +133,7 @@ def make_typed_model(
         analysis = from_data_set(0, analysed) if pairs.csv else None
         report = fp16.to_fp16(
             model, out, fp32_nodes=list(fp32_layers), make_source=proof, analysis_source=analysis, force=force,
-            normalization=normalization, contract_overrides=overrides, origin=origin, extra_made=extra_made,
+            normalization=normalization, names=names, origin=origin, extra_made=extra_made,
             progress=progress, progress_file=progress_file)
         return TypedResult(report, described)
     count: Optional[int] = None
@@ -151,7 +152,7 @@ def make_typed_model(
                          expected="a TAO data set (--calib-csv CSV [--calib-images DIR])", found="none")
     report = int8.to_int8(
         model, out, batches, method=method, make_source=proof, exclude=list(fp32_layers), normalization=normalization,
-        contract_overrides=overrides, origin=origin, extra_made=extra_made,
+        names=names, origin=origin, extra_made=extra_made,
         calib_total=count * pairs.batch if count is not None else None, progress=progress,
         progress_file=progress_file)
     return TypedResult(report, described)
@@ -181,7 +182,7 @@ def typed_inputs(options: BuildOptions, precision: str, onnx_sha256: str, prepro
     inputs: Dict[str, Any] = {
         "source_sha256": onnx_sha256, "precision": precision, "fp32_layers": sorted(options.fp32_layers),
         "calibration": calibration_digest(options), "preprocess": preprocess, "package": __version__,
-        "contract": {k: v for k, v in sorted(options.contract_overrides.items()) if v is not None},
+        "contract": dict(sorted(options.names.as_dict().items())),
     }
     if precision == "int8":
         inputs.update(calib_method=options.calib_method, calib_batch=options.profile.opt)

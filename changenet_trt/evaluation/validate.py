@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from changenet_trt.contract import ContractNames
 from changenet_trt.data.pairs import FillFn, PairSource
 from changenet_trt.errors import InputError
 from changenet_trt.evaluation.stats import median, percentile
@@ -449,7 +450,7 @@ def validate(
     backend: str = "auto",
     batch_size: Optional[int] = None,
     normalization: Any = None,
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     engine_options: Optional[Dict[str, Any]] = None,
     chunk: int = CHUNK_PAIRS,
 ) -> ValidationReport:
@@ -462,7 +463,7 @@ def validate(
     run with the same cutoff and normalisation.
     """
     return validate_all([engine], onnx_model, make_source, cutoff, atol, rtol, max_flips, backend, batch_size,
-                        normalization, contract_overrides, engine_options, chunk)[0]
+                        normalization, names, engine_options, chunk)[0]
 
 
 def validate_all(
@@ -476,7 +477,7 @@ def validate_all(
     backend: str = "auto",
     batch_size: Optional[int] = None,
     normalization: Any = None,
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     engine_options: Optional[Dict[str, Any]] = None,
     chunk: int = CHUNK_PAIRS,
 ) -> List[ValidationReport]:
@@ -487,9 +488,9 @@ def validate_all(
     from changenet_trt.api import load
 
     _check_tolerances(atol, rtol, max_flips)
-    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
+    names = ContractNames.of(names)
     with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
-              normalization=normalization, **overrides) as classifier:
+              normalization=normalization, names=names) as classifier:
         reference, cutoff, normalization = _Side.of(classifier), classifier.cutoff, classifier.normalization
         source = make_source(reference.contract, normalization)
         try:
@@ -502,7 +503,7 @@ def validate_all(
     try:
         for engine in engines:
             with load(engine, cutoff=cutoff, backend=backend, batch_size=batch_size, normalization=normalization,
-                      **dict(overrides, **(engine_options or {}))) as classifier:
+                      names=names, **(engine_options or {})) as classifier:
                 test = _Side.of(classifier)
                 _check_comparable(reference, test)
                 test_raw = run_pairs(classifier, source.count, source.fill, chunk)

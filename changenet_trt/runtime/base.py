@@ -4,6 +4,12 @@ A runner owns its input buffers (plain arrays for ONNX Runtime, pinned host memo
 TensorRT), so preprocessing writes straight into them and nothing is copied twice. It has
 ``num_slots`` independent buffer sets so the caller can fill slot k+1 while slot k runs.
 
+Every runner is made the same way, ``Runner(path, names, max_batch, **options)``: ``names`` the
+user's :class:`~changenet_trt.contract.ContractNames`, and ``options`` the backend's own, which the
+class lists in ``OPTIONS`` (:func:`changenet_trt.api.make_runner` checks them against it). Making a
+runner reads files at most; the model is loaded, the buffers allocated and a server contacted on
+``activate``.
+
 Life cycle (as Polygraphy's runners)::
 
     with runner:                                   # activate() ... deactivate()
@@ -18,7 +24,7 @@ import os
 import time
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 
@@ -51,11 +57,21 @@ class Runner(abc.ABC):
     name = "runner"
     #: number of independent input/output buffer sets
     num_slots = 2
+    #: the keyword options the constructor takes after ``path, names, max_batch``
+    OPTIONS: FrozenSet[str] = frozenset()
 
-    def __init__(self, contract: ModelContract) -> None:
-        self.contract = contract
+    def __init__(self, contract: Optional[ModelContract]) -> None:
+        self._contract = contract
         self.is_active = False
         self.last_timing = Timing()
+
+    @property
+    def contract(self) -> ModelContract:
+        """The model's contract; a runner that reads it from a server knows it once active."""
+        if self._contract is None:
+            raise ChangeNetError("the {} runner reads its model's contract when it activates: use it as "
+                                 "`with runner:` or call activate() first".format(self.name))
+        return self._contract
 
     # -- life cycle -------------------------------------------------------------------------
     def activate(self) -> "Runner":

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.contract import ContractNames, read_contract
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError, missing_dependency
 from changenet_trt.runtime.base import (
@@ -57,16 +57,19 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
+    OPTIONS = frozenset({"providers", "threads"})
+
     def __init__(
         self,
         model_path: str,
-        contract: Optional[ModelContract] = None,
+        names: Optional[ContractNames] = None,
         max_batch: Optional[int] = None,
+        *,
         providers: Optional[Sequence[str]] = None,
         threads: Optional[int] = None,
     ) -> None:
         self.model_path = os.fspath(model_path)
-        super().__init__(contract if contract is not None else read_contract(self.model_path))
+        super().__init__(read_contract(self.model_path, names))
         static = self.contract.static_batch
         max_batch = check_batch_size(max_batch)
         if static is not None:

@@ -30,7 +30,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from packaging.version import InvalidVersion, Version
 
-from changenet_trt.contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
+from changenet_trt.contract import (
+    META_CUTOFF,
+    META_PREPROCESS,
+    ContractNames,
+    ModelContract,
+    TensorInfo,
+    make_contract,
+)
 from changenet_trt.errors import EngineError, InputError
 from changenet_trt.gpu import cuda as cudalib
 from changenet_trt.gpu import trt as trtlib
@@ -96,7 +103,7 @@ class TensorRTRunner(Runner):
     ``zero_copy``: host buffers mapped into the GPU's address space and read in place, no
     copies (for integrated GPUs such as Jetson). ``data_transfers=False``: skip H2D/D2H
     (trtexec's ``--noDataTransfers``; ``fetch`` then returns stale output rows).
-    ``sample_input``/``golden_input``/``output``/``output_kind`` override the contract.
+    ``names``: overrides of the names and output kind the engine's sidecar recorded.
     ``device``: CUDA device index. ``lean_library``: the lean runtime library an engine built with
     ``--exclude-lean-runtime`` is loaded through (default: the building release's, see
     :func:`changenet_trt.gpu.trt.lean_library`).
@@ -104,19 +111,18 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
     num_slots = 2
+    OPTIONS = frozenset({"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device", "lean_library"})
 
     def __init__(
         self,
         engine_path: str,
+        names: Optional[ContractNames] = None,
         max_batch: Optional[int] = None,
+        *,
         cuda_graph: bool = False,
         spin_wait: bool = False,
         zero_copy: bool = False,
         data_transfers: bool = True,
-        sample_input: Optional[str] = None,
-        golden_input: Optional[str] = None,
-        output: Optional[str] = None,
-        output_kind: Optional[str] = None,
         device: int = 0,
         lean_library: Optional[str] = None,
     ) -> None:
@@ -148,7 +154,7 @@ class TensorRTRunner(Runner):
         self._engine: Any = None
         self._context: Any = None
         self._io, self._profile_shapes = self._describe_engine()
-        contract = self._read_contract(sample_input, golden_input, output, output_kind)
+        contract = self._read_contract(ContractNames.of(names))
         super().__init__(contract)
         self._inputs: List[str] = list(contract.input_names())
         self._outputs: List[str] = [t["name"] for t in self._io if t["mode"] == "output"]
@@ -269,9 +275,7 @@ class TensorRTRunner(Runner):
                 )
         self._runtime, self._engine = runtime, engine
 
-    def _read_contract(
-        self, sample_input: Optional[str], golden_input: Optional[str], output: Optional[str], output_kind: Optional[str]
-    ) -> ModelContract:
+    def _read_contract(self, names: ContractNames) -> ModelContract:
         def info(tensor: Dict[str, Any]) -> TensorInfo:
             shape = tuple(None if int(d) < 0 else int(d) for d in tensor["shape"])
             return TensorInfo(tensor["name"], shape, tensor["dtype"])
@@ -280,15 +284,8 @@ class TensorRTRunner(Runner):
         outputs = [info(t) for t in self._io if t["mode"] == "output"]
         meta = self._sidecar
         # the names and kind chosen at build time are the defaults; the caller's win
-        return make_contract(
-            inputs,
-            outputs,
-            sample_input=sample_input or (meta.sample_input if meta else None),
-            golden_input=golden_input or (meta.golden_input if meta else None),
-            output=output or (meta.output if meta else None),
-            output_kind=output_kind or (meta.output_kind if meta else None),
-            metadata=self._model_metadata(),
-        )
+        built = ContractNames(meta.sample_input, meta.golden_input, meta.output, meta.output_kind) if meta else None
+        return make_contract(inputs, outputs, names.or_else(ContractNames.of(built)), metadata=self._model_metadata())
 
     def _batch_limits(self) -> Tuple[int, int, int]:
         """``(min, opt, max)`` batch of optimisation profile 0 (static engines: all the same)."""

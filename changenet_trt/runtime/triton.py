@@ -13,7 +13,8 @@ host (127.0.0.1, localhost, ::1) the buffers live in POSIX shared memory registe
 server: only the request header crosses the socket. If registration fails (a server in a
 container without the host's /dev/shm, say) the runner sends the bytes instead.
 
-``tritonclient`` (the ``triton`` extra) is imported only when a runner is made.
+``tritonclient`` (the ``triton`` extra) is imported only when a runner is made; the servers are
+first contacted when it activates (the contract and max batch are read then).
 """
 
 import os
@@ -24,9 +25,17 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from changenet_trt.contract import META_CUTOFF, META_PREPROCESS, ModelContract, TensorInfo, make_contract
+from changenet_trt.contract import (
+    CONTRACT_NAME_KEYS,
+    META_CUTOFF,
+    META_PREPROCESS,
+    ContractNames,
+    ModelContract,
+    TensorInfo,
+    make_contract,
+)
 from changenet_trt.errors import ChangeNetError, InputError, missing_dependency
-from changenet_trt.runtime.base import Runner, SlotFutures, Timing, now_ms
+from changenet_trt.runtime.base import Runner, SlotFutures, Timing, check_batch_size, now_ms
 from changenet_trt.threads import ForkSafePool
 
 SCHEMES = {"grpc": 8001, "http": 8000}
@@ -178,12 +187,12 @@ class _Connection:
             pass
 
 
-def contract_from_config(config: Dict[str, Any], **overrides: Optional[str]) -> Tuple[ModelContract, int]:
+def contract_from_config(config: Dict[str, Any], names: Optional[ContractNames] = None) -> Tuple[ModelContract, int]:
     """``(contract, max_batch)`` from a Triton model config (as JSON).
 
     Dims come from the config (a ``reshape`` is what the model itself produces); names, output
     kind, cutoff and preprocessing from the ``changenet.*`` parameters when present, else TAO's
-    defaults and the output shape. ``overrides``: sample_input, golden_input, output, output_kind.
+    defaults and the output shape. ``names``: the user's overrides, which win over the parameters.
     """
     params = {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
     max_batch = int(config.get("max_batch_size", 0))
@@ -204,9 +213,8 @@ def contract_from_config(config: Dict[str, Any], **overrides: Optional[str]) -> 
         metadata[META_CUTOFF] = params[CONTRACT_PARAMETERS["cutoff"]]
     if params.get(CONTRACT_PARAMETERS["preprocess"]):
         metadata[META_PREPROCESS] = params[CONTRACT_PARAMETERS["preprocess"]]
-    names = {k: overrides.get(k) or params.get(CONTRACT_PARAMETERS[k]) or None
-             for k in ("sample_input", "golden_input", "output", "output_kind")}
-    contract = make_contract(inputs, outputs, metadata=metadata, **names)
+    recorded = ContractNames.of({k: params.get(CONTRACT_PARAMETERS[k]) for k in CONTRACT_NAME_KEYS})
+    contract = make_contract(inputs, outputs, ContractNames.of(names).or_else(recorded), metadata=metadata)
     if max_batch < 1:
         # max_batch_size 0: the config's dims include the batch, which is then fixed
         return contract, int(contract.static_batch or 1)
@@ -221,22 +229,23 @@ class TritonRunner(Runner):
     ``max_batch_size``). ``shared_memory``: ``"auto"`` (system shared memory with a local
     server, falling back to the network), ``True`` (required) or ``False``. ``timeout_s``:
     seconds a request (and each server call) may take. ``slots``: requests in flight (default
-    2, at least one per server).
+    2, at least one per server). ``names``: overrides of the names the model's parameters record.
+    Making a runner contacts no server: ``activate`` reads the model's config (its contract and max
+    batch, the same on every server) and checks ``max_batch`` against it.
     """
 
     name = "triton"
+    OPTIONS = frozenset({"shared_memory", "timeout_s", "slots"})
 
     def __init__(
         self,
         urls: Union[str, Sequence[str]],
+        names: Optional[ContractNames] = None,
         max_batch: Optional[int] = None,
+        *,
         shared_memory: Union[str, bool] = "auto",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         slots: Optional[int] = None,
-        sample_input: Optional[str] = None,
-        golden_input: Optional[str] = None,
-        output: Optional[str] = None,
-        output_kind: Optional[str] = None,
     ) -> None:
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list:
@@ -249,33 +258,12 @@ class TritonRunner(Runner):
         self.model_path = " ".join(e.url for e in self.endpoints)
         self.timeout_s = float(timeout_s)
         self.shared_memory = shared_memory
-        overrides = dict(sample_input=sample_input, golden_input=golden_input, output=output, output_kind=output_kind)
-        contract: Optional[ModelContract] = None
-        server_max = 0
-        for endpoint in self.endpoints:
-            conn = _Connection(endpoint, self.timeout_s)
-            try:
-                conn.check_ready()
-                config = conn.model_config()
-            finally:
-                conn.close()
-            here, here_max = contract_from_config(config, **overrides)
-            if contract is not None and (here.input_names(), here.input_shape, here.input_dtype, here.output,
-                                         here.output_kind) != (contract.input_names(), contract.input_shape,
-                                                               contract.input_dtype, contract.output, contract.output_kind):
-                raise TritonError("the Triton URLs serve different models",
-                                  expected="the same inputs, dtype and output everywhere",
-                                  found="{} differs from {}".format(endpoint.url, self.endpoints[0].url))
-            contract = here
-            server_max = here_max if not server_max else min(server_max, here_max)
-        assert contract is not None
-        super().__init__(contract)
-        if contract.static_batch is not None:
-            server_max = contract.static_batch
-        if max_batch is not None and not 1 <= int(max_batch) <= server_max:
-            raise InputError("batch size outside what the Triton model accepts",
-                             expected="1 <= batch <= {} (the model's max_batch_size)".format(server_max), found=max_batch)
-        self._max_batch = int(max_batch or server_max)
+        for scheme in sorted({e.scheme for e in self.endpoints}):
+            _import(scheme)  # a missing tritonclient is reported now, not on activate
+        self.names = ContractNames.of(names)
+        super().__init__(None)
+        self._asked_batch = check_batch_size(max_batch)
+        self._max_batch: Optional[int] = None
         self.num_slots = max(int(slots or 2), len(self.endpoints))
         self.uses_shared_memory = False
         self._control: Dict[Endpoint, _Connection] = {}  # main thread: registration, statistics
@@ -286,12 +274,45 @@ class TritonRunner(Runner):
         self._regions: List[Any] = []  # (connection, region name, handle) per registered region
         self._requests = SlotFutures(0)  # per slot: two requests may be in flight
 
+    def _read_model(self) -> None:
+        """Ask every server for the model's config: one contract and the smallest max batch."""
+        contract: Optional[ModelContract] = None
+        server_max = 0
+        for endpoint in self.endpoints:
+            conn = _Connection(endpoint, self.timeout_s)
+            try:
+                conn.check_ready()
+                config = conn.model_config()
+            finally:
+                conn.close()
+            here, here_max = contract_from_config(config, self.names)
+            if contract is not None and (here.input_names(), here.input_shape, here.input_dtype, here.output,
+                                         here.output_kind) != (contract.input_names(), contract.input_shape,
+                                                               contract.input_dtype, contract.output, contract.output_kind):
+                raise TritonError("the Triton URLs serve different models",
+                                  expected="the same inputs, dtype and output everywhere",
+                                  found="{} differs from {}".format(endpoint.url, self.endpoints[0].url))
+            contract = here
+            server_max = here_max if not server_max else min(server_max, here_max)
+        assert contract is not None
+        if contract.static_batch is not None:
+            server_max = contract.static_batch
+        asked = self._asked_batch
+        if asked is not None and not 1 <= asked <= server_max:
+            raise InputError("batch size outside what the Triton model accepts",
+                             expected="1 <= batch <= {} (the model's max_batch_size)".format(server_max), found=asked)
+        self._contract, self._max_batch = contract, int(asked or server_max)
+
     @property
     def batch_range(self) -> Tuple[int, int]:
+        if self._max_batch is None:
+            raise ChangeNetError("the triton runner reads the model's max batch when it activates: use it as "
+                                 "`with runner:` or call activate() first")
         return (1, self._max_batch)
 
     # -- life cycle -------------------------------------------------------------------------
     def _activate(self) -> None:
+        self._read_model()
         try:
             self._control = {e: _Connection(e, self.timeout_s) for e in self.endpoints}
             self._slot_connections = [None] * self.num_slots
@@ -301,7 +322,7 @@ class TritonRunner(Runner):
                 self.shared_memory == "auto" and all(e.is_local for e in self.endpoints))
             self.uses_shared_memory = want_shm and self._setup_shared_memory(required=self.shared_memory is True)
             if not self.uses_shared_memory:
-                shape = (self._max_batch,) + tuple(self.contract.input_shape)
+                shape = (self.batch_range[1],) + tuple(self.contract.input_shape)
                 dtype = np.dtype(self.contract.input_dtype)
                 self._inputs = [{n: np.zeros(shape, dtype) for n in self.contract.input_names()}
                                 for _ in range(self.num_slots)]
@@ -318,9 +339,9 @@ class TritonRunner(Runner):
         """One registered system shared-memory region per slot: both inputs, then the output."""
         from tritonclient.utils import shared_memory as shm
 
-        in_shape = (self._max_batch,) + tuple(self.contract.input_shape)
+        in_shape = (self.batch_range[1],) + tuple(self.contract.input_shape)
         in_bytes = int(np.prod(in_shape)) * np.dtype(self.contract.input_dtype).itemsize
-        out_bytes = int(np.prod((self._max_batch,) + self._output_row_shape())) * 4
+        out_bytes = int(np.prod((self.batch_range[1],) + self._output_row_shape())) * 4
         tag = "changenet-{}-{}".format(os.getpid(), uuid.uuid4().hex[:8])
         try:
             for slot in range(self.num_slots):
@@ -335,7 +356,7 @@ class TritonRunner(Runner):
                          for i, name in enumerate(self.contract.input_names())}
                 self._inputs.append(views)
                 self._outputs.append(shm.get_contents_as_numpy(
-                    handle, np.float32, (self._max_batch,) + self._output_row_shape(), offset=2 * in_bytes))
+                    handle, np.float32, (self.batch_range[1],) + self._output_row_shape(), offset=2 * in_bytes))
         except (TritonError, shm.SharedMemoryException) as exc:
             self._release_shared_memory()
             if required:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from changenet_trt.contract import ModelContract
+from changenet_trt.contract import ContractNames, ModelContract
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import ChangeNetError, InputError
 from changenet_trt.evaluation.stats import median, percentile
@@ -421,7 +421,7 @@ def run_benchmark(
     model: str,
     options: Optional[BenchOptions] = None,
     backend: str = "auto",
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     backend_options: Optional[Dict[str, Any]] = None,
     clock: Clock = now_ms,
 ) -> BenchResult:
@@ -433,14 +433,20 @@ def run_benchmark(
     options.check()
     which = backend_for(os.fspath(model), backend)
     kwargs, warnings = runner_options(which, options, backend_options)
-    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
+    names = ContractNames.of(names)
 
     def make() -> Runner:
-        return make_runner(model, backend=which, batch_size=options.batch, **dict(overrides, **kwargs))
+        return make_runner(model, backend=which, batch_size=options.batch, names=names, **kwargs)
 
     # Check the batch (and the model) once, before any thread starts.
     probe = make()
-    batch = resolve_batch(probe, options.batch)
+    if which == "triton":  # a served model's batch range is known once the server is asked
+        probe.activate()
+    try:
+        batch = resolve_batch(probe, options.batch)
+    except BaseException:
+        probe.deactivate()
+        raise
     runners = [probe] + [make() for _ in range(options.streams - 1)]
     traces: List[Trace] = []
     if options.streams == 1:
@@ -516,7 +522,7 @@ def run_end_to_end(
     normalization: Any = None,
     workers: Optional[int] = None,
     backend: str = "auto",
-    contract_overrides: Optional[Dict[str, Any]] = None,
+    names: Optional[ContractNames] = None,
     backend_options: Optional[Dict[str, Any]] = None,
     clock: Clock = now_ms,
 ) -> BenchResult:
@@ -539,14 +545,14 @@ def run_end_to_end(
         raise InputError("--end-to-end runs one pipeline", expected="--streams 1", found=options.streams)
     which = backend_for(os.fspath(model), backend)
     kwargs, warnings = runner_options(which, options, backend_options)
-    overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
+    names = ContractNames.of(names)
     if options.expose_dma:
         warnings.append("--exposeDMA does not apply to --end-to-end (run_pipeline keeps two batches in flight)")
     dataset = load_dataset(csv_path, images_dir, layout, check_files=True)
     if layout is None:
         layout = dataset.layout
     clf = load(model, backend=which, batch_size=options.batch, normalization=normalization,
-               **dict(overrides, **kwargs))
+               names=names, **kwargs)
     try:
         runner = clf.runner
         batch = resolve_batch(runner, options.batch)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Set
 from changenet_trt import api
 from changenet_trt.cli.args import RuntimeOptions
 from changenet_trt.cli.spec import takes_spec
+from changenet_trt.contract import ContractNames
 from changenet_trt.errors import ChangeNetError
 
 
@@ -78,10 +79,10 @@ class Command(abc.ABC):
         """Run with the parsed arguments and the groups' values; returns the exit code."""
 
 
-def load_classifier(model: str, runtime: RuntimeOptions, normalization: Any, names: dict) -> Any:
+def load_classifier(model: str, runtime: RuntimeOptions, normalization: Any, names: ContractNames) -> Any:
     """``changenet_trt.load`` with the parsed runtime, normalisation and contract-name values."""
     options = dict(cutoff=runtime.cutoff, backend=runtime.backend, normalization=normalization,
-                   **dict(names, **runtime.backend_options))
+                   names=names, **runtime.backend_options)
     try:
         clf = api.load(model, batch_size=runtime.batch_size, **options)
     except ChangeNetError:

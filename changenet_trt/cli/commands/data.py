@@ -19,6 +19,7 @@ from changenet_trt.cli.args import (
 )
 from changenet_trt.cli.commands.base import Command, GroupValues, load_classifier
 from changenet_trt.cli.spec import check_model_shape
+from changenet_trt.contract import ContractNames
 from changenet_trt.errors import InputError
 
 
@@ -138,7 +139,7 @@ class Infer(Command):
         return 0
 
     def run_csv(self, args: argparse.Namespace, data: DataSetOptions, runtime: RuntimeOptions, norm: Any,
-                names: dict, show: bool) -> int:
+                names: ContractNames, show: bool) -> int:
         """``--csv``: score every row of the data set and write the input's columns plus score and decision."""
         from changenet_trt.evaluation.inference import format_summary, infer_csv
 

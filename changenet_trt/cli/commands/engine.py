@@ -15,6 +15,7 @@ from changenet_trt.cli.args import (
     positive_int,
 )
 from changenet_trt.cli.commands.base import Command, GroupValues
+from changenet_trt.contract import ContractNames
 from changenet_trt.defaults import BATCH_SIZE, ENGINE_PROFILE
 from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES
 from changenet_trt.engine.precision import DEFAULT_PROOF_PAIRS, INT8_METHODS
@@ -133,7 +134,7 @@ class Prepare(Command):
             raise InputError("--proof-batches must be integers", found=repr(args.proof_batches)) from None
         self.check_combination(args, data.csv, normalization)
         if not args.uint8_input and not args.precision:
-            report = prepare_model(args.model, args.out, batches=batches, contract_overrides=names)
+            report = prepare_model(args.model, args.out, batches=batches, names=names)
             print("\n".join(report.summary_lines()))
             return 0
         import tempfile
@@ -143,7 +144,7 @@ class Prepare(Command):
         from changenet_trt.files import check_output_file
 
         check_output_file(args.out, "prepared model", inputs=[p for p in (args.model, data.csv) if p])
-        contract = read_contract(args.model, **names)
+        contract = read_contract(args.model, names)
         # the model's own preprocessing unless told otherwise: pairs and uint8 front agree
         normalization = normalization or contract.preprocess
         patterns = read_layer_patterns(args.fp32_layers)
@@ -165,7 +166,7 @@ class Prepare(Command):
         with tempfile.TemporaryDirectory(prefix="changenet-prepare-") as work:
             dynamic = os.path.join(work, "dynamic.onnx")
             labels = {dynamic: "{} (dynamic batch)".format(args.model)}
-            report = prepare_model(args.model, dynamic, batches=batches, contract_overrides=names)
+            report = prepare_model(args.model, dynamic, batches=batches, names=names)
             lines = report.summary_lines()
             current = dynamic
             if args.precision:
@@ -181,7 +182,7 @@ class Prepare(Command):
                 from changenet_trt.engine.prepare import add_uint8_input
 
                 uint8 = add_uint8_input(current, args.out, normalization=normalization or "tao",
-                                        contract_overrides=names)
+                                        names=names)
                 lines += [""] + uint8.summary_lines()
             # the intermediate models are steps: name them as such, not by their temporary paths
             for line in lines:
@@ -193,7 +194,7 @@ class Prepare(Command):
 
     @staticmethod
     def make_typed(args: argparse.Namespace, model: str, out: str, patterns: List[str], data: Any,
-                   normalization: Any, names: dict) -> List[str]:
+                   normalization: Any, names: ContractNames) -> List[str]:
         """Write the float16 (``patterns`` kept float32) or INT8 model of ``model`` to ``out``
         (:func:`changenet_trt.engine.typed.make_typed_model`, as build does); the lines of its report."""
         from changenet_trt.engine.typed import TypedPairs, make_typed_model
@@ -204,7 +205,7 @@ class Prepare(Command):
                            on_problem=lambda item: log.warning("set aside: %s", item))
         result = make_typed_model(model, out, args.precision, pairs, fp32_layers=patterns, force=args.force,
                                   method=args.calib_method or DEFAULT_CALIB_METHOD, normalization=normalization,
-                                  contract_overrides=names, origin=args.model)
+                                  names=names, origin=args.model)
         report = result.report
         lines = result.summary_lines()
         if args.precision == "int8":
@@ -262,7 +263,7 @@ class TritonRepo(Command):
         report = write_model_repository(
             args.model, args.out, name=args.name, platform=args.platform, max_batch=args.max_batch,
             instances=args.instances, uint8_input=args.uint8_input, normalization=normalization,
-            overwrite=args.overwrite, ort_threads=args.ort_threads, **names)
+            overwrite=args.overwrite, ort_threads=args.ort_threads, names=names)
         print("\n".join(report.summary_lines()))
         return 0
 
@@ -365,7 +366,7 @@ class Build(Command):
             exclude_lean_runtime=args.exclude_lean_runtime, calib_csv=calibration.csv,
             calib_images=calibration.images, calib_batches=args.calib_batches, calib_cache=args.calib_cache,
             recalibrate=args.recalibrate, calib_layout=calibration.layout if calibration.csv else None,
-            normalization=values.normalization, contract_overrides=values.names,
+            normalization=values.normalization, names=values.names,
             progress=values.progress, int8_calibrator=args.int8_calibrator,
             calib_method=args.calib_method, proof_pairs=args.proof_pairs, force_fp16=args.force_fp16,
         )

@@ -100,14 +100,14 @@ class Bench(Command):
             result = bench.run_end_to_end(
                 args.model, data.csv, data.images, self.bench_options(args), layout=data.layout,
                 normalization=norm, workers=data.workers, backend=runtime.backend,
-                contract_overrides=names, backend_options=runtime.backend_options,
+                names=names, backend_options=runtime.backend_options,
             )
         else:
             if data.csv:
                 raise InputError("--csv is only used with --end-to-end", expected="--end-to-end --csv CSV")
             result = bench.run_benchmark(
                 args.model, self.bench_options(args), backend=runtime.backend,
-                contract_overrides=names, backend_options=runtime.backend_options,
+                names=names, backend_options=runtime.backend_options,
             )
         print(bench_report.format_report(result), end="")
         values.json_report.write(result, bench_report.write_json)
@@ -158,7 +158,7 @@ class Validate(Command):
         report = validate.validate(
             args.engine, args.onnx, make_source, cutoff=runtime.cutoff, atol=args.atol, rtol=args.rtol,
             max_flips=args.max_flips, backend=runtime.backend, batch_size=runtime.batch_size, normalization=norm,
-            contract_overrides=names, engine_options=runtime.backend_options,
+            names=names, engine_options=runtime.backend_options,
         )
         print("\n".join(validate.format_report(report, show_flips=args.show_flips)))
         values.json_report.write(report, validate.write_json)
@@ -206,7 +206,7 @@ class Fp16Check(Command):
         out = args.out or fp16_check.default_list_path(args.model)
         check_output_file(out, what="float32 layer list", inputs=[args.model])
         values.json_report.check("fp16-check JSON report", inputs=[args.model])
-        contract = read_contract(args.model, **names)
+        contract = read_contract(args.model, names)
         source = make_source(contract, get_normalization(norm or contract.preprocess))
         try:
             # every activation of a run is held at once: check_model runs ANALYSIS_PAIRS pairs at a time
