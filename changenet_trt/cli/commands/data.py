@@ -41,7 +41,7 @@ class Inspect(Command):
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
         from changenet_trt.contract import read_contract
 
-        contract = read_contract(args.model, **values.names)
+        contract = read_contract(args.model, values.names)
         if args.json:
             print(json.dumps(contract.to_dict(), indent=2, sort_keys=True))
             return 0
