@@ -284,6 +284,7 @@ RENAMED = ["--sample-input", "test", "--golden-input", "ref", "--output", "logit
 
 def test_contract_names_parse_to_one_value_in_every_command():
     from changenet_trt.cli.args import ContractNamesArgs
+    from changenet_trt.contract import ContractNames
 
     with_group = {name: parser for name, parser in subcommands().items()
                   if any("--sample-input" in a.option_strings for a in parser._actions)}
@@ -292,10 +293,10 @@ def test_contract_names_parse_to_one_value_in_every_command():
         positionals = [a for a in parser._actions if not a.option_strings]
         required = [s for a in parser._actions if a.required and a.option_strings for s in (a.option_strings[0], "X")]
         args = parser.parse_args(["X"] * len(positionals) + required + RENAMED)
-        assert ContractNamesArgs().parse(args) == {
-            "sample_input": "test", "golden_input": "ref", "output": "logits", "output_kind": "learnable"}, name
+        assert ContractNamesArgs().parse(args) == ContractNames(
+            sample_input="test", golden_input="ref", output="logits", output_kind="learnable"), name
         args = parser.parse_args(["X"] * len(positionals) + required)
-        assert ContractNamesArgs().parse(args) == {}, name
+        assert ContractNamesArgs().parse(args) == ContractNames() and not ContractNamesArgs().parse(args), name
 
 
 @pytest.fixture(scope="module")
