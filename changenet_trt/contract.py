@@ -218,7 +218,7 @@ class ContractNames:
             raise InputError("contract names must be a ContractNames or a dict",
                              expected="ContractNames(sample_input=..., golden_input=..., output=..., output_kind=...)",
                              found=type(names).__name__)
-        given.update(keywords)
+        given.update((key, value) for key, value in keywords.items() if value is not None)
         unknown = sorted(set(given) - set(CONTRACT_NAME_KEYS))
         if unknown:
             raise InputError("unknown contract name key", expected=", ".join(CONTRACT_NAME_KEYS),

@@ -157,6 +157,7 @@ def test_contract_names_drop_nones_and_are_frozen():
     assert not empty and empty.is_empty and empty.as_dict() == {}
     assert ContractNames.of(names) == names  # a ContractNames passes through
     assert ContractNames.of(names, sample_input="other").sample_input == "other"
+    assert ContractNames.of(names, sample_input=None) == names  # a None keyword keeps the value
     assert names.or_else(ContractNames(sample_input="x", output="y")) == ContractNames("test", None, "y", "learnable")
     with pytest.raises(dataclasses.FrozenInstanceError):
         names.output = "logits"  # type: ignore[misc]
