@@ -88,8 +88,9 @@ def _measured(what, run):
 # LayerNormalization op, Linear weights transposed in the graph), both static 16. The euclidean
 # head is left out here: its output, ||e_sample - e_golden||, is a small difference of two large
 # embeddings, and with float16 storage emulated (as TensorRT keeps activations) its raw-output
-# SQNR stayed below 40 dB on random weights, while the float16 file on ONNX Runtime (which
-# computes most float16 ops in float32) passed.
+# SQNR on random weights sits at the 40 dB line (below it on 8 synthetic pairs, just above on 64
+# held-back ones): too close to assert on a few pairs. The float16 file on ONNX Runtime (which
+# computes most float16 ops in float32) clears it.
 @pytest.mark.parametrize("name,dynamic_twin", [("learnable_b16", "learnable_dynamic"),
                                                ("learnable_opset12_b16", "learnable_dynamic")])
 def test_fp16_prepare_of_taos_static_export(tao_model, tmp_path, name, dynamic_twin):
@@ -130,7 +131,7 @@ def test_fp16_prepare_of_taos_static_export(tao_model, tmp_path, name, dynamic_t
     ("learnable_dynamic", 20.0),
     # The euclidean output is ||e_sample - e_golden||: on random weights a small difference of
     # two large embeddings, so their INT8 noise (small against the embeddings) is large against
-    # the output (about 12 dB on random pairs); the 20 dB goal cannot hold there, only the report.
+    # the output (far below 20 dB on random pairs); the goal cannot hold there, only the report.
     ("euclidean_dynamic", None)])
 def test_int8_prepare_reports_sqnr_and_worst_layers(tao_model, tmp_path, synth_set, name, sqnr_goal):
     out = tmp_path / "int8.onnx"
