@@ -47,6 +47,9 @@ PROOF_BATCH = 16
 _FLOAT32_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                 "Multinomial", "EyeLike", "Upsample", "NonMaxSuppression", "Celu")
 _HALF_TYPE = "tensor(float16)"
+#: ops that only move a weight's elements about (exact in float16): a weight read through them
+#: follows their readers' type
+WEIGHT_LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 def _elem_types(proto: Any) -> Dict[str, int]:
@@ -160,22 +163,30 @@ def plan_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Fp16Plan:
                 plan.unsupported.append(node.name)
             else:
                 plan.half.append(node.name)
-    # an Identity of a weight (TorchScript writes one per reuse of a shared module's weight, e.g.
-    # the Siamese backbone's second call) is the weight itself: float16 when all its readers are
+    # a weight only moved about on its way to its readers is the weight itself: float16 when all
+    # its readers are. An Identity (TorchScript writes one per reuse of a shared module's weight,
+    # e.g. the Siamese backbone's second call), and in an export without constant folding (TAO
+    # 5.x, opset 12) the Transpose of every Linear weight, chained too. Kept float32 as constant
+    # folding, they would leave the weight stored float32 behind a Cast to float16.
     half = set(plan.half)
-    constants = {init.name for init in proto.graph.initializer}
-    constants |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant" and n.output}
+    folding = set(plan.shape_math)
+    weights = {init.name for init in proto.graph.initializer}
+    weights |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant" and n.output}
     readers: Dict[str, List[str]] = {}
     for node in proto.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node.name)
-    aliases = [node.name for node in proto.graph.node
-               if node.op_type == "Identity" and node.name in set(plan.shape_math) and node.input[0] in constants
-               and readers.get(node.output[0]) and all(r in half for r in readers[node.output[0]])]
-    if aliases:
-        moved = set(aliases)
-        plan.shape_math = [n for n in plan.shape_math if n not in moved]
-        plan.half += aliases
+    moves = [node for node in proto.graph.node
+             if node.op_type in WEIGHT_LAYOUT_OPS and node.name in folding and node.input and node.input[0] in weights
+             and weights.add(node.output[0]) is None]  # graph order: a chain's links follow its weight
+    moved = []
+    for node in reversed(moves):  # readers first
+        if readers.get(node.output[0]) and all(r in half for r in readers[node.output[0]]):
+            half.add(node.name)
+            moved.append(node.name)
+    if moved:
+        plan.shape_math = [n for n in plan.shape_math if n not in half]
+        plan.half += moved[::-1]
     return plan
 
 
@@ -304,12 +315,12 @@ def convert_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Any:
 
 
 def _weight_share(typed: Any) -> str:
-    """How many of the MatMul/Conv/Gemm weights (initializer elements, through an Identity
-    alias too) of ``typed`` are float16."""
+    """How many of the MatMul/Conv/Gemm weights (initializer elements, through the ops that
+    only move them about, and a Cast, too) of ``typed`` are float16, as stored."""
     sizes = {init.name: (init.data_type, int(np.prod(init.dims)) if len(init.dims) else 1)
              for init in typed.graph.initializer}
     for node in typed.graph.node:
-        if node.op_type == "Identity" and node.input and node.input[0] in sizes:
+        if node.op_type in WEIGHT_LAYOUT_OPS + ("Cast",) and node.input and node.input[0] in sizes:
             sizes[node.output[0]] = sizes[node.input[0]]
     half = total = 0
     for node in typed.graph.node:
