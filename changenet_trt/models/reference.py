@@ -35,7 +35,7 @@ EMBED_DIM = int(np.prod(EMBED_SHAPE))
 
 # Chosen on the synthetic PCB data set (changenet_trt/data/synth.py; 2 x 1000 pairs, seeds 7 and
 # 8): PASS pairs score at most ~0.05 (median 0.024), defect pairs mostly above 0.05; at 0.045
-# the FPR is 0.14% and the defect capture 99.7-100% (tests/test_synth.py checks it).
+# the FPR is 0.14% and the defect capture 99.7-100% (tests/data/test_synth.py checks it).
 EUCLIDEAN_CUTOFF = 0.045
 # learnable head: defect logit - pass logit = GAIN * (rms_distance - EUCLIDEAN_CUTOFF)
 # (+ a small max|diff| term); 250 puts PASS probabilities near 0 and defects near 1.

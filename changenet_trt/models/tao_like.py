@@ -72,7 +72,7 @@ META_DESCRIPTION = "changenet_trt.model"
 
 # Cutoffs chosen on the synthetic PCB data set (changenet_trt/data/synth.py, 200 pairs, seed 7):
 # about 1% FPR and 65% defect capture for both heads, AUC 0.93 (weights chosen, not trained;
-# tests/test_tao_like.py checks that the scores separate).
+# tests/models/test_tao_like.py checks that the scores separate).
 EUCLIDEAN_CUTOFF = 0.65
 LEARNABLE_CUTOFF = 0.5
 # learnable: defect logit - pass logit = GAIN * (mean |feature change| - CHANGE_CENTRE)
