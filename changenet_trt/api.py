@@ -25,6 +25,9 @@ from changenet_trt.data.pairs import FillFn
 from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
 from changenet_trt.errors import EngineError, InputError, ModelContractError
 from changenet_trt.runtime.base import Runner, check_batch_size
+from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
+from changenet_trt.runtime.tensorrt import TensorRTRunner
+from changenet_trt.runtime.triton import TritonRunner, is_triton_url
 
 _log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
@@ -77,8 +80,6 @@ class Prediction:
 
 def backend_for(path: str, backend: str = "auto") -> str:
     """Which backend runs ``path``: by explicit choice, else by URL scheme or file suffix."""
-    from changenet_trt.runtime.triton import is_triton_url
-
     if backend not in BACKENDS:
         raise InputError("unknown backend", expected=" or ".join(BACKENDS), found=repr(backend))
     if backend != "auto":
@@ -123,8 +124,6 @@ def make_runner(
         # before the backend's import: a missing file is the thing to fix, not a missing TensorRT
         _check_model_file(path, which)
     if which == "triton":
-        from changenet_trt.runtime.triton import TritonRunner
-
         allowed = {"shared_memory", "timeout_s", "slots"}
         unknown = sorted(set(options) - allowed)
         if unknown:
@@ -133,8 +132,6 @@ def make_runner(
                             sample_input=sample_input, golden_input=golden_input, output=output,
                             output_kind=output_kind, **options)
     if which == "onnxruntime":
-        from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
-
         contract = read_contract(
             path, sample_input=sample_input, golden_input=golden_input, output=output, output_kind=output_kind
         )
@@ -143,7 +140,6 @@ def make_runner(
         if unknown:
             raise InputError("unknown option for the onnxruntime backend", expected=sorted(allowed), found=unknown)
         return OnnxRuntimeRunner(path, contract=contract, max_batch=batch_size, **options)
-    from changenet_trt.runtime.tensorrt import TensorRTRunner
 
     allowed = {"cuda_graph", "spin_wait", "zero_copy", "data_transfers", "device", "lean_library"}
     unknown = sorted(set(options) - allowed)

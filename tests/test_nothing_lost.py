@@ -380,7 +380,7 @@ def test_every_json_report_is_checked_first_and_written_by_one_writer(tmp_path, 
 
     written = []
     original = files_module.write_json_report
-    monkeypatch.setattr(files_module, "write_json_report", lambda *a, **k: written.append(1) or original(*a, **k))
+    monkeypatch.setattr(doctor, "write_json_report", lambda *a, **k: written.append(1) or original(*a, **k))
     path = doctor.write_json(doctor.DoctorReport([("python", "3")], []), str(tmp_path / "new" / "doctor.json"))
     assert open(path).read().startswith("{") and written == [1]
     assert sorted(os.listdir(str(tmp_path / "new"))) == ["doctor.json"]  # written whole, no temporary left

@@ -14,9 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
+from changenet_trt.contract import read_contract
 from changenet_trt.data.pairs import SourceFactory
-from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR, FP16_MAX, FP16_MIN_SUBNORMAL
+from changenet_trt.data.preprocess import get_normalization
+from changenet_trt.engine.fp16_check import (
+    DEFAULT_MAX_REL_ERROR,
+    FP16_MAX,
+    FP16_MIN_SUBNORMAL,
+    check_model,
+    source_batches,
+)
 from changenet_trt.engine.precision import (
     FLOAT,
     FLOAT16,
@@ -36,6 +46,7 @@ from changenet_trt.engine.precision import (
     value_dependent,
 )
 from changenet_trt.errors import BuildError
+from changenet_trt.files import atomic_write, check_output_file
 
 #: batch of the range check (fp16-check) when the model's batch is dynamic
 PROOF_BATCH = 16
@@ -54,8 +65,6 @@ WEIGHT_LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
 
 def _elem_types(proto: Any) -> Dict[str, int]:
     """tensor name -> ONNX element type, as far as shape inference (non-strict) knows it."""
-    import onnx
-
     try:
         inferred = onnx.shape_inference.infer_shapes(proto).graph
     except Exception:  # best effort: unknown types are caught by check_typed afterwards
@@ -78,8 +87,6 @@ def _half_slots(node: Any, opset: int) -> Tuple[List[Optional[bool]], List[Optio
     None when the schema does not allow float16 where it allows float (the node then stays
     float32). Read from the op schema at the model's opset, as ModelOpt's AutoCast finds the
     ops it cannot lower."""
-    import onnx
-
     schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
     allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
 
@@ -203,9 +210,6 @@ def convert_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Any:
     then ``<output>/fp16`` before the Cast back. ``value_info`` is kept for the tensors that
     remain, with their new types. No proof: see :func:`to_fp16`.
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     name_nodes(model)
@@ -344,9 +348,6 @@ def emulate_fp16(typed: Any) -> Any:
     graph are kept, so this model shows what float16 storage does (TensorRT keeps float16
     activations between its layers).
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
     types = float_types(typed)
     model = onnx.ModelProto()
     model.CopyFrom(typed)
@@ -420,12 +421,6 @@ def to_fp16(
     more keys for the metadata :func:`~changenet_trt.engine.precision.read_made` returns (the build records the inputs it caches
     the model by).
     """
-    import onnx
-
-    from changenet_trt.contract import read_contract
-    from changenet_trt.engine.fp16_check import check_model, source_batches
-    from changenet_trt.files import atomic_write, check_output_file
-
     source = os.fspath(model_path)
     output = check_output_file(out_path, "float16 model", inputs=[source])
     overrides = {k: v for k, v in (contract_overrides or {}).items() if v is not None}
@@ -436,8 +431,6 @@ def to_fp16(
     user_nodes = match_nodes(name_nodes(load_model(source)), list(fp32_nodes))
     flagged: Dict[str, List[str]] = {}
     if check_ranges:
-        from changenet_trt.data.preprocess import get_normalization
-
         pairs = (analysis_source or make_source)(contract, get_normalization(normalization))
         try:
             report = check_model(source, source_batches(pairs, contract.static_batch or PROOF_BATCH,

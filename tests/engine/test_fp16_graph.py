@@ -289,12 +289,12 @@ def test_every_tao_like_export_converts_to_a_strictly_typed_float16_graph(tao_li
 
 
 def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models, tmp_path, monkeypatch):
-    from changenet_trt import api
+    from changenet_trt.evaluation import validate as validation
 
     out = str(tmp_path / "fp16.onnx")
     loaded = []
-    real_load = api.load
-    monkeypatch.setattr(api, "load", lambda model, *a, **k: loaded.append(str(model)) or real_load(model, *a, **k))
+    real_load = validation.load
+    monkeypatch.setattr(validation, "load", lambda model, *a, **k: loaded.append(str(model)) or real_load(model, *a, **k))
     report = fp16.to_fp16(tao_like_models["learnable_dynamic"], out, make_source=_synthetic(6), progress=False)
     # the float32 original runs once for both proofs (float16 storage emulated, and the file itself)
     assert loaded.count(str(tao_like_models["learnable_dynamic"])) == 1 and len(loaded) == 3, loaded
