@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-changenet-trt
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-tritonserver
 
-# TAO Deploy as an oracle (tests/test_tao_deploy.py): nvidia-tao-deploy 7.3.0 in its own venv and
+# TAO Deploy as an oracle (tests/tao_deploy/test_tao_deploy.py): nvidia-tao-deploy 7.3.0 in its own venv and
 # 7.1.0 (the old metric definitions) under $(TAO_VENV)/tao-deploy-7.1.0, both --no-deps: only the
 # packages its Visual ChangeNet-Classification loader, inferencer and evaluate/inference scripts
 # import. TensorRT, pycuda and nvidia-tao-core are replaced by tests/tao_deploy/stand_ins (ONNX
@@ -93,7 +93,7 @@ tao-deploy-venv: $(TAO_STAMP)
 
 # fails (not skips) when the TAO Deploy venv could not be made
 test-tao-deploy: $(STAMP) $(TAO_STAMP)
-	CHANGENET_REQUIRE_TAO_DEPLOY=1 $(BIN)/python -m pytest -q -m tao_deploy tests/test_tao_deploy.py
+	CHANGENET_REQUIRE_TAO_DEPLOY=1 $(BIN)/python -m pytest -q -m tao_deploy tests/tao_deploy/test_tao_deploy.py
 
 triton-demo: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m changenet_trt.tools.triton_demo

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from changenet_trt.data.pairs import FillFn
 from changenet_trt.data.preprocess import Normalization, get_normalization, prepare_batch
 from changenet_trt.errors import EngineError, InputError, ModelContractError
 from changenet_trt.runtime.base import Runner, check_batch_size
+from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
+from changenet_trt.runtime.tensorrt import TensorRTRunner
+from changenet_trt.runtime.triton import TritonRunner, is_triton_url
 
 _log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
@@ -77,8 +80,6 @@ class Prediction:
 
 def backend_for(path: str, backend: str = "auto") -> str:
     """Which backend runs ``path``: by explicit choice, else by URL scheme or file suffix."""
-    from changenet_trt.runtime.triton import is_triton_url
-
     if backend not in BACKENDS:
         raise InputError("unknown backend", expected=" or ".join(BACKENDS), found=repr(backend))
     if backend != "auto":
@@ -99,19 +100,13 @@ def backend_for(path: str, backend: str = "auto") -> str:
     )
 
 
+#: the runner class of each backend :func:`backend_for` names
+RUNNERS: Dict[str, Type[Runner]] = {"onnxruntime": OnnxRuntimeRunner, "tensorrt": TensorRTRunner, "triton": TritonRunner}
+
+
 def runner_class(backend: str) -> Type[Runner]:
-    """The runner class of a backend named by :func:`backend_for` (imported only when asked for)."""
-    if backend == "triton":
-        from changenet_trt.runtime.triton import TritonRunner
-
-        return TritonRunner
-    if backend == "onnxruntime":
-        from changenet_trt.runtime.onnxruntime import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner
-    from changenet_trt.runtime.tensorrt import TensorRTRunner
-
-    return TensorRTRunner
+    """The runner class of a backend named by :func:`backend_for`."""
+    return RUNNERS[backend]
 
 
 def make_runner(

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
+import onnx
+from onnx import TensorProto
 
 from changenet_trt.errors import InputError, ModelContractError
 
@@ -108,8 +110,6 @@ class ModelContract:
 
 
 def _dtype_from_onnx(elem_type: int) -> str:
-    import onnx
-
     try:
         return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)))
     except Exception:  # unknown / undefined element type
@@ -126,8 +126,6 @@ def _tensor_info(value_info: Any) -> TensorInfo:
 
 def load_onnx(model: Union[str, "os.PathLike[str]", Any]) -> Any:
     """Load an ONNX ModelProto from a path (or pass one through), with a clear error."""
-    import onnx
-
     if isinstance(model, onnx.ModelProto):
         return model
     path = os.fspath(model)
@@ -158,8 +156,6 @@ def check_external_data(proto: Any, path: str) -> None:
     both would otherwise fail later with their own tracebacks (or, for a claimed 4 GiB, try to
     read it). Checked on the graph's initializers and Constant nodes, without reading the data.
     """
-    from onnx import TensorProto
-
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     tensors = list(proto.graph.initializer) + [
         attribute.t for node in proto.graph.node if node.op_type == "Constant"

@@ -6,6 +6,7 @@ keeps its traceback.
 """
 
 import errno
+import importlib
 import os
 from typing import Any, Optional
 
@@ -89,9 +90,6 @@ INSTALL_HINTS = {
     "tritonclient": "pip install 'changenet-trt[triton]' (Python >= 3.9)",
     "tensorrt_lean": "pip install 'changenet-trt[lean]' (x86-64 Linux; on a Jetson it comes with JetPack)",
     "tensorrt_dispatch": "pip install 'changenet-trt[lean]' (x86-64 Linux; on a Jetson it comes with JetPack)",
-    "onnxruntime": "a core dependency of changenet-trt: pip install onnxruntime (or reinstall changenet-trt)",
-    "onnxconverter_common": "a core dependency of changenet-trt: pip install onnxconverter-common "
-                            "(or reinstall changenet-trt)",
     "polygraphy": "pip install 'changenet-trt[bench]'",
 }
 
@@ -102,3 +100,20 @@ def missing_dependency(module: str, feature: str) -> DependencyError:
     top = module.split(".")[0]
     hint = INSTALL_HINTS.get(top, "pip install {}".format(top.replace("_", "-")))
     return DependencyError("{} needs the Python module '{}', which is not installed ({})".format(feature, module, hint))
+
+
+def optional_import(module: str, feature: str) -> Any:
+    """The optional module ``module`` (TensorRT and its lean and dispatch runtimes, pycuda,
+    tritonclient: what a CPU-only install lacks), imported when ``feature`` needs it, or the
+    :class:`DependencyError` of :func:`missing_dependency` (the feature, the package to install
+    and how). The package reaches those modules only through here (tests/test_imports.py
+    checks it), so every module imports where they are absent.
+
+    Nothing is cached here: ``sys.modules`` is read on each call, so the module installed there at
+    the time (a test double included) is the one returned. A module that is installed but fails
+    to import for another reason keeps its own exception: that is a broken install, not a
+    missing one."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing_dependency(module.split(".")[0], feature) from None

@@ -54,8 +54,8 @@ fi
 
 status=0
 GPU_CHECK_REPORT="$OUT/pipeline.json" "$BIN/python" -m pytest -m gpu -rs -v -s -p no:cacheprovider \
-    tests/test_gpu_cuda.py tests/test_gpu.py 2>&1 | tee "$OUT/pytest-gpu.txt" || status=1
-if grep -q "SKIPPED.*test_gpu_cuda.py" "$OUT/pytest-gpu.txt"; then
+    tests/gpu/test_real_cuda.py tests/gpu/test_real_tensorrt.py 2>&1 | tee "$OUT/pytest-gpu.txt" || status=1
+if grep -q "SKIPPED.*test_real_cuda.py" "$OUT/pytest-gpu.txt"; then
     echo "error: the CUDA tier did not run (reason above)" >&2
     status=1
 fi

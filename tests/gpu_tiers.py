@@ -1,7 +1,7 @@
 """Why each ``pytest -m gpu`` tier cannot run on this machine (``None`` when it can).
 
-* CUDA tier (tests/test_gpu_cuda.py): the real pycuda and any NVIDIA GPU; TensorRT not needed.
-* TensorRT tier (tests/test_gpu.py): the same plus the real ``tensorrt`` module.
+* CUDA tier (tests/gpu/test_real_cuda.py): the real pycuda and any NVIDIA GPU; TensorRT not needed.
+* TensorRT tier (tests/gpu/test_real_tensorrt.py): the same plus the real ``tensorrt`` module.
 
 The reasons are worked out without side effects: the CUDA driver is asked through ctypes
 (``changenet_trt.gpu.cuda.driver_problem``) before pycuda initialises it, and the test doubles in

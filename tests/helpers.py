@@ -1,6 +1,13 @@
 """Small helpers shared by the foundation tests (no fixtures: plain functions)."""
 
+import os
+
+import cv2
 import numpy as np
+
+# Test modules sit one folder below tests/ (grouped like the package): paths start from here.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
 
 
 def normalized(images, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
@@ -58,6 +65,20 @@ def build_options(model, **kw):
     kw.setdefault("proof_pairs", 8)
     kw.setdefault("engines_dir", "engines")
     return BuildOptions(model=model, **kw)
+
+
+def write_set(root, rows):
+    """A one-light data set; ``rows``: (name, label, golden value, sample value)."""
+    lines = ["input_path,golden_path,label,object_name"]
+    for name, label, gv, sv in rows:
+        for folder, value in (("golden", gv), ("sample", sv)):
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            cv2.imwrite(os.path.join(root, folder, name + ".png"), np.full((16, 16, 3), value, np.uint8))
+        lines.append("sample,golden,{},{}".format(label, name))
+    csv_path = os.path.join(root, "data.csv")
+    with open(csv_path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return csv_path
 
 
 # TAO's shipped Visual ChangeNet-Classification spec, value for value: tao_pytorch_backend

@@ -6,13 +6,15 @@ Each test here was written against a case that lost a user's file or ended in a 
 import os
 
 import pytest
-from test_reliability import write_set
 
 from changenet_trt import files
 from changenet_trt.cli import main
 from changenet_trt.data.dataset import LightLayout
 from changenet_trt.errors import InputError
 from changenet_trt.evaluation.evaluate import evaluate
+
+from fakes.engine_files import opaque_engine
+from helpers import write_set
 
 SINGLE = LightLayout(lights=(), ext=".png")
 
@@ -207,9 +209,7 @@ def test_decode_threads_are_bounded_and_reported_as_run(small_set):
 
 # -- cases 4, 5, 8: triton-repo names, tampered sidecars, folder modes ----------------------------
 def triton_engine(tmp_path):
-    from test_triton import fake_engine
-
-    return fake_engine(tmp_path)
+    return opaque_engine(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["x" * 300, "my model", "modèle", "x#y", "a?b", "a%20b", ".hidden", "-opt", "a/b",
@@ -380,7 +380,7 @@ def test_every_json_report_is_checked_first_and_written_by_one_writer(tmp_path, 
 
     written = []
     original = files_module.write_json_report
-    monkeypatch.setattr(files_module, "write_json_report", lambda *a, **k: written.append(1) or original(*a, **k))
+    monkeypatch.setattr(doctor, "write_json_report", lambda *a, **k: written.append(1) or original(*a, **k))
     path = doctor.write_json(doctor.DoctorReport([("python", "3")], []), str(tmp_path / "new" / "doctor.json"))
     assert open(path).read().startswith("{") and written == [1]
     assert sorted(os.listdir(str(tmp_path / "new"))) == ["doctor.json"]  # written whole, no temporary left

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_tensorrt_runner import write_engine
 
 import changenet_trt
 from changenet_trt import files
@@ -19,7 +18,8 @@ from changenet_trt.evaluation import evaluate as evaluate_module
 from changenet_trt.evaluation.evaluate import evaluate
 from changenet_trt.tools.demo import make_pairs
 
-from helpers import normalized, run_in_threads
+from fakes.engine_files import write_engine
+from helpers import normalized, run_in_threads, write_set
 
 THREADS = 8
 CALLS = 4
@@ -182,22 +182,6 @@ def test_nan_scores_are_invalid_never_pass(tmp_path):
     assert res.decisions == ["invalid", "defect", "pass", "invalid", "pass"]
     assert res.defects.tolist() == [True, True, False, True, False]
     assert clf.decide(np.array([np.nan, np.inf, 0.0])).tolist() == [True, True, False]
-
-
-def write_set(root, rows):
-    """A one-light data set; ``rows``: (name, label, golden value, sample value)."""
-    import cv2
-
-    lines = ["input_path,golden_path,label,object_name"]
-    for name, label, gv, sv in rows:
-        for folder, value in (("golden", gv), ("sample", sv)):
-            os.makedirs(os.path.join(root, folder), exist_ok=True)
-            cv2.imwrite(os.path.join(root, folder, name + ".png"), np.full((16, 16, 3), value, np.uint8))
-        lines.append("sample,golden,{},{}".format(label, name))
-    csv_path = os.path.join(root, "data.csv")
-    with open(csv_path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    return csv_path
 
 
 def test_infer_and_eval_report_nan_pairs(tmp_path, capsys):

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from changenet_trt import __version__
 from changenet_trt.cli.commands import all_commands
+from changenet_trt.cli.spec import apply_spec, find_spec
 from changenet_trt.errors import WRITE_ERRNOS, ChangeNetError, output_error
 
 __all__ = ["build_parser", "main"]
@@ -51,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _apply_spec(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Any:
     """With ``--spec`` after a command that takes it: its keys become that command's defaults (a SpecUse)."""
-    from changenet_trt.cli.spec import apply_spec, find_spec
-
     name = next((token for token in argv if not token.startswith("-")), None)
     command = parser.commands.get(name)
     if command is None or "--spec" not in command.parser._option_string_actions:

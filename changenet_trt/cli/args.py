@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from changenet_trt.api import BACKENDS
-from changenet_trt.contract import CONTRACT_NAME_KEYS, ContractNames
-from changenet_trt.data.pairs import SourceFactory
+from changenet_trt.contract import CONTRACT_NAME_KEYS, ContractNames, ModelContract
+from changenet_trt.data.dataset import TAO_LIGHTS, LightLayout, parse_grid, parse_lights
+from changenet_trt.data.pairs import PairSource, SourceFactory, dataset_source, synthetic_source
+from changenet_trt.data.preprocess import Normalization, parse_normalization
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import InputError
 from changenet_trt.files import check_output_file
@@ -126,8 +128,6 @@ class NormalizationArgs:
     def parse(self, args: argparse.Namespace) -> Optional[str]:
         """``None`` (the model's, else tao) or the checked text, which every library entry
         point takes (``get_normalization`` reads presets and custom values alike)."""
-        from changenet_trt.data.preprocess import parse_normalization
-
         if args.normalization is None:
             return None
         parse_normalization(args.normalization)  # raises InputError: one line, exit 2
@@ -211,7 +211,7 @@ class DataSetOptions:
 
     csv: Optional[str]
     images: Optional[str]
-    layout: Any  # LightLayout
+    layout: LightLayout
     workers: Optional[int] = None
     strict: bool = False
 
@@ -261,8 +261,6 @@ class DataSetArgs:
         return flag.lstrip("-").replace("-", "_")
 
     def parse(self, args: argparse.Namespace) -> DataSetOptions:
-        from changenet_trt.data.dataset import TAO_LIGHTS, LightLayout, parse_grid, parse_lights
-
         csv = images = None
         if self.csv is not None:
             csv, images = getattr(args, self._dest(self.csv)), getattr(args, self._dest(self.images))
@@ -294,8 +292,6 @@ class PairSourceArgs:
         group.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs (default: 0)")
 
     def parse(self, args: argparse.Namespace) -> SourceFactory:
-        from changenet_trt.data.pairs import dataset_source, synthetic_source
-
         data = self.data_set.parse(args)
         if data.csv and args.pairs and getattr(args, "_spec_defaults", {}).get("csv") == data.csv:
             data.csv = data.images = None  # --pairs on the command line wins over a spec's test data set
@@ -304,7 +300,7 @@ class PairSourceArgs:
         pairs = args.pairs or self.default_pairs
         seed = args.seed
 
-        def make(contract: Any, normalization: Any) -> Any:
+        def make(contract: ModelContract, normalization: Normalization) -> PairSource:
             if data.csv:
                 return dataset_source(data.csv, data.images, contract.input_shape, normalization, layout=data.layout,
                                       strict=data.strict,

@@ -19,6 +19,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from changenet_trt.data.preprocess import PRESETS
 from changenet_trt.errors import InputError
 
 #: a converter: (value, the whole spec's getter) -> the flag's value
@@ -122,7 +126,6 @@ def _normalization(value: Any, get: Callable[[str], Any]) -> Optional[str]:
     if len(mean) != 3 or len(std) != 3:
         raise InputError("rgb_input_mean/rgb_input_std must hold 3 numbers each (R, G, B)",
                          found="{} / {}".format(mean, std))
-    from changenet_trt.data.preprocess import PRESETS
 
     for name, preset in PRESETS.items():
         if tuple(preset.mean) == tuple(mean) and tuple(preset.std) == tuple(std):
@@ -245,10 +248,6 @@ def takes_spec(command: str, dests: Sequence[str]) -> bool:
 
 def load_spec(path: str) -> Any:
     """The spec as an OmegaConf DictConfig (interpolations resolved when read)."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # a dependency of the package: a broken install
-        raise InputError("--spec needs the omegaconf package", expected="pip install omegaconf") from None
     if os.path.isdir(path) or not os.path.isfile(path):
         raise InputError("spec file not found: {}".format(path), expected="TAO's experiment spec YAML")
     try:
@@ -263,8 +262,6 @@ def load_spec(path: str) -> Any:
 
 def _leaves(config: Any) -> List[str]:
     """Every leaf key of the spec, dotted, in the spec's order (a dict leaf: one key)."""
-    from omegaconf import OmegaConf
-
     out = []  # type: List[str]
 
     def walk(node: Any, prefix: str) -> None:
@@ -356,9 +353,6 @@ def apply_spec(parser: argparse.ArgumentParser, command: str, path: str) -> Spec
     a task other than ``classify``, several golden images (``num_golden`` > 1) or a value that
     cannot mean what TAO means by it.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     config = load_spec(path)
 
     def get(key: str) -> Any:
@@ -426,8 +420,6 @@ def apply_spec(parser: argparse.ArgumentParser, command: str, path: str) -> Spec
 
 
 def _is_missing(config: Any, key: str) -> bool:
-    from omegaconf import OmegaConf
-
     return OmegaConf.is_missing(config, key) if "." not in key else OmegaConf.is_missing(
         OmegaConf.select(config, key.rsplit(".", 1)[0]), key.rsplit(".", 1)[1])
 

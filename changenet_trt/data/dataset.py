@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+import cv2
 import numpy as np
 
 from changenet_trt.data.preprocess import (
@@ -522,7 +523,6 @@ class PairLoader:
         self.on_problem = on_problem
         self.failed = {}  # type: Dict[int, RowProblem]
         self._lock = threading.Lock()
-        import cv2
 
         self._opencv_error = cv2.error
         self.workers = bounded_workers(workers)  # what is reported is what runs

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 
 from changenet_trt.errors import InputError
@@ -161,8 +162,6 @@ class _QuietOpenCV:
 
     @staticmethod
     def _logging() -> Any:
-        import cv2
-
         return getattr(getattr(cv2, "utils", None), "logging", None)
 
     def __enter__(self) -> None:
@@ -197,8 +196,6 @@ def decode_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
     for these faults (libjpeg still prints its own warnings about corrupt data inside a whole
     JPEG, which it decodes anyway).
     """
-    import cv2
-
     path = os.fspath(path)
     if os.path.isdir(path):
         raise InputError("image path is a folder, not an image file: {}".format(path),
@@ -269,8 +266,6 @@ def to_rgb8(image: np.ndarray, bgr: bool = False, source: str = "image") -> np.n
     ``bgr`` says the channels are in OpenCV's order. 16-bit images are scaled to 8 bits;
     grayscale is replicated to 3 channels; alpha is dropped.
     """
-    import cv2
-
     image = to_8bit(image, source)
     _check_layout(image, source)
     if image.ndim == 2 or image.shape[2] == 1:
@@ -351,8 +346,6 @@ def write_normalized(
     ``normalization`` is then the graph's business. A resized image is rounded back to
     uint8 there, so only images already at the tile size match the float path bit for bit.
     """
-    import cv2
-
     norm = get_normalization(normalization)
     if dst.ndim != 3 or dst.shape[0] != 3:
         raise InputError("destination must be [3,H,W]", found=list(dst.shape))

@@ -26,12 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from changenet_trt.data.dataset import TAO_LIGHTS
 from changenet_trt.data.preprocess import default_workers, wait_all
 from changenet_trt.errors import InputError
+from changenet_trt.files import check_output_dir
 
 COMPONENTS = ("resistor", "capacitor", "diode", "ic")
 DESIGNATORS = {"resistor": "R", "capacitor": "C", "diode": "D", "ic": "U"}
@@ -143,8 +145,6 @@ class Canvas:
 
     def fill(self, points: np.ndarray, albedo: Sequence[float], height: Optional[float], shine: float,
              add_height: bool = False) -> None:
-        import cv2
-
         pts = points.reshape(-1, 1, 2)
         cv2.fillPoly(self.albedo, [pts], tuple(float(v) for v in albedo), cv2.LINE_8, SUPERSAMPLE)
         if height is not None:
@@ -157,8 +157,6 @@ class Canvas:
         cv2.fillPoly(self.shine, [pts], float(shine), cv2.LINE_8, SUPERSAMPLE)
 
     def line(self, points: np.ndarray, thickness: int, albedo: Sequence[float], height: float, shine: float) -> None:
-        import cv2
-
         pts = points.reshape(-1, 1, 2)
         cv2.polylines(self.albedo, [pts], False, tuple(float(v) for v in albedo), thickness, cv2.LINE_8, SUPERSAMPLE)
         cv2.polylines(self.height, [pts], False, float(height), thickness, cv2.LINE_8, SUPERSAMPLE)
@@ -166,8 +164,6 @@ class Canvas:
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: float, amplitude: float) -> np.ndarray:
-    import cv2
-
     small = max(2, int(size / scale))
     noise = rng.normal(0.0, 1.0, (small, small)).astype(np.float32)
     return cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC) * amplitude
@@ -343,8 +339,6 @@ def _draw_defect(canvas: Canvas, part: Part, label: str, rng: np.random.Generato
 # -- lights and camera -------------------------------------------------------------------------
 def render_lights(canvas: Canvas, lights: Sequence[str]) -> List[np.ndarray]:
     """Float32 RGB ``[S,S,3]`` images in [0, ~1] of ``canvas`` under each named light."""
-    import cv2
-
     height = cv2.GaussianBlur(canvas.height, (0, 0), 1.2)
     gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3) / 8.0
@@ -393,8 +387,6 @@ class Camera:
 
     def capture(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Float RGB -> uint8 RGB through the camera."""
-        import cv2
-
         size = image.shape[0]
         matrix = cv2.getRotationMatrix2D((size / 2, size / 2), self.rotation, 1.0)
         matrix[:, 2] += (self.dx, self.dy)
@@ -452,8 +444,6 @@ class SynthResult:
 
 
 def _write(path: str, rgb: np.ndarray, params: List[int]) -> None:
-    import cv2
-
     if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
         raise InputError("cannot write image {}".format(path), expected="a writable folder and a known extension")
 
@@ -479,8 +469,6 @@ def synthesize(
     ``on_pair(done)`` reports the pairs written so far; ``progress`` shows a bar on stderr when
     stderr is a terminal.
     """
-    from changenet_trt.files import check_output_dir
-
     check_output_dir(out_dir, what="synth output folder")
     if size < 32:
         raise InputError("image size too small", expected=">= 32", found=size)
@@ -495,7 +483,6 @@ def synthesize(
     for board in boards:
         for role in ("golden", "inspect"):
             os.makedirs(os.path.join(images_root, role, "board_{:03d}".format(board)), exist_ok=True)
-    import cv2
 
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext.lower() in (".jpg", ".jpeg") else []
     light_names = list(lights) or ["UniformLight"]

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+from onnx import TypeProto, helper
+from onnx.reference import ReferenceEvaluator
 
 from changenet_trt.engine.onnx_graph import constant_arrays, node_attr, static_shapes
 from changenet_trt.errors import BuildError
@@ -101,8 +103,6 @@ class BatchAnalysis:
 
 def _empty_type() -> Any:
     """An empty TypeProto: an output whose type the evaluator finds out."""
-    from onnx import TypeProto
-
     return TypeProto()
 
 
@@ -174,9 +174,6 @@ class _Analyser:
             return
         if any(self.size_of(out) is None or self.size_of(out) > MAX_VALUE_ELEMENTS for out in node.output):
             return
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
         feeds = {name: self.values[name] for name in node.input if name}
         # a one-node model, so that the node runs in the graph's opset (Unsqueeze's axes: 12 vs 13)
         graph = helper.make_graph(

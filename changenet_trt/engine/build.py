@@ -35,11 +35,34 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from changenet_trt import __version__
 from changenet_trt.contract import ModelContract, read_contract
+from changenet_trt.data.preprocess import get_normalization
+from changenet_trt.engine.calibration import (
+    check_cache,
+    dataset_batches,
+    make_calibrator,
+    preprocess_description,
+)
 from changenet_trt.engine.options import BuildOptions, match_layers
 from changenet_trt.engine.plan import BuildPlan, make_plan
+from changenet_trt.engine.precision import graph_precision, read_made
+from changenet_trt.engine.prepare import prepare_model
+from changenet_trt.engine.typed import TypedPairs, make_typed_model
 from changenet_trt.errors import BuildError, ChangeNetError, InputError
 from changenet_trt.files import atomic_write, check_output_file, file_sha256
 from changenet_trt.gpu.cuda import GpuInfo
+from changenet_trt.gpu.trt import (
+    call,
+    create_builder,
+    create_runtime,
+    import_tensorrt,
+    io_tensors,
+    load_lean_runtime,
+    make_logger,
+    network_flags,
+    profile_shapes,
+    subclass,
+    version,
+)
 from changenet_trt.sidecar import EngineMetadata, sidecar_path, write_sidecar
 
 log = logging.getLogger("changenet_trt.engine.build")
@@ -137,8 +160,6 @@ def _monitor_class(trt: Any) -> type:
 
 def _progress_monitor(trt: Any, progress: BuildProgress) -> Any:
     """A ``trt.IProgressMonitor`` (TensorRT 10+) that feeds ``progress``."""
-    from changenet_trt.gpu.trt import subclass
-
     return subclass(trt, _monitor_class)(progress)
 
 
@@ -180,8 +201,6 @@ class TypedModel:
 def _make_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]], progress: BuildProgress) -> Any:
     """Write ``plan.typed_onnx`` from the prepared float32 model, as ``prepare`` does
     (:func:`~changenet_trt.engine.typed.make_typed_model`); returns its TypedResult."""
-    from changenet_trt.engine.typed import TypedPairs, make_typed_model
-
     opts = plan.options
     names = opts.names
     inputs = dict(plan.typed_inputs or {})
@@ -211,9 +230,6 @@ def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] 
     ``calibration_batches``: (golden, sample) preprocessed arrays to calibrate the INT8 model
     from instead of ``--calib-csv`` (the API path; the model is then always remade).
     """
-    from changenet_trt.engine.precision import graph_precision, read_made
-    from changenet_trt.engine.prepare import prepare_model
-
     opts = plan.options
     prepare_report = None
     if plan.rewrite_batch is not None:
@@ -246,8 +262,6 @@ def prepare_typed(plan: BuildPlan, calibration_batches: Optional[Iterator[Any]] 
 def _parse_network(trt: Any, logger: Any, builder: Any, plan: BuildPlan) -> Any:
     """The network of the typed model: strongly typed from TensorRT 10 (its precision is the
     ONNX types), weakly typed on 8.x and for the legacy calibrator."""
-    from changenet_trt.gpu.trt import network_flags
-
     flags = network_flags(trt)
     if plan.strongly_typed:
         creation = trt.NetworkDefinitionCreationFlag
@@ -403,13 +417,6 @@ class _Calibration:
 def _calibrate(trt: Any, builder: Any, config: Any, plan: BuildPlan, contract: ModelContract,
                calibration_batches: Optional[Iterator[Any]], progress: BuildProgress) -> _Calibration:
     """The legacy path (TensorRT 8.5-10.x): attach an entropy calibrator fed by real pairs, or by a matching cache."""
-    from changenet_trt.engine.calibration import (
-        check_cache,
-        dataset_batches,
-        make_calibrator,
-        preprocess_description,
-    )
-
     if not plan.legacy_calibrator:
         return _Calibration()
     opts = plan.options
@@ -488,15 +495,6 @@ def _serialize(trt: Any, builder: Any, network: Any, config: Any, logger: Any, c
 # -- step 5: write ----------------------------------------------------------------------------------------
 def _engine_io(trt: Any, logger: Any, data: bytes, plan: BuildPlan) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Deserialize what was just built (so a bad engine never gets written); its I/O tensors and profile."""
-    from changenet_trt.gpu.trt import (
-        call,
-        create_runtime,
-        io_tensors,
-        load_lean_runtime,
-        profile_shapes,
-        version,
-    )
-
     # a version-compatible plan may embed the lean runtime (host code); these bytes are our own
     runtime = create_runtime(trt, "checking the built engine", allow_host_code="VERSION_COMPATIBLE" in plan.flags)
     if "EXCLUDE_LEAN_RUNTIME" in plan.flags:  # no lean runtime inside: TensorRT needs this release's loaded
@@ -512,8 +510,6 @@ def _engine_io(trt: Any, logger: Any, data: bytes, plan: BuildPlan) -> Tuple[Lis
 def _metadata(plan: BuildPlan, contract: ModelContract, configured: Configured, calibration: Dict[str, Any],
               tensors: List[Dict[str, Any]], shapes: Dict[str, Any], seconds: float,
               typed: TypedModel) -> EngineMetadata:
-    from changenet_trt.data.preprocess import get_normalization
-
     opts = plan.options
     norm = get_normalization(plan.preprocess)
     return EngineMetadata(
@@ -602,8 +598,6 @@ def build_engine_file(options: Optional[BuildOptions] = None, plan: Optional[Bui
     with an untested one), BuildError when TensorRT refuses or the plan was made for another
     TensorRT, InputError for bad options.
     """
-    from changenet_trt.gpu.trt import create_builder, import_tensorrt, make_logger, version
-
     trt = import_tensorrt("building a TensorRT engine")
     trt_version = str(version(trt))
     if plan is None:

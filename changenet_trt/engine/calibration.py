@@ -19,9 +19,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from changenet_trt.data.dataset import PairLoader, load_dataset
+from changenet_trt.data.preprocess import PRESETS, get_normalization
 from changenet_trt.defaults import CALIBRATION_DIR
 from changenet_trt.errors import BuildError, InputError
 from changenet_trt.files import PathLike, atomic_write
+from changenet_trt.gpu.cuda import primary_context
+from changenet_trt.gpu.trt import subclass
 
 HEADER_SUFFIX = ".json"
 DEFAULT_CALIB_BATCHES = 32
@@ -41,8 +45,6 @@ def default_cache_path(onnx_path: PathLike, onnx_sha256: str, directory: str = C
 
 def preprocess_description(preset: Optional[str], layout: Any = None) -> Dict[str, Any]:
     """What "the same preprocessing" means for a cache: normalisation values and light layout."""
-    from changenet_trt.data.preprocess import PRESETS, get_normalization
-
     norm = get_normalization(preset)
     name = preset if isinstance(preset, str) else next((k for k, v in PRESETS.items() if v == norm), "custom")
     desc: Dict[str, Any] = {"preset": name or "tao", "mean": list(norm.mean), "std": list(norm.std)}
@@ -142,8 +144,6 @@ def dataset_batches(
     as inference uses. Only full batches are used; PASS and defect pairs are taken in CSV
     order (calibration needs the activation ranges of both).
     """
-    from changenet_trt.data.dataset import PairLoader, load_dataset
-
     data = load_dataset(csv_path, images_dir=images_dir, layout=layout)
     count = len(data.pairs) // batch_size
     if max_batches is not None:
@@ -191,12 +191,8 @@ def make_calibrator(
     exception raised while producing a batch (TensorRT itself only prints those).
     ``on_batch(batches_fed)`` is called after each batch handed to TensorRT (for progress).
     """
-    from changenet_trt.gpu.trt import subclass
-
     cls = subclass(trt, _calibrator_class)
     if context is None:
-        from changenet_trt.gpu.cuda import primary_context
-
         context = primary_context()
     return cls(batches, golden_input, sample_input, tuple(int(d) for d in batch_shape), os.fspath(cache_path),
                cache_header, use_cache, np.dtype(dtype), context, on_batch)

@@ -14,6 +14,8 @@ node. The caller then proves the result with ONNX Runtime (:mod:`.prepare`).
 from typing import Any, Dict, List, Sequence, Set, Tuple
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.engine.batch_analysis import analyse
 from changenet_trt.engine.onnx_graph import node_attr
@@ -29,9 +31,6 @@ def make_dynamic_batch(model: Any, batch: int, image_inputs: Sequence[str],
 
     The I/O dimensions are left to the caller (:func:`changenet_trt.engine.prepare.make_dynamic`).
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     found = analyse(model, batch, image_inputs, outputs)
     out = onnx.ModelProto()
     out.CopyFrom(model)

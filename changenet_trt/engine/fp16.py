@@ -14,10 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
-from changenet_trt.contract import ContractNames
+from changenet_trt.contract import ContractNames, read_contract
 from changenet_trt.data.pairs import SourceFactory
-from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR, FP16_MAX, FP16_MIN_SUBNORMAL
+from changenet_trt.data.preprocess import get_normalization
+from changenet_trt.engine.fp16_check import (
+    DEFAULT_MAX_REL_ERROR,
+    FP16_MAX,
+    FP16_MIN_SUBNORMAL,
+    check_model,
+    source_batches,
+)
 from changenet_trt.engine.precision import (
     FLOAT,
     FLOAT16,
@@ -37,6 +46,7 @@ from changenet_trt.engine.precision import (
     value_dependent,
 )
 from changenet_trt.errors import BuildError
+from changenet_trt.files import atomic_write, check_output_file
 
 #: batch of the range check (fp16-check) when the model's batch is dynamic
 PROOF_BATCH = 16
@@ -48,12 +58,13 @@ PROOF_BATCH = 16
 _FLOAT32_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                 "Multinomial", "EyeLike", "Upsample", "NonMaxSuppression", "Celu")
 _HALF_TYPE = "tensor(float16)"
+#: ops that only move a weight's elements about (exact in float16): a weight read through them
+#: follows their readers' type
+WEIGHT_LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 def _elem_types(proto: Any) -> Dict[str, int]:
     """tensor name -> ONNX element type, as far as shape inference (non-strict) knows it."""
-    import onnx
-
     try:
         inferred = onnx.shape_inference.infer_shapes(proto).graph
     except Exception:  # best effort: unknown types are caught by check_typed afterwards
@@ -76,8 +87,6 @@ def _half_slots(node: Any, opset: int) -> Tuple[List[Optional[bool]], List[Optio
     None when the schema does not allow float16 where it allows float (the node then stays
     float32). Read from the op schema at the model's opset, as ModelOpt's AutoCast finds the
     ops it cannot lower."""
-    import onnx
-
     schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
     allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
 
@@ -161,22 +170,30 @@ def plan_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Fp16Plan:
                 plan.unsupported.append(node.name)
             else:
                 plan.half.append(node.name)
-    # an Identity of a weight (TorchScript writes one per reuse of a shared module's weight, e.g.
-    # the Siamese backbone's second call) is the weight itself: float16 when all its readers are
+    # a weight only moved about on its way to its readers is the weight itself: float16 when all
+    # its readers are. An Identity (TorchScript writes one per reuse of a shared module's weight,
+    # e.g. the Siamese backbone's second call), and in an export without constant folding (TAO
+    # 5.x, opset 12) the Transpose of every Linear weight, chained too. Kept float32 as constant
+    # folding, they would leave the weight stored float32 behind a Cast to float16.
     half = set(plan.half)
-    constants = {init.name for init in proto.graph.initializer}
-    constants |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant" and n.output}
+    folding = set(plan.shape_math)
+    weights = {init.name for init in proto.graph.initializer}
+    weights |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant" and n.output}
     readers: Dict[str, List[str]] = {}
     for node in proto.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node.name)
-    aliases = [node.name for node in proto.graph.node
-               if node.op_type == "Identity" and node.name in set(plan.shape_math) and node.input[0] in constants
-               and readers.get(node.output[0]) and all(r in half for r in readers[node.output[0]])]
-    if aliases:
-        moved = set(aliases)
-        plan.shape_math = [n for n in plan.shape_math if n not in moved]
-        plan.half += aliases
+    moves = [node for node in proto.graph.node
+             if node.op_type in WEIGHT_LAYOUT_OPS and node.name in folding and node.input and node.input[0] in weights
+             and weights.add(node.output[0]) is None]  # graph order: a chain's links follow its weight
+    moved = []
+    for node in reversed(moves):  # readers first
+        if readers.get(node.output[0]) and all(r in half for r in readers[node.output[0]]):
+            half.add(node.name)
+            moved.append(node.name)
+    if moved:
+        plan.shape_math = [n for n in plan.shape_math if n not in half]
+        plan.half += moved[::-1]
     return plan
 
 
@@ -193,9 +210,6 @@ def convert_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Any:
     then ``<output>/fp16`` before the Cast back. ``value_info`` is kept for the tensors that
     remain, with their new types. No proof: see :func:`to_fp16`.
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     name_nodes(model)
@@ -305,12 +319,12 @@ def convert_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Any:
 
 
 def _weight_share(typed: Any) -> str:
-    """How many of the MatMul/Conv/Gemm weights (initializer elements, through an Identity
-    alias too) of ``typed`` are float16."""
+    """How many of the MatMul/Conv/Gemm weights (initializer elements, through the ops that
+    only move them about, and a Cast, too) of ``typed`` are float16, as stored."""
     sizes = {init.name: (init.data_type, int(np.prod(init.dims)) if len(init.dims) else 1)
              for init in typed.graph.initializer}
     for node in typed.graph.node:
-        if node.op_type == "Identity" and node.input and node.input[0] in sizes:
+        if node.op_type in WEIGHT_LAYOUT_OPS + ("Cast",) and node.input and node.input[0] in sizes:
             sizes[node.output[0]] = sizes[node.input[0]]
     half = total = 0
     for node in typed.graph.node:
@@ -334,9 +348,6 @@ def emulate_fp16(typed: Any) -> Any:
     graph are kept, so this model shows what float16 storage does (TensorRT keeps float16
     activations between its layers).
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
     types = float_types(typed)
     model = onnx.ModelProto()
     model.CopyFrom(typed)
@@ -410,12 +421,6 @@ def to_fp16(
     more keys for the metadata :func:`~changenet_trt.engine.precision.read_made` returns (the build records the inputs it caches
     the model by).
     """
-    import onnx
-
-    from changenet_trt.contract import read_contract
-    from changenet_trt.engine.fp16_check import check_model, source_batches
-    from changenet_trt.files import atomic_write, check_output_file
-
     source = os.fspath(model_path)
     output = check_output_file(out_path, "float16 model", inputs=[source])
     names = ContractNames.of(names)
@@ -426,8 +431,6 @@ def to_fp16(
     user_nodes = match_nodes(name_nodes(load_model(source)), list(fp32_nodes))
     flagged: Dict[str, List[str]] = {}
     if check_ranges:
-        from changenet_trt.data.preprocess import get_normalization
-
         pairs = (analysis_source or make_source)(contract, get_normalization(normalization))
         try:
             report = check_model(source, source_batches(pairs, contract.static_batch or PROOF_BATCH,

@@ -24,9 +24,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+from tqdm import tqdm
 
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
-from changenet_trt.errors import InputError, ModelContractError, missing_dependency
+from changenet_trt.engine.prepare import make_dynamic, prove
+from changenet_trt.errors import BuildError, InputError, ModelContractError
 from changenet_trt.files import atomic_write, check_output_file, write_json_report
 from changenet_trt.threads import release_freed_memory
 
@@ -185,8 +190,6 @@ class Fp16Report:
 
 def _float_tensor_names(proto: Any) -> Tuple[List[str], Dict[str, Any], Dict[str, List[Any]]]:
     """Float activations of the main graph (node outputs), their producers and consumers."""
-    import onnx
-
     graph = proto.graph
     try:
         inferred = onnx.shape_inference.infer_shapes(proto).graph
@@ -212,8 +215,6 @@ def _float_tensor_names(proto: Any) -> Tuple[List[str], Dict[str, Any], Dict[str
 
 def _expose(proto: Any, names: Sequence[str]) -> bytes:
     """Add ``names`` to ``proto``'s graph outputs (type left to the runtime), serialise it."""
-    from onnx import helper
-
     present = {vi.name for vi in proto.graph.output}
     for name in names:
         if name not in present:
@@ -232,9 +233,6 @@ def _dynamic_for_runs(proto: Any, contract: ModelContract, run_pairs: int) -> Tu
     its own batch, so that a run holds ``run_pairs`` pairs' activations instead of its whole batch's
     (16 x 1.2 GB on TAO's FAN export). Returns ``(model, note)``; the model is None, and the note
     says why, when the batch cannot be made dynamic."""
-    from changenet_trt.engine.prepare import make_dynamic, prove
-    from changenet_trt.errors import BuildError
-
     static = contract.static_batch
     try:
         dynamic, _ = make_dynamic(proto, static, contract)
@@ -273,14 +271,6 @@ def check_model(
     exceeds 65504 (or its float16 relative error exceeds ``max_rel_error``), or when they read
     a weight beyond 65504.
     """
-    from tqdm import tqdm
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise missing_dependency("onnxruntime", "fp16-check") from None
-    import onnx
-
     if not (max_rel_error > 0):
         raise InputError("--max-rel-error must be positive", found=max_rel_error)
     model = os.fspath(model)
@@ -378,8 +368,6 @@ def check_model(
 
 def _weight_stats(proto: Any, consumers: Dict[str, List[Any]]) -> List[TensorStats]:
     """Float initializers (and Constant nodes' values) with their float16 statistics."""
-    from onnx import numpy_helper
-
     found = []
     for init in proto.graph.initializer:
         if init.data_type not in _FLOAT_TYPES:

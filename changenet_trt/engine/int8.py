@@ -18,8 +18,19 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper, version_converter
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from tqdm import tqdm
 
-from changenet_trt.contract import ContractNames
+from changenet_trt.contract import ContractNames, read_contract
 from changenet_trt.data.pairs import SourceFactory
 from changenet_trt.engine.precision import (
     INT8_METHODS,
@@ -38,7 +49,9 @@ from changenet_trt.engine.precision import (
     provenance,
     record_made,
 )
-from changenet_trt.errors import BuildError, ChangeNetError, InputError, missing_dependency
+from changenet_trt.errors import BuildError, ChangeNetError, InputError
+from changenet_trt.evaluation.validate import sqnr_db
+from changenet_trt.files import atomic_write, check_output_file
 from changenet_trt.threads import release_freed_memory
 
 #: TensorRT 8.5 parses ONNX opsets up to 17; per-channel Q/DQ (DequantizeLinear axis) needs 13
@@ -61,8 +74,6 @@ def stem_convolutions(proto: Any) -> List[str]:
 
     Their input is the image itself, whose int8 rounding costs the most accuracy for the least
     compute, so INT8 preparation leaves them float."""
-    from onnx import numpy_helper
-
     shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
     for node in proto.graph.node:
         if node.op_type == "Constant" and node.output:
@@ -82,9 +93,6 @@ def stem_convolutions(proto: Any) -> List[str]:
 
 def _float_model_for_qdq(proto: Any) -> Tuple[Any, List[str]]:
     """A copy at opset 13..17 with named nodes; returns ``(model, changes)``."""
-    import onnx
-    from onnx import version_converter
-
     changes = []
     opset = main_opset(proto)
     model = onnx.ModelProto()
@@ -259,8 +267,6 @@ def _reader(spool: _Spool, bar: Any) -> Any:
     """An ONNX Runtime CalibrationDataReader over the spooled runs. With ``CalibStridedMinMax``
     = 1 the quantizer asks for one run at a time (``set_range``) and folds it into its
     histograms before the next, so no run's intermediates outlive it."""
-    from onnxruntime.quantization import CalibrationDataReader
-
     class SpoolReader(CalibrationDataReader):
         def __init__(self) -> None:
             self.start, self.end = 0, len(spool.files)
@@ -294,9 +300,6 @@ class LayerError:
 
 
 def _session_exposing(model: Any, names: Sequence[str], threads: Optional[int]) -> Any:
-    import onnxruntime as ort
-    from onnx import helper
-
     present = {vi.name for vi in model.graph.output}
     for name in names:
         if name not in present:
@@ -315,10 +318,6 @@ def layer_errors(float_model: Any, quantized: Any, layers: Sequence[Tuple[str, s
     spooled pairs, one run at a time (running sums only). ``layers``: (node, op type, output
     tensor) of the quantized layers, whose output names the two models share. Returns the
     errors (graph order) and the pairs used."""
-    import onnx
-
-    from changenet_trt.evaluation.validate import sqnr_db
-
     names = [tensor for _, _, tensor in layers]
     ref_session = _session_exposing(onnx.load_from_string(float_model.SerializeToString()), names, threads)
     test_session = _session_exposing(onnx.load_from_string(quantized.SerializeToString()), names, threads)
@@ -384,16 +383,6 @@ def to_int8(
     written either way. ``origin``: as :func:`~changenet_trt.engine.fp16.to_fp16`'s. ``extra_made``: more keys for the
     metadata :func:`~changenet_trt.engine.precision.read_made` returns (the build records the inputs it caches the model by).
     """
-    import onnx
-    from tqdm import tqdm
-
-    from changenet_trt.contract import read_contract
-    from changenet_trt.files import atomic_write, check_output_file
-
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    except ImportError:
-        raise missing_dependency("onnxruntime", "INT8 model preparation") from None
     if method not in INT8_METHODS:
         raise InputError("unknown calibration method", expected=" or ".join(INT8_METHODS), found=repr(method))
     if not 0 < percentile <= 100:

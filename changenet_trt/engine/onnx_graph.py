@@ -6,13 +6,13 @@ Shapes come from ONNX's own shape inference, run on a copy without the large wei
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
 
 from changenet_trt.errors import BuildError
 
 
 def node_attr(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
     for attr in node.attribute:
         if attr.name == name:
             return helper.get_attribute_value(attr)
@@ -21,8 +21,6 @@ def node_attr(node: Any, name: str, default: Any = None) -> Any:
 
 def constant_arrays(graph: Any, limit: Optional[int]) -> Dict[str, np.ndarray]:
     """Initializers and Constant outputs (those of at most ``limit`` elements, or all when None)."""
-    from onnx import numpy_helper
-
     out: Dict[str, np.ndarray] = {}
     for init in graph.initializer:
         if limit is None or int(np.prod(init.dims)) <= limit:
@@ -50,9 +48,6 @@ def static_shapes(model: Any, known: Dict[str, np.ndarray], small_elements: int)
     shapes matter), so a 300 MB model is not copied. Nodes
     whose small outputs are ``known`` values become Constants there (ONNX's data propagation
     stops at Where, so an Expand behind Equal/Where would have no shape otherwise)."""
-    import onnx
-    from onnx import numpy_helper, shape_inference
-
     graph = model.graph
     shapes: Dict[str, Tuple[int, ...]] = {}
     light_nodes = []

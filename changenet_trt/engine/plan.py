@@ -31,13 +31,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from packaging.version import Version
 
 from changenet_trt.contract import ModelContract, load_onnx, read_contract
+from changenet_trt.engine.batch_analysis import analyse
+from changenet_trt.engine.calibration import default_cache_path
+from changenet_trt.engine.fp16_check import layer_name
 from changenet_trt.engine.options import BatchProfile, BuildOptions, check_dla, match_layers
 from changenet_trt.engine.precision import graph_precision
+from changenet_trt.engine.prepare import DEFAULT_PROOF_BATCHES
 from changenet_trt.engine.typed import typed_inputs, typed_model_matches, typed_path
-from changenet_trt.errors import InputError
+from changenet_trt.errors import BuildError, InputError
 from changenet_trt.files import file_sha256
 from changenet_trt.gpu.cuda import GpuInfo, current_gpu
-from changenet_trt.gpu.trt import CALIBRATOR_DEPRECATED_SINCE, PrecisionPath
+from changenet_trt.gpu.trt import (
+    CALIBRATOR_DEPRECATED_SINCE,
+    PrecisionPath,
+    check_supported,
+    installed_version,
+)
 from changenet_trt.sidecar import gpu_slug, sidecar_path
 
 log = logging.getLogger("changenet_trt.engine.plan")
@@ -163,9 +172,6 @@ class BuildPlan:
 
     def _batch_rewrite(self) -> str:
         """What prepare will rewrite to make the static batch dynamic (the analysis, not the proof)."""
-        from changenet_trt.engine.batch_analysis import analyse
-        from changenet_trt.errors import BuildError
-
         c = self.contract
         try:
             found = analyse(load_onnx(self.options.model), self.rewrite_batch, [c.sample_input, c.golden_input],
@@ -183,8 +189,6 @@ class BuildPlan:
         c = self.contract
         lines = ["build plan for {}".format(opts.model)]
         if self.rewrite_batch is not None:
-            from changenet_trt.engine.prepare import DEFAULT_PROOF_BATCHES
-
             proof = sorted(set(DEFAULT_PROOF_BATCHES) | {self.rewrite_batch})
             rewrite = self._batch_rewrite()
             lines.append("  prepare:        static batch {} -> dynamic: {}".format(self.rewrite_batch, rewrite))
@@ -321,9 +325,6 @@ class BuildPlan:
 
 def _onnx_layer_names(model_path: str) -> List[str]:
     """TensorRT layer names the ONNX parser gives the model's nodes (node name or node_of_<output>)."""
-    from changenet_trt.contract import load_onnx
-    from changenet_trt.engine.fp16_check import layer_name
-
     return [layer_name(node) for node in load_onnx(model_path).graph.node]
 
 
@@ -409,9 +410,6 @@ def make_plan(options: BuildOptions, trt_version: Optional[str] = None, gpu: Opt
     ``fp32_layers`` patterns that match no node and for a precision that contradicts the one a
     typed input model holds; DependencyError for a TensorRT outside 8.5..11.x.
     """
-    from changenet_trt.engine.calibration import default_cache_path
-    from changenet_trt.gpu.trt import check_supported, installed_version
-
     model = os.fspath(options.model)
     contract = read_contract(model, options.names)
     onnx_sha256 = file_sha256(model)

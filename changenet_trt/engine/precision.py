@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import onnx
 
-from changenet_trt.contract import ContractNames
+from changenet_trt.contract import ContractNames, load_onnx
 from changenet_trt.data.pairs import SourceFactory, synthetic_source
 from changenet_trt.engine.fp16_check import layer_name
 from changenet_trt.errors import BuildError, InputError
+from changenet_trt.evaluation.validate import format_report, validate_all
 from changenet_trt.files import PathLike, file_sha256
 
 Batch = Tuple[np.ndarray, np.ndarray]  # (golden, sample), each float32 [n, C, H, W]
@@ -74,8 +76,6 @@ class PrecisionReport:
         return max(self.validation.flips.count, self.direct.flips.count if self.direct is not None else 0)
 
     def summary_lines(self) -> List[str]:
-        from changenet_trt.evaluation.validate import format_report
-
         lines = ["{} -> {} ({})".format(self.source, self.output, self.precision)]
         for key, value in sorted(self.details.items()):
             lines.append("  {}: {}".format(key, value))
@@ -99,11 +99,8 @@ class PrecisionReport:
 
 # -- shared helpers ------------------------------------------------------------------------------
 def load_model(model: Any) -> Any:
-    import onnx
-
     if hasattr(model, "graph"):
         return model
-    from changenet_trt.contract import load_onnx
 
     load_onnx(os.fspath(model))  # a clear error for a missing or unreadable file
     return onnx.load(os.fspath(model))
@@ -130,8 +127,6 @@ def main_opset(proto: Any) -> int:
 def check_typed(proto: Any, what: str) -> None:
     """The checks TensorRT's strongly typed parser implies: ONNX's full check and strict,
     type-checked shape inference. Raises BuildError with the first complaint."""
-    import onnx
-
     try:
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
@@ -197,8 +192,6 @@ def prove(typed_paths: Sequence[str], original: str, make_source: SourceFactory,
           normalization: Any, batch_size: Optional[int], names: Optional[ContractNames],
           atol: float, rtol: float, threads: Optional[int]) -> List[Any]:
     """``validate`` of each typed model (ONNX Runtime) against the float32 original, which runs once."""
-    from changenet_trt.evaluation.validate import validate_all
-
     options = {"threads": threads} if threads else None
     return validate_all(list(typed_paths), original, make_source, cutoff=cutoff, atol=atol, rtol=rtol, max_flips=0,
                         backend="onnxruntime", batch_size=batch_size, normalization=normalization,
@@ -231,8 +224,6 @@ def value_dependent(proto: Any) -> Set[str]:
 
 def float_types(proto: Any) -> Dict[str, int]:
     """tensor name -> ONNX element type for every typed value of the graph (after inference)."""
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}

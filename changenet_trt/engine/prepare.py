@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.contract import META_PREPROCESS, ContractNames, ModelContract, load_onnx, read_contract
+from changenet_trt.data.preprocess import get_normalization
+from changenet_trt.engine.dynamic_batch import make_dynamic_batch
 from changenet_trt.errors import BuildError
-from changenet_trt.files import PathLike
+from changenet_trt.files import PathLike, atomic_write, check_output_file
 from changenet_trt.threads import release_freed_memory
 
 BATCH_SYMBOL = "batch"
@@ -90,8 +95,6 @@ def make_dynamic(proto: Any, batch: int, contract: ModelContract) -> Tuple[Any, 
     become ``batch``; stale ``value_info`` is dropped. Raises BuildError naming the node when the
     batch reaches a place no rewrite can serve.
     """
-    from changenet_trt.engine.dynamic_batch import make_dynamic_batch
-
     io_names = (contract.sample_input, contract.golden_input, contract.output)
     for vi in list(proto.graph.input) + list(proto.graph.output):
         if vi.name not in io_names:
@@ -127,8 +130,6 @@ def make_dynamic(proto: Any, batch: int, contract: ModelContract) -> Tuple[Any, 
 
 # -- proving ----------------------------------------------------------------------------------------
 def _session(model: Any) -> Any:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures are reported as BuildError, not on stderr
     options.intra_op_num_threads = 2
@@ -235,10 +236,6 @@ def prepare_model(
     batch cannot be made dynamic, with the reason). ``names``: the user's
     :class:`~changenet_trt.contract.ContractNames`.
     """
-    import onnx
-
-    from changenet_trt.files import check_output_file
-
     source = os.fspath(model) if not isinstance(model, onnx.ModelProto) else ""
     check_output_file(output, what="prepared ONNX file", inputs=[source] if source else [])
     proto = load_onnx(model)
@@ -327,11 +324,6 @@ def uint8_input_model(proto: Any, contract: ModelContract, normalization: Any) -
     ``offset = -mean/std``; then a Cast to float16 for a float16 model), and every node that read the
     input reads the normalised tensor. The batch (static or dynamic) is kept.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from changenet_trt.data.preprocess import get_normalization
-
     if contract.input_dtype not in ("float32", "float16"):
         raise BuildError("the model's inputs are not float images", expected="float32 or float16 inputs",
                          found=contract.input_dtype)
@@ -402,11 +394,6 @@ def add_uint8_input(
     (``|diff| <= atol + rtol * |original|``); BuildError otherwise. The output is written whole
     or not at all. ``names``: as :func:`prepare_model`'s.
     """
-    import onnx
-
-    from changenet_trt.data.preprocess import get_normalization
-    from changenet_trt.files import atomic_write, check_output_file
-
     source = os.fspath(model)
     out_path = check_output_file(output, "uint8 model", inputs=[source])
     proto = load_onnx(source)

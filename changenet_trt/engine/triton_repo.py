@@ -25,9 +25,14 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from changenet_trt.contract import ContractNames, ModelContract, read_contract
-from changenet_trt.errors import BuildError, EngineError, InputError, missing_dependency
+from google.protobuf import text_format
+
+from changenet_trt.contract import ContractNames, ModelContract, TensorInfo, make_contract, read_contract
+from changenet_trt.engine.prepare import add_uint8_input, prepare_model
+from changenet_trt.errors import BuildError, EngineError, InputError, optional_import
+from changenet_trt.files import check_output_dir, file_sha256
 from changenet_trt.runtime.triton import CONTRACT_PARAMETERS, PARAM_OUTPUT_SHAPE
+from changenet_trt.sidecar import read_sidecar, same_tensorrt_release, sidecar_path
 
 PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx", "python")
 MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx", "python": "model.onnx"}
@@ -127,17 +132,11 @@ class RepositoryReport:
 
 def model_config_class() -> Any:
     """Triton's ``ModelConfig`` protobuf class (``tritonclient``, the ``triton`` extra)."""
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise missing_dependency("tritonclient", "checking a Triton config.pbtxt") from None
-    return model_config_pb2.ModelConfig
+    return optional_import("tritonclient.grpc.model_config_pb2", "checking a Triton config.pbtxt").ModelConfig
 
 
 def parse_config(text: str) -> Any:
     """Parse ``config.pbtxt`` text strictly into a ``ModelConfig`` (BuildError on any unknown field or typo)."""
-    from google.protobuf import text_format
-
     config = model_config_class()()
     try:
         text_format.Parse(text, config)
@@ -216,8 +215,6 @@ def contract_parameters(contract: ModelContract, normalization: Optional[str]) -
 
 def tensorrt_hint(trt_version: str) -> str:
     """Which Triton release serves an engine built with ``trt_version``."""
-    from changenet_trt.sidecar import same_tensorrt_release
-
     known = [release for release, trt in TRITON_TENSORRT if same_tensorrt_release(trt, trt_version)]
     text = ("the engine was built with TensorRT {0} and only loads in a Triton whose TensorRT is {0} "
             "(NVIDIA's Frameworks Support Matrix lists the TensorRT of each nvcr.io/nvidia/tritonserver:<yy.mm>-py3; "
@@ -229,9 +226,6 @@ def tensorrt_hint(trt_version: str) -> str:
 
 def _engine_contract(engine: str) -> Tuple[ModelContract, Any]:
     """Contract and sidecar of an engine, read from its sidecar (no TensorRT needed)."""
-    from changenet_trt.contract import TensorInfo, make_contract
-    from changenet_trt.sidecar import read_sidecar
-
     meta = read_sidecar(engine)
     inputs, outputs = [], []
     for tensor in meta.tensors:
@@ -267,8 +261,6 @@ def write_model_repository(
     its default). ``names``: tensor-name and output-kind overrides of an ONNX model. An existing
     ``out_dir/name`` is refused unless ``overwrite``.
     """
-    from changenet_trt.files import check_output_dir
-
     if platform not in PLATFORMS:
         raise InputError("unknown Triton platform", expected=" or ".join(PLATFORMS), found=repr(platform))
     if not isinstance(name, str) or not MODEL_NAME.match(name):
@@ -321,9 +313,6 @@ def write_model_repository(
             if max_batch > profile_max:
                 raise InputError("the max batch exceeds the engine's optimisation profile",
                                  expected="<= {}".format(profile_max), found=max_batch)
-            from changenet_trt.files import file_sha256
-            from changenet_trt.sidecar import sidecar_path
-
             if meta.engine_sha256 and file_sha256(source) != meta.engine_sha256:
                 raise EngineError("the engine {} is not the one its sidecar describes (sha256 differs): it was "
                                   "replaced or damaged after the build".format(source),
@@ -334,8 +323,6 @@ def write_model_repository(
             notes.append(tensorrt_hint(meta.trt_version))
             preprocess = normalization or meta.preprocess
         else:
-            from changenet_trt.engine.prepare import add_uint8_input, prepare_model
-
             original = read_contract(source, names)
             prepared = os.path.join(staging, "prepared.onnx")
             report = prepare_model(source, prepared, names=names)

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from changenet_trt import __version__
-from changenet_trt.contract import ContractNames
+from changenet_trt.contract import ContractNames, read_contract
+from changenet_trt.data.dataset import load_dataset
 from changenet_trt.data.pairs import dataset_source, synthetic_source
 from changenet_trt.engine import fp16, int8
+from changenet_trt.engine.calibration import dataset_batches
 from changenet_trt.engine.options import BuildOptions
 from changenet_trt.engine.precision import read_made
 from changenet_trt.errors import ChangeNetError, InputError
@@ -59,8 +61,6 @@ class TypedResult:
 
 
 def _usable_pairs(pairs: TypedPairs) -> int:
-    from changenet_trt.data.dataset import load_dataset
-
     return len(load_dataset(pairs.csv, images_dir=pairs.images, layout=pairs.layout).pairs)
 
 
@@ -87,9 +87,6 @@ def make_typed_model(
     instead of the data set's; ``progress``/``progress_file``: tqdm bars of the minutes-long steps
     (shown on a terminal only; default stderr). The rest is :func:`~changenet_trt.engine.fp16.to_fp16` /
     :func:`~changenet_trt.engine.int8.to_int8`'s."""
-    from changenet_trt.contract import read_contract
-    from changenet_trt.errors import InputError
-
     if precision not in ("fp16", "int8"):
         raise InputError("unknown precision for a typed model", expected="fp16 or int8", found=repr(precision))
     names = ContractNames.of(names)
@@ -141,8 +138,6 @@ def make_typed_model(
         batches: Any = calibration_batches
         described.append("calibration batches given by the caller")
     elif pairs.csv:
-        from changenet_trt.engine.calibration import dataset_batches
-
         count, batches = dataset_batches(pairs.csv, contract.input_shape, pairs.batch, pairs.calib_batches,
                                          images_dir=pairs.images, layout=pairs.layout, normalization=normalization,
                                          workers=pairs.workers)

@@ -32,6 +32,7 @@ from typing import IO, Any, Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
+from changenet_trt.api import load
 from changenet_trt.contract import score as contract_score
 from changenet_trt.data.dataset import (
     Dataset,
@@ -42,6 +43,7 @@ from changenet_trt.data.dataset import (
     load_dataset,
 )
 from changenet_trt.errors import DatasetError
+from changenet_trt.evaluation import plots
 from changenet_trt.evaluation.metrics import (
     Sweep,
     auc,
@@ -112,8 +114,6 @@ def evaluate(
     run only; else ``load(model, cutoff=cutoff, **load_options)`` is opened and closed here).
     Raises DatasetError for an unusable data set; rows are reported with their CSV line and path.
     """
-    from changenet_trt.api import load
-
     if out_dir is not None:
         inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
         check_output_dir(out_dir, what="eval output folder", inputs=inputs)
@@ -347,8 +347,6 @@ def carried_names(names: List[str], taken: List[str]) -> List[str]:
 
 
 def _plots(result: EvalResult, out_dir: str, full: Sweep) -> Dict[str, str]:
-    from changenet_trt.evaluation import plots
-
     summary = result.summary
     files = {}
     truth = np.array([result.dataset.pairs[i].is_defect for i in result.scored], dtype=bool)

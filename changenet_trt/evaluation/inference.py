@@ -21,6 +21,7 @@ from typing import IO, Any, Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
+from changenet_trt.api import load
 from changenet_trt.data.dataset import Dataset, LightLayout, RowProblem, load_dataset
 from changenet_trt.evaluation.evaluate import MAX_LISTED_PROBLEMS, carried_names, score_pairs
 from changenet_trt.files import PathLike, atomic_open, check_output_file
@@ -71,8 +72,6 @@ def infer_csv(
     Raises DatasetError for an unusable CSV (no ``input_path``/``golden_path``/``object_name``
     column, no usable row).
     """
-    from changenet_trt.api import load
-
     if out_csv is not None:
         inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
         check_output_file(out_csv, what="scores CSV (--out)", inputs=inputs)

@@ -9,6 +9,7 @@ import math
 import os
 from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from changenet_trt.errors import InputError
@@ -82,8 +83,6 @@ class Axes:
         ylabel: str,
         size: Tuple[int, int] = (WIDTH, HEIGHT),
     ) -> None:
-        import cv2
-
         self.cv2 = cv2
         self.width, self.height = size
         self.image = np.full((self.height, self.width, 3), 255, dtype=np.uint8)

@@ -16,10 +16,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from changenet_trt.contract import ContractNames
+from changenet_trt.api import load
+from changenet_trt.contract import ContractNames, score
 from changenet_trt.data.pairs import FillFn, PairSource
 from changenet_trt.errors import InputError
+from changenet_trt.evaluation.metrics import confusion
 from changenet_trt.evaluation.stats import median, percentile
+from changenet_trt.files import write_json_report
 from changenet_trt.threads import release_freed_memory
 
 DEFAULT_ATOL = 1e-2
@@ -235,8 +238,6 @@ class ValidationReport:
 
 
 def write_json(report: ValidationReport, path: str) -> str:
-    from changenet_trt.files import write_json_report
-
     return write_json_report(path, report.to_dict(), what="validate JSON report")
 
 
@@ -333,8 +334,6 @@ def compare(
 def _report(reference: _Side, test: _Side, ref_all: np.ndarray, test_all: np.ndarray, source: PairSource,
             cutoff: float, atol: float, rtol: float, max_flips: int) -> ValidationReport:
     """The :class:`ValidationReport` of two models' raw outputs ``[count, ...]`` on ``source``."""
-    from changenet_trt.contract import score
-
     keep = np.ones(source.count, dtype=bool)
     keep[list(source.failed())] = False
     if not keep.any():
@@ -353,8 +352,6 @@ def _report(reference: _Side, test: _Side, ref_all: np.ndarray, test_all: np.nda
     ids = [i for i, k in zip(source.ids, keep) if k] if source.ids else []
     metrics = {}
     if labels is not None:
-        from changenet_trt.evaluation.metrics import confusion
-
         for side, scores in (("onnx", ref_scores), ("engine", test_scores)):
             metrics[side] = confusion(_finite_for_metrics(scores, cutoff), labels, cutoff).to_dict()
     return ValidationReport(
@@ -485,8 +482,6 @@ def validate_all(
     the float32 model runs once on the pairs and its raw outputs are kept (``[pairs, ...]``, a few
     KB), then each engine runs on the same pairs, so memory holds one session, not all of them (a
     float16 model and its float16-storage emulation share one float32 pass). One report each."""
-    from changenet_trt.api import load
-
     _check_tolerances(atol, rtol, max_flips)
     names = ContractNames.of(names)
     with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,

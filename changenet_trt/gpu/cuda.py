@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from changenet_trt.errors import ChangeNetError, InputError, missing_dependency
+from changenet_trt.errors import ChangeNetError, DependencyError, InputError, optional_import
 
 FEATURE = "the TensorRT backend"
 
@@ -47,11 +47,7 @@ class GraphCaptureError(Exception):
 
 def import_driver() -> Any:
     """``pycuda.driver``, or a :class:`~changenet_trt.errors.DependencyError` with the install hint."""
-    try:
-        import pycuda.driver as driver
-    except ImportError:
-        raise missing_dependency("pycuda", FEATURE) from None
-    return driver
+    return optional_import("pycuda.driver", FEATURE)
 
 
 def _to_int_tuple(shape: Sequence[int]) -> Tuple[int, ...]:
@@ -447,8 +443,8 @@ def pycuda_version() -> str:
     """pycuda's version, ``"not found"``, or ``"broken (<error>)"`` for an install that fails to
     import; never raises."""
     try:
-        import pycuda
-    except ImportError:
+        pycuda = optional_import("pycuda", "the environment report")
+    except DependencyError:
         return "not found"
     except Exception as exc:  # there but failing to import (bad install)
         return "broken ({}: {})".format(type(exc).__name__, exc)

@@ -20,7 +20,7 @@ TensorRT outside the tested range (8.5 <= version < 12) is refused with the reas
 """
 
 import enum
-import importlib
+import importlib.util
 import logging
 import os
 import threading
@@ -36,8 +36,9 @@ from changenet_trt.errors import (
     ChangeNetError,
     DependencyError,
     EngineError,
-    missing_dependency,
+    optional_import,
 )
+from changenet_trt.gpu.cuda import require_driver
 
 #: logger that receives TensorRT's own messages (``-v`` shows INFO, ``-vv`` VERBOSE)
 TRT_LOGGER_NAME = "changenet_trt.tensorrt"
@@ -87,10 +88,7 @@ def check_supported(trt_version: Any, feature: str = "this command") -> Version:
 def import_tensorrt(feature: str = "this command", check_version: bool = True) -> Any:
     """Import and return the ``tensorrt`` module; raise DependencyError naming ``feature`` if
     absent, or (``check_version``) when its version is outside the tested range."""
-    try:
-        import tensorrt  # noqa: F401  (the only place the package imports it)
-    except ImportError:
-        raise missing_dependency("tensorrt", feature) from None
+    tensorrt = optional_import("tensorrt", feature)
     if check_version:
         check_supported(getattr(tensorrt, "__version__", "0"), feature)
     return tensorrt
@@ -166,11 +164,11 @@ LEAN_INSTALL_HINT = (
 )
 
 
-def _first_importable(names: Sequence[str]) -> Optional[Any]:
+def _first_importable(names: Sequence[str], feature: str) -> Optional[Any]:
     for name in names:
         try:
-            return importlib.import_module(name)
-        except ImportError:
+            return optional_import(name, feature)
+        except DependencyError:
             continue
     return None
 
@@ -188,9 +186,9 @@ def import_runtime(feature: str, version_compatible: bool = False, lean_runtime_
     else:
         check_supported(getattr(full, "__version__", "0"), feature)
         return full
-    module = _first_importable(LEAN_MODULES)
+    module = _first_importable(LEAN_MODULES, feature)
     if module is None and lean_runtime_embedded:
-        module = _first_importable(DISPATCH_MODULES)
+        module = _first_importable(DISPATCH_MODULES, feature)
     if module is None:
         wanted = LEAN_MODULES + (DISPATCH_MODULES if lean_runtime_embedded else ())
         raise DependencyError(
@@ -357,8 +355,6 @@ def create_runtime(trt: Any, feature: str, allow_host_code: bool = False) -> Any
     ``allow_host_code``: let it run the host code a version-compatible engine embeds (its lean
     runtime, which the dispatch runtime needs); every other runtime refuses host code.
     """
-    from changenet_trt.gpu.cuda import require_driver
-
     require_driver(feature)
     runtime = trt.Runtime(make_logger(trt))
     if has_feature(runtime, "engine_host_code_allowed"):
@@ -370,8 +366,6 @@ def lean_library(built_version: str) -> str:
     """Where the lean runtime library of TensorRT ``built_version`` is: the ``tensorrt_lean_libs`` wheel's
     copy when that wheel is installed, else its file name for the system loader to find (JetPack and
     NVIDIA's packages install ``libnvinfer_lean.so.<major>``; Windows: ``nvinfer_lean_<major>.dll``)."""
-    import importlib.util
-
     major = str(built_version).split(".")[0]
     name = "nvinfer_lean_{}.dll".format(major) if os.name == "nt" else "libnvinfer_lean.so.{}".format(major)
     try:
@@ -408,8 +402,6 @@ def load_lean_runtime(runtime: Any, logger: Any, built_version: str, path: Optio
 
 def create_builder(trt: Any, feature: str = "building a TensorRT engine") -> Any:
     """A ``trt.Builder`` on the process logger, made only once the CUDA driver works."""
-    from changenet_trt.gpu.cuda import require_driver
-
     require_driver(feature)
     return trt.Builder(make_logger(trt))
 

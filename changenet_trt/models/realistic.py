@@ -38,8 +38,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from changenet_trt.contract import DEFAULT_GOLDEN_INPUT, DEFAULT_OUTPUT, DEFAULT_SAMPLE_INPUT, META_PREPROCESS
+from changenet_trt.files import atomic_write, check_output_file
 
 INPUT_SHAPE = (3, 512, 128)
 META_DESCRIPTION = "changenet_trt.model"
@@ -71,8 +74,6 @@ class _Graph:
     Siamese branches) from one seeded generator."""
 
     def __init__(self, seed: int, opset: int, batch: Optional[int]) -> None:
-        from onnx import helper, numpy_helper
-
         self.helper = helper
         self.numpy_helper = numpy_helper
         self.rng = np.random.default_rng(seed)
@@ -395,9 +396,6 @@ def build_realistic_model(
     static exports; ``opset`` 12 or 17; ``config`` the sizes (default: TAO's FAN-hybrid-small);
     ``seed`` the weights' seed. The model carries its GFLOPs per pair in its metadata.
     """
-    import onnx
-    from onnx import TensorProto, helper
-
     if kind not in ("learnable", "euclidean"):
         raise ValueError("kind must be 'learnable' or 'euclidean', not {!r}".format(kind))
     if opset not in (12, 13, 14, 15, 16, 17):
@@ -444,7 +442,6 @@ def write_realistic_model(path: Union[str, "os.PathLike[str]"], **kwargs) -> str
 def save_model(model, path: Union[str, "os.PathLike[str]"]) -> str:
     """Save an ``onnx.ModelProto`` to ``path`` (folders are created); return the path."""
 
-    from changenet_trt.files import atomic_write, check_output_file
 
     path = check_output_file(path, what="model file")
     atomic_write(path, model.SerializeToString())
@@ -482,9 +479,6 @@ def count_macs(model) -> MacCount:
     and pooling are not counted (they are a few percent of a transformer's arithmetic). One
     pair = one batch row, so the result is per pair.
     """
-    import onnx
-    from onnx import shape_inference
-
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
     # Infer on the graph alone: big weights become typed inputs (only their shapes matter);

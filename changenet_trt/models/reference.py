@@ -19,6 +19,7 @@ import os
 from typing import Optional, Tuple, Union
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.contract import (
     DEFAULT_GOLDEN_INPUT,
@@ -27,6 +28,7 @@ from changenet_trt.contract import (
     META_CUTOFF,
     META_PREPROCESS,
 )
+from changenet_trt.files import atomic_write, check_output_file
 
 INPUT_SHAPE = (3, 512, 128)
 FEATURES = 8
@@ -35,7 +37,7 @@ EMBED_DIM = int(np.prod(EMBED_SHAPE))
 
 # Chosen on the synthetic PCB data set (changenet_trt/data/synth.py; 2 x 1000 pairs, seeds 7 and
 # 8): PASS pairs score at most ~0.05 (median 0.024), defect pairs mostly above 0.05; at 0.045
-# the FPR is 0.14% and the defect capture 99.7-100% (tests/test_synth.py checks it).
+# the FPR is 0.14% and the defect capture 99.7-100% (tests/data/test_synth.py checks it).
 EUCLIDEAN_CUTOFF = 0.045
 # learnable head: defect logit - pass logit = GAIN * (rms_distance - EUCLIDEAN_CUTOFF)
 # (+ a small max|diff| term); 250 puts PASS probabilities near 0 and defects near 1.
@@ -79,8 +81,6 @@ def build_reference_model(
     ``fp16_overflow``: plant a float16 overflow in the head (see :func:`_plant_fp16_overflow`);
     the float32 output is bit-identical, the default graph is unchanged.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     if kind not in ("learnable", "euclidean"):
         raise ValueError("kind must be 'learnable' or 'euclidean', not {!r}".format(kind))
     if opset not in (12, 13, 14, 15, 16, 17):
@@ -185,8 +185,6 @@ def _plant_fp16_overflow(nodes):
     range on real pairs, as LayerNorm variances do in FP16 transformer engines; its consumer
     ``overflow/scale_down`` must read it in float32 too. Returns ``(nodes, initializers)``.
     """
-    from onnx import helper, numpy_helper
-
     out = []
     for node in nodes:
         if node.op_type == "Mul" and list(node.output) == ["head.sq"]:
@@ -207,7 +205,6 @@ def _plant_fp16_overflow(nodes):
 def write_reference_model(path: Union[str, "os.PathLike[str]"], **kwargs) -> str:
     """Build a reference model (see :func:`build_reference_model`) and save it to ``path``."""
 
-    from changenet_trt.files import atomic_write, check_output_file
 
     path = check_output_file(path, what="reference model file")
     model = build_reference_model(**kwargs)

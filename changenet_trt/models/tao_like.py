@@ -55,6 +55,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.contract import (
     DEFAULT_GOLDEN_INPUT,
@@ -63,6 +65,7 @@ from changenet_trt.contract import (
     META_CUTOFF,
     META_PREPROCESS,
 )
+from changenet_trt.files import atomic_write, check_output_file
 
 INPUT_SHAPE = (3, 512, 128)
 C1, C2, DIM, HEADS, POS_HIDDEN, DECODER_DIM, EMBEDDING = 8, 16, 16, 2, 16, 8, 8
@@ -72,7 +75,7 @@ META_DESCRIPTION = "changenet_trt.model"
 
 # Cutoffs chosen on the synthetic PCB data set (changenet_trt/data/synth.py, 200 pairs, seed 7):
 # about 1% FPR and 65% defect capture for both heads, AUC 0.93 (weights chosen, not trained;
-# tests/test_tao_like.py checks that the scores separate).
+# tests/models/test_tao_like.py checks that the scores separate).
 EUCLIDEAN_CUTOFF = 0.65
 LEARNABLE_CUTOFF = 0.5
 # learnable: defect logit - pass logit = GAIN * (mean |feature change| - CHANGE_CENTRE)
@@ -84,8 +87,6 @@ class _Graph:
     """Nodes and initialisers of one export; per-op naming like PyTorch's (``/scope/Op_n``)."""
 
     def __init__(self, opset: int, batch: Optional[int], folded: bool, seed: int) -> None:
-        from onnx import helper, numpy_helper
-
         self.helper, self.numpy_helper = helper, numpy_helper
         self.opset, self.batch, self.folded = opset, batch, folded
         self.rng = np.random.default_rng(seed)
@@ -185,8 +186,6 @@ class _Graph:
         As torch's ``var_mean`` symbolic writes it: the unbiased factor comes from the shape,
         Shape -> Gather(dim 1) -> ReduceProd -> Cast(to=FLOAT), N/(N-1).
         """
-        from onnx import TensorProto
-
         mean = self.op("ReduceMean", [x], scope, axes=[1], keepdims=1)
         count = self.op("ReduceProd", [self.op("Gather", [self.op("Shape", [x], scope),
                                                           self.const(np.array([1], np.int64), scope)], scope, axis=0)],
@@ -412,9 +411,6 @@ def build_tao_like_model(
     ran it; default True at opset 17, False at 12 (TAO 5.x), where shape constants stay
     Constant nodes. ``seed``: the random weights' seed.
     """
-    import onnx
-    from onnx import TensorProto, helper
-
     if kind not in ("learnable", "euclidean"):
         raise ValueError("kind must be 'learnable' or 'euclidean', not {!r}".format(kind))
     if opset not in (12, 17):
@@ -455,8 +451,6 @@ def build_tao_like_model(
 
 def write_tao_like_model(path: Union[str, "os.PathLike[str]"], **kwargs) -> str:
     """Build a TAO-like model (see :func:`build_tao_like_model`) and save it to ``path``."""
-    from changenet_trt.files import atomic_write, check_output_file
-
     path = check_output_file(path, what="model file")
     atomic_write(path, build_tao_like_model(**kwargs).SerializeToString())
     return path

@@ -4,10 +4,11 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import onnxruntime as ort
 
 from changenet_trt.contract import ContractNames, read_contract
 from changenet_trt.defaults import BATCH_SIZE
-from changenet_trt.errors import InputError, missing_dependency
+from changenet_trt.errors import InputError
 from changenet_trt.runtime.base import (
     Runner,
     SlotFutures,
@@ -30,8 +31,6 @@ def resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
 
     CPU is always appended last as the fallback ONNX Runtime expects.
     """
-    import onnxruntime as ort
-
     wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or ["cpu"])]
     available = ort.get_available_providers()
     missing = [p for p in wanted if p not in available]
@@ -96,10 +95,6 @@ class OnnxRuntimeRunner(Runner):
         return (1, self._max_batch)
 
     def _activate(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise missing_dependency("onnxruntime", "the ONNX Runtime backend") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings are noise for users
         if self.threads:

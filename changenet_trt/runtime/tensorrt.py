@@ -21,6 +21,7 @@ time) and ``enqueue_ms`` is the host time of ``submit``. TensorRT and pycuda are
 lazily (through :mod:`changenet_trt.gpu.trt` and :mod:`changenet_trt.gpu.cuda`).
 """
 
+import hashlib
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from packaging.version import InvalidVersion, Version
 
+from changenet_trt import sidecar
 from changenet_trt.contract import (
     META_CUTOFF,
     META_PREPROCESS,
@@ -171,8 +173,6 @@ class TensorRTRunner(Runner):
     # -- loading ----------------------------------------------------------------------------
     def _read_sidecar(self) -> Optional[Any]:
         """The engine's metadata, or ``None`` when it has none (an engine from trtexec)."""
-        from changenet_trt import sidecar
-
         if not os.path.isfile(sidecar.sidecar_path(self.model_path)):
             LOG.warning("%s has no metadata file (%s); relying on TensorRT's own checks", self.model_path,
                         sidecar.sidecar_path(self.model_path))
@@ -183,8 +183,6 @@ class TensorRTRunner(Runner):
         """Refuse an engine whose sidecar names another TensorRT or another GPU (its bytes are
         checked against it when they are loaded). Without a sidecar TensorRT's own version and
         device checks still refuse a foreign engine when it is deserialized."""
-        from changenet_trt import sidecar
-
         meta = self._sidecar
         if meta is None:
             return
@@ -241,10 +239,6 @@ class TensorRTRunner(Runner):
 
     def _load_engine(self) -> None:
         """Read the engine file (checked against its sidecar's sha256) and deserialize it."""
-        import hashlib
-
-        from changenet_trt import sidecar
-
         plan = _read_engine_bytes(self.model_path)
         if self._sidecar is not None:
             sidecar.check_compatible(self._sidecar, engine_sha256=hashlib.sha256(plan).hexdigest()).raise_for_problems(

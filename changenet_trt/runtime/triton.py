@@ -34,7 +34,7 @@ from changenet_trt.contract import (
     TensorInfo,
     make_contract,
 )
-from changenet_trt.errors import ChangeNetError, InputError, missing_dependency
+from changenet_trt.errors import ChangeNetError, InputError, optional_import
 from changenet_trt.runtime.base import Runner, SlotFutures, Timing, check_batch_size, now_ms
 from changenet_trt.threads import ForkSafePool
 
@@ -109,14 +109,11 @@ def parse_url(url: str) -> Endpoint:
 
 
 def _import(scheme: str) -> Any:
-    try:
-        if scheme == "grpc":
-            import tritonclient.grpc as module
-        else:
-            import tritonclient.http as module
-    except ImportError:
-        raise missing_dependency("tritonclient", "the Triton backend") from None
-    return module
+    return optional_import("tritonclient.grpc" if scheme == "grpc" else "tritonclient.http", "the Triton backend")
+
+
+def _shared_memory() -> Any:
+    return optional_import("tritonclient.utils.shared_memory", "Triton's system shared memory")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -337,8 +334,7 @@ class TritonRunner(Runner):
 
     def _setup_shared_memory(self, required: bool) -> bool:
         """One registered system shared-memory region per slot: both inputs, then the output."""
-        from tritonclient.utils import shared_memory as shm
-
+        shm = _shared_memory()
         in_shape = (self.batch_range[1],) + tuple(self.contract.input_shape)
         in_bytes = int(np.prod(in_shape)) * np.dtype(self.contract.input_dtype).itemsize
         out_bytes = int(np.prod((self.batch_range[1],) + self._output_row_shape())) * 4
@@ -365,8 +361,7 @@ class TritonRunner(Runner):
         return True
 
     def _release_shared_memory(self) -> None:
-        from tritonclient.utils import shared_memory as shm
-
+        shm = _shared_memory()
         self._inputs = []
         self._outputs = []
         for conn, region, handle in self._regions:

@@ -26,7 +26,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from changenet_trt.api import backend_for, load, make_runner
 from changenet_trt.contract import ContractNames, ModelContract
+from changenet_trt.data.dataset import PairLoader, load_dataset
 from changenet_trt.defaults import BATCH_SIZE
 from changenet_trt.errors import ChangeNetError, InputError
 from changenet_trt.evaluation.stats import median, percentile
@@ -427,8 +429,6 @@ def run_benchmark(
 ) -> BenchResult:
     """Benchmark ``model`` (``.onnx`` on onnxruntime, ``.engine``/``.plan`` on TensorRT) with
     random inputs; ``options.streams`` independent runners run in as many threads."""
-    from changenet_trt.api import backend_for, make_runner
-
     options = options or BenchOptions()
     options.check()
     which = backend_for(os.fspath(model), backend)
@@ -536,9 +536,6 @@ def run_end_to_end(
     far). Latency/Enqueue/H2D/GPU Compute/D2H are the runner's times of each batch; the
     End-to-End Batch Time is the wall time per batch, decoding included.
     """
-    from changenet_trt.api import backend_for, load
-    from changenet_trt.data.dataset import PairLoader, load_dataset
-
     options = options or BenchOptions()
     options.check()
     if options.streams != 1:

@@ -9,6 +9,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from changenet_trt.errors import InputError
+from changenet_trt.evaluation.plots import histogram_png
+from changenet_trt.files import atomic_write, check_output_file, write_json_report
 from changenet_trt.tools.bench import BenchResult, Stats, stream_number, summarize
 
 
@@ -73,8 +75,6 @@ def export_times(result: BenchResult, path: str) -> str:
 
 def write_json(result: BenchResult, path: str) -> str:
     """Write :meth:`BenchResult.to_dict` to ``path``."""
-    from changenet_trt.files import write_json_report
-
     return write_json_report(path, result.to_dict(), what="bench JSON report")
 
 
@@ -102,8 +102,6 @@ def latency_histogram_png(result: BenchResult, png_path: str, bins: int = 50) ->
 
 
 def _histogram(records: Sequence[Dict[str, float]], png_path: str, bins: int) -> str:
-    from changenet_trt.evaluation.plots import histogram_png
-
     latency = np.array([r["latencyMs"] for r in records], dtype=np.float64)
     compute = np.array([r.get("computeMs", np.nan) for r in records], dtype=np.float64)
     series = {"Latency": latency}
@@ -115,6 +113,4 @@ def _histogram(records: Sequence[Dict[str, float]], png_path: str, bins: int) ->
 
 
 def _write_text(path: str, text: str) -> None:
-    from changenet_trt.files import atomic_write, check_output_file
-
     atomic_write(check_output_file(path, what="--exportTimes file"), text)

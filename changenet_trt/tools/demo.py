@@ -12,6 +12,9 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from changenet_trt.data.synth import COMPONENTS, VALID_DEFECTS, Plan, render_pair, synthesize
+from changenet_trt.evaluation.evaluate import evaluate, format_summary
+from changenet_trt.files import check_output_dir
 from changenet_trt.models.reference import write_reference_model
 
 #: defects make_pairs draws from: the unmistakable ones, so its pairs are a sanity check
@@ -25,8 +28,6 @@ def make_pairs(count: int, seed: int = 0) -> Tuple[List[np.ndarray], List[np.nda
     PASS samples differ from their golden by capture nuisance only. Returns ``(golden, sample,
     is_defect)`` with ``is_defect`` bool ``[count]``. Deterministic by ``seed``.
     """
-    from changenet_trt.data.synth import COMPONENTS, VALID_DEFECTS, Plan, render_pair
-
     golden, sample, truth = [], [], []
     chips = [c for c in COMPONENTS if all(d in VALID_DEFECTS[c] for d in CLEAR_DEFECTS)]
     for i in range(count):
@@ -55,10 +56,6 @@ def run_demo(
     **load_options: Any
 ) -> int:
     """Run the pipeline; print FPR, defect capture, pairs/s and where the plots are. Returns 0."""
-    from changenet_trt.data.synth import synthesize
-    from changenet_trt.evaluation.evaluate import evaluate, format_summary
-    from changenet_trt.files import check_output_dir
-
     check_output_dir(out_dir, what="demo output folder", inputs=[model] if model else [])
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)

@@ -25,11 +25,26 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
+from changenet_trt import load
+from changenet_trt.contract import read_contract
 from changenet_trt.data.pairs import synthetic_source
-from changenet_trt.gpu.cuda import CudaInfo, probe_driver, pycuda_version
+from changenet_trt.data.preprocess import PRESETS, prepare_batch, prepare_image
+from changenet_trt.engine.build import build_engine_file
+from changenet_trt.engine.fp16_check import check_model, source_batches, write_layer_list
+from changenet_trt.engine.options import BatchProfile, BuildOptions, read_layer_patterns
+from changenet_trt.errors import TENSORRT_INSTALL_HINT
+from changenet_trt.evaluation.validate import validate
+from changenet_trt.files import write_json_report
+from changenet_trt.gpu.cuda import CudaInfo, primary_context, probe_driver, pycuda_version
 from changenet_trt.gpu.trt import installed_description
+from changenet_trt.models.reference import build_reference_model, write_reference_model
+from changenet_trt.tools.bench import BenchOptions, run_benchmark
+from changenet_trt.tools.demo import make_pairs
 from changenet_trt.tools.machine import NOT_FOUND, RunFn, environment, run_command
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -54,8 +69,6 @@ def numpy_reference_forward(proto: Any, golden: np.ndarray, sample: np.ndarray) 
     """The reference model's graph (see :mod:`changenet_trt.models.reference`) in float64 numpy,
     with the weights read from ``proto``. ``golden``/``sample``: ``[n,3,512,128]``; returns the
     raw output (``[n]``/``[n,1]`` distance or ``[n,2]`` logits) as the ONNX model would."""
-    from onnx import numpy_helper
-
     weights = {init.name: numpy_helper.to_array(init).astype(np.float64) for init in proto.graph.initializer}
     conv_w, conv_b = weights["backbone.conv.weight"], weights["backbone.conv.bias"]
 
@@ -83,19 +96,11 @@ def numpy_reference_forward(proto: Any, golden: np.ndarray, sample: np.ndarray) 
 
 
 def _made_up_pairs(count: int) -> Tuple[List[np.ndarray], List[np.ndarray], np.ndarray]:
-    from changenet_trt.tools.demo import make_pairs
-
     return make_pairs(count, seed=7)
 
 
 def check_onnxruntime_vs_numpy(workdir: str, pairs: int = 8) -> Check:
     """The reference models through the library's ONNX Runtime path vs :func:`numpy_reference_forward`."""
-    import onnx
-
-    from changenet_trt import load
-    from changenet_trt.data.preprocess import prepare_batch
-    from changenet_trt.models.reference import build_reference_model
-
     golden_rgb, sample_rgb, _ = _made_up_pairs(pairs)
     worst = []
     for kind in ("learnable", "euclidean"):
@@ -126,10 +131,6 @@ def check_onnxruntime_vs_numpy(workdir: str, pairs: int = 8) -> Check:
 def check_preprocessing(workdir: str) -> Check:
     """PNG written with OpenCV, read back through :func:`prepare_image`: RGB order, resize to
     512x128 and the (x/255 - mean)/std formula, in float32 and float16 buffers."""
-    import cv2
-
-    from changenet_trt.data.preprocess import PRESETS, prepare_image
-
     rng = np.random.default_rng(11)
     rgb = rng.integers(0, 256, size=(512, 128, 3), dtype=np.uint8)
     rgb[:8, :8] = (255, 0, 0)  # a red corner: R must come out high, B low
@@ -166,11 +167,6 @@ def check_preprocessing(workdir: str) -> Check:
 
 def check_decisions(workdir: str, pairs: int = 8) -> Check:
     """The whole CPU pipeline from image files: the reference model decides made-up pairs right."""
-    import cv2
-
-    from changenet_trt import load
-    from changenet_trt.models.reference import write_reference_model
-
     golden_rgb, sample_rgb, truth = _made_up_pairs(pairs)
     golden_paths, sample_paths = [], []
     for i, (g, s) in enumerate(zip(golden_rgb, sample_rgb)):
@@ -265,8 +261,6 @@ def run_doctor(
 
 
 def write_json(report: DoctorReport, path: str) -> str:
-    from changenet_trt.files import write_json_report
-
     return write_json_report(path, report.to_dict(), what="doctor JSON report")
 
 
@@ -291,8 +285,6 @@ def device_checks(workdir: str, cuda: CudaInfo, enabled: bool = True, bench_seco
     usable = {name: value != NOT_FOUND and not value.startswith("broken") for name, value in state.items()}
     checks: List[Check] = []
     if not all(usable.values()):
-        from changenet_trt.errors import TENSORRT_INSTALL_HINT
-
         what = ", ".join(["{} not installed".format(m) for m, v in state.items() if v == NOT_FOUND]
                          + ["{} fails to import".format(m) for m, v in state.items() if v.startswith("broken")])
         checks.append(Check("TensorRT and pycuda", FAIL, "a GPU is present but {} ({})".format(what, TENSORRT_INSTALL_HINT)))
@@ -315,8 +307,6 @@ def _skip_rest(checks: List[Check], why: str) -> List[Check]:
 
 def check_cuda_context() -> Check:
     """The primary CUDA context through pycuda (what the TensorRT runner uses)."""
-    from changenet_trt.gpu.cuda import primary_context
-
     ctx = primary_context(0)
     cc = ".".join(str(v) for v in ctx.compute_capability)
     return Check("CUDA context", PASS, "{} (compute capability {}{}, {} MiB)".format(
@@ -327,8 +317,6 @@ def check_cuda_copies(batch: int = 16, rows: int = 7) -> Check:
     """A batch of float32 pairs ``[batch, 3, 512, 128]`` pinned -> device -> pinned, whole and its
     first ``rows`` rows, on one stream; the bytes must come back unchanged. Reports the
     host-to-device rate measured with CUDA events (GB/s)."""
-    from changenet_trt.gpu.cuda import primary_context
-
     ctx = primary_context(0)
     shape = (batch, 3, 512, 128)
     host_in = ctx.pinned(shape, np.float32)
@@ -369,9 +357,6 @@ def check_cuda_copies(batch: int = 16, rows: int = 7) -> Check:
 
 
 def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] = ()) -> Any:
-    from changenet_trt.engine.build import build_engine_file
-    from changenet_trt.engine.options import BatchProfile, BuildOptions
-
     options = BuildOptions(
         model=onnx_path,
         output=os.path.join(workdir, name + ".engine"),
@@ -385,8 +370,6 @@ def _build(workdir: str, onnx_path: str, name: str, fp32_layers: Sequence[str] =
 
 
 def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
-    from changenet_trt.evaluation.validate import validate
-
     return validate(engine, onnx_path, lambda contract, norm: synthetic_source(
         DEVICE_PAIRS, contract.input_shape, norm, seed=1), backend="tensorrt")
 
@@ -394,8 +377,6 @@ def _compare(workdir: str, engine: str, onnx_path: str) -> Any:
 def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
     """Build the reference engine (FP16, batch 1..16), run it against ONNX Runtime, check that
     ``--fp32-layers`` from fp16-check keeps a planted overflow out of FP16, benchmark at 16."""
-    from changenet_trt.models.reference import write_reference_model
-
     checks: List[Check] = []
 
     onnx_path = write_reference_model(os.path.join(workdir, "doctor_device_reference.onnx"), kind="learnable")
@@ -424,10 +405,6 @@ def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
     checks.append(_guarded(compare_check, "engine vs onnxruntime"))
 
     def fp32_check() -> Check:
-        from changenet_trt.contract import read_contract
-        from changenet_trt.engine.fp16_check import check_model, source_batches, write_layer_list
-        from changenet_trt.engine.options import read_layer_patterns
-
         model = write_reference_model(os.path.join(workdir, "doctor_fp16_overflow.onnx"), kind="learnable",
                                       fp16_overflow=True)
         contract = read_contract(model)
@@ -448,8 +425,6 @@ def _run_tensorrt_checks(workdir: str, bench_seconds: float) -> List[Check]:
     checks.append(_guarded(fp32_check, "float32 layers"))
 
     def bench_check() -> Check:
-        from changenet_trt.tools.bench import BenchOptions, run_benchmark
-
         result = run_benchmark(engine, BenchOptions(batch=DEVICE_PROFILE[2], duration_s=bench_seconds,
                                                     warmup_ms=200.0, iterations=10), backend="tensorrt")
         if not (result.fps > 0 and np.isfinite(result.fps)):

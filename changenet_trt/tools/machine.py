@@ -7,7 +7,6 @@ builds with from :class:`changenet_trt.gpu.trt.PrecisionPath`; the Jetson rows f
 tree, ``/etc/nv_tegra_release``, dpkg and ``nvpmodel``.
 """
 
-import importlib
 import os
 import platform
 import re
@@ -16,9 +15,10 @@ import subprocess
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import onnxruntime
 from packaging.version import InvalidVersion, Version
 
-from changenet_trt.errors import ChangeNetError
+from changenet_trt.errors import ChangeNetError, DependencyError, optional_import
 from changenet_trt.gpu.cuda import CudaInfo, probe_driver, pycuda_version
 from changenet_trt.gpu.trt import (
     CALIBRATOR_DEPRECATED_SINCE,
@@ -82,8 +82,8 @@ def run_command(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
 def module_version(name: str, attribute: str = "__version__") -> str:
     """``module.<attribute>`` or "not found"/"broken (<error>)"; never raises."""
     try:
-        module = importlib.import_module(name)
-    except ImportError:
+        module = optional_import(name, "the environment report")
+    except DependencyError:
         return NOT_FOUND
     except Exception as exc:  # a module that is there but fails to import (bad install)
         return "broken ({}: {})".format(type(exc).__name__, exc)
@@ -180,8 +180,6 @@ def environment(root: str = "/", run: RunFn = run_command, cuda: Optional[CudaIn
     ort_version = module_version("onnxruntime")
     if ort_version not in (NOT_FOUND,) and not ort_version.startswith("broken"):
         try:
-            import onnxruntime
-
             ort_version += " (providers: {})".format(", ".join(onnxruntime.get_available_providers()))
         except Exception:
             pass
@@ -256,8 +254,6 @@ def machine_info(backend: str) -> Dict[str, Any]:
         "cpu_count": os.cpu_count(),
     }
     try:
-        import onnxruntime
-
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass

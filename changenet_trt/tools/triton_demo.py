@@ -12,15 +12,16 @@ from typing import List, Optional
 
 import numpy as np
 
+from changenet_trt.data.synth import synthesize
+from changenet_trt.engine.triton_repo import write_model_repository
+from changenet_trt.errors import ChangeNetError
+from changenet_trt.evaluation.evaluate import evaluate
+from changenet_trt.models.reference import write_reference_model
+from changenet_trt.tools.triton_server import LocalTritonServer
+
 
 def run_triton_demo(out: str = "triton-demo-output", pairs: int = 200, seed: int = 7) -> int:
     """Run the demo; return 0 when every score through Triton equals the local run, else 1."""
-    from changenet_trt.data.synth import synthesize
-    from changenet_trt.engine.triton_repo import write_model_repository
-    from changenet_trt.evaluation.evaluate import evaluate
-    from changenet_trt.models.reference import write_reference_model
-    from changenet_trt.tools.triton_server import LocalTritonServer
-
     model = write_reference_model(os.path.join(out, "reference_learnable.onnx"), kind="learnable")
     print("[1/4] model: {}".format(model))
     data = synthesize(os.path.join(out, "data"), pairs=pairs, defect_rate=0.3, seed=seed)
@@ -46,8 +47,6 @@ def run_triton_demo(out: str = "triton-demo-output", pairs: int = 200, seed: int
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from changenet_trt.errors import ChangeNetError
-
     parser = argparse.ArgumentParser(prog="python -m changenet_trt.tools.triton_demo", description=__doc__)
     parser.add_argument("--out", default="triton-demo-output")
     parser.add_argument("--pairs", type=int, default=200)

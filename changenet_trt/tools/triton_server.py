@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from typing import Dict, List, Optional
 
 from changenet_trt.errors import ChangeNetError
@@ -159,9 +161,6 @@ class LocalTritonServer:
         return self
 
     def _wait_ready(self) -> None:
-        import urllib.error
-        import urllib.request
-
         deadline = time.monotonic() + self.ready_timeout_s
         url = "http://127.0.0.1:{}/v2/health/ready".format(self.http_port)
         while time.monotonic() < deadline:

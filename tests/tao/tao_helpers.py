@@ -14,14 +14,15 @@ ADDRESS_SPACE_CAP = 12 << 30
 
 
 class CliRun:
-    """Exit code, output and peak resident memory (bytes) of one `changenet-trt` child process."""
+    """Exit code, output, peak resident memory (bytes) and CPU time (user + system seconds) of one
+    `changenet-trt` child process."""
 
-    def __init__(self, returncode, out, err, peak_rss):
-        self.returncode, self.out, self.err, self.peak_rss = returncode, out, err, peak_rss
+    def __init__(self, returncode, out, err, peak_rss, cpu_s=0.0):
+        self.returncode, self.out, self.err, self.peak_rss, self.cpu_s = returncode, out, err, peak_rss, cpu_s
 
     def __repr__(self):
-        return "exit {} (peak RSS {:.2f} GB)\n--- stdout\n{}\n--- stderr\n{}".format(
-            self.returncode, self.peak_rss / 1e9, self.out[-3000:], self.err[-3000:])
+        return "exit {} (peak RSS {:.2f} GB, {:.0f} s CPU)\n--- stdout\n{}\n--- stderr\n{}".format(
+            self.returncode, self.peak_rss / 1e9, self.cpu_s, self.out[-3000:], self.err[-3000:])
 
 
 def run_cli(args, cwd, cap=ADDRESS_SPACE_CAP, timeout=900):
@@ -48,7 +49,8 @@ def run_cli(args, cwd, cap=ADDRESS_SPACE_CAP, timeout=900):
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         child.returncode = os.waitstatus_to_exitcode(status)
     with open(out_path) as out, open(err_path) as err:
-        return CliRun(child.returncode, out.read(), err.read(), usage.ru_maxrss * 1024)
+        return CliRun(child.returncode, out.read(), err.read(), usage.ru_maxrss * 1024,
+                      usage.ru_utime + usage.ru_stime)
 
 
 def random_pairs(count, seed):

@@ -1,4 +1,4 @@
-"""Runs TAO Deploy's own Visual ChangeNet-Classification code; started by tests/test_tao_deploy.py
+"""Runs TAO Deploy's own Visual ChangeNet-Classification code; started by tests/tao_deploy/test_tao_deploy.py
 with the oracle venv's Python (never imported by the test suite itself).
 
 ``PYTHONPATH`` puts ``tests/tao_deploy/stand_ins`` (tensorrt, pycuda and nvidia_tao_core

@@ -19,8 +19,11 @@ from changenet_trt.cli.args import (
 )
 from changenet_trt.cli.commands.base import Command, GroupValues, load_classifier
 from changenet_trt.cli.spec import check_model_shape
-from changenet_trt.contract import ContractNames
+from changenet_trt.contract import ContractNames, read_contract
 from changenet_trt.errors import InputError
+from changenet_trt.evaluation import evaluate as evaluate_module
+from changenet_trt.evaluation import inference
+from changenet_trt.files import atomic_open, check_output_file
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -39,8 +42,6 @@ class Inspect(Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.contract import read_contract
-
         contract = read_contract(args.model, values.names)
         if args.json:
             print(json.dumps(contract.to_dict(), indent=2, sort_keys=True))
@@ -110,7 +111,6 @@ class Infer(Command):
                 "--golden and --sample must name the same number of images",
                 found="{} golden, {} sample".format(len(args.golden), len(args.sample)),
             )
-        from changenet_trt.files import atomic_open, check_output_file
 
         if args.out:
             check_output_file(args.out, what="--out CSV", inputs=[args.model] + args.golden + args.sample)
@@ -141,22 +141,19 @@ class Infer(Command):
     def run_csv(self, args: argparse.Namespace, data: DataSetOptions, runtime: RuntimeOptions, norm: Any,
                 names: ContractNames, show: bool) -> int:
         """``--csv``: score every row of the data set and write the input's columns plus score and decision."""
-        from changenet_trt.evaluation.inference import format_summary, infer_csv
-
         if args.golden or args.sample:
             raise InputError("give either --csv (a TAO-layout data set) or --golden/--sample images, not both")
         if not args.out:
             raise InputError("infer --csv writes its scores to a CSV", expected="--out OUT.csv", found="no --out")
-        from changenet_trt.files import check_output_file
 
         check_output_file(args.out, what="scores CSV (--out)", inputs=[p for p in (args.model, data.csv, data.images)
                                                                        if p])
         with load_classifier(args.model, runtime, norm, names) as clf:
             check_model_shape(args, data.layout, clf.contract)
-            result = infer_csv(args.model, data.csv, images_dir=data.images, out_csv=args.out, layout=data.layout,
+            result = inference.infer_csv(args.model, data.csv, images_dir=data.images, out_csv=args.out, layout=data.layout,
                                strict=data.strict, workers=data.workers, progress=show,
                                classifier=clf)
-        print(format_summary(result))
+        print(inference.format_summary(result))
         return 0
 
 
@@ -189,14 +186,12 @@ class Eval(Command):
         parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.evaluation.evaluate import evaluate, format_summary
-
         data, runtime, norm, names = values.data_set, values.runtime, values.normalization, values.names
         with load_classifier(args.model, runtime, norm, names) as clf:
             check_model_shape(args, data.layout, clf.contract)
-            result = evaluate(args.model, data.csv, images_dir=data.images, out_dir=args.out, layout=data.layout,
+            result = evaluate_module.evaluate(args.model, data.csv, images_dir=data.images, out_dir=args.out, layout=data.layout,
                               strict=data.strict, target_fpr=args.target_fpr, target_capture=args.target_capture,
                               plots=not args.no_plots, workers=data.workers, progress=values.progress, classifier=clf)
-        print(format_summary(result))
+        print(evaluate_module.format_summary(result))
         return 0
 

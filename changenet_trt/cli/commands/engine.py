@@ -5,7 +5,10 @@ import argparse
 import logging
 import os
 import shlex
+import tempfile
 from typing import Any, List
+
+import onnx
 
 from changenet_trt.cli.args import (
     ContractNamesArgs,
@@ -15,12 +18,19 @@ from changenet_trt.cli.args import (
     positive_int,
 )
 from changenet_trt.cli.commands.base import Command, GroupValues
-from changenet_trt.contract import ContractNames
+from changenet_trt.contract import ContractNames, read_contract
+from changenet_trt.data.dataset import load_dataset
 from changenet_trt.defaults import BATCH_SIZE, ENGINE_PROFILE
-from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES
-from changenet_trt.engine.precision import DEFAULT_PROOF_PAIRS, INT8_METHODS
-from changenet_trt.engine.prepare import DEFAULT_PROOF_BATCHES
+from changenet_trt.engine.build import build_engine_file, prepare_typed
+from changenet_trt.engine.calibration import DEFAULT_CALIB_BATCHES, dataset_batches
+from changenet_trt.engine.options import BatchProfile, BuildOptions, read_layer_patterns
+from changenet_trt.engine.plan import make_plan
+from changenet_trt.engine.precision import DEFAULT_PROOF_PAIRS, INT8_METHODS, match_nodes, name_nodes
+from changenet_trt.engine.prepare import DEFAULT_PROOF_BATCHES, add_uint8_input, prepare_model
+from changenet_trt.engine.triton_repo import PLATFORMS, write_model_repository
+from changenet_trt.engine.typed import TypedPairs, make_typed_model
 from changenet_trt.errors import InputError
+from changenet_trt.files import check_output_file
 
 log = logging.getLogger("changenet_trt")
 
@@ -125,8 +135,6 @@ class Prepare(Command):
                              expected="--calib-csv CSV [--calib-images DIR] (a TAO data set)", found="no --calib-csv")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.engine.prepare import prepare_model
-
         names, normalization, data = values.names, values.normalization, values.calibration_data
         try:
             batches = [int(b) for b in args.proof_batches.split(",") if b.strip()]
@@ -137,11 +145,6 @@ class Prepare(Command):
             report = prepare_model(args.model, args.out, batches=batches, names=names)
             print("\n".join(report.summary_lines()))
             return 0
-        import tempfile
-
-        from changenet_trt.contract import read_contract
-        from changenet_trt.engine.options import read_layer_patterns
-        from changenet_trt.files import check_output_file
 
         check_output_file(args.out, "prepared model", inputs=[p for p in (args.model, data.csv) if p])
         contract = read_contract(args.model, names)
@@ -149,15 +152,8 @@ class Prepare(Command):
         normalization = normalization or contract.preprocess
         patterns = read_layer_patterns(args.fp32_layers)
         if patterns:
-            import onnx
-
-            from changenet_trt.engine.precision import match_nodes, name_nodes
-
             match_nodes(name_nodes(onnx.load(args.model)), patterns)  # a typo fails here, not after the proofs
         if args.precision and data.csv:  # a bad CSV, or too few pairs to calibrate, fails before the proofs
-            from changenet_trt.data.dataset import load_dataset
-            from changenet_trt.engine.calibration import dataset_batches
-
             if args.precision == "int8":
                 dataset_batches(data.csv, contract.input_shape, BATCH_SIZE, 1, images_dir=data.images,
                                 layout=data.layout)
@@ -179,8 +175,6 @@ class Prepare(Command):
                     lines.append("  wrote {}".format(typed))
                 current = typed
             if args.uint8_input:
-                from changenet_trt.engine.prepare import add_uint8_input
-
                 uint8 = add_uint8_input(current, args.out, normalization=normalization or "tao",
                                         names=names)
                 lines += [""] + uint8.summary_lines()
@@ -197,8 +191,6 @@ class Prepare(Command):
                    normalization: Any, names: ContractNames) -> List[str]:
         """Write the float16 (``patterns`` kept float32) or INT8 model of ``model`` to ``out``
         (:func:`changenet_trt.engine.typed.make_typed_model`, as build does); the lines of its report."""
-        from changenet_trt.engine.typed import TypedPairs, make_typed_model
-
         pairs = TypedPairs(csv=data.csv, images=data.images, layout=data.layout, workers=data.workers,
                            calib_batches=args.calib_batches or DEFAULT_CALIB_BATCHES, batch=BATCH_SIZE,
                            proof_pairs=args.proof_pairs or DEFAULT_PROOF_PAIRS,
@@ -233,8 +225,6 @@ class TritonRepo(Command):
                          normalization=NormalizationArgs("with --uint8-input, the normalisation put in the graph"))
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from changenet_trt.engine.triton_repo import PLATFORMS
-
         parser.add_argument("model", help="ONNX file, or a TensorRT engine with its sidecar (tensorrt_plan)")
         parser.add_argument("-o", "--out", required=True, metavar="REPO", help="model repository folder")
         parser.add_argument("--name", default="changenet", help="model name in the repository (default: changenet)")
@@ -255,8 +245,6 @@ class TritonRepo(Command):
         self.place("normalization", uint8)
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.engine.triton_repo import write_model_repository
-
         names, normalization = values.names, values.normalization
         if args.ort_threads < 0:
             raise InputError("--ort-threads must be 0 (ONNX Runtime's default) or more", found=args.ort_threads)
@@ -355,8 +343,6 @@ class Build(Command):
     @staticmethod
     def options(args: argparse.Namespace, values: GroupValues) -> Any:
         """The :class:`~changenet_trt.engine.options.BuildOptions` of the parsed arguments."""
-        from changenet_trt.engine.options import BatchProfile, BuildOptions, read_layer_patterns
-
         calibration = values.calibration_data
         return BuildOptions(
             model=args.model, output=args.out, precision=args.precision, profile=BatchProfile.parse(args.batch),
@@ -372,9 +358,6 @@ class Build(Command):
         )
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.engine.build import build_engine_file, prepare_typed
-        from changenet_trt.engine.plan import make_plan
-
         plan = make_plan(self.options(args, values), trt_version=args.trt_version)
         if args.typed_only:
             typed = prepare_typed(plan)

@@ -7,7 +7,13 @@ import time
 
 from changenet_trt.cli.args import DataSetArgs, ProgressArgs, positive_int, rate
 from changenet_trt.cli.commands.base import Command, GroupValues
+from changenet_trt.data.synth import synthesize
 from changenet_trt.errors import InputError
+from changenet_trt.files import check_output_file
+from changenet_trt.models.realistic import build_realistic_model, model_gflops, save_model
+from changenet_trt.models.reference import write_reference_model
+from changenet_trt.models.tao_like import write_tao_like_model
+from changenet_trt.tools.demo import run_demo
 
 
 # -- reference-model ---------------------------------------------------------------------------
@@ -44,7 +50,6 @@ class ReferenceModel(Command):
         if args.tao_like:
             if args.fp16_overflow:
                 raise InputError("--fp16-overflow applies to the small reference model, not --tao-like")
-            from changenet_trt.models.tao_like import write_tao_like_model
 
             path = write_tao_like_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
             print("wrote {} (TAO-export-like graph, {} output, {}, opset {}{})".format(
@@ -53,16 +58,12 @@ class ReferenceModel(Command):
         if args.realistic:
             if args.fp16_overflow:
                 raise InputError("--fp16-overflow applies to the small reference model, not --realistic")
-            from changenet_trt.files import check_output_file
-            from changenet_trt.models.realistic import build_realistic_model, model_gflops, save_model
-
             check_output_file(args.out, what="model file")
             model = build_realistic_model(kind=args.kind, batch=args.batch, opset=args.opset, seed=args.seed)
             path = save_model(model, args.out)
             print("wrote {} (FAN-hybrid-small-like, random weights, {} output, {}, opset {}, {:.2f} GFLOPs "
                   "per pair)".format(path, args.kind, batch_text, args.opset, model_gflops(model)))
             return 0
-        from changenet_trt.models.reference import write_reference_model
 
         path = write_reference_model(args.out, kind=args.kind, batch=args.batch, opset=args.opset,
                                      fp16_overflow=args.fp16_overflow)
@@ -90,8 +91,6 @@ class Demo(Command):
         parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.tools.demo import run_demo
-
         return run_demo(args.out, model=args.model, pairs=args.pairs, defect_rate=args.defect_rate, seed=args.seed,
                         kind=args.kind)
 
@@ -119,8 +118,6 @@ class Synth(Command):
                             help="light image size in pixels (default: 128)")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.data.synth import synthesize
-
         data, show = values.data_set, values.progress
         start = time.perf_counter()
         # synthesize checks the folder before its bar opens; the bar shows only on a terminal

@@ -16,7 +16,16 @@ from changenet_trt.cli.args import (
     positive_int,
 )
 from changenet_trt.cli.commands.base import Command, GroupValues
+from changenet_trt.contract import read_contract
+from changenet_trt.data.preprocess import get_normalization
+from changenet_trt.engine import fp16_check
+from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR
 from changenet_trt.errors import InputError
+from changenet_trt.evaluation import validate
+from changenet_trt.evaluation.validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_PAIRS, DEFAULT_RTOL
+from changenet_trt.files import check_output_file
+from changenet_trt.tools import bench, bench_report, doctor
+from changenet_trt.tools.bench import BenchOptions
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -75,8 +84,6 @@ class Bench(Command):
 
     @staticmethod
     def bench_options(args: argparse.Namespace) -> Any:
-        from changenet_trt.tools.bench import BenchOptions
-
         return BenchOptions(
             batch=args.batch, warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
             avg_runs=args.avg_runs, percentiles=tuple(args.percentile), cuda_graph=args.cuda_graph,
@@ -85,14 +92,10 @@ class Bench(Command):
         )
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.tools import bench, bench_report
-
         runtime, names, data, norm = values.runtime, values.names, values.data_set, values.normalization
         inputs = [args.model, data.csv]
         values.json_report.check("bench JSON report", inputs=inputs)
         if args.export_times:
-            from changenet_trt.files import check_output_file
-
             check_output_file(args.export_times, what="--exportTimes file", inputs=inputs)
         if args.end_to_end:
             if not data.csv:
@@ -128,16 +131,12 @@ class Validate(Command):
                    "by more than atol + rtol * |onnx| or more than --max-flips decisions flip.")
 
     def __init__(self) -> None:
-        from changenet_trt.evaluation.validate import DEFAULT_PAIRS
-
         super().__init__(
             pairs=PairSourceArgs(DEFAULT_PAIRS),
             runtime=RuntimeArgs(),  # the engine side; the ONNX side is always onnxruntime on CPU
             normalization=NormalizationArgs(), json_report=JsonReportArgs(), names=ContractNamesArgs())
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from changenet_trt.evaluation.validate import DEFAULT_ATOL, DEFAULT_MAX_FLIPS, DEFAULT_RTOL
-
         parser.add_argument("engine", help="TensorRT engine (.engine/.plan), or any model --backend runs")
         parser.add_argument("--onnx", required=True, metavar="MODEL", help="the ONNX model the engine was built from")
         parser.add_argument("--show-flips", type=int, default=10, metavar="K",
@@ -151,8 +150,6 @@ class Validate(Command):
                            help="decision flips allowed at the cutoff (default: {})".format(DEFAULT_MAX_FLIPS))
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.evaluation import validate
-
         make_source, runtime, norm, names = values.pairs, values.runtime, values.normalization, values.names
         values.json_report.check("validate JSON report", inputs=[args.engine, args.onnx, args.csv])
         report = validate.validate(
@@ -185,8 +182,6 @@ class Fp16Check(Command):
             names=ContractNamesArgs())
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from changenet_trt.engine.fp16_check import DEFAULT_MAX_REL_ERROR
-
         parser.add_argument("model", help="ONNX file")
         parser.add_argument("--out", metavar="FILE",
                             help="float32 layer list to write (default: <model>.fp32-layers.txt next to the model)")
@@ -197,11 +192,6 @@ class Fp16Check(Command):
                             help="tensors to list by precision lost (default: 10)")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.contract import read_contract
-        from changenet_trt.data.preprocess import get_normalization
-        from changenet_trt.engine import fp16_check
-        from changenet_trt.files import check_output_file
-
         make_source, runtime, norm, names = values.pairs, values.runtime, values.normalization, values.names
         out = args.out or fp16_check.default_list_path(args.model)
         check_output_file(out, what="float32 layer list", inputs=[args.model])
@@ -249,8 +239,6 @@ class Doctor(Command):
                             help="duration of the short benchmark (default: 1)")
 
     def run(self, args: argparse.Namespace, values: GroupValues) -> int:
-        from changenet_trt.tools import doctor
-
         values.json_report.check("doctor JSON report", inputs=[])
         report = doctor.run_doctor(workdir=args.workdir, device=not args.cpu_only, bench_seconds=args.bench_seconds)
         print("\n".join(doctor.format_report(report)))

@@ -5,7 +5,7 @@ object that plays one version (``"8.5"``, ``"8.6"``, ``"10.x"`` or ``"11.x"``), 
 in ``tests/fakes/trt_fixture.py`` installs it as ``sys.modules["tensorrt"]``.
 
 What it binds is a subset of the real module (checked against the committed name lists of
-the 10.x and 11.x wheels by tests/test_tensorrt_names.py): nothing removed in TensorRT 10 exists in
+the 10.x and 11.x wheels by tests/gpu/test_tensorrt_names.py): nothing removed in TensorRT 10 exists in
 any mode (no bindings API, ``execute_async_v2``, ``build_engine``, ``max_workspace_size``),
 8.6+ members are absent when it plays 8.5, and in 11.x mode nothing TensorRT 11 removed exists:
 no FP16/INT8/BF16/FP8 builder flags, no OBEY/PREFER_PRECISION_CONSTRAINTS, no

@@ -28,10 +28,10 @@ from changenet_trt.engine.options import BatchProfile, BuildOptions
 from changenet_trt.gpu.trt import io_tensors, make_logger, profile_shapes
 
 from fakes.tensorrt import make_module
+from helpers import REPO_ROOT, TESTS_DIR
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-NAMES_DIR = os.path.join(HERE, "fakes", "tensorrt_names")
-PACKAGE_DIR = os.path.join(os.path.dirname(HERE), "changenet_trt")
+NAMES_DIR = os.path.join(TESTS_DIR, "fakes", "tensorrt_names")
+PACKAGE_DIR = os.path.join(REPO_ROOT, "changenet_trt")
 REMOVED_IN_10 = ("num_bindings", "execute_async_v2", "build_engine", "max_workspace_size", "get_binding_shape",
                  "set_binding_shape", "get_profile_shape", "STRICT_TYPES", "EXPLICIT_PRECISION",
                  "build_cuda_engine")

@@ -16,12 +16,13 @@ from changenet_trt.errors import BuildError, InputError
 from changenet_trt.gpu.cuda import GpuInfo
 from changenet_trt.sidecar import read_sidecar
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import TESTS_DIR
+
 NEWER_THAN_85 = {"VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"}
 
 
 def _names(filename):
-    with open(os.path.join(HERE, "fakes", "tensorrt_names", filename)) as handle:
+    with open(os.path.join(TESTS_DIR, "fakes", "tensorrt_names", filename)) as handle:
         return {line.split()[0] for line in handle if line.strip() and not line.startswith("#")}
 
 

@@ -1,6 +1,5 @@
 """The two ``pytest -m gpu`` tiers skip with the right reason where they cannot run."""
 
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -8,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from gpu_tiers import FAKES_DIR, cuda_tier_reason, tensorrt_tier_reason
+from helpers import REPO_ROOT
 
 
 def _missing(name):
@@ -62,11 +62,11 @@ def test_pytest_m_gpu_skips_both_tiers_with_their_reasons_here():
     if reason is None:
         pytest.skip("this machine can run the CUDA tier")
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-rs", "-q", "-p", "no:cacheprovider",
-                           "tests/test_gpu_cuda.py", "tests/test_gpu.py"], capture_output=True, text=True,
-                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                           "tests/gpu/test_real_cuda.py", "tests/gpu/test_real_tensorrt.py"], capture_output=True,
+                          text=True, timeout=300, cwd=REPO_ROOT)
     out = done.stdout
     assert done.returncode in (0, 5), out + done.stderr  # 5: nothing left to run once both modules skip
     assert "2 skipped" in out
-    assert "test_gpu_cuda.py:" in out and "test_gpu.py:" in out
+    assert "test_real_cuda.py:" in out and "test_real_tensorrt.py:" in out
     assert reason in out
     assert "the TensorRT tier needs what the CUDA tier needs; " + reason in out

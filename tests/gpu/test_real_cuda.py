@@ -30,13 +30,12 @@ _REASON = cuda_tier_reason()
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
 
-from test_tensorrt_runner import write_engine  # noqa: E402
-
 import changenet_trt  # noqa: E402
 from changenet_trt.gpu import cuda  # noqa: E402
 from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402
 from changenet_trt.tools.demo import make_pairs  # noqa: E402
 
+from fakes.engine_files import write_engine  # noqa: E402
 from fakes.tensorrt import _runtime as fake_runtime  # noqa: E402
 from fakes.tensorrt import make_module  # noqa: E402
 from helpers import ort_output, run_in_threads  # noqa: E402

@@ -9,6 +9,7 @@ import pytest
 
 from changenet_trt.api import make_runner
 from changenet_trt.cli import main
+from changenet_trt.cli.commands import examples
 from changenet_trt.contract import read_contract
 from changenet_trt.models import realistic
 from changenet_trt.models.realistic import (
@@ -200,7 +201,7 @@ def test_seeded_weights(tmp_path):
 
 def test_cli_writes_the_realistic_model(tmp_path, monkeypatch, capsys):
     # the full-size model takes seconds and 260 MB; the CLI path is the same with a small config
-    monkeypatch.setattr(realistic, "build_realistic_model",
+    monkeypatch.setattr(examples, "build_realistic_model",
                         functools.partial(realistic.build_realistic_model, config=TINY))
     out = tmp_path / "models" / "real.onnx"
     assert main(["reference-model", str(out), "--realistic", "--kind", "euclidean", "--batch", "4",

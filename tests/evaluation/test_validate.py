@@ -140,7 +140,7 @@ def test_validate_all_runs_the_reference_once_for_several_models(models, monkeyp
         active[0] -= 1
         return leave(self, *exc)
 
-    monkeypatch.setattr(api, "load", counting_load)
+    monkeypatch.setattr(validate, "load", counting_load)
     monkeypatch.setattr(api.Classifier, "__enter__", entering)
     monkeypatch.setattr(api.Classifier, "__exit__", leaving)
     same, drift = validate.validate_all([models["same"], models["drift"]], models["ref"], _synthetic(12),

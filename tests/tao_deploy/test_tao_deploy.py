@@ -23,15 +23,14 @@ from changenet_trt.cli import main
 from changenet_trt.data.dataset import LightLayout, PairLoader, load_dataset
 from changenet_trt.data.synth import synthesize
 
-from helpers import TAO_CLASSIFY_SPEC
+from helpers import REPO_ROOT, TAO_CLASSIFY_SPEC
 
 pytestmark = pytest.mark.tao_deploy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV = os.environ.get("CHANGENET_TAO_DEPLOY_VENV", os.path.join(ROOT, ".venv-tao-deploy"))
+VENV = os.environ.get("CHANGENET_TAO_DEPLOY_VENV", os.path.join(REPO_ROOT, ".venv-tao-deploy"))
 PYTHON = os.path.join(VENV, "bin", "python")
-STAND_INS = os.path.join(ROOT, "tests", "tao_deploy", "stand_ins")
-DRIVER = os.path.join(ROOT, "tests", "tao_deploy", "run_tao.py")
+STAND_INS = os.path.join(REPO_ROOT, "tests", "tao_deploy", "stand_ins")
+DRIVER = os.path.join(REPO_ROOT, "tests", "tao_deploy", "run_tao.py")
 RELEASES = {"7.3.0": None, "7.1.0": os.path.join(VENV, "tao-deploy-7.1.0")}
 TAO_LIGHTS = ("LowAngleLight", "SolderLight", "UniformLight", "WhiteLight")
 PNG = LightLayout(ext=".png")

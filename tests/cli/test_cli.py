@@ -195,8 +195,8 @@ def _record(monkeypatch, module, attr, pick):
     return seen
 
 
-# command -> (its arguments without --normalization, the library call it preprocesses with,
-#             how to read the normalisation off that call)
+# command -> (its arguments without --normalization, the module that looks up the library call it
+#             preprocesses with, that call, how to read the normalisation off it)
 NORMALIZATION_CALLS = {
     "infer": (["MODEL", "--golden", "g.png", "--sample", "s.png"], "changenet_trt.api", "load",
               lambda a, kw: kw["normalization"]),
@@ -205,13 +205,13 @@ NORMALIZATION_CALLS = {
               lambda a, kw: kw["normalization"]),
     "validate": (["MODEL", "--onnx", "MODEL"], "changenet_trt.evaluation.validate", "validate",
                  lambda a, kw: kw["normalization"]),
-    "fp16-check": (["MODEL", "--pairs", "2"], "changenet_trt.data.pairs", "synthetic_source",
+    "fp16-check": (["MODEL", "--pairs", "2"], "changenet_trt.cli.args", "synthetic_source",
                    lambda a, kw: a[2]),
-    "build": (["MODEL", "--dry-run"], "changenet_trt.engine.plan", "make_plan", lambda a, kw: a[0].normalization),
+    "build": (["MODEL", "--dry-run"], "changenet_trt.cli.commands.engine", "make_plan", lambda a, kw: a[0].normalization),
     # with --uint8-input, the normalisation goes into the model's graph
-    "prepare": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.engine.prepare", "add_uint8_input",
+    "prepare": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.cli.commands.engine", "add_uint8_input",
                 lambda a, kw: kw["normalization"]),
-    "triton-repo": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.engine.triton_repo",
+    "triton-repo": (["MODEL", "-o", "OUT", "--uint8-input"], "changenet_trt.cli.commands.engine",
                     "write_model_repository", lambda a, kw: kw["normalization"]),
 }
 

@@ -137,6 +137,41 @@ def test_kept_nodes_and_a_weight_read_both_ways():
     assert weights["eps"] == TensorProto.FLOAT and weights["eps/fp16"] == TensorProto.FLOAT16
 
 
+def test_weights_moved_about_in_the_graph_are_stored_float16():
+    """TAO 5.x exported opset 12 without constant folding: every Linear weight reaches its MatMul
+    through a Transpose (one per Siamese branch), some through a Reshape first. Those are the
+    weight itself: stored float16, not kept float32 behind a Cast as constant folding."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (6, 8)).astype(np.float32), "q.w"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (2, 3, 6)).astype(np.float32), "p.w"),
+             numpy_helper.from_array(np.array([6, 6], np.int64), "p.shape")]
+    node = helper.make_node
+    nodes = []
+    for branch, x in (("", "input_1"), ("_1", "input_2")):
+        nodes += [node("Transpose", ["q.w"], ["q.wt" + branch], perm=[1, 0], name="/q{}/Transpose".format(branch)),
+                  node("MatMul", [x, "q.wt" + branch], ["q" + branch], name="/q{}/MatMul".format(branch)),
+                  node("Reshape", ["p.w", "p.shape"], ["p.w6" + branch], name="/p{}/Reshape".format(branch)),
+                  node("Transpose", ["p.w6" + branch], ["p.wt" + branch], perm=[1, 0], name="/p{}/Transpose".format(branch)),
+                  node("MatMul", ["q" + branch, "p.wt" + branch], ["p" + branch], name="/p{}/MatMul".format(branch))]
+    nodes.append(node("Sub", ["p", "p_1"], ["output"], name="/Sub"))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8]) for n in ("input_1", "input_2")]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 6])]
+    model = helper.make_model(helper.make_graph(nodes, "unfolded", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    typed = fp16.convert_fp16(onnx.shape_inference.infer_shapes(model))
+    precision.check_typed(typed, "float16 model")
+    weights = {i.name: i.data_type for i in typed.graph.initializer}
+    assert weights == {"q.w": TensorProto.FLOAT16, "p.w": TensorProto.FLOAT16, "p.shape": TensorProto.INT64}
+    casts = sorted(n.name for n in typed.graph.node if n.op_type == "Cast")
+    assert casts == ["input_1/to_fp16", "input_2/to_fp16", "output/to_fp32"]  # none on a weight's way
+    assert fp16._weight_share(typed) == "100.0% of {} elements".format(2 * (48 + 36))
+    sample, golden = (rng.normal(size=(3, 8)).astype(np.float32) for _ in range(2))
+    sess = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, typed)]
+    reference, half = (s.run(None, {"input_1": sample, "input_2": golden})[0] for s in sess)
+    np.testing.assert_allclose(half, reference, atol=1e-2, rtol=1e-2)
+
+
 def test_weights_are_clamped_only_outside_the_float16_range():
     values = np.array([1e5, -1e5, 1e-9, -1e-9, 0.0, 1e-6, 3.0], dtype=np.float32)
     half = fp16._half_values(values)
@@ -254,12 +289,12 @@ def test_every_tao_like_export_converts_to_a_strictly_typed_float16_graph(tao_li
 
 
 def test_to_fp16_on_the_tao_like_export_reports_sqnr_and_weights(tao_like_models, tmp_path, monkeypatch):
-    from changenet_trt import api
+    from changenet_trt.evaluation import validate as validation
 
     out = str(tmp_path / "fp16.onnx")
     loaded = []
-    real_load = api.load
-    monkeypatch.setattr(api, "load", lambda model, *a, **k: loaded.append(str(model)) or real_load(model, *a, **k))
+    real_load = validation.load
+    monkeypatch.setattr(validation, "load", lambda model, *a, **k: loaded.append(str(model)) or real_load(model, *a, **k))
     report = fp16.to_fp16(tao_like_models["learnable_dynamic"], out, make_source=_synthetic(6), progress=False)
     # the float32 original runs once for both proofs (float16 storage emulated, and the file itself)
     assert loaded.count(str(tao_like_models["learnable_dynamic"])) == 1 and len(loaded) == 3, loaded

@@ -17,11 +17,10 @@ import changenet_trt
 from changenet_trt.contract import ContractNames, read_contract, score
 from changenet_trt.errors import DependencyError, EngineError, InputError, ModelContractError
 from changenet_trt.runtime.tensorrt import TensorRTRunner
-from changenet_trt.sidecar import EngineMetadata, read_sidecar, write_sidecar
+from changenet_trt.sidecar import read_sidecar, write_sidecar
 from changenet_trt.tools.demo import make_pairs
 
-from fakes.tensorrt import _plan as fake_plan
-from fakes.tensorrt import make_fake_engine
+from fakes.engine_files import write_engine
 from helpers import normalized, ort_output, run_in_threads
 
 MODES = ["8.5", "10.x"]
@@ -49,51 +48,6 @@ def data():
     golden = rng.normal(0, 1, (40, 3, 512, 128)).astype(np.float32)
     sample = golden + rng.normal(0, 0.3, golden.shape).astype(np.float32)
     return golden, sample
-
-
-def sidecar_tensors(plan):
-    """The sidecar's ``tensors`` and ``profile_shapes`` of a fake plan (as a build writes them)."""
-    header, _ = fake_plan.decode(plan)
-    tensors = [{"name": t["name"], "mode": t["mode"].lower(), "shape": list(t["shape"]), "dtype": t["dtype"]}
-               for t in header["tensors"]]
-    return tensors, {name: [list(s) for s in shapes] for name, shapes in header["profiles"][0].items()}
-
-
-def write_engine(tmp_path, gpu, onnx_path, name="model", sidecar=True, fp16=False, describe=True, **kwargs):
-    """A fake engine for ``onnx_path`` built by ``gpu``'s TensorRT for its GPU, with its sidecar
-    (``describe``: listing the engine's tensors, so a runner is made without deserializing)."""
-    kwargs.setdefault("version", gpu.trt.__version__)
-    plan = make_fake_engine(onnx_path, fp16=fp16, **kwargs)
-    path = str(tmp_path / (name + ".engine"))
-    with open(path, "wb") as handle:
-        handle.write(plan)
-    if sidecar:
-        contract = read_contract(onnx_path)
-        with open(onnx_path, "rb") as handle:
-            onnx_sha = hashlib.sha256(handle.read()).hexdigest()
-        static = contract.static_batch
-        meta = EngineMetadata(
-            trt_version=kwargs["version"],
-            precision="fp16" if fp16 else "fp32",
-            profile={"min": static or kwargs.get("min_batch", 1), "opt": static or kwargs.get("opt_batch", 16),
-                     "max": static or kwargs.get("max_batch", 32)},
-            sample_input=contract.sample_input,
-            golden_input=contract.golden_input,
-            output=contract.output,
-            output_kind=contract.output_kind,
-            onnx_sha256=onnx_sha,
-            gpu_name=gpu.device.name,
-            compute_capability=list(kwargs.get("compute_capability") or gpu.device.compute_capability),
-            preprocess=contract.preprocess or "tao",
-            engine_sha256=hashlib.sha256(plan).hexdigest(),
-            flags={"recommended_cutoff": contract.recommended_cutoff,
-                   "version_compatible": kwargs.get("version_compatible", False),
-                   "exclude_lean_runtime": kwargs.get("exclude_lean_runtime", False)},
-        )
-        if describe:
-            meta.tensors, meta.profile_shapes = sidecar_tensors(plan)
-        write_sidecar(path, meta)
-    return path
 
 
 def expected(onnx_path, golden, sample, static=None):

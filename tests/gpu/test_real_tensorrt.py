@@ -1,4 +1,4 @@
-"""The TensorRT tier of ``pytest -m gpu``: the runner checks of test_tensorrt_runner.py against a
+"""The TensorRT tier of ``pytest -m gpu``: the runner checks of tests/runtime/test_tensorrt_runner.py against a
 real GPU, TensorRT and pycuda, and the realistic (FAN-size) model through validate and bench.
 
 Skipped with the reason without them (every development and CI machine; see gpu_tiers.py); on

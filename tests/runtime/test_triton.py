@@ -13,7 +13,6 @@ import pytest
 
 from changenet_trt.api import backend_for, load
 from changenet_trt.errors import InputError
-from changenet_trt.sidecar import EngineMetadata, write_sidecar
 
 tritonclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient (the triton extra) is not installed")
 
@@ -21,26 +20,13 @@ from changenet_trt.engine.triton_repo import parse_config, write_model_repositor
 from changenet_trt.evaluation.evaluate import evaluate  # noqa: E402
 from changenet_trt.runtime.triton import TritonError, parse_url  # noqa: E402
 
+from fakes.engine_files import opaque_engine  # noqa: E402
 from helpers import run_in_threads  # noqa: E402
-
-
-def fake_engine(tmp_path, kind="euclidean"):
-    """An engine file (opaque bytes: Triton's TensorRT reads it, not us) with its sidecar."""
-    engine = str(tmp_path / "model.engine")
-    with open(engine, "wb") as handle:
-        handle.write(b"plan bytes")
-    out_shape = [-1] if kind == "euclidean" else [-1, 2]
-    tensors = [{"name": n, "mode": "INPUT", "shape": [-1, 3, 512, 128], "dtype": "float32"} for n in ("input_1", "input_2")]
-    tensors.append({"name": "output", "mode": "OUTPUT", "shape": out_shape, "dtype": "float32"})
-    write_sidecar(engine, EngineMetadata(
-        trt_version="10.3.0", precision="fp16", profile={"min": 1, "opt": 16, "max": 32}, sample_input="input_1",
-        golden_input="input_2", output="output", output_kind=kind, onnx_sha256="0" * 64, tensors=tensors))
-    return engine
 
 
 @pytest.mark.parametrize("platform", ["python", "onnxruntime_onnx", "tensorrt_plan"])
 def test_repository_config_parses_strictly_for_every_platform(tmp_path, reference_models, platform):
-    model = fake_engine(tmp_path) if platform == "tensorrt_plan" else reference_models["euclidean_static16"]
+    model = opaque_engine(tmp_path) if platform == "tensorrt_plan" else reference_models["euclidean_static16"]
     report = write_model_repository(model, str(tmp_path / "repo"), name="cn", platform=platform,
                                     max_batch=8, instances=2)
     config = parse_config(open(os.path.join(report.model_dir, "config.pbtxt")).read())
@@ -77,7 +63,7 @@ def test_repository_refusals_leave_nothing(tmp_path, reference_models):
     with pytest.raises(InputError, match="serves a TensorRT engine"):
         write_model_repository(model, repo, platform="tensorrt_plan")
     with pytest.raises(InputError, match="exceeds the engine's optimisation profile"):
-        write_model_repository(fake_engine(tmp_path), repo, platform="tensorrt_plan", max_batch=64)
+        write_model_repository(opaque_engine(tmp_path), repo, platform="tensorrt_plan", max_batch=64)
     assert not os.listdir(repo)
     write_model_repository(model, repo, name="cn")
     with pytest.raises(InputError, match="already exists") as info:
