@@ -183,9 +183,11 @@ def plan_fp16(proto: Any, fp32_nodes: Sequence[str] = ()) -> Fp16Plan:
     for node in proto.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node.name)
-    moves = [node for node in proto.graph.node
-             if node.op_type in WEIGHT_LAYOUT_OPS and node.name in folding and node.input and node.input[0] in weights
-             and weights.add(node.output[0]) is None]  # graph order: a chain's links follow its weight
+    moves = []
+    for node in proto.graph.node:  # graph order: a chain's links follow its weight
+        if node.op_type in WEIGHT_LAYOUT_OPS and node.name in folding and node.input and node.input[0] in weights:
+            moves.append(node)
+            weights.add(node.output[0])  # the moved weight is a weight for the next link
     moved = []
     for node in reversed(moves):  # readers first
         if readers.get(node.output[0]) and all(r in half for r in readers[node.output[0]]):
