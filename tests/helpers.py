@@ -203,3 +203,10 @@ gen_trt_engine:
     max_batch_size: 10
 """
 
+
+def random_pair_arrays(pairs=40, seed=5):
+    """Normalised float32 golden/sample arrays [pairs,3,512,128]: random, so every row differs."""
+    rng = np.random.default_rng(seed)
+    golden = rng.normal(0, 1, (pairs, 3, 512, 128)).astype(np.float32)
+    sample = golden + rng.normal(0, 0.3, golden.shape).astype(np.float32)
+    return golden, sample

@@ -29,7 +29,7 @@ from changenet_trt.gpu import cuda  # noqa: E402
 from changenet_trt.runtime.tensorrt import TensorRTRunner  # noqa: E402
 from changenet_trt.tools.demo import make_pairs  # noqa: E402
 
-from helpers import ort_output, run_in_threads  # noqa: E402
+from helpers import ort_output, random_pair_arrays, run_in_threads  # noqa: E402
 
 MIB = 1 << 20
 
@@ -55,10 +55,7 @@ def engines(reference_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(5)
-    golden = rng.normal(0, 1, (40, 3, 512, 128)).astype(np.float32)
-    sample = golden + rng.normal(0, 0.3, golden.shape).astype(np.float32)
-    return golden, sample
+    return random_pair_arrays()
 
 
 def free_memory():

@@ -21,7 +21,7 @@ from changenet_trt.sidecar import read_sidecar, write_sidecar
 from changenet_trt.tools.demo import make_pairs
 
 from fakes.engine_files import write_engine
-from helpers import normalized, ort_output, run_in_threads
+from helpers import normalized, ort_output, random_pair_arrays, run_in_threads
 
 MODES = ["8.5", "10.x"]
 
@@ -43,11 +43,7 @@ def gpu10(fake_trt_factory, fake_cuda):
 
 @pytest.fixture(scope="module")
 def data():
-    """Normalised float32 golden/sample arrays [40,3,512,128] (random, so every row differs)."""
-    rng = np.random.default_rng(5)
-    golden = rng.normal(0, 1, (40, 3, 512, 128)).astype(np.float32)
-    sample = golden + rng.normal(0, 0.3, golden.shape).astype(np.float32)
-    return golden, sample
+    return random_pair_arrays()
 
 
 def expected(onnx_path, golden, sample, static=None):
