@@ -31,7 +31,6 @@ from changenet_trt.engine.precision import (
     FLOAT,
     FLOAT16,
     SHAPE_OPS,
-    PathLike,
     PrecisionReport,
     check_typed,
     default_source,
@@ -46,7 +45,7 @@ from changenet_trt.engine.precision import (
     value_dependent,
 )
 from changenet_trt.errors import BuildError
-from changenet_trt.files import atomic_write, check_output_file
+from changenet_trt.files import PathLike, atomic_write, check_output_file
 
 #: batch of the range check (fp16-check) when the model's batch is dynamic
 PROOF_BATCH = 16

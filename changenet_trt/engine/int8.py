@@ -36,7 +36,6 @@ from changenet_trt.engine.precision import (
     INT8_METHODS,
     QDQ_OPS,
     Batch,
-    PathLike,
     PrecisionReport,
     check_typed,
     default_source,
@@ -51,7 +50,7 @@ from changenet_trt.engine.precision import (
 )
 from changenet_trt.errors import BuildError, ChangeNetError, InputError
 from changenet_trt.evaluation.validate import sqnr_db
-from changenet_trt.files import atomic_write, check_output_file
+from changenet_trt.files import PathLike, atomic_write, check_output_file
 from changenet_trt.threads import release_freed_memory
 
 #: TensorRT 8.5 parses ONNX opsets up to 17; per-channel Q/DQ (DequantizeLinear axis) needs 13

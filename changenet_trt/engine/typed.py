@@ -29,7 +29,7 @@ from changenet_trt.engine.calibration import dataset_batches
 from changenet_trt.engine.options import BuildOptions
 from changenet_trt.engine.precision import read_made
 from changenet_trt.errors import ChangeNetError, InputError
-from changenet_trt.files import PathLike
+from changenet_trt.files import PathLike, file_sha256
 
 
 @dataclass
@@ -159,17 +159,14 @@ def calibration_digest(options: BuildOptions) -> Optional[str]:
     the number of batches and the light layout (None without ``--calib-csv``)."""
     if not options.calib_csv:
         return None
-    digest = hashlib.sha256()
     try:
-        with open(options.calib_csv, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        csv_sha256 = file_sha256(options.calib_csv)
     except OSError as exc:
         raise InputError("cannot read --calib-csv {}".format(options.calib_csv), found=str(exc)) from None
     layout = options.calib_layout.describe() if options.calib_layout is not None else None
-    extra = [os.path.abspath(options.calib_images) if options.calib_images else None, options.calib_batches, layout]
-    digest.update(json.dumps(extra, sort_keys=True).encode("utf-8"))
-    return digest.hexdigest()
+    parts = [csv_sha256, os.path.abspath(options.calib_images) if options.calib_images else None,
+             options.calib_batches, layout]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def typed_inputs(options: BuildOptions, precision: str, onnx_sha256: str, preprocess: str) -> Dict[str, Any]:

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -87,77 +87,138 @@ def evaluate(
     csv_path: PathLike,
     images_dir: Optional[PathLike] = None,
     out_dir: Optional[PathLike] = "eval-output",
-    cutoff: Optional[float] = None,
-    layout: Optional[LightLayout] = None,
-    strict: bool = False,
+    *,
     target_fpr: Optional[float] = None,
     target_capture: Optional[float] = None,
     plots: bool = True,
+    **scoring: Any
+) -> EvalResult:
+    """Evaluate ``model`` on a TAO-layout data set; write results to ``out_dir`` (None: nothing written).
+
+    ``target_fpr``/``target_capture``: also report the cutoff meeting these rates. ``plots``:
+    draw the PNGs. ``**scoring``: how the set is read and scored, the keywords of
+    :func:`score_csv` (``cutoff``, ``layout``, ``strict``, ``workers``, ``progress``, ``log``,
+    ``classifier``, and :func:`~changenet_trt.api.load`'s options such as ``batch_size``).
+    Warnings about the whole run (labels like ``pass`` counted as defects, a layout that
+    stretches the lights) are always written, once each, and kept in ``summary["warnings"]``.
+    ``out_dir`` is checked before any work, again against every image folder the rows name
+    (none may lie in the folder replaced), and written as one set.
+    Raises DatasetError for an unusable data set; rows are reported with their CSV line and path.
+    """
+    inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
+    if out_dir is not None:
+        check_output_dir(out_dir, what="eval output folder", inputs=inputs)
+
+    def check_images(dataset: Dataset) -> None:  # rows may name images anywhere (``../pngs``)
+        if out_dir is not None:
+            check_output_dir(out_dir, what="eval output folder", inputs=inputs + dataset.image_folders, replaces=True)
+
+    scored_set = score_csv(model, csv_path, images_dir, labels=True, before_scoring=check_images, desc="eval",
+                           **scoring)
+    dataset, scored = scored_set.dataset, scored_set.pairs.scored
+    scores = scored_set.pairs.scores[scored]
+    full = sweep(scores, dataset.is_defect[scored])
+    summary = _summarize(scored_set, scores, full, target_fpr, target_capture)
+    summary["warnings"] = scored_set.warnings
+    result = EvalResult(summary, scores, scored_set.decisions, dataset, scored, scored_set.problems, full)
+    if out_dir is not None:
+        write_outputs(result, os.fspath(out_dir), plots=plots)
+    return result
+
+
+@dataclass
+class ScoredSet:
+    """A TAO-layout data set scored by one model (:func:`score_csv`): what ``eval`` and ``infer`` share.
+
+    ``pairs``: the scores of every pair (:class:`PairScores`); ``decisions``: bool
+    ``[len(pairs.scored)]``, ``score > cutoff`` for the scored pairs; ``problems``: every row set
+    aside (missing files first, then those found while scoring); ``about``: the run's facts each
+    summary begins with (model, csv, images, layout, backend, output_kind, batch_size, workers);
+    ``cutoff``: the one decided with; ``warnings``: warnings about the whole run, once each.
+    """
+
+    dataset: Dataset
+    pairs: "PairScores"
+    decisions: np.ndarray
+    problems: List[RowProblem]
+    about: Dict[str, Any]
+    cutoff: float
+    warnings: List[str]
+
+
+def score_csv(
+    model: PathLike,
+    csv_path: PathLike,
+    images_dir: Optional[PathLike] = None,
+    *,
+    cutoff: Optional[float] = None,
+    layout: Optional[LightLayout] = None,
+    strict: bool = False,
     workers: Optional[int] = None,
     progress: bool = True,
     log: Optional[IO[str]] = None,
     classifier: Any = None,
+    labels: bool = True,
+    before_scoring: Optional[Callable[[Dataset], None]] = None,
+    desc: str = "score",
     **load_options: Any
-) -> EvalResult:
-    """Evaluate ``model`` on a TAO-layout data set; write results to ``out_dir`` (None: nothing written).
+) -> ScoredSet:
+    """Read a TAO-layout CSV (rows with missing files set aside), score every pair with ``model``
+    and decide each; nothing is written.
 
     ``cutoff``: decisions are ``score > cutoff`` (default: the model's recommended cutoff).
     ``layout``: lights, extension and concatenation (TAO's defaults); each light's size is the
     model's input split by the layout (512x128 with 4 linear lights -> 128x128). ``strict``:
-    stop at the first unusable row instead of skipping it. ``target_fpr``/``target_capture``:
-    also report the cutoff meeting these rates. ``log``: where warnings and the progress bar go
-    (default stderr). ``progress``: the progress bar (shown only when ``log`` is a terminal)
-    and a line per skipped row as it is found (False, the CLI's ``--quiet``: neither; skipped
-    rows are still counted and listed in the summary). Warnings about the whole run (labels like ``pass`` counted as defects, a layout
-    that stretches the lights) are always written, once each, and kept in ``summary["warnings"]``.
-    ``classifier``: an already loaded Classifier, left as it is (``cutoff`` applies to this
-    run only; else ``load(model, cutoff=cutoff, **load_options)`` is opened and closed here).
-    Raises DatasetError for an unusable data set; rows are reported with their CSV line and path.
+    stop at the first unusable row instead of skipping it. ``labels``: the CSV must have a
+    ``label`` column. ``workers``: decode threads (default: from the CPU count). ``log``: where
+    warnings and the progress bar go (default stderr). ``progress``: the progress bar (shown
+    only when ``log`` is a terminal) and a line per skipped row as it is found (False, the CLI's
+    ``--quiet``: neither; skipped rows are still counted and listed). ``classifier``: an already
+    loaded Classifier, left as it is (``cutoff`` applies to this run only); else
+    ``load(model, cutoff=cutoff, **load_options)`` is opened and closed here.
+    ``before_scoring``: called with the data set once it is read, before the model loads.
+    Raises DatasetError for an unusable data set (no usable row, a missing column).
     """
-    if out_dir is not None:
-        inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
-        check_output_dir(out_dir, what="eval output folder", inputs=inputs)
     log = log if log is not None else sys.stderr
-    layout = layout or LightLayout()
-
     warned = []  # type: List[str]  # warnings about the whole run, once each
 
     def report(item: RowProblem) -> None:
-        if not progress:  # --quiet: counted and listed in the summary only
-            return
-        # tqdm.write clears a live bar, prints the line and redraws the bar below it
-        tqdm.write("warning: {}; row skipped".format(item), file=log)
+        if progress:  # --quiet: counted and listed in the summary only
+            # tqdm.write clears a live bar, prints the line and redraws the bar below it
+            tqdm.write("warning: {}; row skipped".format(item), file=log)
 
     def warn(text: str) -> None:
         warned.append(text)
         tqdm.write("warning: " + text, file=log)  # above a live bar, if there is one
 
-    dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
-                           on_warning=warn)
-    if out_dir is not None:  # rows may name images anywhere (``../pngs``): none may lie in the folder replaced
-        check_output_dir(out_dir, what="eval output folder", inputs=inputs + dataset.image_folders, replaces=True)
+    dataset = load_dataset(csv_path, images_dir, layout or LightLayout(), check_files=True, strict=strict,
+                           on_problem=report, on_warning=warn, labels=labels)
+    if before_scoring is not None:
+        before_scoring(dataset)
     own = classifier is None
     clf = load(os.fspath(model), cutoff=cutoff, **load_options) if own else classifier
     try:
         if cutoff is not None and not own:
             clf = clf.with_cutoff(cutoff)  # the caller's classifier keeps its own cutoff
         run = score_pairs(dataset, clf, workers=workers, strict=strict, on_problem=report, on_warning=warn,
-                          progress=progress, log=log, desc="eval")
-        failed, scored, seconds = run.failed, run.scored, run.seconds
-        scores = run.scores[scored]
-        decisions = clf.decide(scores)
-        problems = dataset.problems + [failed[i] for i in sorted(failed)]
-        full = sweep(scores, dataset.is_defect[scored])
-        summary = _summarize(dataset, scored, scores, decisions, full, clf, seconds, target_fpr, target_capture,
-                             problems=problems, model=os.fspath(model), workers=run.workers)
-        summary["warnings"] = warned
+                          progress=progress, log=log, desc=desc)
+        decisions = clf.decide(run.scores[run.scored])
+        about = {
+            "model": os.fspath(model),
+            "csv": dataset.csv_path,
+            "images": dataset.images_dir,
+            "layout": dataset.layout.describe(),
+            "backend": clf.runner.name,
+            "output_kind": clf.contract.output_kind,
+            "batch_size": clf.batch_size,
+            "workers": run.workers,
+        }
+        used_cutoff = float(clf.cutoff)
     finally:
         if own:
             clf.close()
-    result = EvalResult(summary, scores, decisions, dataset, scored, problems, full)
-    if out_dir is not None:
-        write_outputs(result, os.fspath(out_dir), plots=plots)
-    return result
+    problems = dataset.problems + [run.failed[i] for i in sorted(run.failed)]
+    return ScoredSet(dataset, run, decisions, problems, about, used_cutoff, warned)
 
 
 @dataclass
@@ -215,42 +276,25 @@ def score_pairs(dataset: Dataset, clf: Any, workers: Optional[int] = None, stric
     return PairScores(all_scores, failed, scored, seconds, loader.workers)
 
 
-def _summarize(
-    dataset: Dataset,
-    scored: List[int],
-    scores: np.ndarray,
-    decisions: np.ndarray,
-    full: Sweep,
-    clf: Any,
-    seconds: float,
-    target_fpr: Optional[float],
-    target_capture: Optional[float],
-    problems: List[RowProblem],
-    model: str,
-    workers: int,
-) -> Dict[str, Any]:
+def _summarize(scored_set: ScoredSet, scores: np.ndarray, full: Sweep, target_fpr: Optional[float],
+               target_capture: Optional[float]) -> Dict[str, Any]:
+    dataset, scored, decisions = scored_set.dataset, scored_set.pairs.scored, scored_set.decisions
+    problems, seconds = scored_set.problems, scored_set.pairs.seconds
     truth = dataset.is_defect[scored]
     labels = [dataset.pairs[i].label for i in scored]
-    counts = confusion(scores, truth, clf.cutoff)
+    counts = confusion(scores, truth, scored_set.cutoff)
     labels_table = per_label(labels, decisions)
     per_type = {k: v["capture"] for k, v in labels_table.items() if "capture" in v}
     fpr_point = cutoff_for_fpr(full, target_fpr) if target_fpr is not None else None
     capture_point = cutoff_for_capture(full, target_capture) if target_capture is not None else None
-    summary = {
-        "model": model,
-        "csv": dataset.csv_path,
-        "images": dataset.images_dir,
-        "layout": dataset.layout.describe(),
-        "backend": clf.runner.name,
-        "output_kind": clf.contract.output_kind,
-        "batch_size": clf.batch_size,
-        "workers": workers,
+    summary = dict(scored_set.about)  # model, data, backend: as infer's summary begins
+    summary.update({
         "rows": dataset.rows,
         "pairs": int(scores.size),
         "skipped": len(problems),
         "pass_pairs": int((~truth).sum()),
         "defect_pairs": int(truth.sum()),
-        "cutoff": float(clf.cutoff),
+        "cutoff": scored_set.cutoff,
         "tp": counts.tp,
         "fp": counts.fp,
         "tn": counts.tn,
@@ -271,7 +315,7 @@ def _summarize(
         "target_capture": capture_point.to_dict() if capture_point is not None else None,
         "sweep": [_sweep_row(c) for c in full.subsample(101)],
         "skipped_rows": [p.to_dict() for p in problems],
-    }
+    })
     if target_fpr is not None and fpr_point is None:
         summary["target_fpr"] = {"target": "fpr", "target_value": target_fpr, "cutoff": None,
                                  "note": "no PASS pairs: FPR is undefined" if full.n_pass == 0

@@ -8,22 +8,19 @@ plus ``score`` and ``decision`` (``pass``, ``defect``, or ``skipped`` with an em
 a row that could not be scored: a missing or undecodable light, a NaN/Inf output). Rows keep
 their input order, so row k of the output is row k of the input.
 
-Data flow as in :mod:`~changenet_trt.evaluation.evaluate` (``load_dataset(labels=False)`` ->
-:func:`~changenet_trt.evaluation.evaluate.score_pairs`), without the metrics.
+Data flow as in :mod:`~changenet_trt.evaluation.evaluate`
+(:func:`~changenet_trt.evaluation.evaluate.score_csv` with ``labels=False``), without the metrics.
 """
 
 import csv
 import os
-import sys
 from dataclasses import dataclass
-from typing import IO, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
-from tqdm import tqdm
 
-from changenet_trt.api import load
-from changenet_trt.data.dataset import Dataset, LightLayout, RowProblem, load_dataset
-from changenet_trt.evaluation.evaluate import MAX_LISTED_PROBLEMS, carried_names, score_pairs
+from changenet_trt.data.dataset import Dataset, RowProblem
+from changenet_trt.evaluation.evaluate import MAX_LISTED_PROBLEMS, carried_names, score_csv
 from changenet_trt.files import PathLike, atomic_open, check_output_file
 
 #: the columns the output adds after the input's own
@@ -54,76 +51,40 @@ def infer_csv(
     csv_path: PathLike,
     images_dir: Optional[PathLike] = None,
     out_csv: Optional[PathLike] = None,
-    cutoff: Optional[float] = None,
-    layout: Optional[LightLayout] = None,
-    strict: bool = False,
-    workers: Optional[int] = None,
-    progress: bool = True,
-    log: Optional[IO[str]] = None,
-    classifier: Any = None,
-    **load_options: Any
+    **scoring: Any
 ) -> InferResult:
     """Score every row of a TAO-layout CSV (no ``label`` needed); write ``out_csv`` (None: nothing written).
 
-    ``cutoff``: decisions are ``score > cutoff`` (default: the model's recommended cutoff, else
-    0.5). ``strict``: stop at the first unusable row instead of skipping it. ``out_csv`` is
-    checked before any work and written whole. ``classifier``: an already loaded Classifier,
-    left open (else ``load(model, cutoff=cutoff, **load_options)`` is opened and closed here).
-    Raises DatasetError for an unusable CSV (no ``input_path``/``golden_path``/``object_name``
-    column, no usable row).
+    ``**scoring``: how the set is read and scored, the keywords of
+    :func:`~changenet_trt.evaluation.evaluate.score_csv` (``cutoff``, default the model's
+    recommended cutoff, else 0.5; ``layout``, ``strict``, ``workers``, ``progress``, ``log``,
+    ``classifier``, and :func:`~changenet_trt.api.load`'s options). ``out_csv`` is checked before
+    any work and written whole. Raises DatasetError for an unusable CSV (no
+    ``input_path``/``golden_path``/``object_name`` column, no usable row).
     """
     if out_csv is not None:
         inputs = [csv_path, model] + ([images_dir] if images_dir is not None else [])
         check_output_file(out_csv, what="scores CSV (--out)", inputs=inputs)
-    log = log if log is not None else sys.stderr
-    layout = layout or LightLayout()
-
-    def report(item: RowProblem) -> None:
-        if progress:
-            tqdm.write("warning: {}; row skipped".format(item), file=log)
-
-    def warn(text: str) -> None:
-        tqdm.write("warning: " + text, file=log)
-
-    dataset = load_dataset(csv_path, images_dir, layout, check_files=True, strict=strict, on_problem=report,
-                           on_warning=warn, labels=False)
-    own = classifier is None
-    clf = load(os.fspath(model), cutoff=cutoff, **load_options) if own else classifier
-    try:
-        if cutoff is not None and not own:
-            clf = clf.with_cutoff(cutoff)
-        run = score_pairs(dataset, clf, workers=workers, strict=strict, on_problem=report, on_warning=warn,
-                          progress=progress, log=log, desc="infer")
-        scores = run.scores.astype(np.float32, copy=True)
-        scores[sorted(run.failed)] = np.nan
-        called = clf.decide(scores[run.scored])
-        decisions = [SKIPPED] * len(dataset)
-        for index, defect in zip(run.scored, called.tolist()):
-            decisions[index] = "defect" if defect else "pass"
-        defects = int(np.count_nonzero(called))
-        summary = {
-            "model": os.fspath(model),
-            "csv": dataset.csv_path,
-            "images": dataset.images_dir,
-            "layout": dataset.layout.describe(),
-            "backend": clf.runner.name,
-            "output_kind": clf.contract.output_kind,
-            "batch_size": clf.batch_size,
-            "workers": run.workers,
-            "cutoff": float(clf.cutoff),
-            "rows": dataset.rows,
-            "scored": len(run.scored),
-            "pass": len(run.scored) - defects,
-            "defect": defects,
-            "skipped": dataset.rows - len(run.scored),
-            "seconds": round(run.seconds, 4),
-            "pairs_per_s": round(len(dataset) / run.seconds, 2) if run.seconds > 0 else None,
-        }
-    finally:
-        if own:
-            clf.close()
-    problems = dataset.problems + [run.failed[i] for i in sorted(run.failed)]
-    result = InferResult(dataset, scores, decisions, problems, summary)
+    scored_set = score_csv(model, csv_path, images_dir, labels=False, desc="infer", **scoring)
+    dataset, run = scored_set.dataset, scored_set.pairs
+    scores = run.scores.astype(np.float32, copy=True)
+    scores[sorted(run.failed)] = np.nan
+    decisions = [SKIPPED] * len(dataset)
+    for index, defect in zip(run.scored, scored_set.decisions.tolist()):
+        decisions[index] = "defect" if defect else "pass"
+    defects = int(np.count_nonzero(scored_set.decisions))
+    summary = dict(scored_set.about)
+    summary.update({
+        "cutoff": scored_set.cutoff,
+        "rows": dataset.rows,
+        "scored": len(run.scored),
+        "pass": len(run.scored) - defects,
+        "defect": defects,
+        "skipped": dataset.rows - len(run.scored),
+        "seconds": round(run.seconds, 4),
+        "pairs_per_s": round(len(dataset) / run.seconds, 2) if run.seconds > 0 else None,
+    })
+    result = InferResult(dataset, scores, decisions, scored_set.problems, summary)
     if out_csv is not None:
         result.out = write_scores_csv(result, os.fspath(out_csv))
     return result

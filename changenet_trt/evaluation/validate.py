@@ -436,37 +436,17 @@ def format_report(report: ValidationReport, show_flips: int = 10) -> List[str]:
     return lines
 
 
-def validate(
-    engine: str,
-    onnx_model: str,
-    make_source: Callable[[Any, Any], PairSource],
-    cutoff: Optional[float] = None,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    max_flips: int = DEFAULT_MAX_FLIPS,
-    backend: str = "auto",
-    batch_size: Optional[int] = None,
-    normalization: Any = None,
-    names: Optional[ContractNames] = None,
-    engine_options: Optional[Dict[str, Any]] = None,
-    chunk: int = CHUNK_PAIRS,
-) -> ValidationReport:
-    """Validate ``engine`` (a TensorRT engine, or any model ``backend`` runs) against
-    ``onnx_model`` run by ONNX Runtime in float32 on CPU.
-
-    ``make_source(contract, normalization)`` returns the :class:`~changenet_trt.data.pairs.PairSource`
-    (:func:`~changenet_trt.data.pairs.synthetic_source`, :func:`~changenet_trt.data.pairs.dataset_source`)
-    for the ONNX model's contract and normalisation. ``cutoff`` defaults to the ONNX model's recommended cutoff; the engine is
-    run with the same cutoff and normalisation.
-    """
-    return validate_all([engine], onnx_model, make_source, cutoff, atol, rtol, max_flips, backend, batch_size,
-                        normalization, names, engine_options, chunk)[0]
+def validate(engine: str, onnx_model: str, make_source: Callable[[Any, Any], PairSource],
+             **options: Any) -> ValidationReport:
+    """:func:`validate_all` of the one ``engine``, with its keyword ``options``: its report."""
+    return validate_all([engine], onnx_model, make_source, **options)[0]
 
 
 def validate_all(
     engines: Sequence[str],
     onnx_model: str,
     make_source: Callable[[Any, Any], PairSource],
+    *,
     cutoff: Optional[float] = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
@@ -478,10 +458,20 @@ def validate_all(
     engine_options: Optional[Dict[str, Any]] = None,
     chunk: int = CHUNK_PAIRS,
 ) -> List[ValidationReport]:
-    """:func:`validate` of each of ``engines`` against ``onnx_model``, one model loaded at a time:
-    the float32 model runs once on the pairs and its raw outputs are kept (``[pairs, ...]``, a few
-    KB), then each engine runs on the same pairs, so memory holds one session, not all of them (a
-    float16 model and its float16-storage emulation share one float32 pass). One report each."""
+    """Validate each of ``engines`` (a TensorRT engine, or any model ``backend`` runs) against
+    ``onnx_model`` run by ONNX Runtime in float32 on CPU; one report each.
+
+    ``make_source(contract, normalization)`` returns the :class:`~changenet_trt.data.pairs.PairSource`
+    (:func:`~changenet_trt.data.pairs.synthetic_source`, :func:`~changenet_trt.data.pairs.dataset_source`)
+    for the ONNX model's contract and normalisation. ``cutoff`` defaults to the ONNX model's
+    recommended cutoff; the engines are run with the same cutoff and normalisation. ``atol``,
+    ``rtol``: how far an engine's raw output may be from float32's; ``max_flips``: how many
+    decisions may differ. ``chunk``: pairs run per step (memory holds a chunk, not the set).
+
+    One model is loaded at a time: the float32 model runs once on the pairs and its raw outputs
+    are kept (``[pairs, ...]``, a few KB), then each engine runs on the same pairs, so memory
+    holds one session, not all of them (a float16 model and its float16-storage emulation share
+    one float32 pass)."""
     _check_tolerances(atol, rtol, max_flips)
     names = ContractNames.of(names)
     with load(onnx_model, cutoff=cutoff, backend="onnxruntime", batch_size=batch_size,
