@@ -1,5 +1,6 @@
 """Small helpers shared by the foundation tests (no fixtures: plain functions)."""
 
+import contextlib
 import os
 
 import cv2
@@ -34,6 +35,29 @@ def ort_output(model_path, sample, golden, static_batch=None):
             s, g = np.pad(s, pad), np.pad(g, pad)
         outs.append(session.run(None, {"input_1": s, "input_2": g})[0][:n])
     return np.concatenate(outs)
+
+
+@contextlib.contextmanager
+def recorded_run_rows(counts=lambda names: True):
+    """While open, every ``onnxruntime.InferenceSession.run`` whose output ``names`` pass
+    ``counts`` appends its batch (the first input's rows) to the list yielded; the real class
+    is put back on exit."""
+    import onnxruntime as ort
+
+    rows = []
+    real = ort.InferenceSession
+
+    class Recording(real):
+        def run(self, names, feed, *args, **kwargs):
+            if counts(names):
+                rows.append(int(next(iter(feed.values())).shape[0]))
+            return super().run(names, feed, *args, **kwargs)
+
+    ort.InferenceSession = Recording
+    try:
+        yield rows
+    finally:
+        ort.InferenceSession = real
 
 
 def run_in_threads(work, count):

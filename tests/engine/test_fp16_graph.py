@@ -14,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from changenet_trt.cli import main
 from changenet_trt.engine import fp16, precision
 
+from helpers import recorded_run_rows
+
 
 def var_mean_model(opset=17):
     """A conv, a channel-first LayerNorm as TAO exports var_mean, a 1e-6 layer scale, a shared
@@ -181,7 +183,7 @@ def test_weights_are_clamped_only_outside_the_float16_range():
     assert half[4] == 0 and half[5] == np.float16(1e-6) and half[6] == 3
 
 
-def test_fp16_check_runs_a_few_pairs_at_a_time_and_its_statistics_do_not_depend_on_it(tmp_path, monkeypatch):
+def test_fp16_check_runs_a_few_pairs_at_a_time_and_its_statistics_do_not_depend_on_it(tmp_path):
     from changenet_trt.contract import ContractNames, read_contract
     from changenet_trt.engine import fp16_check
 
@@ -189,20 +191,13 @@ def test_fp16_check_runs_a_few_pairs_at_a_time_and_its_statistics_do_not_depend_
     onnx.save(var_mean_model(), path)
     contract = read_contract(path, ContractNames(output_kind="learnable"))
     golden, sample = _pairs(7)
-    rows = []
-    real_session = ort.InferenceSession
-
-    class Recording(real_session):
-        def run(self, names, feed, *args, **kwargs):
-            rows.append(int(next(iter(feed.values())).shape[0]))
-            return super().run(names, feed, *args, **kwargs)
-
-    monkeypatch.setattr(ort, "InferenceSession", Recording)
-    few = fp16_check.check_model(path, [(golden, sample)], contract=contract, run_pairs=2, total=7, progress=False)
-    assert rows == [2, 2, 2, 1]  # memory follows the run, not the 7 pairs
-    rows.clear()
-    whole = fp16_check.check_model(path, [(golden, sample)], contract=contract, run_pairs=7, progress=False)
-    assert rows == [7]
+    with recorded_run_rows() as rows:
+        few = fp16_check.check_model(path, [(golden, sample)], contract=contract, run_pairs=2, total=7,
+                                     progress=False)
+        assert rows == [2, 2, 2, 1]  # memory follows the run, not the 7 pairs
+        rows.clear()
+        whole = fp16_check.check_model(path, [(golden, sample)], contract=contract, run_pairs=7, progress=False)
+        assert rows == [7]
     assert few.pairs == whole.pairs == 7
     for a, b in zip(few.tensors, whole.tensors):
         assert a.name == b.name
@@ -215,25 +210,17 @@ def test_fp16_check_runs_a_few_pairs_at_a_time_and_its_statistics_do_not_depend_
     assert {"/ls/Mul", "/Add"} <= flagged
 
 
-def test_fp16_check_of_a_static_batch_export_runs_a_few_pairs_at_a_time(tao_like_models, tmp_path, monkeypatch, capsys):
+def test_fp16_check_of_a_static_batch_export_runs_a_few_pairs_at_a_time(tao_like_models, tmp_path, capsys):
     """TAO's default export has a static batch of 16: fp16-check makes it dynamic (proven) so a run
     holds 2 pairs' activations, not 16 (16 x 1.2 GB on the real model), and finds what the dynamic
     export's check finds."""
     from changenet_trt.engine import fp16_check
 
     static = tao_like_models["learnable_static16"]
-    rows = []
-    real_session = ort.InferenceSession
-
-    class Recording(real_session):
-        def run(self, names, feed, *args, **kwargs):
-            if len(names) > 1:  # the exposed-activations session, not the proof's
-                rows.append(int(next(iter(feed.values())).shape[0]))
-            return super().run(names, feed, *args, **kwargs)
-
-    monkeypatch.setattr(ort, "InferenceSession", Recording)
     out = tmp_path / "layers.txt"
-    code = main(["fp16-check", static, "--pairs", "5", "--out", str(out)])
+    # only the exposed-activations session (many outputs) counts, not the proof's
+    with recorded_run_rows(lambda names: len(names) > 1) as rows:
+        code = main(["fp16-check", static, "--pairs", "5", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code in (0, 1)
     assert rows == [2, 2, 1], rows

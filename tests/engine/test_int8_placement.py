@@ -4,13 +4,14 @@ LayerNorm, GELU, Reshape or Transpose; calibration in bounded runs; per-layer er
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from changenet_trt.data.pairs import synthetic_source
 from changenet_trt.engine import int8, precision
 from changenet_trt.engine.fp16_check import source_batches
+
+from helpers import recorded_run_rows
 
 SHAPE = (3, 512, 128)
 
@@ -49,20 +50,11 @@ def test_residual_adds_are_the_ones_fused_into_a_weighted_layer():
 def int8_report(tao_like_models, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("int8") / "int8.onnx")
     source = synthetic_source(6, SHAPE, None, seed=1)
-    rows = []
-    real = ort.InferenceSession
-
-    class Recording(real):
-        def run(self, names, feed, *args, **kwargs):
-            rows.append(int(next(iter(feed.values())).shape[0]))
-            return super().run(names, feed, *args, **kwargs)
-
-    ort.InferenceSession = Recording
     try:
-        report = int8.to_int8(tao_like_models["learnable_dynamic"], out, source_batches(source, 6, SHAPE),
-                                   make_source=_synthetic(8), run_pairs=2, layer_pairs=4, progress=False)
+        with recorded_run_rows() as rows:
+            report = int8.to_int8(tao_like_models["learnable_dynamic"], out, source_batches(source, 6, SHAPE),
+                                  make_source=_synthetic(8), run_pairs=2, layer_pairs=4, progress=False)
     finally:
-        ort.InferenceSession = real
         source.close()
     return report, out, rows
 

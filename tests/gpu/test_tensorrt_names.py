@@ -89,30 +89,26 @@ def vars_of(cls: type) -> Iterable[str]:
                 yield name
 
 
-def test_names_list_is_the_real_10x_module():
-    with open(os.path.join(NAMES_DIR, "names-10.x.txt")) as handle:
-        head = handle.read(600)
-    assert "tensorrt_cu12_bindings-10." in head and "sha256" in head
-    assert len(NAMES_10) > 2000
-    for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape", "set_tensor_address",
+#: what both real modules bind (the runner's and the build's core), then what each adds
+BOUND_BY_BOTH = ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape", "set_tensor_address",
                  "execute_async_v3", "build_serialized_network", "set_memory_pool_limit", "IProgressMonitor",
-                 "builder_optimization_level", "get_tensor_profile_shape", "IInt8EntropyCalibrator2"):
-        assert name in NAMES_10, name
-    for name in REMOVED_IN_10:
-        assert name not in NAMES_10, name
+                 "builder_optimization_level", "get_tensor_profile_shape")
 
 
-def test_names_list_is_the_real_11x_module():
-    with open(os.path.join(NAMES_DIR, "names-11.x.txt")) as handle:
+@pytest.mark.parametrize("listing, wheel, names, bound, removed", [
+    ("names-10.x.txt", "tensorrt_cu12_bindings-10.", NAMES_10, ("IInt8EntropyCalibrator2",), REMOVED_IN_10),
+    ("names-11.x.txt", "tensorrt_cu12_bindings-11.", NAMES_11, ("STRONGLY_TYPED", "INT8", "HALF"),
+     REMOVED_IN_10 + REMOVED_IN_11),
+], ids=["10.x", "11.x"])
+def test_names_list_is_the_real_module(listing, wheel, names, bound, removed):
+    with open(os.path.join(NAMES_DIR, listing)) as handle:
         head = handle.read(600)
-    assert "tensorrt_cu12_bindings-11." in head and "sha256" in head
-    assert len(NAMES_11) > 2000
-    for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "set_input_shape", "set_tensor_address",
-                 "execute_async_v3", "build_serialized_network", "set_memory_pool_limit", "IProgressMonitor",
-                 "builder_optimization_level", "get_tensor_profile_shape", "STRONGLY_TYPED", "INT8", "HALF"):
-        assert name in NAMES_11, name
-    for name in REMOVED_IN_10 + REMOVED_IN_11:
-        assert name not in NAMES_11, name
+    assert wheel in head and "sha256" in head
+    assert len(names) > 2000
+    for name in BOUND_BY_BOTH + bound:
+        assert name in names, name
+    for name in removed:
+        assert name not in names, name
 
 
 def test_supplement_entries_are_justified():
