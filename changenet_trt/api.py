@@ -104,11 +104,6 @@ def backend_for(path: str, backend: str = "auto") -> str:
 RUNNERS: Dict[str, Type[Runner]] = {"onnxruntime": OnnxRuntimeRunner, "tensorrt": TensorRTRunner, "triton": TritonRunner}
 
 
-def runner_class(backend: str) -> Type[Runner]:
-    """The runner class of a backend named by :func:`backend_for`."""
-    return RUNNERS[backend]
-
-
 def make_runner(
     path: str,
     backend: str = "auto",
@@ -131,7 +126,7 @@ def make_runner(
     if which != "triton":
         # before the backend's import: a missing file is the thing to fix, not a missing TensorRT
         _check_model_file(path, which)
-    cls = runner_class(which)
+    cls = RUNNERS[which]
     unknown = sorted(set(options) - cls.OPTIONS)
     if unknown:
         raise InputError("unknown option for the {} backend".format(which), expected=sorted(cls.OPTIONS), found=unknown)

@@ -170,16 +170,16 @@ def test_load_refuses_unknown_suffix_and_backend(tmp_path, reference_models):
 def test_make_runner_takes_the_options_the_runner_class_declares(reference_models, monkeypatch):
     import inspect
 
-    from changenet_trt.api import make_runner, runner_class
+    from changenet_trt.api import RUNNERS, make_runner
 
     for backend in ("onnxruntime", "tensorrt", "triton"):
-        cls = runner_class(backend)
+        cls = RUNNERS[backend]
         params = inspect.signature(cls.__init__).parameters
         assert list(params)[2:4] == ["names", "max_batch"], backend  # Runner(path, names, max_batch, **options)
         keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         assert cls.OPTIONS == keyword_only, backend
     path = reference_models["learnable_dynamic"]
-    cls = runner_class("onnxruntime")
+    cls = RUNNERS["onnxruntime"]
     monkeypatch.setattr(cls, "OPTIONS", frozenset({"providers"}))
     with pytest.raises(InputError, match="unknown option for the onnxruntime backend") as err:
         make_runner(path, threads=1)
