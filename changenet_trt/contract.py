@@ -56,6 +56,18 @@ class TensorInfo:
     dtype: str
 
 
+def engine_tensors(records: Sequence[Dict[str, Any]]) -> Tuple[List[TensorInfo], List[TensorInfo]]:
+    """``(inputs, outputs)`` of an engine's I/O records, ``{"name", "mode" ("input"/"output"),
+    "shape" (-1: dynamic), "dtype"}``, as :func:`changenet_trt.gpu.trt.io_tensors` reads them from
+    an engine and its sidecar keeps them."""
+    inputs, outputs = [], []  # type: List[TensorInfo], List[TensorInfo]
+    for record in records:
+        shape = tuple(None if int(d) < 0 else int(d) for d in record["shape"])
+        info = TensorInfo(record["name"], shape, str(record["dtype"]))
+        (inputs if record.get("mode", "").lower().startswith("in") else outputs).append(info)
+    return inputs, outputs
+
+
 @dataclass(frozen=True)
 class ModelContract:
     """The facts a runner needs about a ChangeNet model.

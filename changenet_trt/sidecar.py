@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from packaging.version import InvalidVersion, Version
 
+from changenet_trt.contract import ContractNames
 from changenet_trt.errors import EngineError
 from changenet_trt.files import PathLike, atomic_write
 
@@ -56,6 +57,11 @@ class EngineMetadata:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @property
+    def names(self) -> ContractNames:
+        """The names and output kind the engine was built with, as overrides that read them again."""
+        return ContractNames(self.sample_input, self.golden_input, self.output, self.output_kind)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "EngineMetadata":

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
-from changenet_trt.contract import ContractNames, ModelContract, TensorInfo, make_contract, read_contract
+from changenet_trt.contract import ContractNames, ModelContract, engine_tensors, make_contract, read_contract
 from changenet_trt.engine.prepare import add_uint8_input, prepare_model
 from changenet_trt.errors import BuildError, EngineError, InputError, optional_import
 from changenet_trt.files import check_output_dir, file_sha256
@@ -227,13 +227,8 @@ def tensorrt_hint(trt_version: str) -> str:
 def _engine_contract(engine: str) -> Tuple[ModelContract, Any]:
     """Contract and sidecar of an engine, read from its sidecar (no TensorRT needed)."""
     meta = read_sidecar(engine)
-    inputs, outputs = [], []
-    for tensor in meta.tensors:
-        info = TensorInfo(tensor["name"], tuple(None if int(d) < 0 else int(d) for d in tensor["shape"]),
-                          str(tensor["dtype"]))
-        (inputs if tensor.get("mode", "").lower().startswith("in") else outputs).append(info)
-    built = ContractNames(meta.sample_input, meta.golden_input, meta.output, meta.output_kind)
-    contract = make_contract(inputs, outputs, built)
+    inputs, outputs = engine_tensors(meta.tensors)
+    contract = make_contract(inputs, outputs, meta.names)
     return contract, meta
 
 

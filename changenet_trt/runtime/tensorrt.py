@@ -37,7 +37,7 @@ from changenet_trt.contract import (
     META_PREPROCESS,
     ContractNames,
     ModelContract,
-    TensorInfo,
+    engine_tensors,
     make_contract,
 )
 from changenet_trt.errors import EngineError, InputError
@@ -270,16 +270,11 @@ class TensorRTRunner(Runner):
         self._runtime, self._engine = runtime, engine
 
     def _read_contract(self, names: ContractNames) -> ModelContract:
-        def info(tensor: Dict[str, Any]) -> TensorInfo:
-            shape = tuple(None if int(d) < 0 else int(d) for d in tensor["shape"])
-            return TensorInfo(tensor["name"], shape, tensor["dtype"])
-
-        inputs = [info(t) for t in self._io if t["mode"] == "input"]
-        outputs = [info(t) for t in self._io if t["mode"] == "output"]
+        inputs, outputs = engine_tensors(self._io)
         meta = self._sidecar
         # the names and kind chosen at build time are the defaults; the caller's win
-        built = ContractNames(meta.sample_input, meta.golden_input, meta.output, meta.output_kind) if meta else None
-        return make_contract(inputs, outputs, names.or_else(ContractNames.of(built)), metadata=self._model_metadata())
+        built = meta.names if meta else ContractNames()
+        return make_contract(inputs, outputs, names.or_else(built), metadata=self._model_metadata())
 
     def _batch_limits(self) -> Tuple[int, int, int]:
         """``(min, opt, max)`` batch of optimisation profile 0 (static engines: all the same)."""
